@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny corpus, its shards and a tiny trained LM, made once per test session."""
+import os
+import sys
+import sysconfig
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import data  # noqa: E402
+import train_lm  # noqa: E402
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+MODULES = ["json/__init__.py", "json/decoder.py", "json/encoder.py", "csv.py", "textwrap.py", "string.py",
+           "base64.py", "fractions.py", "heapq.py", "bisect.py", "colorsys.py", "calendar.py", "difflib.py",
+           "shlex.py", "glob.py", "fnmatch.py", "html/__init__.py", "keyword.py", "getopt.py", "LICENSE.txt",
+           "abc.py", "copy.py", "random.py", "statistics.py", "pprint.py", "reprlib.py", "queue.py", "sched.py",
+           "this.py", "turtle.py", "numbers.py", "operator.py", "struct.py", "gettext.py", "locale.py",
+           "ipaddress.py", "uuid.py", "wave.py", "zipapp.py", "tabnanny.py"]
+
+
+def write_tiny_corpus(folder):
+    """About 40 stdlib files copied as .txt documents: code, docstrings and a license."""
+    os.makedirs(folder, exist_ok=True)
+    for name in MODULES:
+        text = open(os.path.join(STDLIB, name), encoding="utf-8").read()
+        with open(os.path.join(folder, name.replace("/", "_") + ".txt"), "w", encoding="utf-8") as f:
+            f.write(text)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """<out> with data/ built from the tiny corpus: a 512-token BPE."""
+    root = tmp_path_factory.mktemp("run")
+    corpus = write_tiny_corpus(str(root / "corpus"))
+    cfg = data.DataConfig(out=str(root / "out"), data=[corpus], vocab_size=512, val_fraction=0.2)
+    data.prepare(cfg)
+    return cfg.out
+
+
+def tiny_lm_config(out, **kw):
+    base = dict(out=out, device="cpu", max_tokens=150 * 16 * 64, batch_size=16, block_size=64,
+                eval_every=40, ckpt_every=40, warmup_steps=10, lr=3e-3)
+    base.update(kw)
+    return train_lm.TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_data):
+    """<out> with data/ and lm/: the paper's shape (128 wide, 512 neurons), 150 steps of training."""
+    train_lm.train(tiny_lm_config(tiny_data))
+    return tiny_data
