@@ -106,19 +106,23 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than the context {self.cfg.block_size}")
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
-    def forward(self, idx, targets=None, mlp_hook=None):
+    def forward(self, idx, targets=None, mlp_hook=None, logits=True):
         """Logits (B, T, vocab), and the mean next-token cross-entropy when targets are given.
 
         mlp_hook(layer, acts) -> acts, if given, sees each layer's MLP activations after the
-        nonlinearity and returns what the layer uses instead (the same tensor to only read)."""
+        nonlinearity and returns what the layer uses instead (the same tensor to only read).
+        logits=False (training): return (None, loss), computed by unembed_cross_entropy without
+        ever holding the (B*T, vocab) logits."""
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if mlp_hook is None else (lambda h, i=i: mlp_hook(i, h)))
-        logits = self.unembed(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
+        x = self.ln_f(x)
+        if not logits:
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            return None, UnembedCrossEntropy.apply(x.flatten(0, 1), self.unembed.weight, targets.flatten(), dtype)
+        out = self.unembed(x)
+        loss = None if targets is None else F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
+        return out, loss
 
     def mlp_activations(self, idx, layer=-1):
         """The chosen layer's MLP activations (B, T, d_mlp), computing nothing after them."""
@@ -145,6 +149,41 @@ class Transformer(nn.Module):
                 nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
+
+
+class UnembedCrossEntropy(torch.autograd.Function):
+    """mean CE(h @ W.T, targets), and its gradients, a chunk of rows at a time.
+
+    With a 4,096-token vocabulary the (B*T, vocab) logits are the largest tensor of the whole
+    step: materialising them, casting them to float32, their log-softmax and its backward cost
+    more than all the other layers together on a CPU. Here each chunk's logits live in cache only:
+    the forward pass already computes the gradients (softmax - onehot) / N, and backward just
+    scales them. The matmuls run in `dtype` (bf16 under autocast), the softmax in float32."""
+
+    @staticmethod
+    def forward(ctx, h, W, targets, dtype, chunk=512):
+        N = h.shape[0]
+        hc, Wc = h.to(dtype), W.to(dtype)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        grad_W = torch.zeros(W.shape, dtype=torch.float32, device=h.device)
+        for s in range(0, N, chunk):
+            rows, t = hc[s:s + chunk], targets[s:s + chunk]
+            logits = (rows @ Wc.T).float()
+            lse = logits.logsumexp(1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            p = torch.exp_(logits - lse[:, None])   # softmax, in place
+            p[torch.arange(len(t), device=p.device), t] -= 1
+            p = (p / N).to(dtype)
+            grad_h[s:s + chunk] = p @ Wc
+            grad_W += p.T @ rows
+        ctx.save_for_backward(grad_h.to(h.dtype), grad_W.to(W.dtype))
+        return loss / N
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_W = ctx.saved_tensors
+        return grad_h * grad_loss, grad_W * grad_loss, None, None, None
 
 
 def flops_per_token(cfg):

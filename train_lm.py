@@ -10,6 +10,7 @@ the model's validation loss beside a count-based bigram model's, e.g. `val loss 
 a transformer that cannot beat bigram counts has learned nothing worth decomposing.
 """
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -153,7 +154,7 @@ def train(cfg, on_step=None):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, max_steps or 10**9)
         with autocast:
-            _, loss = net(x, y)
+            _, loss = net(x, y, logits=False)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -240,6 +241,15 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
     c = np.where(pairs[pos] == keys, counts[pos], 0)
     return min(float(-np.mean(np.log((c + alpha) / (unigram[va] + alpha * vocab_size))))
                for alpha in (1e-3, 1e-2, 0.1, 1.0))
+
+
+def lm_fingerprint(ckpt):
+    """A short hash of the LM's weights: SAE checkpoints carry it, so an SAE is never analysed
+    against another LM than the one it decomposed."""
+    h = hashlib.sha256()
+    for k, v in sorted(ckpt["model"].items()):
+        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_lm(out, lm_dir="lm", device="cpu"):
