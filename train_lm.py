@@ -64,6 +64,7 @@ def lr_at(step, cfg, max_steps):
 def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint dict. on_step(step) runs after each
     optimizer step (the tests use it to simulate a crash)."""
+    t_run = time.time()
     ddp = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     device = pick_device(cfg.device)
@@ -147,7 +148,7 @@ def train(cfg, on_step=None):
     if step == 0:  # the untrained model's loss starts the curve
         history.append({"step": 0, "val_loss": evaluate(model, val_tokens, cfg, device), "tokens": 0})
         progress.log(history[-1])
-    t_start, t_last, step_last, step0 = time.time(), time.time(), step, step
+    t_start, t_last, step_last = time.time(), time.time(), step
     while max_steps is None or step < max_steps:
         x, y = data.get_batch(train_tokens, cfg.batch_size, cfg.block_size, batches, device)
         x, y = x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
@@ -164,9 +165,11 @@ def train(cfg, on_step=None):
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        if max_steps is None and step == 30:  # turn the time budget into a step count, once
-            rate = (step - step0) / (time.time() - t_start)
-            max_steps = max(step, int(cfg.max_minutes * 60 * rate))
+        if max_steps is None and step == 10:  # past the warm-up: time the next 30 steps
+            t_cal = time.time()
+        if max_steps is None and step == 40:  # the time budget -> a step count, once
+            rate = 30 / (time.time() - t_cal)
+            max_steps = step + max(0, int((cfg.max_minutes * 60 - (time.time() - t_run)) * rate))
             if ddp:  # every rank must agree on the length of the run
                 n = torch.tensor([max_steps], device=device)
                 dist.broadcast(n, 0)

@@ -51,3 +51,13 @@ def tiny_lm(tiny_data):
     """<out> with data/ and lm/: the paper's shape (128 wide, 512 neurons), 150 steps of training."""
     train_lm.train(tiny_lm_config(tiny_data))
     return tiny_data
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tiny_lm):
+    """<out> with data/, lm/ and sae/F1024/: a small SAE trained briefly on the tiny LM."""
+    import train_sae
+    train_sae.train(train_sae.SAETrainConfig(out=tiny_lm, device="cpu", max_activations=24 * 1024, batch_size=1024,
+                                             buffer_size=8 * 1024, eval_activations=4096, eval_every=8,
+                                             n_features=1024))
+    return tiny_lm

@@ -49,3 +49,19 @@ def test_generate_is_seeded_and_greedy_is_deterministic():
     assert greedy[0, 5] == logits[0, -1].argmax()
     long = model.generate(prompt, 40, temperature=0)  # beyond the context: the window slides
     assert long.shape == (1, 45)
+
+
+def test_fused_unembed_cross_entropy_equals_the_plain_loss_and_gradients():
+    model = tiny_model().train()
+    x, y = torch.randint(0, 300, (20, 32)), torch.randint(0, 300, (20, 32))  # 640 rows: two chunks
+    grads = []
+    for logits in (True, False):
+        out, loss = model(x, y, logits=logits)
+        assert (out is None) != logits
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+        model.zero_grad()
+    (l1, g1), (l2, g2) = grads
+    assert torch.allclose(l1, l2, atol=1e-6)
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], atol=1e-6, rtol=1e-4), k

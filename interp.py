@@ -1,0 +1,416 @@
+"""interp.py: measuring units (MLP neurons or SAE features) on held-out text.
+
+A "unit" is one column of an activation matrix (tokens, units): one of the 512 neurons, one SAE
+feature, or a neuron of another model. Everything here takes activations in token order from any
+such source, so neurons and features (and model B's or a random model's units) go through the
+same code:
+
+    measure        one streaming pass: each unit's density, its top-activating contexts in each
+                   half of the held-out data, its correlation with per-token proxies
+    explain        a unit's explanation: a small table of (previous token, token) and token
+                   patterns with their mean activation, read off its top contexts in one half
+    simulate       the activations an explanation predicts; score_units correlates them with the
+                   true ones in the other half (the paper's explain-then-simulate, made lexical)
+    token_proxies  per-token labels read from the decoded text (comment, docstring, string, number)
+
+and helpers around them: context_acts (recompute activations at chosen contexts), select_encoder
+(a few features only), ultralow_cluster (the paper's ultralow-density features), bootstrap.
+
+Contexts are the held-out tokens cut into pieces of `ctx` tokens inside the LM's windows (harvest's
+consecutive windows): context c covers positions [c*ctx, (c+1)*ctx). The LM's windows alternate
+between two halves (even windows: "explain", odd: "score"), so an explanation is never scored on
+the tokens it was read from, yet both halves come from the same documents, as the paper draws its
+explaining and scoring examples from one distribution. (Splitting by document instead leaves a
+feature for a token that only one file uses unscoreable: the file lands in one half.)
+"""
+import ast
+import io
+import re
+import tokenize
+import warnings
+
+import numpy as np
+import torch
+
+from train_sae import harvest
+
+EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
+MEASURE_FORMAT = 2        # bump when what measure() computes changes: analyze.py's cache is keyed on it
+SINGLE_TOKEN_SHARE = 0.8  # a unit is "single-token" when one token carries this much of its activation
+
+
+# ----------------------------------------------------------------------------------------------
+# The streaming pass: a million tokens of 4,096 features do not fit in memory as a dense matrix,
+# so each batch of windows is reduced to counts, sums and a running top-k, then thrown away.
+
+@torch.no_grad()
+def stream(model, tokens, n_tokens, sources, batch_tokens=1024):
+    """Yield (start, {name: acts (n, U)}) for the first n_tokens of tokens, batch by batch, in
+    harvest's consecutive windows. sources: {name: fn(neurons (n, d_mlp)) -> acts (n, U)}."""
+    for start in range(0, n_tokens, batch_tokens):
+        n = min(batch_tokens, n_tokens - start)
+        h = harvest(model, tokens[start:start + n], n, device=model.unembed.weight.device)[0]
+        yield start, {name: fn(h) for name, fn in sources.items()}
+
+
+def window_halves(n_tokens, block_size):
+    """(n_tokens,) 0 or 1: the half of each token, the parity of its LM window."""
+    return (np.arange(n_tokens) // block_size % 2).astype(np.int64)
+
+
+@torch.no_grad()
+def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None):
+    """Reduce a stream of (start, {name: acts}) batches to per-unit statistics, for each source:
+        fired_half (2, U)  tokens of each half on which the unit is > 0; fired (U,) their sum
+        sum, sumsq (U,)    sums of the activation and of its square
+        proxy_sum (U, P)   sums of the activation over the tokens where each proxy holds
+        top[h]             the k[h] contexts of half h with the largest activation, per unit:
+                           val (U, k) their max activation, ctx (U, k) context ids, acts (U, k, ctx)
+    halves: (n_tokens,) the half of each token (constant within a context); proxies: (n_tokens, P) bool.
+    Every statistic is a reduction over tokens (a matmul or a sum), so the (tokens, U) matrix of a
+    batch is read a few times and dropped; a batch of ~1,000 tokens keeps it in cache."""
+    halves_t = torch.from_numpy(halves)
+    proxies_t = torch.from_numpy(np.asarray(proxies, dtype=np.float32))
+    stats = {}
+    for start, acts in batches:
+        n = next(iter(acts.values())).shape[0]
+        half = halves_t[start:start + n]
+        which = torch.nn.functional.one_hot(half, 2).T.float()                  # (2, n)
+        weights = torch.cat([torch.ones(1, n), proxies_t[start:start + n].T])    # (1 + P, n)
+        ctx_ids = torch.arange(start // ctx, (start + n) // ctx)
+        ctx_half = half[::ctx]                                  # a context's half: its first token's
+        for name, a in acts.items():
+            a = a.float().cpu()
+            if name not in stats:
+                stats[name] = new_stats(a.shape[1], proxies_t.shape[1], ctx, k)
+            s = stats[name]
+            # (rows, n) @ (n, U) products: the fastest reductions over tokens here (bench: 4x (a > 0).sum(0))
+            s["fired_half"] += (which @ a.sign().clamp_(min=0)).long()
+            sums = (weights @ a).double()
+            s["sum"] += sums[0]
+            s["proxy_sum"] += sums[1:].T
+            s["sumsq"] += torch.linalg.vecdot(a, a, dim=0).double()
+            cacts = a.view(-1, ctx, a.shape[1])                 # (contexts, ctx, U)
+            cmax = cacts.amax(1)
+            for h in (EXPLAIN, SCORE):
+                update_top(s["top"][h], cmax.masked_fill((ctx_half != h)[:, None], -float("inf")),
+                           ctx_ids, cacts)
+        if progress is not None:
+            progress(start + n)
+    for s in stats.values():
+        for top in s["top"]:
+            sort_top(top)
+        s["fired"] = s["fired_half"].sum(0)
+        s["n_tokens"] = n_tokens
+        s["proxy_count"] = proxies_t.sum(0).double()
+    return stats
+
+
+def new_stats(U, P, ctx, k):
+    top = [dict(val=torch.full((U, kh), -float("inf")), ctx=torch.full((U, kh), -1, dtype=torch.long),
+                acts=torch.zeros(U, kh, ctx)) for kh in k]
+    return dict(fired_half=torch.zeros(2, U, dtype=torch.long), sum=torch.zeros(U, dtype=torch.float64),
+                sumsq=torch.zeros(U, dtype=torch.float64), proxy_sum=torch.zeros(U, P, dtype=torch.float64),
+                top=top)
+
+
+def update_top(top, cmax, ids, cacts):
+    """Merge a batch's contexts into a running top-k per unit. cmax (n, U) each context's max
+    activation; ids (n,) their ids; cacts (n, ctx, U) their activations. The k slots of a unit are
+    kept unordered (sort_top orders them at the end): a context that makes the cut takes the slot
+    of one it pushes out, so only new entries are ever copied, and only units with one are touched."""
+    k = top["val"].shape[1]
+    units = (cmax > top["val"].amin(1)).any(0).nonzero().squeeze(1)
+    if len(units) == 0:
+        return
+    val = torch.cat([top["val"][units], cmax[:, units].T], 1)            # (m, k + n)
+    chosen = torch.zeros(val.shape, dtype=torch.bool).scatter_(1, val.topk(k, dim=1).indices, True)
+    out_u, slot = (~chosen[:, :k]).nonzero().unbind(1)   # old entries pushed out, row by row ...
+    _, new = chosen[:, k:].nonzero().unbind(1)            # ... and as many new contexts let in, in the same rows
+    u = units[out_u]
+    top["val"][u, slot] = cmax[new, u]
+    top["ctx"][u, slot] = ids[new]
+    top["acts"][u, slot] = cacts[new, :, u]
+
+
+def sort_top(top):
+    """Order each unit's slots by activation, largest first."""
+    order = top["val"].argsort(1, descending=True)
+    top["val"], top["ctx"] = top["val"].gather(1, order), top["ctx"].gather(1, order)
+    top["acts"] = top["acts"].gather(1, order[..., None].expand_as(top["acts"]))
+
+
+def select_encoder(sae, units):
+    """An encoder computing only some features: a ReLU SAE needs only their encoder rows; TopK
+    needs every pre-activation to know which k win."""
+    if sae.cfg.activation == "topk":
+        return lambda h: sae.encode(h)[:, units.to(h.device)]
+    W, b = sae.W_enc[units], sae.b_enc[units]
+    return lambda h: ((h * sae.act_scale - sae.b_dec) @ W.T + b).relu()
+
+
+@torch.no_grad()
+def context_acts(model, tokens, ids, ctx, sources):
+    """{name: (len(ids), ctx, U)}: the activations at the given contexts, each recomputed inside
+    its own LM window (the same numbers the streaming pass saw)."""
+    T = model.cfg.block_size
+    windows = np.unique(ids * ctx // T)
+    h = torch.cat([harvest(model, tokens[w * T:(w + 1) * T], T, device=model.unembed.weight.device)[0]
+                   for w in windows])
+    rows = torch.from_numpy((np.searchsorted(windows, ids * ctx // T) * T + ids * ctx % T)[:, None]
+                            + np.arange(ctx))
+    return {name: fn(h)[rows.to(h.device)].float().cpu() for name, fn in sources.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# What the statistics say about units
+
+
+def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
+    """The paper's ultralow-density cluster, if the alive features' log10 densities are bimodal: a
+    mixture of two Gaussians fitted by EM, accepted when the mixture really has two modes (between
+    the two means it dips below half the lower mode's height: a skewed single mode fits two
+    Gaussians too, but without a dip), the modes are at least min_gap decades apart (the paper's
+    cluster sits orders of magnitude below the rest) and the lower one holds at least min_share of
+    the features. Returns dict(threshold, members, dip) or None."""
+    alive = density > 0
+    x = np.log10(density[alive])
+    if len(x) < 20:
+        return None
+    mu, sd, w = np.percentile(x, [10, 90]), np.full(2, x.std() / 2 + 1e-3), np.full(2, 0.5)
+    mixture = lambda t: w / sd * np.exp(-0.5 * ((np.asarray(t)[:, None] - mu) / sd) ** 2)  # (len(t), 2)
+    for _ in range(300):
+        p = mixture(x) + 1e-300
+        r = p / p.sum(1, keepdims=True)
+        w = r.mean(0)
+        mu = (r * x[:, None]).sum(0) / r.sum(0)
+        sd = np.sqrt((r * (x[:, None] - mu) ** 2).sum(0) / r.sum(0)).clip(min=0.05)
+    low = int(np.argmin(mu))
+    pdf = mixture(np.linspace(mu.min(), mu.max(), 200)).sum(1)
+    dip = pdf.min() / pdf[:pdf.argmin() + 1].max()   # 1: no valley between the means
+    members_alive = r[:, low] > 0.5
+    if dip > 0.5 or mu.max() - mu.min() < min_gap or members_alive.mean() < min_share:
+        return None
+    members = np.zeros(len(density), bool)
+    members[np.flatnonzero(alive)[members_alive]] = True
+    return dict(threshold=float(10 ** x[members_alive].max()), members=members, dip=float(dip))
+
+
+def pearson(a, b):
+    """Pearson correlation of two 1-D arrays; 0 where either is constant (no information)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def proxy_correlations(s):
+    """(U, P) Pearson correlation of each unit's activation with each proxy's 0/1 indicator, from
+    the streaming sums (proxy_count: (P,) tokens where each proxy holds, stored in s)."""
+    n = s["n_tokens"]
+    mean_a, mean_p = s["sum"] / n, s["proxy_count"] / n
+    cov = s["proxy_sum"] / n - mean_a[:, None] * mean_p[None]
+    var_a = (s["sumsq"] / n - mean_a ** 2).clamp_min(0)
+    den = (var_a[:, None] * (mean_p * (1 - mean_p))[None]).sqrt()
+    return torch.where(den > 0, cov / den.clamp_min(1e-30), torch.zeros_like(cov))
+
+
+# ----------------------------------------------------------------------------------------------
+# The lexical explain-then-simulate score (the paper's automated interpretability, made offline).
+# The paper asks Claude to explain a unit from its activating examples and to predict activations
+# on other examples from the explanation alone, then correlates prediction and truth. With no
+# language model at hand, an "explanation" is the most a short lookup table can say: up to
+# max_entries rows of (previous token, token) or token patterns, each with the mean activation of
+# the tokens it matches, plus one "anything else" value. The table's size is the same for every
+# kind of unit, so a polysemantic unit is penalised exactly as much as it is hard to summarise.
+
+def explain(prev, cur, acts, max_entries, vocab):
+    """Explain a unit from tokens (prev, cur) with activations acts, all (m,) arrays. Rows are
+    chosen greedily, each time the pattern that most reduces the squared error of the simulation
+    (count x squared mean residual over its tokens), so a pattern that an earlier row already
+    predicts well is not spent a row on. A row's value is the mean activation of the tokens it
+    explains (a (prev, cur) row takes precedence over a cur row); everything else gets the mean of
+    the tokens no row matches. Returns table()'s dict plus order, the patterns in the order
+    chosen: table(order[:e], ...) is the best explanation of e rows."""
+    acts = np.asarray(acts, np.float64)
+    keys, inverse = np.unique(np.concatenate([prev * vocab + cur, vocab * vocab + cur]), return_inverse=True)
+    count = np.bincount(inverse)
+    order = np.zeros(0, np.int64)
+    expl = table(order, prev, cur, acts, vocab)
+    for _ in range(max_entries):
+        residual = np.tile(acts - simulate(expl, prev, cur, vocab), 2)
+        gain = np.bincount(inverse, residual) ** 2 / count
+        gain[np.isin(keys, order)] = -1
+        if len(gain) == 0 or gain.max() <= 1e-12:
+            break
+        order = np.append(order, keys[gain.argmax()])
+        expl = table(order, prev, cur, acts, vocab)
+    return dict(expl, order=order)
+
+
+def table(keys, prev, cur, acts, vocab):
+    """The explanation with rows keys: each row's value is the mean activation of the tokens it
+    matches; a row that matches nothing (every match taken by a more specific row) is dropped."""
+    keys = np.sort(keys)
+    row = match(keys, prev, cur, vocab)
+    counts = np.bincount(row + 1, minlength=len(keys) + 1)      # slot 0: "anything else"
+    sums = np.bincount(row + 1, acts, minlength=len(keys) + 1)
+    kept = counts[1:] > 0
+    default = sums[0] / counts[0] if counts[0] else 0.0
+    return dict(keys=keys[kept], values=sums[1:][kept] / counts[1:][kept], counts=counts[1:][kept],
+                default=float(default))
+
+
+def match(keys, prev, cur, vocab):
+    """For each token, the index into sorted keys of the row that explains it, or -1."""
+    row = np.full(len(cur), -1)
+    if len(keys) == 0:
+        return row
+    for k in (vocab * vocab + cur, prev * vocab + cur):          # token rows, then (prev, token) rows win
+        i = np.searchsorted(keys, k).clip(max=len(keys) - 1)
+        hit = keys[i] == k
+        row[hit] = i[hit]
+    return row
+
+
+def simulate(expl, prev, cur, vocab):
+    """The activations an explanation predicts for tokens (prev, cur)."""
+    row = match(expl["keys"], prev, cur, vocab)
+    return np.append(expl["values"], expl["default"])[row]     # row -1: the "anything else" value
+
+
+def score_units(units, stats, pool, tokens, prev_tokens, vocab, ctx, n_top, n_random, max_entries,
+                sizes=(), seed=0):
+    """Explain each unit from its top contexts in the EXPLAIN half, simulate it on n_top top
+    contexts and n_random random contexts of the SCORE half (the paper's "top-and-random"
+    scoring), and return per unit: score (Pearson r), explanation (at most max_entries rows),
+    by_size {e: r with the explanation cut to e rows, for e in sizes}, and single_token (one
+    token carries SINGLE_TOKEN_SHARE of the activation in the explanation contexts: the paper
+    reports those separately, as a random-weights model has many and they are trivial to simulate).
+    pool: dict(ctx (Q,) ids of random SCORE-half contexts, acts (Q, ctx, U)); tokens and
+    prev_tokens: numpy arrays of each held-out token and of the one before it."""
+    top_e, top_s = stats["top"][EXPLAIN], stats["top"][SCORE]
+    positions = lambda ids: (np.asarray(ids)[:, None] * ctx + np.arange(ctx)).ravel()
+    out = []
+    for u in units:
+        keep = top_e["val"][u] > 0
+        pos = positions(top_e["ctx"][u][keep])
+        prev_e, cur_e, a_e = prev_tokens[pos], tokens[pos], top_e["acts"][u][keep].numpy().ravel()
+        longest = explain(prev_e, cur_e, a_e, max([max_entries, *sizes]), vocab)
+        cut = lambda e: table(longest["order"][:e], prev_e, cur_e, a_e, vocab)
+        share = np.bincount(cur_e, weights=a_e).max() / a_e.sum() if a_e.sum() > 0 else 0.0
+        keep = top_s["val"][u] > 0
+        ids_top = top_s["ctx"][u][keep][:n_top].numpy()
+        free = np.flatnonzero(~np.isin(pool["ctx"], ids_top))       # random contexts not in the top ones
+        pick = np.random.default_rng([seed, int(u)]).choice(free, min(n_random, len(free)), replace=False)
+        truth = np.concatenate([top_s["acts"][u][keep][:n_top].numpy().ravel(),
+                                pool["acts"][pick, :, u].numpy().ravel()])
+        pos = positions(np.concatenate([ids_top, pool["ctx"][pick]]))
+        score = lambda expl: pearson(simulate(expl, prev_tokens[pos], tokens[pos], vocab), truth)
+        expl = cut(max_entries)
+        out.append(dict(unit=int(u), score=score(expl), explanation=expl, by_size={e: score(cut(e)) for e in sizes},
+                        single_token=bool(share >= SINGLE_TOKEN_SHARE)))
+    return out
+
+
+def bootstrap(x, stat, n=1000, seed=0):
+    """95% percentile interval of stat(x) over n resamples of x with replacement."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x)
+    vals = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n)]
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def median_difference(a, b, n=1000, seed=0):
+    """median(a) - median(b) and its 95% bootstrap interval (a and b resampled independently)."""
+    rng = np.random.default_rng(seed)
+    diffs = [np.median(rng.choice(a, len(a))) - np.median(rng.choice(b, len(b))) for _ in range(n)]
+    return dict(value=float(np.median(a) - np.median(b)),
+                ci=(float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))))
+
+
+def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
+    """Median score of every scored unit per decade of density: units that fire rarely leave few
+    examples to explain from, so density alone moves the score; comparing kinds within a decade
+    takes that out."""
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        row = dict(lo=lo, hi=hi)
+        for kind, rs in results.items():
+            d = stats[kind]["fired"].double().numpy() / n_tokens
+            x = [r["score"] for r in rs if lo <= d[r["unit"]] < hi]
+            row[kind] = (len(x), float(np.median(x)) if x else None)
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token proxies, in the spirit of the paper's "activation specificity": a program decides, for
+# every token, whether a property holds, so a feature's activations can be split by it. Python's
+# own tokenizer reads the code of each held-out document; documents that are not valid Python (test
+# data, text files) get no Python labels rather than wrong ones.
+
+NUMBER = re.compile(r"(?<![\w.])(?:0[xXoObB][0-9a-fA-F_]+|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+PROXIES = ["comment", "docstring", "string", "number"]
+PROXY_HELP = {"comment": "inside a Python # comment",
+              "docstring": "inside a docstring (a string that is a statement of its own)",
+              "string": "inside any other Python string literal",
+              "number": "part of a number literal (any document)"}
+
+
+def token_proxies(tokens, n_tokens, enc, eot):
+    """(n_tokens, len(PROXIES)) bool labels of the first n_tokens held-out tokens."""
+    tokens = np.asarray(tokens[:n_tokens])
+    labels = np.zeros((n_tokens, len(PROXIES)), dtype=bool)
+    starts = np.flatnonzero(tokens == eot).tolist() + [n_tokens]
+    for s, e in zip(starts[:-1], starts[1:]):
+        text, offsets = enc.decode_with_offsets(tokens[s + 1:e].tolist())
+        spans = python_spans(text)
+        spans["number"] = [m.span() for m in NUMBER.finditer(text)]
+        # a token covers [its offset, the next one's), at least the character its bytes are part of
+        begin = np.asarray(offsets, dtype=np.int64)
+        end = np.minimum(np.maximum(np.append(begin[1:], len(text)), begin + 1), len(text))
+        for j, name in enumerate(PROXIES):
+            inside = np.concatenate([[0], np.cumsum(char_mask(spans.get(name, []), len(text)))])
+            labels[s + 1:e, j] = inside[end] > inside[begin]    # some character of the token is inside
+    return labels
+
+
+def char_mask(spans, length):
+    """(length,) bool: characters inside any of the [start, end) spans."""
+    depth = np.zeros(length + 1, dtype=np.int64)
+    for a, b in spans:
+        depth[a] += 1
+        depth[b] -= 1
+    return np.cumsum(depth[:length]) > 0
+
+
+def python_spans(text):
+    """{comment, docstring, string: [(start, end) character spans]} of a Python source, or {} if
+    the text is not Python (ast.parse fails)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # old escape sequences in test files warn
+        try:
+            ast.parse(text)
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return {}
+    lines = io.StringIO(text, newline="").readlines()  # split exactly as tokenize will read them
+    line_start = np.cumsum([0] + [len(line) for line in lines])
+    spans = {"comment": [], "docstring": [], "string": []}
+    previous = tokenize.NEWLINE
+    try:
+        for tok in tokenize.generate_tokens(iter(lines).__next__):
+            a = line_start[tok.start[0] - 1] + tok.start[1]
+            b = line_start[tok.end[0] - 1] + tok.end[1]
+            if tok.type == tokenize.COMMENT:
+                spans["comment"].append((a, b))
+            elif tok.type == tokenize.STRING:
+                statement = previous in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+                spans["docstring" if statement else "string"].append((a, b))
+            if tok.type not in (tokenize.COMMENT, tokenize.NL):
+                previous = tok.type
+    except (tokenize.TokenError, SyntaxError):
+        pass  # keep the spans read so far
+    return spans

@@ -1,0 +1,197 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import data
+import interp
+import sae as sae_lib
+from common import UserError
+from train_lm import lm_fingerprint, load_lm
+from train_sae import harvest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(out, **kw):
+    base = dict(out=out, device="cpu", tokens=16384, loss_tokens=4096, n_units=64, bootstrap=100)
+    base.update(kw)
+    return analyze.AnalyzeConfig(**base)
+
+
+def synthetic_tokens(n, vocab, eot, doc_len=300, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, n)
+    tokens[::doc_len] = eot  # a document every doc_len tokens, so both halves have text
+    return tokens
+
+
+def batches_of(acts, size):
+    return [(s, {"u": acts[s:s + size]}) for s in range(0, len(acts), size)]
+
+
+def test_measure_counts_sums_and_top_contexts_exactly():
+    N, U, ctx, eot = 1024, 6, 16, 50
+    tokens = synthetic_tokens(N, 50, eot, doc_len=200)
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(N, U, generator=g) * (torch.rand(N, U, generator=g) < 0.2)
+    acts[:, 0] = (torch.arange(N) % 2 == 0).float()  # fires on every other token
+    halves = interp.window_halves(N, 64)
+    proxies = torch.rand(N, 2, generator=g).numpy() < 0.3
+    s = interp.measure(batches_of(acts, 128), N, halves, proxies, ctx, k=(5, 3))["u"]
+    assert s["fired"][0].item() / N == 0.5
+    assert torch.equal(s["fired"], (acts > 0).sum(0))
+    assert torch.allclose(s["sum"], acts.double().sum(0))
+    assert torch.allclose(s["proxy_sum"], acts.double().T @ torch.from_numpy(proxies).double())
+    assert torch.equal(s["fired_half"][1], (acts[torch.from_numpy(halves) == 1] > 0).sum(0))
+    contexts = acts.view(-1, ctx, U)
+    ctx_half = torch.from_numpy(halves[::ctx])
+    for h, k in ((interp.EXPLAIN, 5), (interp.SCORE, 3)):
+        top = s["top"][h]
+        for u in range(U):
+            best = contexts[ctx_half == h, :, u].amax(1).sort(descending=True).values[:k]
+            assert torch.equal(top["val"][u], best)  # the k largest, in order
+            ids = top["ctx"][u]
+            assert (ctx_half[ids] == h).all()  # from the right half only
+            assert torch.equal(top["acts"][u], contexts[ids, :, u])  # each one's own activations
+            assert torch.equal(top["val"][u], top["acts"][u].amax(1))
+
+
+def score_synthetic(acts, tokens, eot, vocab, ctx=16):
+    N = len(tokens)
+    halves = interp.window_halves(N, 64)
+    s = interp.measure(batches_of(acts, 512), N, halves, np.zeros((N, 1), bool), ctx, k=(40, 20))["u"]
+    score_ctx = np.flatnonzero(halves[::ctx] == interp.SCORE)
+    pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
+    prev = np.concatenate([[eot], tokens[:-1]])
+    return interp.score_units(range(acts.shape[1]), s, pool, tokens, prev, vocab + 1, ctx, n_top=20, n_random=20,
+                              max_entries=10)
+
+
+def test_simulation_scores_a_token_detector_near_one_and_noise_near_zero():
+    vocab, eot = 40, 40
+    tokens = synthetic_tokens(16384, vocab, eot)
+    t = torch.from_numpy(tokens)
+    prev = torch.cat([torch.tensor([eot]), t[:-1]])
+    g = torch.Generator().manual_seed(1)
+    acts = torch.stack([2.0 * (t == 7),                                    # copies one token's indicator
+                        torch.rand(len(t), generator=g) * (torch.rand(len(t), generator=g) < 0.2),  # noise
+                        1.5 * ((prev == 3) & (t == 5)) + 0.5 * (t == 9)], 1).float()  # a bigram and a token
+    token, noise, bigram = score_synthetic(acts, tokens, eot, vocab)
+    assert token["score"] > 0.99 and bigram["score"] > 0.99
+    assert abs(noise["score"]) < 0.15
+    assert token["single_token"] and not noise["single_token"] and not bigram["single_token"]
+    expl = token["explanation"]
+    assert len(expl["keys"]) <= 10 and (vocab + 1) ** 2 + 7 in expl["keys"].tolist()
+    assert expl["values"][expl["keys"].tolist().index((vocab + 1) ** 2 + 7)] == pytest.approx(2.0)
+
+
+def test_explanation_prefers_the_specific_pattern_and_respects_max_entries():
+    vocab = 10
+    prev = np.array([1, 2, 1, 2, 3, 3, 4, 5])
+    cur = np.array([7, 7, 7, 7, 8, 8, 9, 6])
+    acts = np.array([3.0, 0.0, 3.0, 0.0, 1.0, 1.0, 0.0, 0.5])
+    expl = interp.explain(prev, cur, acts, max_entries=2, vocab=vocab)
+    pred = interp.simulate(expl, prev, cur, vocab)
+    assert len(expl["keys"]) == 2
+    assert pred[0] == 3.0 and pred[1] < 3.0  # "7 after 1" fires, "7 after 2" does not
+    assert interp.pearson(pred, acts) > 0.9
+    assert interp.pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction carries no information
+
+
+def test_token_proxies_read_python_and_skip_other_text(tiny_data):
+    enc = data.load_tokenizer(os.path.join(tiny_data, "data"))
+    code = 'def f(x):\n    """Doc."""\n    return "s" + 0x1F  # note\n'
+    ids = [enc.eot_token] + enc.encode_ordinary(code) + [enc.eot_token] + enc.encode_ordinary("it's 42 (")
+    labels = interp.token_proxies(np.array(ids), len(ids), enc, enc.eot_token)
+    text = {p: "".join(enc.decode([i]) for i, row in zip(ids, labels) if row[j]) for j, p in enumerate(interp.PROXIES)}
+    assert text["docstring"].strip() == '"""Doc."""' and text["comment"].strip() == "# note"
+    assert text["string"].strip() == '"s"' and text["number"].replace(" ", "") == "0x1F42"
+    second = len(ids) - len(enc.encode_ordinary("it's 42 ("))
+    assert not labels[second:, :3].any()  # the second document is not Python: no Python labels
+
+
+def test_ultralow_cluster_is_found_only_when_there_is_one():
+    rng = np.random.default_rng(0)
+    main = 10 ** rng.normal(-2.5, 0.4, 900)
+    low = 10 ** rng.normal(-5.5, 0.2, 100)
+    found = interp.ultralow_cluster(np.concatenate([main, low, np.zeros(20)]))
+    assert found is not None and abs(found["members"].sum() - 100) <= 3 and not found["members"][-20:].any()
+    assert interp.ultralow_cluster(np.concatenate([main, np.zeros(20)])) is None
+    dense_pair = 10 ** np.concatenate([rng.normal(-1, 0.1, 500), rng.normal(-0.5, 0.1, 500)])
+    assert interp.ultralow_cluster(dense_pair) is None  # two modes, but not orders of magnitude apart
+    skewed = 10 ** np.concatenate([rng.normal(-3.8, 0.9, 2200), rng.normal(-2.2, 0.55, 1900)])
+    assert interp.ultralow_cluster(skewed) is None  # one mode with a long low tail (our default run's shape)
+
+
+def identity_sae_checkpoint(out, sae_dir):
+    """An "SAE" whose 512 features are the 512 neurons: it reconstructs the activations exactly."""
+    _, lm_ckpt = load_lm(out)
+    s = sae_lib.SAE(sae_lib.SAEConfig(d_in=512, n_features=512))
+    with torch.no_grad():
+        s.W_enc.copy_(torch.eye(512))
+        s.W_dec.copy_(torch.eye(512))
+        s.b_enc.zero_()
+        s.b_dec.zero_()
+    path = os.path.join(out, sae_dir, "F512", "ckpt.pt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"config": {}, "sae_config": dataclasses.asdict(s.cfg), "sae": s.state_dict(), "history": [],
+                "elapsed": 0.0, "seen": 0, "step": 0, "lm_dir": "lm", "lm_fingerprint": lm_fingerprint(lm_ckpt),
+                "final": True}, path)
+
+
+def test_identity_sae_recovers_all_of_the_loss(tiny_lm):
+    identity_sae_checkpoint(tiny_lm, "sae_identity")
+    res = analyze.analyze(small_config(tiny_lm, sae_dir="sae_identity"), "losses")["losses"]
+    neurons, identity = res["rows"]
+    assert res["zero"] > res["clean"] + 0.05 and res["mean"] > res["clean"]
+    assert identity["rec_zero"] == pytest.approx(1.0, abs=1e-4)
+    assert identity["rec_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert identity["fvu"] < 1e-8 and identity["mse"] < 1e-8
+    assert (identity["l0"], identity["dead"], identity["dense"]) == (neurons["l0"], neurons["dead"], neurons["dense"])
+
+
+def test_report_builds_end_to_end(tiny_sae):
+    cfg = small_config(tiny_sae)
+    res = analyze.analyze(cfg)
+    folder = os.path.join(tiny_sae, "analysis")
+    report = open(os.path.join(folder, "report.md")).read()
+    for needle in ("## Summary", "79%", "168", "## 4. Activation specificity", "(density.png)", "(interp.png)"):
+        assert needle in report
+    for png in ("density.png", "interp.png", "specificity.png"):
+        assert os.path.getsize(os.path.join(folder, png)) > 10_000
+    units = json.load(open(os.path.join(folder, "units.json")))
+    assert len(units["features"]) > 0 and len(units["neurons"]) > 0
+    assert all(len(u["explanation"]) <= cfg.max_entries and -1 <= u["score"] <= 1 for u in units["features"])
+    n = res["interp"]["n"]
+    assert len(res["interp"]["compare"]["features"]) == len(res["interp"]["compare"]["neurons"]) == n > 0
+    curve = res["interp"]["summary"]["by_size"]
+    assert list(curve) == list(analyze.SIZES) and curve[cfg.max_entries]["features"] == pytest.approx(
+        res["interp"]["summary"]["features"]["all"]["median"])
+    rec = res["losses"]["rows"][1]
+    assert rec["loss"] < res["losses"]["zero"] and 0 < rec["fvu"] < 1
+    assert res["specificity"]["base_rate"][interp.PROXIES.index("number")] > 0
+    # the random contexts, recomputed window by window, are the streaming pass's own activations
+    run = analyze.load_run(cfg)
+    model, s = run["model"], run["saes"][1024]["sae"]
+    again = interp.context_acts(model, run["tokens"], np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
+    acts = s.encode(harvest(model, run["tokens"], 160 * 32)[0])
+    assert torch.allclose(again, acts.view(-1, 32, 1024)[[0, 5, 130]], atol=1e-5)
+    # a step on its own reuses the streaming pass
+    assert analyze.analyze(cfg, "density")["measure"]["reused"]
+
+
+def test_missing_inputs_name_the_script_to_run(tiny_lm, tmp_path):
+    with pytest.raises(UserError, match="data.py"):
+        analyze.analyze(small_config(str(tmp_path)))
+    with pytest.raises(UserError, match="train_sae.py"):
+        analyze.analyze(small_config(tiny_lm, sae_dir="no_such_sae"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "data.py" in r.stderr

@@ -1,0 +1,70 @@
+import os
+
+import pytest
+import torch
+
+import data
+import train_sae
+from common import UserError
+import train_lm
+from tests.conftest import tiny_lm_config
+from tests.test_train_lm import Crash, crash_at
+from train_lm import load_lm
+
+
+def sae_config(out, **kw):
+    base = dict(out=out, device="cpu", max_activations=24 * 1024, batch_size=1024, buffer_size=8 * 1024,
+                eval_activations=4096, eval_every=8, n_features=1024, lr=1e-3)
+    base.update(kw)
+    return train_sae.SAETrainConfig(**base)
+
+
+def test_harvested_activations_are_the_models_own(tiny_lm):
+    model, _ = load_lm(tiny_lm)
+    tokens = data.load_tokens(os.path.join(tiny_lm, "data"), "val")
+    acts, ids, pos = train_sae.harvest(model, tokens, 200)  # 200 = 3 windows of 64, the last cut short
+    T = model.cfg.block_size
+    window = torch.from_numpy(tokens[T:2 * T].astype("int64"))[None]
+    assert torch.equal(acts[T:2 * T], model.mlp_activations(window)[0])
+    assert torch.equal(ids, torch.from_numpy(tokens[:200].astype("int64")))
+    assert torch.equal(pos, torch.arange(200))
+    seen = []
+    model(window, mlp_hook=lambda layer, h: seen.append(h) or h)
+    assert torch.allclose(acts[T:2 * T], seen[0][0])
+    g = torch.Generator().manual_seed(0)
+    acts_r, ids_r, pos_r = train_sae.harvest(model, tokens, 128, generator=g)
+    assert torch.equal(ids_r, torch.from_numpy(tokens[pos_r.numpy()].astype("int64")))
+
+
+def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
+    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_whole"))[0]
+    evals = [h for h in whole["history"] if "mse" in h and not h.get("final")]
+    assert evals[-1]["mse"] < 0.7 * evals[0]["mse"], (evals[0], evals[-1])
+    with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash"), on_step=crash_at(13))
+    resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash", resume=True))[0]
+    assert resumed["step"] == whole["step"] == 24
+    for k, v in whole["sae"].items():
+        assert torch.equal(v, resumed["sae"][k]), k
+    assert whole["history"] == resumed["history"]
+
+
+def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
+    ckpts = train_sae.train(sae_config(tiny_lm, sae_dir="sae_sweep", sweep=[256, 512], max_activations=8 * 1024))
+    assert [c["sae_config"]["n_features"] for c in ckpts] == [256, 512]
+    assert all(os.path.exists(os.path.join(tiny_lm, "sae_sweep", f"F{n}", "log.jsonl")) for n in (256, 512))
+    final = [c["history"][-1] for c in ckpts]
+    assert all(f["final"] and 0 < f["fvu"] < 1 for f in final)
+
+
+def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
+    with pytest.raises(UserError, match="train_lm.py"):
+        train_sae.train(sae_config(tiny_lm, lm_dir="no_such_lm"))
+    with pytest.raises(UserError, match="--l1-coeff"):
+        train_sae.train(sae_config(tiny_lm, l1_coeff=-1.0))
+    with pytest.raises(UserError, match="--buffer-size"):
+        train_sae.train(sae_config(tiny_lm, buffer_size=10))
+    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_random", random_init_only=True))
+    train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
+    with pytest.raises(UserError, match="another LM"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_random"))
