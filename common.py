@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+import torch.distributed
 
 
 class UserError(Exception):
@@ -81,6 +82,19 @@ def pick_device(name):
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     return name
+
+
+def setup_processes(device_name):
+    """(ddp, rank, world_size, device). Under torchrun (RANK is set) join the process group: NCCL
+    between GPUs, gloo between CPU processes (so DDP runs, and is tested, on a laptop too)."""
+    device = pick_device(device_name)
+    if "RANK" not in os.environ:
+        return False, 0, 1, device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
 
 
 def rng_state():

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import data
 from common import (Progress, UserError, arg, atomic_save, fmt_eta, load_checkpoint, parse_config,
-                    pick_device, rng_state, run_main, set_rng_state)
+                    rng_state, run_main, set_rng_state, setup_processes)
 from model import ModelConfig, Transformer, flops_per_token
 
 
@@ -65,14 +65,7 @@ def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint dict. on_step(step) runs after each
     optimizer step (the tests use it to simulate a crash)."""
     t_run = time.time()
-    ddp = "RANK" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = pick_device(cfg.device)
-    if ddp:
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    ddp, rank, world, device = setup_processes(cfg.device)
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     for name in ("batch_size", "block_size", "eval_every", "ckpt_every"):

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import data
 import sae as sae_lib
 from common import (Progress, UserError, arg, atomic_save, fmt_eta, load_checkpoint, parse_config,
-                    pick_device, run_main)
+                    run_main, setup_processes)
 from train_lm import lm_fingerprint, load_lm
 
 
@@ -79,14 +79,7 @@ def train(cfg, on_step=None):
     on_step(step) runs after each step (the tests use it to simulate a crash)."""
     t_run = time.time()
     sizes = [int(s) for s in cfg.sweep] or [cfg.n_features]
-    ddp = "RANK" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = pick_device(cfg.device)
-    if ddp:
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    ddp, rank, world, device = setup_processes(cfg.device)
     check_config(cfg, sizes, world)
     master = rank == 0
     data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.sae_dir)
