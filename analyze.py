@@ -3,6 +3,8 @@
     python analyze.py                  # everything: writes out/analysis/report.md and its figures
     python analyze.py interp           # one step: losses, density, interp or specificity
     python analyze.py --out /tmp/run   # another run's outputs
+    python analyze.py browse           # only the feature browser (browser.py; its flags: browse --help)
+    python analyze.py steer --feature N --value V --prompt "..."   # steering (steer.py)
 
 Reads the LM (<out>/<lm-dir>/), every SAE checkpoint (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out
 tokens (<out>/data/val.bin), and measures, in the paper's terms:
@@ -35,7 +37,7 @@ from common import Progress, UserError, arg, atomic_save, fmt_eta, parse_config,
 from train_lm import lm_fingerprint, load_lm  # noqa: E402
 from train_sae import load_sae  # noqa: E402
 
-STEPS = ["all", "losses", "density", "interp", "specificity"]
+STEPS = ["all", "losses", "density", "interp", "specificity", "browse", "steer"]
 MIN_ACTIVE = 10                # a unit must fire on this many held-out tokens to be explained and scored
 SIZES = (1, 2, 3, 5, 10, 20)   # explanation lengths (table rows) the interpretability curve is drawn at
 
@@ -73,6 +75,10 @@ def main(argv=None):
     step = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}: use one of {', '.join(STEPS)} (or none: all)")
+    if step in ("browse", "steer"):  # their own flags; imported here, not at the top: both build on this file
+        import browser
+        import steer
+        return (browser if step == "browse" else steer).main(argv)
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "
                        f"[{'|'.join(STEPS)}] [flags]; no step: all of them and the report.")
     analyze(cfg, step)
@@ -92,6 +98,11 @@ def analyze(cfg, step="all"):
         res["interp"] = interpretability(cfg, run, res["measure"], res.get("density"))
     if step in ("all", "specificity"):
         res["specificity"] = specificity(cfg, run, res["measure"])
+    if step == "all":  # both read units.json, written by the interp step (imported here: see main)
+        import browser
+        import steer
+        res["browser"] = browser.write_browser(browser.BrowseConfig(**dataclasses.asdict(cfg)), run, res["measure"])
+        res["steering"] = steer.measure_steering(steer.SteerConfig(**dataclasses.asdict(cfg)), run, res["measure"])
     res["seconds"] = time.time() - t0
     if step == "all":
         path = write_report(cfg, run, res)
@@ -641,6 +652,7 @@ def write_report(cfg, run, res):
           "Pearson r rewards covering all of a broad proxy, which one dense neuron does more easily than each of the "
           "several features that split it; the share of activation on the proxy is the paper's point, specificity.", "",
           specificity_markdown(sp), "", "![specificity](specificity.png)", "",
+          *res["browser"]["report"], *res["steering"]["report"],
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run["dir"], "report.md")
     with open(path + ".tmp", "w") as f:

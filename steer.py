@@ -1,0 +1,213 @@
+"""steer.py: turn a feature on and watch the model change.
+
+    python analyze.py steer --feature 3383 --value 30 --prompt "import os"  # one prompt, steered and not
+    python analyze.py steer                                                 # the effect, measured on many prompts
+
+The paper: "artificially activating a feature causes the model's behaviour to change in predictable
+ways". What we do, exactly: add V times the feature's decoder direction to the MLP activations
+(after the ReLU, before mlp_out) at every position. Decoder rows live in the SAE's normalised units
+(sae.py), so the vector added is V * W_dec[feature] / act_scale, and V is in the units of the
+feature's own activations (those on the browser's pages). The SAE is not spliced in: the
+activations keep everything the SAE misses, so V = 0 is exactly the unsteered model. (Clamping the
+feature inside the SAE's reconstruction would also swap in the SAE's reconstruction error.)
+
+"Predictable": the browser lists each feature's logit effects, the output tokens its direction
+raises most. measure_steering checks that prediction on held-out contexts: the probability the model
+gives to a feature's top logit-effect tokens, with and without steering, at every position.
+"""
+import dataclasses
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import analyze  # noqa: E402
+import browser  # noqa: E402
+from common import UserError, arg, parse_config, run_main  # noqa: E402
+
+# Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
+# multiple of it barely moves the model, which says little about the feature.
+MIN_DENSITY = 1e-4
+
+
+@dataclasses.dataclass
+class SteerConfig(analyze.AnalyzeConfig):
+    feature: int = arg(-1, "the feature to steer on --prompt (-1: measure a few features' effect on many prompts)")
+    value: float = arg(0.0, "V: add V times the feature's direction, in its activation units (0: no change)")
+    prompt: str = arg("def ", "the text to continue")
+    new_tokens: int = arg(40, "tokens to generate")
+    temperature: float = arg(1.0, "sampling temperature (0: greedy)")
+    top_k: int = arg(50, "sample among the k likeliest tokens (0: all)")
+    show: int = arg(8, "largest next-token probability changes printed")
+    steer_features: int = arg(4, "features measured: the best-scoring ones in units.json, distinct top logit tokens")
+    steer_prompts: int = arg(50, "held-out contexts the effect is measured on")
+    steer_scale: float = arg(4.0, "measured steering value, in multiples of each feature's largest held-out activation")
+    effect_tokens: int = arg(5, "a feature's top logit-effect tokens whose probability is measured")
+
+
+def main(argv=None):
+    cfg = parse_config(SteerConfig, argv, description=__doc__.split("\n\n")[0])
+    run = analyze.load_run(cfg)
+    if cfg.feature >= 0:
+        print(demo(cfg, run))
+    else:
+        res = measure_steering(cfg, run, analyze.load_or_measure(cfg, run))
+        print("\n".join(res["report"]))
+
+
+def steering_hook(sae, feature, value, layer):
+    """An mlp_hook (model.py) adding value * the feature's direction to layer's MLP activations."""
+    add = value * sae.W_dec[feature].detach() / sae.act_scale
+    return lambda i, h: h + add if i == layer else h
+
+
+def generate(model, ids, cfg, hook=None):
+    """A sampled continuation; the generator is seeded afresh, so runs differ only by the hook."""
+    g = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    return model.generate(ids, cfg.new_tokens, cfg.temperature, cfg.top_k or None, generator=g, mlp_hook=hook)
+
+
+@torch.no_grad()
+def next_token_probs(model, ids, hook=None):
+    return F.softmax(model(ids[:, -model.cfg.block_size:], mlp_hook=hook)[0][0, -1].float(), -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# One prompt: steered beside unsteered
+
+
+@torch.no_grad()
+def demo(cfg, run):
+    """The text to print: the feature's predicted effect, both generations, the largest changes."""
+    model, sae, enc = run["model"], run["saes"][run["main"]]["sae"], run["enc"]
+    if not 0 <= cfg.feature < sae.cfg.n_features:
+        raise UserError(f"--feature {cfg.feature}: F{run['main']} has features 0..{sae.cfg.n_features - 1}")
+    if cfg.new_tokens < 1 or cfg.temperature < 0 or cfg.top_k < 0:
+        raise UserError("--new-tokens must be at least 1, --temperature and --top-k at least 0")
+    ids = torch.tensor([[run["meta"]["eot"]] + enc.encode_ordinary(cfg.prompt)], device=run["device"])
+    ids = ids[:, -model.cfg.block_size:]
+    hook = steering_hook(sae, cfg.feature, cfg.value, len(model.blocks) - 1)
+    scale = browser.residual_scale(model, run["tokens"])
+    effects = browser.logit_effects(model, sae.W_dec[cfg.feature:cfg.feature + 1] / sae.act_scale, scale)[0]
+    on_prompt = sae.encode(model.mlp_activations(ids)[0])[:, cfg.feature].max().item()
+    show = lambda t: repr(browser.visible(analyze.token_text(enc, t)))
+    text = lambda out: enc.decode(out[0, 1:].tolist())
+    lines = [f"feature {cfg.feature} of F{run['main']}: steering value {cfg.value:+g} (its activation on the prompt "
+             f"peaks at {on_prompt:.3g}); its direction raises "
+             + ", ".join(f"{show(t)} {v:+.2f}" for v, t in zip(*effects.topk(5))) + " logits per unit (linearised)",
+             f"\n--- unsteered (seed {cfg.seed})", text(generate(model, ids, cfg)),
+             f"\n--- steered (seed {cfg.seed})", text(generate(model, ids, cfg, hook)),
+             "\n--- largest next-token probability changes after the prompt"]
+    p0, p1 = next_token_probs(model, ids), next_token_probs(model, ids, hook)
+    change = p1 - p0
+    for t in torch.cat([change.topk(cfg.show).indices, (-change).topk(cfg.show).indices]).tolist():
+        lines.append(f"{show(t):>24} {p0[t].item():.4f} -> {p1[t].item():.4f} ({change[t].item():+.4f})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Many prompts: does steering raise the tokens the logit effects predict?
+
+
+@torch.no_grad()
+def measure_steering(cfg, run, m):
+    """For a few of the best-scoring features: the mean probability, over every position of
+    steer_prompts held-out contexts, of the feature's top (and bottom) logit-effect tokens, at
+    steering values from 0 to steer_scale times its largest held-out activation; writes steering.png."""
+    if cfg.steer_features < 1 or cfg.steer_prompts < 1 or cfg.effect_tokens < 1 or cfg.steer_scale <= 0:
+        raise UserError("--steer-features, --steer-prompts, --effect-tokens and --steer-scale must be positive")
+    model, sae = run["model"], run["saes"][run["main"]]["sae"]
+    units = browser.load_units(cfg, run)
+    effects = browser.logit_effects(model, sae.W_dec.detach() / sae.act_scale,
+                                    browser.residual_scale(model, run["tokens"]))
+    features = choose_features(units["features"], effects, cfg.steer_features)
+    maxima = browser.top_max(m["stats"][units["sae"]])
+    rng = np.random.default_rng(cfg.seed)
+    ctx = rng.choice(run["n_tokens"] // cfg.context, min(cfg.steer_prompts, run["n_tokens"] // cfg.context),
+                     replace=False)
+    x = torch.from_numpy(np.stack([run["tokens"][c * cfg.context:(c + 1) * cfg.context] for c in ctx]))
+    x = x.to(run["device"])
+    fractions = np.linspace(0, cfg.steer_scale, 9)
+    rows = []
+    for f, r in features:
+        up, down = effects[f].topk(cfg.effect_tokens).indices, (-effects[f]).topk(cfg.effect_tokens).indices
+        p_up, p_down = [], []
+        for frac in fractions:
+            hook = steering_hook(sae, f, frac * maxima[f].item(), len(model.blocks) - 1)
+            p = F.softmax(model(x, mlp_hook=hook)[0].float(), -1)
+            p_up.append(p[..., up].sum(-1).flatten().cpu())
+            p_down.append(p[..., down].sum(-1).flatten().cpu())
+        rows.append(dict(feature=f, unit=r, max=maxima[f].item(), up=up.tolist(), down=down.tolist(),
+                         p_up=[p.mean().item() for p in p_up], p_down=[p.mean().item() for p in p_down],
+                         raised=(p_up[-1] > p_up[0]).float().mean().item()))
+    path = os.path.join(run["dir"], "steering.png")
+    plot_steering(rows, fractions, path)
+    out = dict(rows=rows, fractions=fractions, positions=x.numel(), prompts=len(x))
+    out["report"] = report_lines(cfg, out, run["enc"])
+    return out
+
+
+def choose_features(scored, effects, n):
+    """The n best-scoring features of units.json that fire on at least MIN_DENSITY of the tokens,
+    with distinct top logit-effect tokens (features that all predict one token would make one point)."""
+    chosen, seen = [], set()
+    for r in sorted((r for r in scored if r["density"] >= MIN_DENSITY), key=lambda r: -r["score"]):
+        top = effects[r["unit"]].argmax().item()
+        if top not in seen:
+            chosen.append((r["unit"], r))
+            seen.add(top)
+        if len(chosen) == n:
+            break
+    if not chosen:
+        raise UserError(f"units.json scores no feature of density {MIN_DENSITY:g} or more: analyse more --tokens")
+    return chosen
+
+
+def plot_steering(rows, fractions, path):
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, r in enumerate(rows):
+        color = f"C{i}"
+        ax.plot(fractions, r["p_up"], color=color, marker="o", markersize=3, label=f"feature {r['feature']}")
+        ax.plot(fractions, r["p_down"], color=color, linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("steering value / the feature's largest held-out activation")
+    ax.set_ylabel("mean probability")
+    ax.set_title("solid: its top logit-effect tokens; dashed: its bottom ones", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_lines(cfg, res, enc):
+    # a token in a markdown table cell: line breaks drawn, and no ` or | to end the code span or the cell
+    cell = lambda text: "`" + browser.visible(text).replace("`", "'").replace("|", "\\|") + "`"
+    tokens = lambda ids: " ".join(cell(analyze.token_text(enc, t)) for t in ids)
+    L = ["## 6. Steering", "",
+         "The paper: \"artificially activating a feature causes the model's behaviour to change in predictable "
+         "ways\". We add V times a feature's decoder direction (divided by the SAE's act_scale, to be in the MLP's "
+         "units) to the MLP activations at every position, the SAE itself not spliced in, so V = 0 is the unsteered "
+         f"model. For the {len(res['rows'])} best-scoring features of section 3 with distinct top logit-effect tokens "
+         f"(the browser's 'logits raised most'), with V = {cfg.steer_scale:g} times the feature's largest held-out "
+         f"activation: the probability of its {cfg.effect_tokens} top logit-effect tokens (and of its "
+         f"{cfg.effect_tokens} bottom ones), averaged over every next-token prediction of {res['prompts']} random "
+         f"held-out contexts of {cfg.context} tokens ({res['positions']:,} positions). Try one yourself: "
+         "`python analyze.py steer --feature N --value V --prompt \"...\"`.", "",
+         "| feature | explanation (top rows) | V | top logit-effect tokens | their probability: unsteered → steered "
+         "| positions where it rose | bottom tokens: unsteered → steered |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"]:
+        expl = "; ".join(f"{cell(x['prev']) + ' → ' if x['prev'] is not None else ''}{cell(x['token'])}"
+                         for x in r["unit"]["explanation"][:2])
+        L.append(f"| #{r['feature']} (score {r['unit']['score']:.2f}) | {expl} | {cfg.steer_scale * r['max']:.2f} | "
+                 f"{tokens(r['up'])} | {r['p_up'][0]:.3g} → {r['p_up'][-1]:.3g} | {100 * r['raised']:.0f}% | "
+                 f"{r['p_down'][0]:.3g} → {r['p_down'][-1]:.3g} |")
+    return L + ["", "![steering](steering.png)", ""]
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,187 @@
+import html.parser
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import browser
+import sae as sae_lib
+from common import UserError
+from model import ModelConfig, Transformer
+
+
+def toy_model(seed=0):
+    """A small random transformer in float64, with a non-trivial final layer norm."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(vocab_size=50, block_size=16, n_head=2, d_model=64, d_mlp=32)).double().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mlp_out.weight.normal_(0, 0.3)
+        model.ln_f.weight.uniform_(0.5, 2.0)
+        model.ln_f.bias.normal_(0, 0.5)
+    return model
+
+
+def test_logit_effects_are_the_exact_derivative_at_a_residual_state_of_the_mean_scale():
+    model = toy_model()
+    s = 1.7
+    sae = sae_lib.SAE(sae_lib.SAEConfig(d_in=32, n_features=8)).double()
+    sae.act_scale.fill_(3.0)
+    run = {"model": model, "saes": {8: {"sae": sae}}, "main": 8}
+    dirs = browser.unit_directions(run)
+    for kind, i in (("neurons", 5), ("features", 3)):
+        d = dirs[kind][i]
+        effects = browser.logit_effects(model, dirs[kind], s)[i]
+        # direct: the real ln_f and unembed, at a zero-mean state x0 of scale s orthogonal to the
+        # centred write r, where moving along r leaves the scale unchanged to first order
+        r = model.blocks[0].mlp_out.weight @ d
+        rc = r - r.mean()
+        x0 = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+        x0 = x0 - x0.mean()
+        x0 = x0 - (x0 @ rc) / (rc @ rc) * rc
+        x0 = x0 / x0.std(unbiased=False) * (s ** 2 - model.ln_f.eps) ** 0.5
+        eps = 1e-5
+        logits = lambda x: model.unembed(model.ln_f(x))
+        direct = (logits(x0 + eps * r) - logits(x0 - eps * r)) / (2 * eps)
+        assert torch.allclose(effects, direct, rtol=1e-6, atol=1e-8)
+    # a neuron's direction through mlp_out is mlp_out's column; a feature's is W_dec / act_scale
+    assert torch.equal(dirs["neurons"][5] @ model.blocks[0].mlp_out.weight.T, model.blocks[0].mlp_out.weight[:, 5])
+    assert torch.allclose(dirs["features"], sae.W_dec / 3.0)
+
+
+def test_logit_effects_match_the_models_own_average_derivative():
+    """The linearisation against the real thing: steer a neuron by eps at every position and average
+    the change of every logit over the tokens. Equal but for the dropped change of each token's scale
+    (here, a random model whose MLP dominates the residual stream, it is not small)."""
+    model = toy_model(1)
+    tokens = np.random.default_rng(0).integers(0, 50, 16 * 40)
+    scale = browser.residual_scale(model, tokens, n_windows=40)
+    x = torch.from_numpy(tokens).view(40, 16)
+    eps = 1e-4
+    for i in (0, 7):
+        d = torch.zeros(32, dtype=torch.float64)
+        d[i] = 1
+        steered = lambda e: model(x, mlp_hook=lambda layer, h: h + e * d)[0].detach()
+        direct = ((steered(eps) - steered(-eps)) / (2 * eps)).mean((0, 1))
+        effects = browser.logit_effects(model, d[None], scale)[0]
+        direct, effects = direct - direct.mean(), effects - effects.mean()   # (a shift of all logits is no effect)
+        assert np.corrcoef(direct, effects)[0, 1] > 0.99
+        assert (effects - direct).norm() < 0.2 * direct.norm()   # the dropped term: about 10% here
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_sae):
+    """analysis/measure.pt and units.json of the tiny run (analyze.py's interp step), in their own folder."""
+    cfg = browser.BrowseConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse",
+                               n_units=32, bootstrap=10, pool_tokens=4096)
+    if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):   # (test_steer.py's too)
+        analyze.analyze(cfg, "interp")
+    return cfg
+
+
+class Page(html.parser.HTMLParser):
+    """Every start tag with its attributes, and the text of each index row's cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.cells, self.row, self.scripts, self.script = [], {}, None, {}, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "tr" and "id" in attrs:
+            self.row = attrs["id"]
+            self.cells[self.row] = []
+        elif tag == "td" and self.row:
+            self.cells[self.row].append("")
+        elif tag == "script":
+            self.script = attrs.get("id", len(self.scripts))
+            self.scripts[self.script] = ""
+
+    def handle_endtag(self, tag):
+        self.row = None if tag == "tr" else self.row
+        self.script = None if tag == "script" else self.script
+
+    def handle_data(self, text):
+        if self.script is not None:
+            self.scripts[self.script] += text
+        elif self.row and self.cells[self.row]:
+            self.cells[self.row][-1] += text
+
+
+def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
+    cfg = browser.BrowseConfig(**{**vars(analysed), "features": ["3", "17", "250"], "neurons": ["0", "511"]})
+    run = analyze.load_run(cfg)
+    m = analyze.load_or_measure(cfg, run)
+    out = browser.write_browser(cfg, run, m)
+    text = open(out["path"], encoding="utf-8").read()
+    assert out["bytes"] == os.path.getsize(out["path"]) < 5e6
+    for needle in ("http://", "https://", "//cdn", "src=", "url(", "@import", "<link"):
+        assert needle not in text.lower()
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert set(page.cells) == {"row-f3", "row-f17", "row-f250", "row-n0", "row-n511"}
+    data = json.loads(page.scripts["data"])
+    assert set(data["units"]) == {"f3", "f17", "f250", "n0", "n511"}
+    # token text travels as JSON only, escaped: the data block holds no markup at all
+    assert "<" not in page.scripts["data"] and len(page.scripts) == 2
+    enc = run["enc"]
+    assert data["vocab"] == [browser.visible(analyze.token_text(enc, t)) for t in range(run["meta"]["vocab_size"])]
+    assert any(c in v for v in data["vocab"] for c in '<&"')   # the escaping above had something to escape
+    units = json.load(open(os.path.join(run["dir"], "units.json")))
+    stats = {"f": m["stats"]["F1024"], "n": m["stats"]["neurons"]}
+    for key, u in data["units"].items():
+        s, i = stats[key[0]], int(key[1:])
+        assert u["density"] == s["fired"][i].item() / run["n_tokens"]
+        assert u["max"] == pytest.approx(browser.top_max(s)[i].item(), abs=1e-4)
+        assert len(u["hist"]) == cfg.bins and sum(u["hist"]) <= cfg.pool_tokens
+        assert len(u["up"]) == len(u["down"]) == cfg.logit_tokens and u["up"][0][1] >= u["up"][-1][1] > u["down"][0][1]
+        assert 0 < len(u["top"]) <= cfg.top_contexts and max(u["top"][0][1]) == 100   # the peak of the top context
+        assert all(len(ids) == len(acts) == cfg.context for ids, acts in u["top"])
+        assert len(u["intervals"]) == cfg.intervals
+        for lo, hi, examples in u["intervals"]:
+            assert len(examples) <= cfg.interval_contexts
+            for ids, acts in examples:
+                assert lo * 100 - 1 <= max(acts) <= hi * 100 + 1
+        scored = {r["unit"]: r for r in units["features" if key[0] == "f" else "neurons"]}.get(i)
+        cells = page.cells["row-" + key]
+        assert cells[2] == (f"{scored['score']:.3f}" if scored else "")
+    # a unit's top context is the cached one: its tokens, its activations in percent of the max
+    top = m["stats"]["F1024"]["top"]
+    half = int(top[1]["val"][17, 0] > top[0]["val"][17, 0])
+    c, acts = top[half]["ctx"][17, 0].item(), top[half]["acts"][17, 0]
+    assert data["units"]["f17"]["top"][0] == [run["tokens"][c * cfg.context:(c + 1) * cfg.context].tolist(),
+                                              (100 * acts / acts.max()).round().int().tolist()]
+
+
+def test_index_rows_escape_token_text():
+    nasty = '</script><b x="1">&amp;\n'
+    row = browser.index_row("f1", "features", 1, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
+                                                            explanation=[dict(prev=nasty, token="<", value=1.0)]))
+    page = Page()
+    page.feed("<table>" + row + "</table>")
+    assert page.cells["row-f1"][3] == f"`{browser.visible(nasty)}`→`<` 1.00; otherwise 0.00"
+    assert [t for t, _ in page.tags] == ["table", "tr", "td", "a", "td", "td", "td"]
+
+
+def test_bad_flags_and_missing_inputs_are_one_line_errors(analysed, tmp_path):
+    with pytest.raises(UserError, match="--features"):
+        browser.main(["--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
+                      "--device", "cpu", "--features", "x"])
+    with pytest.raises(UserError, match="0..1023"):
+        browser.main(["--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
+                      "--device", "cpu", "--features", "1024"])
+    with pytest.raises(UserError, match="--top-contexts"):
+        browser.main(["--out", analysed.out, "--top-contexts", "0"])
+    only = browser.BrowseConfig(**{**vars(analysed), "neurons": ["4"]})   # one kind only: no features
+    run = analyze.load_run(only)
+    written = browser.write_browser(only, run, analyze.load_or_measure(only, run))
+    assert written["units"] == {"features": 0, "neurons": 1}
+    cfg = browser.BrowseConfig(**{**vars(analysed), "analysis_dir": "analysis_no_units"})
+    run = analyze.load_run(cfg)
+    with pytest.raises(UserError, match="analyze.py interp"):
+        browser.load_units(cfg, run)

@@ -1,0 +1,77 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import browser
+import sae as sae_lib
+import steer
+from common import UserError
+from model import ModelConfig, Transformer
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_sae):
+    """analysis/measure.pt and units.json of the tiny run, shared with test_browser.py."""
+    cfg = steer.SteerConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse", n_units=32,
+                            bootstrap=10)
+    if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):
+        analyze.analyze(cfg, "interp")
+    return cfg
+
+
+def test_value_zero_reproduces_the_unsteered_generation_exactly():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=60, block_size=16, n_head=2, d_model=32, d_mlp=64)).eval()
+    sae = sae_lib.SAE(sae_lib.SAEConfig(d_in=64, n_features=128))
+    sae.act_scale.fill_(2.5)
+    cfg = steer.SteerConfig(new_tokens=30, temperature=1.0, top_k=0, seed=3)
+    ids = torch.tensor([[1, 2, 3]])
+    plain = steer.generate(model, ids, cfg)
+    assert torch.equal(steer.generate(model, ids, cfg, steer.steering_hook(sae, 7, 0.0, 0)), plain)
+    assert torch.equal(steer.generate(model, ids, cfg), plain)   # the same seed, the same sample
+    assert not torch.equal(steer.generate(model, ids, cfg, steer.steering_hook(sae, 7, 500.0, 0)), plain)
+    # what is added: value times the decoder row, in the MLP's units, at every position
+    h = torch.rand(2, 5, 64)
+    added = steer.steering_hook(sae, 7, 4.0, 0)(0, h) - h
+    assert torch.allclose(added, (4.0 * sae.W_dec[7] / 2.5).expand_as(h), atol=1e-6)
+    assert torch.equal(steer.steering_hook(sae, 7, 4.0, 0)(1, h), h)   # other layers untouched
+
+
+def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
+    run = analyze.load_run(analysed)
+    model, sae = run["model"], run["saes"][1024]["sae"]
+    effects = browser.logit_effects(model, sae.W_dec.detach() / sae.act_scale,
+                                    browser.residual_scale(model, run["tokens"]))
+    m = analyze.load_or_measure(analysed, run)
+    largest = browser.top_max(m["stats"]["F1024"])
+    x = torch.from_numpy(run["tokens"][:8 * 64].reshape(8, 64))
+    for f in (0, 2, 100, 500):
+        top, v = effects[f].argmax(), largest[f].item()
+        p = lambda v: torch.softmax(model(x, mlp_hook=steer.steering_hook(sae, f, v, 0))[0], -1)[..., top].mean()
+        assert p(30 * v) > 2 * p(0.0) and p(30 * v) > p(3 * v) > p(0.0)
+    # the report's measurement: every chosen feature's top tokens rise, its bottom ones fall
+    res = steer.measure_steering(analysed, run, m)
+    assert len(res["rows"]) == analysed.steer_features and res["positions"] == 50 * analysed.context
+    assert len({r["up"][0] for r in res["rows"]}) == len(res["rows"])   # distinct top tokens
+    for r in res["rows"]:
+        assert r["p_up"][-1] > r["p_up"][0] and r["p_down"][-1] < r["p_down"][0]
+        assert np.all(np.diff(r["p_up"]) > 0)
+    assert os.path.getsize(os.path.join(run["dir"], "steering.png")) > 10_000
+    assert any("| #" in line for line in res["report"])
+
+
+def test_the_command_line_prints_both_generations(analysed, capsys):
+    flags = ["--out", analysed.out, "--tokens", "8192", "--analysis-dir", analysed.analysis_dir, "--device", "cpu",
+             "--prompt", 'def f(x):\n    return "<&>"', "--new-tokens", "12", "--feature", "5"]
+    steer.main(flags + ["--value", "0"])
+    text = capsys.readouterr().out
+    unsteered = text.split("--- unsteered")[1].split("--- steered")[0].split("\n", 1)[1]
+    steered = text.split("--- steered")[1].split("--- largest")[0].split("\n", 1)[1]
+    assert unsteered == steered and unsteered.startswith('def f(x):\n    return "<&>"')
+    steer.main(flags + ["--value", "40"])
+    assert "(+" in capsys.readouterr().out
+    with pytest.raises(UserError, match="0..1023"):
+        steer.main(flags[:-1] + ["1024"])
