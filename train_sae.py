@@ -152,6 +152,8 @@ def train(cfg, on_step=None):
     t_start = t_last = time.time()
     step0 = step_last = step
     buffer = None
+    by_time, t_cycle = max_steps is None, None  # a wall-clock budget (not resumed, no --max-activations)
+    n_resamples = sum("resampled" in h for h in histories[0])
     while max_steps is None or step < max_steps:
         if step % steps_per_fill == 0:
             # A fill boundary: the only state is the two generators, so this is where we checkpoint
@@ -176,20 +178,27 @@ def train(cfg, on_step=None):
         seen += cfg.batch_size
         if on_step is not None:
             on_step(step)
-        if max_steps is None and step == 10:  # past the warm-up: time one whole buffer cycle
-            t_cal = time.time()
-        if max_steps is None and step == 10 + steps_per_fill:  # the time budget -> a step count, once
-            rate = steps_per_fill / (time.time() - t_cal)
-            max_steps = step + max(0, int((cfg.max_minutes * 60 - (time.time() - t_run)) * rate))
-            if ddp:
-                n = torch.tensor([max_steps], device=device)
-                dist.broadcast(n, 0)
-                max_steps = int(n.item())
-            if master:
-                print(f"budget: {cfg.max_minutes} min at {rate * cfg.batch_size:,.0f} activations/s "
-                      f"-> {max_steps} steps, {max_steps * cfg.batch_size / 1e6:.1f}M activations; "
-                      f"resampling at steps {sae_lib.resample_schedule(max_steps)}")
-        if max_steps is not None and step in sae_lib.resample_schedule(max_steps):
+        if by_time and step >= 10 and (step - 10) % steps_per_fill == 0:
+            # The time budget -> a step count, from the speed over the last buffer cycle (one
+            # harvest included), re-estimated every cycle: early on L0 is in the hundreds and the
+            # sparse step is slow, so a first estimate alone would stop the run minutes early.
+            now = time.time()
+            if t_cycle is not None:
+                rate = steps_per_fill / (now - t_cycle)
+                first = max_steps is None
+                max_steps = max(step, step + int((cfg.max_minutes * 60 - (now - t_run)) * rate))
+                if ddp:
+                    n = torch.tensor([max_steps], device=device)
+                    dist.broadcast(n, 0)
+                    max_steps = int(n.item())
+                if master and first:
+                    print(f"budget: {cfg.max_minutes} min, now at {rate * cfg.batch_size:,.0f} activations/s "
+                          f"-> about {max_steps} steps, {max_steps * cfg.batch_size / 1e6:.1f}M activations "
+                          "(re-estimated as the speed changes)")
+            t_cycle = now
+        schedule = sae_lib.resample_schedule(max_steps) if max_steps else []
+        if n_resamples < len(schedule) and step >= schedule[n_resamples]:
+            n_resamples += 1
             for i, (s, o) in enumerate(zip(saes, opts)):
                 dead = since_fired[i] >= min(sae_lib.dead_window(max_steps), step)
                 n_dead = sae_lib.resample_dead(s, o, dead, buffer[:min(len(buffer), 100 * cfg.batch_size)])
