@@ -681,7 +681,8 @@ def examples_markdown(compare, run):
 
 def shown(text):
     """A token's text, visible in markdown: whitespace spelled out, backticks kept inside code."""
-    return "`" + text.replace("\n", "\\n").replace("\t", "\\t").replace("`", "'") + "`"
+    text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t").replace("`", "'")
+    return "`" + text.replace("|", "\\|") + "`"  # a bare | would end a markdown table cell
 
 
 if __name__ == "__main__":

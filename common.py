@@ -97,6 +97,16 @@ def setup_processes(device_name):
     return True, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
 
 
+def fast_bf16(device):
+    """Is a bf16 matmul much faster than float32 here? On CUDA, and on CPUs with AMX or
+    AVX512-BF16 (bench_sae.py: 8x on a 2-core Xeon with AMX); elsewhere bf16 is emulated, slower."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (torch.cpu._is_amx_tile_supported()
+                                     or torch.cpu._is_avx512_bf16_supported())
+
+
 def rng_state():
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

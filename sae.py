@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from common import fast_bf16
+
 # torch's notes that CSR support is "beta" and that invariant checks are off (tests turn them on)
 warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
 
@@ -312,16 +314,6 @@ def _spmm(a, b, out):
 def _crow(rows, n):
     """CSR row pointers of sorted row indices: crow[r] = number of entries in rows before r."""
     return torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=n).cumsum(0).to(rows.dtype)])
-
-
-def fast_bf16(device):
-    """Is a bf16 matmul much faster than float32 here? On CUDA, and on CPUs with AMX or
-    AVX512-BF16 (bench_sae.py: 8x on a 2-core Xeon with AMX); elsewhere bf16 is emulated, slower."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and (torch.cpu._is_amx_tile_supported()
-                                     or torch.cpu._is_avx512_bf16_supported())
 
 
 # ----------------------------------------------------------------------------------------------

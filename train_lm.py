@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from common import (Progress, UserError, arg, atomic_save, fmt_eta, load_checkpoint, parse_config,
-                    rng_state, run_main, set_rng_state, setup_processes)
+from common import (Progress, UserError, arg, atomic_save, fast_bf16, fmt_eta, load_checkpoint,
+                    parse_config, rng_state, run_main, set_rng_state, setup_processes)
 from model import ModelConfig, Transformer, flops_per_token
 
 
@@ -132,7 +132,7 @@ def train(cfg, on_step=None):
         return save(final=True)
 
     net = DistributedDataParallel(model) if ddp else model
-    use_amp = cfg.bf16 and (device.startswith("cuda") or torch.backends.mkldnn.is_available())
+    use_amp = cfg.bf16 and fast_bf16(device)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_amp)
     progress = Progress(os.path.join(run_dir, "log.jsonl") if master else None, append=cfg.resume,
                         quiet=not master)

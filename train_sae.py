@@ -49,7 +49,7 @@ class SAETrainConfig:
     eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics")
     eval_every: int = arg(200, "steps between held-out metrics")
     fused: bool = arg(True, "the fused sparse step (else the plain autograd reference)")
-    bf16: bool = arg(True, "bf16 for the dense encoder product where the CPU/GPU does it fast")
+    bf16: bool = arg(True, "bf16 for the dense encoder product where the hardware makes it fast (--no-bf16: never)")
 
 
 @torch.no_grad()
@@ -252,10 +252,10 @@ def sae_step(s, opt, x, cfg, ddp, world):
     """One optimizer step. Under DDP each process has a slice of the batch: average the gradients
     (linear, so the decoder-gradient projection commutes with it), then step."""
     if not ddp:
-        stats = sae_lib.train_step(s, opt, x, fused=cfg.fused, bf16=cfg.bf16)
+        stats = sae_lib.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False)
     else:
         opt.zero_grad(set_to_none=True)
-        stats = sae_lib.fused_grads(s, x, bf16=cfg.bf16)
+        stats = sae_lib.fused_grads(s, x, bf16=None if cfg.bf16 else False)
         for p in s.parameters():
             dist.all_reduce(p.grad)
             p.grad /= world
