@@ -33,7 +33,7 @@ def parse_config(cls, argv=None, description=None):
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         name = "--" + f.name.replace("_", "-")
-        help = f.metadata.get("help", "")
+        help = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, list):

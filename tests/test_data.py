@@ -125,3 +125,12 @@ def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path)
         data.named_encoding("gpt2")
     with pytest.raises(UserError, match="unknown"):
         data.named_encoding("no_such_encoding")
+
+
+@pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "bench.py"])
+def test_every_script_documents_its_flags(script):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and "--out" in out.stdout or script == "bench.py" and "--quick" in out.stdout
