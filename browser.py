@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import analyze
+import report
 import interp
 from common import UserError, arg, parse_config, run_main
 
@@ -278,7 +279,7 @@ def visible(text):
 
 
 def render(cfg, run, pages, rows, scale, pool_tokens):
-    vocab = [visible(analyze.token_text(run["enc"], t)) for t in range(run["meta"]["vocab_size"])]
+    vocab = [visible(report.token_text(run["enc"], t)) for t in range(run["meta"]["vocab_size"])]
     data = json.dumps({"vocab": vocab, "units": pages}, separators=(",", ":"))
     # Inside <script> only text like "</script" or "<!--" could end or derail the block: write <, >
     # and & as JSON's \u escapes (and /, so no token sequence can even look like a URL to a reader).

@@ -37,6 +37,8 @@ from train_sae import harvest
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
 MEASURE_FORMAT = 2        # bump when what measure() computes changes: analyze.py's cache is keyed on it
 SINGLE_TOKEN_SHARE = 0.8  # a unit is "single-token" when one token carries this much of its activation
+MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained and scored
+SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
 
 
 # ----------------------------------------------------------------------------------------------

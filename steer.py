@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import analyze  # noqa: E402
+import report  # noqa: E402
 import browser  # noqa: E402
 from common import UserError, arg, parse_config, run_main  # noqa: E402
 
@@ -94,7 +95,7 @@ def demo(cfg, run):
     scale = browser.residual_scale(model, run["tokens"])
     effects = browser.logit_effects(model, sae.W_dec[cfg.feature:cfg.feature + 1] / sae.act_scale, scale)[0]
     on_prompt = sae.encode(model.mlp_activations(ids)[0])[:, cfg.feature].max().item()
-    show = lambda t: repr(browser.visible(analyze.token_text(enc, t)))
+    show = lambda t: repr(browser.visible(report.token_text(enc, t)))
     text = lambda out: enc.decode(out[0, 1:].tolist())
     lines = [f"feature {cfg.feature} of F{run['main']}: steering value {cfg.value:+g} (its activation on the prompt "
              f"peaks at {on_prompt:.3g}); its direction raises "
@@ -186,7 +187,7 @@ def plot_steering(rows, fractions, path):
 def report_lines(cfg, res, enc):
     # a token in a markdown table cell: line breaks drawn, and no ` or | to end the code span or the cell
     cell = lambda text: "`" + browser.visible(text).replace("`", "'").replace("|", "\\|") + "`"
-    tokens = lambda ids: " ".join(cell(analyze.token_text(enc, t)) for t in ids)
+    tokens = lambda ids: " ".join(cell(report.token_text(enc, t)) for t in ids)
     L = ["## 6. Steering", "",
          "The paper: \"artificially activating a feature causes the model's behaviour to change in predictable "
          "ways\". We add V times a feature's decoder direction (divided by the SAE's act_scale, to be in the MLP's "

@@ -37,8 +37,7 @@ def batches_of(acts, size):
 
 
 def test_measure_counts_sums_and_top_contexts_exactly():
-    N, U, ctx, eot = 1024, 6, 16, 50
-    tokens = synthetic_tokens(N, 50, eot, doc_len=200)
+    N, U, ctx = 1024, 6, 16
     g = torch.Generator().manual_seed(0)
     acts = torch.rand(N, U, generator=g) * (torch.rand(N, U, generator=g) < 0.2)
     acts[:, 0] = (torch.arange(N) % 2 == 0).float()  # fires on every other token

@@ -8,6 +8,7 @@ import torch
 
 import analyze
 import browser
+import report
 import sae as sae_lib
 from common import UserError
 from model import ModelConfig, Transformer
@@ -130,7 +131,7 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     # token text travels as JSON only, escaped: the data block holds no markup at all
     assert "<" not in page.scripts["data"] and len(page.scripts) == 2
     enc = run["enc"]
-    assert data["vocab"] == [browser.visible(analyze.token_text(enc, t)) for t in range(run["meta"]["vocab_size"])]
+    assert data["vocab"] == [browser.visible(report.token_text(enc, t)) for t in range(run["meta"]["vocab_size"])]
     assert any(c in v for v in data["vocab"] for c in '<&"')   # the escaping above had something to escape
     units = json.load(open(os.path.join(run["dir"], "units.json")))
     stats = {"f": m["stats"]["F1024"], "n": m["stats"]["neurons"]}

@@ -1,0 +1,216 @@
+"""report.py: report.md, the analysis written out beside the paper's numbers.
+
+analyze.py measures; this file only formats: a one-screen summary table (ours beside the paper's),
+then one section per measurement with its table and figure. Token text is made visible (whitespace
+spelled out) and safe inside markdown tables.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+import interp
+from common import fmt_eta
+from interp import MIN_ACTIVE, SIZES
+
+# The paper's numbers (PAPER.md) that ours are printed beside.
+PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6)",
+         "recovered": "79% (A/1, zero ablation); 94.5% (A/5)",
+         "interp": "human rubric (0-14): median feature 12, neuron 0; logit prediction 74% vs 58%",
+         "specificity": "Arabic feature A/1/3450: Pearson 0.74 with its proxy"}
+
+
+def write_report(cfg, run, res):
+    """report.md: a one-screen summary beside the paper's numbers, then each measurement."""
+    n, main = run["n_tokens"], run["main"]
+    lm, sae_ckpt = run["lm_ckpt"], run["saes"][main]["ckpt"]
+    row = next(r for r in res["losses"]["rows"] if r["name"] == f"F{main}")
+    dens, it, sp = res["density"][main], res["interp"]["summary"], res["specificity"]
+    cluster = dens["cluster"]
+    lm_tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
+    bf = sp["best"]["features"]
+    best = int(np.argmax(bf["r"]))
+    took = fmt_eta(res["measure"]["seconds"])
+    pass_note = (f"reusing the streaming pass cached in {cfg.analysis_dir}/measure.pt, {took} when it ran"
+                 if res["measure"].get("reused") else f"the streaming pass: {took}")
+    f_med, n_med = it["features"]["all"]["median"], it["neurons"]["all"]["median"]
+    diff = it["median_diff"]
+    ultralow = f"{cluster['members'].sum():,} features" if cluster else "none found"
+    L = [f"# Towards Monosemanticity, reproduced: analysis of `{cfg.out}`", "",
+         "## Summary", "",
+         f"- **LM** (`{cfg.lm_dir}`): {sum(p.numel() for p in run['model'].parameters()) / 1e6:.2f}M parameters, "
+         f"{run['model'].cfg.d_mlp} neurons, trained {lm['step']:,} steps on {lm_tokens / 1e6:.1f}M tokens in "
+         f"{fmt_eta(lm['elapsed'])}; validation loss {lm.get('val_loss', float('nan')):.3f} "
+         f"(count-based bigram model: {lm.get('bigram_loss', float('nan')):.3f}).",
+         f"- **SAE** F{main} (`{cfg.sae_dir}`): {main:,} features, trained on "
+         f"{sae_ckpt['seen'] / 1e6:.1f}M activations in {fmt_eta(sae_ckpt['elapsed'])} "
+         f"(L1 coefficient {sae_ckpt['config'].get('l1_coeff', '?')})"
+         + ("" if sae_ckpt.get("final", True) else "; **not final: training was still running**") + ".",
+         f"- **Analysis**: {n:,} held-out tokens ({run['meta']['documents']['val']} validation documents), "
+         f"{fmt_eta(res['seconds'])} ({pass_note}).", "",
+         "| | ours | paper (A/1 unless noted) |", "| --- | --- | --- |",
+         f"| dead features (never active) | {dens['dead']:,} of {main:,} ({100 * dens['dead'] / main:.1f}%) "
+         f"on {n / 1e6:.2f}M tokens | {PAPER['dead']} on 100M |",
+         f"| ultralow-density cluster | {ultralow} | {PAPER['ultralow']} |",
+         f"| loss recovered, MLP zero-ablated | {100 * row['rec_zero']:.1f}% | {PAPER['recovered']} |",
+         f"| loss recovered, MLP mean-ablated (stricter) | {100 * row['rec_mean']:.1f}% | not given |",
+         f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
+         f"| interpretability: median score, features vs neurons ({cfg.max_entries}-row explanations) | "
+         f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
+         f"| the same with 1-row / {SIZES[-1]}-row explanations | " + " / ".join(
+             f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
+             f"({signed(it['by_size'][e]['diff'])})" for e in (1, SIZES[-1]))
+         + " | (the paper's explanations are a sentence) |",
+         f"| best proxy match (Pearson r) | feature #{bf['units'][best]} with '{sp['names'][best]}': "
+         f"{bf['r'][best]:.2f} "
+         f"(best neuron: {sp['best']['neurons']['r'][best]:.2f}) | {PAPER['specificity']} |",
+         "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
+         "compare the sign of the difference, not the scale.", "",
+         "## 1. Reconstruction and loss recovered", "",
+         "The SAE's reconstruction replaces the MLP activations on held-out text; the loss it recovers is "
+         "(L_ablated - L_SAE) / (L_ablated - L_clean), against zero-ablating the MLP (the paper's lenient "
+         "baseline) and mean-ablating it (every neuron at its held-out mean). MSE is in the SAE's normalised "
+         "units (predicting 0 scores about 1) and, like FVU, is measured on the loss windows; L0, dead (never "
+         f"active) and dense (active on more than 10% of tokens) on all {n:,} held-out tokens. The neuron row is "
+         "the basis the SAE competes with.", "", losses_markdown(res["losses"]), "",
+         "## 2. Feature density", "",
+         "The fraction of held-out tokens on which each feature fires, as in the paper's histograms. The paper "
+         "finds a bimodal picture: real features, plus an ultralow-density cluster that is an artifact of training "
+         "(it counts 292 of them in A/1 and leaves them out of its analysis). We look for one with a two-Gaussian "
+         "fit of the alive features' log densities, accepted when the fit has two modes at least 1.5 decades apart "
+         "with a clear valley between them.", "",
+         "![feature density](density.png)", ""]
+    for k, d in res["density"].items():
+        c = d["cluster"]
+        L.append(f"- F{k}: {d['dead']:,} dead; " + (
+            f"ultralow cluster of {c['members'].sum():,} features below density {c['threshold']:.1e} (valley at "
+            f"{100 * c['dip']:.0f}% of its peak); encoder-decoder cosine {d['cos_low']:.2f} in it vs "
+            f"{d['cos_high']:.2f} for the "
+            "others (the paper: the cluster is separable by it)" if c else "no separate ultralow cluster") + ".")
+    L += ["", "## 3. Features versus neurons: interpretability", "",
+          f"The paper's automated interpretability asks a language model to explain a unit from its activating "
+          f"examples, then to predict its activations on other examples from the explanation alone. Offline, our "
+          f"explanation is a lookup table of at most {cfg.max_entries} (previous token, token) or token patterns, "
+          f"each with the mean activation of the tokens it matches, read off the unit's {cfg.explain_contexts} "
+          f"top-activating contexts of {cfg.context} tokens in one half of the held-out windows; the simulation "
+          f"predicts each token's activation from the table and is scored by Pearson correlation with the truth on "
+          f"the other half, over {cfg.score_top} top-activating and {cfg.score_random} random contexts (the paper's "
+          f"top-and-random scoring). {res['interp']['n']} units of each kind, drawn at random among the alive ones "
+          f"(active on at least {MIN_ACTIVE} tokens, in both halves"
+          f"{', outside the ultralow cluster' if cluster else ''}), "
+          f"same table size for both. Single-token units (one token carries "
+          f"{100 * interp.SINGLE_TOKEN_SHARE:.0f}% of the activation in their explanation contexts) are trivial to "
+          "simulate; the paper reports them separately, and so do we.", "",
+          interp_markdown(it), "",
+          "The figure: the score distributions of the two samples (all units, then without single-token ones); the "
+          "median score as the explanation grows from 1 to 20 rows (a long enough table lists a polysemantic unit's "
+          "meanings one by one, so the gap should narrow); and the median score of every scored unit per decade of "
+          "density (a unit that fires rarely leaves few examples to explain from and to score on).", "",
+          "![interpretability](interp.png)", "",
+          "Examples (the best, a median and the worst scored of each kind in the sample); "
+          "`a → b` is the pattern 'token b after token a':", ""]
+    L += examples_markdown(res["interp"]["compare"], run)
+    L += ["", "Every alive unit's explanation and score: `units.json`.", "",
+          "## 4. Activation specificity", "",
+          "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
+          "suit a corpus of Python's standard library; the Python ones come from Python's own tokenizer run on every "
+          "held-out document that parses. For each proxy, the feature and the neuron whose activation correlates most "
+          "with it over all held-out tokens, and the share of their activation that falls where the proxy holds. "
+          "Pearson r rewards covering all of a broad proxy, which one dense neuron does more easily than each of the "
+          "several features that split it; the share of activation on the proxy is the paper's point, specificity.", "",
+          specificity_markdown(sp), "", "![specificity](specificity.png)", "",
+          *res["browser"]["report"], *res["steering"]["report"],
+          "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
+    path = os.path.join(run["dir"], "report.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(L))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def losses_markdown(r):
+    lines = [f"Next-token loss on {r['loss_tokens']:,} held-out tokens: clean {r['clean']:.4f}, "
+             f"MLP zero-ablated {r['zero']:.4f}, mean-ablated {r['mean']:.4f}.", "",
+             "| units | MSE | FVU | L0 | dead | dense (>10%) | loss | recovered (zero abl.) | recovered (mean abl.) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        lines.append(f"| {row['name']} ({row['units']:,}) | {row['mse']:.4f} | {row['fvu']:.3f} | {row['l0']:.1f} | "
+                     f"{row['dead']:,} ({100 * row['dead'] / row['units']:.1f}%) | {row['dense']:,} | "
+                     f"{row['loss']:.4f} | {100 * row['rec_zero']:.1f}% | {100 * row['rec_mean']:.1f}% |")
+    return "\n".join(lines)
+
+
+def interp_markdown(s):
+    lines = ["| units | n | single-token | mean score [95% CI] | median score [95% CI] | "
+             "median, without single-token |", "| --- | --- | --- | --- | --- | --- |"]
+    for kind in ("features", "neurons"):
+        r = s[kind]
+        multi = f"{r['multi']['median']:.3f}" if "multi" in r else "-"
+        lines.append(f"| {kind} | {r['n']} | {r['single']} | {r['all']['mean']:.3f} [{r['all']['mean_ci'][0]:.3f}, "
+                     f"{r['all']['mean_ci'][1]:.3f}] | {r['all']['median']:.3f} [{r['all']['median_ci'][0]:.3f}, "
+                     f"{r['all']['median_ci'][1]:.3f}] | {multi} |")
+    d = s["median_diff"]
+    lines += [f"\nMedian score, features minus neurons: {signed(d)}.",
+              "", "| explanation rows |" + "".join(f" {e} |" for e in SIZES),
+              "| --- |" + " --- |" * len(SIZES)]
+    for kind in ("features", "neurons"):
+        lines.append(f"| median score, {kind} |" + "".join(f" {s['by_size'][e][kind]:.3f} |" for e in SIZES))
+    lines.append("| features minus neurons [95% CI] |" + "".join(
+        f" {s['by_size'][e]['diff']['value']:+.3f} [{s['by_size'][e]['diff']['ci'][0]:+.2f}, "
+        f"{s['by_size'][e]['diff']['ci'][1]:+.2f}] |" for e in SIZES))
+    cell = lambda c: f"{c[1]:.3f} (n={c[0]})" if c[0] else "-"
+    lines += ["", "| density (all scored units) | features: median score | neurons: median score |",
+              "| --- | --- | --- |"]
+    lines += [f"| {row['lo']:g} to {row['hi']:g} | {cell(row['features'])} | {cell(row['neurons'])} |"
+              for row in s["by_density"]]
+    return "\n".join(lines)
+
+
+def specificity_markdown(s):
+    lines = ["| proxy | tokens where it holds | best feature: r, activation on proxy | "
+             "best neuron: r, activation on proxy |", "| --- | --- | --- | --- |"]
+    f, nr = s["best"]["features"], s["best"]["neurons"]
+    for j, name in enumerate(s["names"]):
+        lines.append(f"| {name}: {interp.PROXY_HELP[name]} | {100 * s['base_rate'][j]:.1f}% | "
+                     f"#{f['units'][j]}: {f['r'][j]:.2f}, {100 * f['mass'][j]:.0f}% | "
+                     f"#{nr['units'][j]}: {nr['r'][j]:.2f}, {100 * nr['mass'][j]:.0f}% |")
+    return "\n".join(lines)
+
+
+def examples_markdown(compare, run):
+    vocab = run["meta"]["vocab_size"]
+    lines = []
+    for kind, rs in compare.items():
+        ranked = sorted(rs, key=lambda r: -r["score"])
+        for label, r in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
+            rows, default = describe(r["explanation"], run["enc"], vocab)
+            table = "; ".join(f"{shown(x['prev']) + ' → ' if x['prev'] is not None else ''}{shown(x['token'])}: "
+                              f"{x['value']:.2f}" for x in rows[:5])
+            lines.append(f"- {kind[:-1]} #{r['unit']} ({label}, score {r['score']:.2f}"
+                         f"{', single-token' if r['single_token'] else ''}): {table}; otherwise {default:.2f}")
+    return lines
+
+
+def describe(expl, enc, vocab):
+    """An explanation table as rows of readable patterns, strongest first."""
+    rows = []
+    for key, value, count in zip(expl["keys"], expl["values"], expl["counts"]):
+        prev, cur = divmod(int(key), vocab)
+        rows.append(dict(prev=None if prev == vocab else token_text(enc, prev), token=token_text(enc, cur),
+                         value=round(float(value), 4), count=int(count)))
+    return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
+
+
+def token_text(enc, t):
+    return enc.decode_single_token_bytes(int(t)).decode("utf-8", "replace")
+
+
+def signed(d):
+    return f"{d['value']:+.2f}, 95% CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+
+
+def shown(text):
+    """A token's text, visible in markdown: whitespace spelled out, backticks kept inside code."""
+    text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t").replace("`", "'")
+    return "`" + text.replace("|", "\\|") + "`"  # a bare | would end a markdown table cell
