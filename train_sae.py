@@ -48,6 +48,7 @@ class SAETrainConfig:
     buffer_size: int = arg(2**18, "activations per buffer fill (2^18 x 512 floats = 512 MB)")
     eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics")
     eval_every: int = arg(200, "steps between held-out metrics")
+    ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)")
     fused: bool = arg(True, "the fused sparse step (else the plain autograd reference)")
     bf16: bool = arg(True, "bf16 for the dense encoder product where the hardware makes it fast (--no-bf16: never)")
 
@@ -149,7 +150,7 @@ def train(cfg, on_step=None):
     progress = Progress(None, quiet=not master)
     per_rank = cfg.batch_size // world
     steps_per_fill = cfg.buffer_size // cfg.batch_size
-    t_start = t_last = time.time()
+    t_start = t_last = t_saved = time.time()
     step0 = step_last = step
     buffer = None
     by_time, t_cycle = max_steps is None, None  # a wall-clock budget (not resumed, no --max-activations)
@@ -158,9 +159,10 @@ def train(cfg, on_step=None):
         if step % steps_per_fill == 0:
             # A fill boundary: the only state is the two generators, so this is where we checkpoint
             # (the 512 MB buffer never needs saving) and where --resume picks up.
-            if step > step0:
+            if step > step0 and time.time() - t_saved >= 60 * cfg.ckpt_minutes:
                 elapsed, t_start = elapsed + time.time() - t_start, time.time()
                 save()
+                t_saved = time.time()
             buffer = harvest(model, train_tokens, cfg.buffer_size, windows, device=device)[0]
             buffer = buffer[torch.randperm(len(buffer), generator=shuffle).to(device)]
             if step == 0 and not cfg.resume:
@@ -280,8 +282,9 @@ def check_config(cfg, sizes, world):
         raise UserError(f"--batch-size {cfg.batch_size} must be positive and divisible by {world} process(es)")
     if cfg.buffer_size < cfg.batch_size:
         raise UserError(f"--buffer-size {cfg.buffer_size} must hold at least one batch ({cfg.batch_size})")
-    if cfg.lr <= 0 or cfg.max_minutes <= 0 or cfg.max_activations < 0 or cfg.eval_every < 1:
-        raise UserError("--lr, --max-minutes and --eval-every must be positive, --max-activations >= 0")
+    if cfg.lr <= 0 or cfg.max_minutes <= 0 or cfg.max_activations < 0 or cfg.eval_every < 1 or cfg.ckpt_minutes < 0:
+        raise UserError("--lr, --max-minutes and --eval-every must be positive, "
+                        "--max-activations and --ckpt-minutes >= 0")
 
 
 def load_sae(path, device="cpu"):

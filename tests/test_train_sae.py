@@ -14,7 +14,7 @@ from train_lm import load_lm
 
 def sae_config(out, **kw):
     base = dict(out=out, device="cpu", max_activations=24 * 1024, batch_size=1024, buffer_size=8 * 1024,
-                eval_activations=4096, eval_every=8, n_features=1024, lr=1e-3)
+                eval_activations=4096, eval_every=8, n_features=1024, lr=1e-3, ckpt_minutes=0.0)
     base.update(kw)
     return train_sae.SAETrainConfig(**base)
 
