@@ -85,25 +85,29 @@ def read_text(path, stats):
 
 def file_documents(patterns, stats):
     """Documents from the user's files: .txt (one document per file) or .jsonl (one per line)."""
-    paths = []
+    # A document's name (what the split hashes) is its path relative to the folder given, or the
+    # file's own name: moving the corpus elsewhere changes neither the split nor the shards.
+    names = {}
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
-            paths += [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs]
+            names.update((os.path.join(d, f), os.path.relpath(os.path.join(d, f), pattern))
+                         for d, _, fs in os.walk(pattern) for f in fs)
         else:
-            paths += glob.glob(pattern) if any(c in pattern for c in "*?[") else [pattern]
-    paths = sorted(p for p in set(paths) if p.endswith((".txt", ".jsonl", ".txt.gz", ".jsonl.gz")))
+            names.update((p, os.path.basename(p))
+                         for p in (glob.glob(pattern) if any(c in pattern for c in "*?[") else [pattern]))
+    paths = sorted(p for p in names if p.endswith((".txt", ".jsonl", ".txt.gz", ".jsonl.gz")))
     for path in paths:
         text = read_text(path, stats)
         if text is None:
             continue
         if ".jsonl" not in path:
-            yield path, text
+            yield names[path], text
             continue
         for i, line in enumerate(text.splitlines()):
             if line.strip():
                 try:
-                    yield f"{path}:{i}", json.loads(line)["text"]
+                    yield f"{names[path]}:{i}", json.loads(line)["text"]
                 except (ValueError, KeyError, TypeError):
                     stats["bad jsonl lines"] += 1
 

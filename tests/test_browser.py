@@ -114,9 +114,12 @@ class Page(html.parser.HTMLParser):
 
 
 def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
-    cfg = browser.BrowseConfig(**{**vars(analysed), "features": ["3", "17", "250"], "neurons": ["0", "511"]})
-    run = analyze.load_run(cfg)
-    m = analyze.load_or_measure(cfg, run)
+    run = analyze.load_run(analysed)
+    m = analyze.load_or_measure(analysed, run)
+    # three features that fired and two neurons, whether they fired or not (checked both ways below)
+    alive = m["stats"]["F1024"]["fired"].nonzero().squeeze(1).tolist()
+    f1, f2, f3 = alive[0], alive[len(alive) // 2], alive[-1]
+    cfg = browser.BrowseConfig(**{**vars(analysed), "features": [str(f) for f in (f1, f2, f3)], "neurons": ["0", "511"]})
     out = browser.write_browser(cfg, run, m)
     text = open(out["path"], encoding="utf-8").read()
     assert out["bytes"] == os.path.getsize(out["path"]) < 5e6
@@ -125,9 +128,10 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     page = Page()
     page.feed(text)
     page.close()
-    assert set(page.cells) == {"row-f3", "row-f17", "row-f250", "row-n0", "row-n511"}
+    keys = {f"f{f1}", f"f{f2}", f"f{f3}", "n0", "n511"}
+    assert set(page.cells) == {"row-" + k for k in keys}
     data = json.loads(page.scripts["data"])
-    assert set(data["units"]) == {"f3", "f17", "f250", "n0", "n511"}
+    assert set(data["units"]) == keys
     # token text travels as JSON only, escaped: the data block holds no markup at all
     assert "<" not in page.scripts["data"] and len(page.scripts) == 2
     enc = run["enc"]
@@ -141,7 +145,10 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
         assert u["max"] == pytest.approx(browser.top_max(s)[i].item(), abs=1e-4)
         assert len(u["hist"]) == cfg.bins and sum(u["hist"]) <= cfg.pool_tokens
         assert len(u["up"]) == len(u["down"]) == cfg.logit_tokens and u["up"][0][1] >= u["up"][-1][1] >= u["down"][0][1]
-        assert u["max"] == 0 or u["up"][-1][1] > u["down"][0][1]  # effects are scaled by the largest activation
+        if u["max"] == 0:  # never fired: no contexts to show, and no effect at any activation it had
+            assert s["fired"][i] == 0 and u["top"] == [] and u["up"][0][1] == u["down"][-1][1] == 0
+            continue
+        assert u["up"][-1][1] > u["down"][0][1]  # effects are scaled by the largest activation
         assert 0 < len(u["top"]) <= cfg.top_contexts and max(u["top"][0][1]) == 100   # the peak of the top context
         assert all(len(ids) == len(acts) == cfg.context for ids, acts in u["top"])
         assert len(u["intervals"]) == cfg.intervals
@@ -154,9 +161,9 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
         assert cells[2] == (f"{scored['score']:.3f}" if scored else "")
     # a unit's top context is the cached one: its tokens, its activations in percent of the max
     top = m["stats"]["F1024"]["top"]
-    half = int(top[1]["val"][17, 0] > top[0]["val"][17, 0])
-    c, acts = top[half]["ctx"][17, 0].item(), top[half]["acts"][17, 0]
-    assert data["units"]["f17"]["top"][0] == [run["tokens"][c * cfg.context:(c + 1) * cfg.context].tolist(),
+    half = int(top[1]["val"][f1, 0] > top[0]["val"][f1, 0])
+    c, acts = top[half]["ctx"][f1, 0].item(), top[half]["acts"][f1, 0]
+    assert data["units"][f"f{f1}"]["top"][0] == [run["tokens"][c * cfg.context:(c + 1) * cfg.context].tolist(),
                                               (100 * acts / acts.max()).round().int().tolist()]
 
 

@@ -94,6 +94,8 @@ def test_user_files_txt_jsonl_gz(tmp_path):
     assert any("compressed text" in t for _, t in docs)
     docs_glob = list(data.file_documents([str(tmp_path / "*.jsonl")], data.Counter()))
     assert len(docs_glob) == 30
+    # names (what the split hashes) do not depend on where the corpus lives
+    assert sorted(n for n, _ in docs)[:3] == ["a.txt", "b.jsonl:0", "b.jsonl:1"] and docs_glob[0][0] == "b.jsonl:0"
 
 
 def test_bad_input_is_one_clear_error(tmp_path):
