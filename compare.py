@@ -1,20 +1,494 @@
-"""compare.py: matching units between two dictionaries (the paper's universality and splitting).
+"""compare.py: the paper's last two results: features are universal across seeds, and the number of
+features is a knob (a larger dictionary splits features into finer ones).
 
-Two questions from the end of the paper, each answered by matching every unit of one set to its
-best partner in another:
+    python compare.py                  # after the main run: ~45 minutes on a 2-core CPU
+    python compare.py --out /tmp/run   # another run's outputs; interrupted? run it again, it resumes
 
-- Universality: do two transformers that differ only in their seed learn the same features? For
-  each feature of A/1, the largest Pearson correlation of its activations with any feature of B/1
-  over the same tokens (the paper: median 0.72 for features, 0.46 for neurons).
-- Feature splitting: as the dictionary grows, a coarse feature splits into finer ones. For each
-  feature of the small dictionary, its nearest features in the larger one by decoder cosine
-  similarity and by activation correlation; a clear split is one parent whose few children
-  together cover its activations.
+It needs the main run (data.py, train_lm.py, train_sae.py) in --out and adds, each stage skipped
+when its checkpoint is final and resumed when it was interrupted:
 
-Activations are streamed in chunks of tokens, so a million tokens of 4,096 features never sit in
-memory densely; only the (units_a, units_b) matrix of co-activation sums does.
+  1. model B: the same LM trained on the same number of tokens with another seed (<out>/lm_b/)
+  2. the random-weights control: model A's initialisation, never trained (<out>/lm_random/)
+  3. an SAE of the main run's size and recipe, on as many activations, on each (sae_b/, sae_random/)
+  4. a sweep of dictionary sizes on model A, all on the same activations (sae_sweep/F<n>/)
+  5. the measurements, in <out>/compare/: report.md, universality.png, control.png, knob.png
+
+Matching units between two sets (universality and splitting) is one streamed pass over held-out
+tokens: activations are reduced chunk by chunk to the sums Pearson correlations need, so a million
+tokens of 4,096 features never sit in memory densely.
 """
-import torch
+import dataclasses
+import os
+import time
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import analyze  # noqa: E402
+import data  # noqa: E402
+import interp  # noqa: E402
+import train_lm  # noqa: E402
+import train_sae  # noqa: E402
+from common import Progress, UserError, arg, fmt_eta, load_checkpoint, parse_config, pick_device, run_main  # noqa: E402
+from interp import MIN_ACTIVE  # noqa: E402
+from report import shown, token_text  # noqa: E402
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    out: str = arg("out", "artifact root of the main run; the new runs and compare/ go beside it")
+    device: str = arg("auto", "auto, cpu, cuda or cuda:N")
+    seed_b: int = arg(1, "model B's seed (model A's is the main run's)")
+    sizes: list = arg([512, 1024, 2048, 4096], "dictionary sizes of the sweep (more on a GPU, e.g. ... 16384)")
+    sweep_minutes: float = arg(10.0, "wall-clock budget of the sweep (all sizes train on the same activations)")
+    sweep_activations: int = arg(0, "activation budget of the sweep instead of --sweep-minutes (0: the minutes)")
+    tokens: int = arg(0, "held-out tokens to match units on and to analyse the control (0: the whole split)")
+    pairs: int = arg(8, "matched A/B feature pairs shown, sampled at random from the alive features")
+    families: int = arg(4, "feature families shown: the clearest splits")
+    seed: int = arg(0, "seed for the sampled pairs")
+
+
+def main(cfg):
+    t0 = time.time()
+    dirs = run_stages(cfg)
+    res = measure(cfg, dirs)
+    path = write_report(cfg, dirs, res)
+    print(f"report: {path} ({fmt_eta(time.time() - t0)})")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages 1-4: the runs, each reusing the main run's recipe (its saved configs)
+
+
+def run_stages(cfg):
+    """Train whatever is missing; returns {name: (lm_dir, sae_dir)} of the runs compared."""
+    a_lm = load_checkpoint(os.path.join(cfg.out, "lm", "ckpt.pt"), "LM checkpoint (model A)",
+                           f"run the main run first: python train_lm.py --out {cfg.out}")
+    a_sae_path = main_sae_path(cfg.out)
+    a_sae = load_checkpoint(a_sae_path, "SAE checkpoint", f"run python train_sae.py --out {cfg.out} first")
+    if not (a_lm["final"] and a_sae["final"]):
+        raise UserError(f"the main run in {cfg.out} has not finished: resume it first "
+                        "(python train_lm.py --resume, then python train_sae.py --resume)")
+    if any(int(n) < 1 for n in cfg.sizes) or len(cfg.sizes) < 2:
+        raise UserError(f"--sizes {cfg.sizes}: give at least two positive dictionary sizes")
+    n_features = a_sae["sae_config"]["n_features"]
+    lm_cfg = recipe(train_lm.TrainConfig, a_lm["config"], out=cfg.out, device=cfg.device)
+    sae_cfg = recipe(train_sae.SAETrainConfig, a_sae["config"], out=cfg.out, device=cfg.device, sweep=[],
+                     n_features=n_features, max_activations=a_sae["seen"])
+    a_tokens = a_lm["step"] * lm_cfg.batch_size * lm_cfg.block_size
+    stage("model B", os.path.join(cfg.out, "lm_b", "ckpt.pt"), train_lm.train,
+          dataclasses.replace(lm_cfg, lm_dir="lm_b", seed=cfg.seed_b, max_tokens=a_tokens))
+    stage("random-weights control", os.path.join(cfg.out, "lm_random", "ckpt.pt"), train_lm.train,
+          dataclasses.replace(lm_cfg, lm_dir="lm_random", random_init_only=True))
+    for lm_dir, sae_dir in (("lm_b", "sae_b"), ("lm_random", "sae_random")):
+        stage(f"SAE F{n_features} on {lm_dir}", os.path.join(cfg.out, sae_dir, f"F{n_features}", "ckpt.pt"),
+              train_sae.train, dataclasses.replace(sae_cfg, lm_dir=lm_dir, sae_dir=sae_dir))
+    sizes = sorted(int(n) for n in cfg.sizes)
+    stage(f"sweep {sizes}", os.path.join(cfg.out, "sae_sweep", f"F{sizes[-1]}", "ckpt.pt"), train_sae.train,
+          dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes,
+                              max_minutes=cfg.sweep_minutes, max_activations=cfg.sweep_activations))
+    return dict(a=("lm", os.path.basename(os.path.dirname(os.path.dirname(a_sae_path)))), b=("lm_b", "sae_b"),
+                random=("lm_random", "sae_random"), sweep=("lm", "sae_sweep"), n_features=n_features, sizes=sizes)
+
+
+def main_sae_path(out):
+    """The main run's SAE: the largest in <out>/sae/."""
+    sizes = [int(d[1:]) for d in os.listdir(os.path.join(out, "sae"))
+             if d[1:].isdigit()] if os.path.isdir(os.path.join(out, "sae")) else []
+    if not sizes:
+        raise UserError(f"no SAE in {out}/sae/: run python train_sae.py --out {out} first")
+    return os.path.join(out, "sae", f"F{max(sizes)}", "ckpt.pt")
+
+
+def recipe(cls, saved, **changes):
+    """A run's config rebuilt from a saved one (fields this version no longer has are dropped)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in saved.items() if k in names}, "resume": False, **changes})
+
+
+def stage(name, ckpt_path, train, run_cfg):
+    """Skip when the run's checkpoint is final, resume it when it was interrupted, else start it."""
+    if os.path.exists(ckpt_path):
+        if torch.load(ckpt_path, map_location="cpu", weights_only=False).get("final"):
+            print(f"{name}: done ({ckpt_path})")
+            return
+        run_cfg = dataclasses.replace(run_cfg, resume=True)
+    print(f"{name}: {'resuming' if run_cfg.resume else 'training'} ({ckpt_path})", flush=True)
+    train(run_cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 5: measurements
+
+
+def measure(cfg, dirs):
+    t0 = time.time()
+    device = pick_device(cfg.device)
+    data_dir = os.path.join(cfg.out, "data")
+    meta = data.load_meta(data_dir)
+    tokens = data.load_tokens(data_dir, "val")
+    lm_a, _ = train_lm.load_lm(cfg.out, "lm", device)
+    lm_b, _ = train_lm.load_lm(cfg.out, "lm_b", device)
+    T = lm_a.cfg.block_size
+    n = (min(cfg.tokens or len(tokens), len(tokens)) // T) * T
+    if n < 2 * T:
+        raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
+    tokens = np.asarray(tokens[:n]).astype(np.int64)
+    F = dirs["n_features"]
+    sae_a = train_sae.load_sae(os.path.join(cfg.out, dirs["a"][1], f"F{F}", "ckpt.pt"), device)[0]
+    sae_b = train_sae.load_sae(os.path.join(cfg.out, "sae_b", f"F{F}", "ckpt.pt"), device)[0]
+    sweep = {s: train_sae.load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"), device)
+             for s in dirs["sizes"]}
+    matches = match_pass(cfg, lm_a, lm_b, sae_a, sae_b, {s: v[0] for s, v in sweep.items()}, tokens, n,
+                         meta["vocab_size"])
+    res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), match=matches,
+               knob=knob(cfg, lm_a, tokens, n, sweep, matches),
+               control=control(cfg, dirs), sweep_ckpt=sweep[dirs["sizes"][-1]][1])
+    res["seconds"] = time.time() - t0
+    return res
+
+
+@torch.no_grad()
+def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
+    """One pass over n held-out tokens through both LMs and every SAE, reduced to: correlations
+    of A's features with B's and of A's neurons with B's (universality); of the smallest sweep
+    dictionary with each larger one, and how much of each small feature's activation its children
+    cover (splitting); firing counts, squared reconstruction errors and per-token activation mass."""
+    sizes = sorted(sweep)
+    small, larger = sizes[0], sizes[1:]
+    parents = {s: nearest_parent(sweep[small].W_dec, sweep[s].W_dec) for s in larger}
+    corr = {"features": Correlator(sae_a.cfg.n_features, sae_b.cfg.n_features),
+            "neurons": Correlator(lm_a.cfg.d_mlp, lm_b.cfg.d_mlp),
+            **{s: Correlator(small, s) for s in larger}}
+    cover = {s: Coverage(small) for s in larger}
+    units = {"A": sae_a.cfg.n_features, "B": sae_b.cfg.n_features, **{s: s for s in sizes}}
+    fired = {k: torch.zeros(u) for k, u in {**units, "neurons A": lm_a.cfg.d_mlp, "neurons B": lm_b.cfg.d_mlp}.items()}
+    mass = {k: torch.zeros(vocab, u) for k, u in units.items()}
+    sq_err = dict.fromkeys(sizes, 0.0)
+    a_sum, a_sumsq = 0.0, 0.0
+    progress, t0 = Progress(None), time.time()
+    batch = max(1, 4096 // lm_a.cfg.block_size) * lm_a.cfg.block_size
+    streams = zip(interp.stream(lm_a, tokens, n, {"h": lambda h: h}, batch),
+                  interp.stream(lm_b, tokens, n, {"h": lambda h: h}, batch))
+    for (start, a), (_, b) in streams:
+        a, b = a["h"], b["h"]
+        ids = torch.from_numpy(tokens[start:start + len(a)])
+        f = {"A": sae_a.encode(a), "B": sae_b.encode(b), **{s: sweep[s].encode(a) for s in sizes}}
+        corr["features"].add(f["A"], f["B"])
+        corr["neurons"].add(a, b)
+        for s in larger:
+            corr[s].add(f[small], f[s])
+            cover[s].add(f[small], f[s], parents[s])
+        fired["neurons A"] += (a > 0).sum(0).cpu()
+        fired["neurons B"] += (b > 0).sum(0).cpu()
+        for k, x in f.items():
+            fired[k] += (x > 0).sum(0).cpu()
+            tok, unit = x.nonzero(as_tuple=True)
+            mass[k].index_put_((ids[tok.cpu()], unit.cpu()), x[tok, unit].float().cpu(), accumulate=True)
+        for s in sizes:
+            sq_err[s] += ((sweep[s].decode(f[s]) - a) * sweep[s].act_scale).double().square().sum().item()
+        a_sum = a_sum + a.double().sum(0)
+        a_sumsq = a_sumsq + a.double().square().sum(0)
+        done = start + len(a)
+        if progress.due() or done == n:
+            rate = done / (time.time() - t0)
+            progress.say(f"matching: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
+                         f"ETA {fmt_eta((n - done) / rate)}")
+    spread = (a_sumsq - a_sum ** 2 / n).sum().item()  # FVU's denominator, in the activations' units
+    return dict(corr={k: c.correlations() for k, c in corr.items()}, cover={s: c.fractions() for s, c in cover.items()},
+                parents=parents, fired=fired, mass=mass,
+                fvu={s: sq_err[s] / (sweep[s].act_scale.item() ** 2 * spread) for s in sizes},
+                mse={s: sq_err[s] / (n * lm_a.cfg.d_mlp) for s in sizes})
+
+
+def knob(cfg, lm_a, tokens, n, sweep, m):
+    """Per dictionary size: MSE, FVU, L0, dead fraction and loss recovered (the paper's knob)."""
+    repl = {"clean": lambda h: h, "zero": lambda h: torch.zeros_like(h),
+            **{s: (lambda h, sae=sae: sae(h)[0]) for s, (sae, _) in sweep.items()}}
+    loss = analyze.lm_losses(lm_a, tokens, min(2**17, n - 1), repl)
+    rows = []
+    for s, (sae, ckpt) in sweep.items():
+        fired = m["fired"][s]
+        rows.append(dict(size=s, mse=m["mse"][s], fvu=m["fvu"][s], l0=fired.sum().item() / n,
+                         dead=(fired == 0).float().mean().item(), loss=loss[s],
+                         recovered=analyze.recovered(loss["zero"], loss[s], loss["clean"]), seen=ckpt["seen"]))
+    return dict(rows=rows, clean=loss["clean"], zero=loss["zero"])
+
+
+def control(cfg, dirs):
+    """analyze.py's features-versus-neurons comparison, run on model A and on the random-weights
+    model (each in its own folder under compare/, so the main analysis is left as it was)."""
+    out = {}
+    for name, (lm_dir, sae_dir) in (("A", dirs["a"]), ("random", dirs["random"])):
+        acfg = analyze.AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
+                                     analysis_dir=os.path.join("compare", f"analysis_{name}"), device=cfg.device,
+                                     tokens=cfg.tokens, seed=cfg.seed)
+        res = analyze.analyze(acfg, "interp")
+        out[name] = dict(summary=res["interp"]["summary"], compare=res["interp"]["compare"],
+                         fired=res["measure"]["stats"][f"F{dirs['n_features']}"]["fired"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries
+
+
+def universality(m, n):
+    """For each alive feature of A, its best-correlated alive feature of B; the same for neurons."""
+    out = {}
+    for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B")):
+        alive_a = (m["fired"][a] >= MIN_ACTIVE).nonzero().squeeze(1)
+        alive_b = (m["fired"][b] >= MIN_ACTIVE).nonzero().squeeze(1)
+        best, idx = best_matches(m["corr"][kind][alive_a][:, alive_b])
+        out[kind] = dict(units=alive_a, best=best.numpy(), match=alive_b[idx], total=len(m["fired"][a]),
+                         density=(m["fired"][a][alive_a] / n).numpy())
+    return out
+
+
+def splitting(m, sweep, n_show):
+    """Per larger size: how many features of the size below have a close match (decoder cosine
+    above 0.9) and how the smallest dictionary's features map onto it; the clearest families."""
+    sizes = sorted(sweep)
+    small = sizes[0]
+    alive = {s: m["fired"][s] >= MIN_ACTIVE for s in sizes}
+    W = {s: sweep[s].W_dec.detach().float().cpu() for s in sizes}
+    rows = []
+    for prev, s in zip(sizes, sizes[1:]):
+        close = best_matches(decoder_cosines(W[prev][alive[prev]], W[s][alive[s]]))[0] > 0.9
+        cos = decoder_cosines(W[small][alive[small]], W[s][alive[s]])
+        corr = m["corr"][s][alive[small]][:, alive[s]]
+        kids = m["parents"][s][alive[s]]
+        counts = torch.bincount(kids[kids >= 0], minlength=small)[alive[small]]
+        rows.append(dict(size=s, prev=prev, alive=int(alive[s].sum()), alive_prev=int(alive[prev].sum()),
+                         close=int(close.sum()), cos=float(best_matches(cos)[0].median()),
+                         corr=float(best_matches(corr)[0].median()), split=int((counts >= 2).sum())))
+    largest = sizes[-1]
+    parents = torch.where(alive[largest], m["parents"][largest], -1)
+    families = split_families(parents, decoder_cosines(W[small], W[largest]), m["corr"][largest],
+                              m["cover"][largest])
+    families = [f for f in families if alive[small][f["parent"]]][:n_show]
+    for f in families:
+        f["tree"] = family_tree(f["parent"], sizes, W, m["parents"], alive)
+    return dict(rows=rows, families=families)
+
+
+def family_tree(parent, sizes, W, parents, alive, max_children=6):
+    """The members of one family at each size, each attached to its nearest (decoder cosine) member
+    of the size below: [(size, unit, attached-to unit, cosine)] in order of size."""
+    tree, level = [], [parent]
+    for prev, s in zip(sizes, sizes[1:]):
+        members = ((parents[s] == parent) & alive[s]).nonzero().squeeze(1)
+        if len(members) == 0:
+            break
+        cos = decoder_cosines(W[s][members], W[prev][level])
+        best, idx = cos.max(1)
+        keep = best.argsort(descending=True)[:max_children]
+        tree += [(s, members[i].item(), level[idx[i]], best[i].item()) for i in keep.tolist()]
+        level = members[keep].tolist()
+    return tree
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures and report.md
+
+
+def top_tokens(mass, unit, enc, k=4):
+    """A unit's k tokens with the most activation mass, as `token` (share of its mass)."""
+    col = mass[:, unit]
+    total = col.sum().item()
+    if total == 0:
+        return "(never fired)"
+    vals, ids = col.topk(k)
+    return " ".join(f"{shown(token_text(enc, t))} {100 * v / total:.0f}%" for v, t in zip(vals.tolist(), ids.tolist())
+                    if v > 0)
+
+
+def millions(x):
+    return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x:,}"
+
+
+def plot_universality(u, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    bins = np.linspace(0, 1, 41)
+    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
+        x = u[kind]["best"]
+        axes[0].hist(x, bins=bins, density=True, histtype="step", linewidth=2, color=color,
+                     label=f"{kind} (n={len(x)}, median {np.median(x):.2f})")
+        axes[0].axvline(np.median(x), color=color, linestyle="--", linewidth=1)
+    axes[0].set_xlabel("max Pearson correlation with any unit of model B")
+    axes[0].set_ylabel("density of units")
+    axes[0].set_title("model A's units, best match in model B (paper: median 0.72 vs 0.46)", fontsize=9)
+    axes[0].legend(fontsize=8, loc="upper left")
+    f = u["features"]
+    axes[1].scatter(f["density"], f["best"], s=3, alpha=0.4, color="tab:blue")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("feature density in model A")
+    axes[1].set_ylabel("max correlation with model B")
+    axes[1].set_title("which features are universal?", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_control(c, n, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    groups = [("A", "features"), ("A", "neurons"), ("random", "features"), ("random", "neurons")]
+    x = np.arange(len(groups))
+    for dx, part, color in ((-0.2, "all", "tab:blue"), (0.2, "multi", "tab:orange")):
+        med = [c[m]["summary"][k].get(part, {}).get("median", np.nan) for m, k in groups]
+        axes[0].bar(x + dx, med, 0.4, color=color,
+                    label="all sampled units" if part == "all" else "without single-token units")
+    for i, (m, k) in enumerate(groups):
+        r = c[m]["summary"][k]
+        axes[0].text(i, 0.02, f"{100 * r['single'] / r['n']:.0f}%\nsingle-\ntoken", ha="center", fontsize=7,
+                     color="white")
+    axes[0].set_xticks(x, [f"{'model A' if m == 'A' else 'random model'}\n{k}" for m, k in groups], fontsize=8)
+    axes[0].set_ylabel("median interpretability score")
+    axes[0].set_title("features vs neurons, trained and random-weights transformer", fontsize=9)
+    axes[0].legend(fontsize=8, loc="upper right")
+    bins = np.arange(np.floor(np.log10(1 / n)) - 0.25, 0.25, 0.125)
+    for m, color in (("A", "tab:blue"), ("random", "tab:gray")):
+        d = (c[m]["fired"].double() / n).numpy()
+        axes[1].hist(np.log10(d[d > 0]), bins=bins, histtype="step", linewidth=2, color=color,
+                     label=f"{'model A' if m == 'A' else 'random model'}: {(d == 0).sum()} dead")
+    axes[1].set_xlabel(f"log10 feature density ({n:,} held-out tokens)")
+    axes[1].set_ylabel("features")
+    axes[1].set_title("feature density, trained vs random-weights transformer", fontsize=9)
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_knob(k, path):
+    rows = k["rows"]
+    sizes = [r["size"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, key, label in zip(axes, ("fvu", "l0", "dead", "recovered"),
+                              ("FVU (unexplained variance)", "L0 (features per token)", "dead fraction",
+                               "loss recovered (zero ablation)")):
+        ax.plot(sizes, [r[key] for r in rows], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes], fontsize=8)
+        ax.set_xlabel("dictionary size")
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(f"the knob: one LM, one stream of {millions(rows[0]['seen'])} activations, "
+                 f"{len(rows)} dictionary sizes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(cfg, dirs, res):
+    folder = os.path.join(cfg.out, "compare")
+    os.makedirs(folder, exist_ok=True)
+    n, enc, m = res["n_tokens"], res["enc"], res["match"]
+    u = universality(m, n)
+    sweep_saes = {s: train_sae.load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"))[0]
+                  for s in dirs["sizes"]}
+    split = splitting(m, sweep_saes, cfg.families)
+    plot_universality(u, os.path.join(folder, "universality.png"))
+    plot_control(res["control"], n, os.path.join(folder, "control.png"))
+    plot_knob(res["knob"], os.path.join(folder, "knob.png"))
+    F = dirs["n_features"]
+    f, ne = u["features"], u["neurons"]
+    L = [f"# Universality, the random-weights control and feature splitting: `{cfg.out}`", "",
+         f"Held-out tokens: {n:,}. Measured in {fmt_eta(res['seconds'])}. Runs compared:", "",
+         "| run | folder | trained on | final held-out line |", "| --- | --- | --- | --- |"]
+    L += runs_table(cfg, dirs)
+    L += ["", "## Universality: model A vs model B (differing only in seed)", "",
+          "For each alive unit of model A (fired on at least 10 held-out tokens), the largest Pearson "
+          "correlation of its activations with any alive unit of model B on the same tokens.", "",
+          "| units | alive | mean max correlation | median | paper (median) |", "| --- | --- | --- | --- | --- |",
+          f"| features (F{F}) | {len(f['best']):,} of {f['total']:,} | {f['best'].mean():.3f} | "
+          f"{np.median(f['best']):.3f} | 0.72 |",
+          f"| neurons | {len(ne['best'])} of {ne['total']} | {ne['best'].mean():.3f} | {np.median(ne['best']):.3f} "
+          "| 0.46 |", "", "![universality](universality.png)", "",
+          f"{cfg.pairs} features of model A drawn at random from the alive ones, beside their best match in model B "
+          "(top tokens by share of the feature's activation mass):", "",
+          "| A feature | its top tokens | r | B feature | its top tokens |", "| --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(cfg.seed)
+    picks = rng.choice(len(f["units"]), min(cfg.pairs, len(f["units"])), replace=False)
+    for i in sorted(picks, key=lambda i: -f["best"][i]):
+        a, b = f["units"][i].item(), f["match"][i].item()
+        L.append(f"| A/{a} | {top_tokens(m['mass']['A'], a, enc)} | {f['best'][i]:.2f} | B/{b} | "
+                 f"{top_tokens(m['mass']['B'], b, enc)} |")
+    c = res["control"]
+    L += ["", "## The random-weights control", "",
+          "analyze.py's features-versus-neurons comparison (same units sampled, same score) on model A and on the "
+          "same transformer at its initialisation, never trained, with an SAE of the same size and recipe.", "",
+          "| model | units | scored | single-token | median score | median without single-token |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    for model in ("A", "random"):
+        for kind in ("features", "neurons"):
+            r = c[model]["summary"][kind]
+            multi = f"{r['multi']['median']:.3f}" if "multi" in r else "-"
+            L.append(f"| {'model A' if model == 'A' else 'random weights'} | {kind} | {r['n']} | "
+                     f"{r['single']} ({100 * r['single'] / r['n']:.0f}%) | {r['all']['median']:.3f} | {multi} |")
+    L += ["", "![control](control.png)", "", "## The knob: dictionary size", "",
+          "| size | MSE | FVU | L0 | dead | loss recovered | activations seen |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    L += [f"| {r['size']:,} | {r['mse']:.4f} | {r['fvu']:.3f} | {r['l0']:.1f} | {100 * r['dead']:.1f}% | "
+          f"{100 * r['recovered']:.1f}% | {millions(r['seen'])} |" for r in res["knob"]["rows"]]
+    small = dirs["sizes"][0]
+    L += ["", "![knob](knob.png)", "", "## Feature splitting", "",
+          f"Decoder cosine similarity between sizes, alive features only. \"Close match\": a feature of the size "
+          f"below whose best match here has cosine above 0.9. A F{small} feature \"splits\" here when at least two "
+          "features of this size have it as their nearest (cosine at least 0.5).", "",
+          "| size | alive | size below: close match here | F%d: median best cosine | F%d: median best r | "
+          "F%d features split here |" % (small, small, small), "| --- | --- | --- | --- | --- | --- |"]
+    L += [f"| {r['size']:,} | {r['alive']:,} | {r['close']:,} of {r['alive_prev']:,} "
+          f"({100 * r['close'] / max(r['alive_prev'], 1):.0f}%) | {r['cos']:.2f} | {r['corr']:.2f} | {r['split']} |"
+          for r in split["rows"]]
+    largest = dirs["sizes"][-1]
+    L += ["", f"The clearest splits: F{small} features whose F{largest} children together cover most of "
+          "their activation (coverage) and correlate with them. Each member is attached to its nearest member "
+          "one size down (cosine).", ""]
+    for fam in split["families"]:
+        p = fam["parent"]
+        L.append(f"- **F{small}/{p}** {top_tokens(m['mass'][small], p, enc)}: coverage by its F{largest} "
+                 f"children {100 * fam['coverage']:.0f}%, their mean r {np.mean(fam['correlations']):.2f}")
+        depth = {(small, p): 1}
+        for s, unit, up, cos in fam["tree"]:
+            prev = dirs["sizes"][dirs["sizes"].index(s) - 1]
+            depth[(s, unit)] = depth.get((prev, up), 1) + 1
+            L.append("  " * (depth[(s, unit)] - 1) + f"- F{s}/{unit} (cos {cos:.2f}) "
+                     f"{top_tokens(m['mass'][s], unit, enc)}")
+    path = os.path.join(folder, "report.md")
+    with open(path + ".tmp", "w") as fh:
+        fh.write("\n".join(L) + "\n")
+    os.replace(path + ".tmp", path)
+    print("\n".join(L[L.index("## Universality: model A vs model B (differing only in seed)"):]))
+    return path
+
+
+def runs_table(cfg, dirs):
+    rows = []
+    for name, lm_dir, sae_dir in (("model A", "lm", dirs["a"][1]), ("model B", "lm_b", "sae_b"),
+                                  ("random weights", "lm_random", "sae_random")):
+        lm = torch.load(os.path.join(cfg.out, lm_dir, "ckpt.pt"), map_location="cpu", weights_only=False)
+        tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
+        val = next((h["val_loss"] for h in reversed(lm["history"]) if "val_loss" in h), None)
+        rows.append(f"| {name} LM (seed {lm['config']['seed']}) | {lm_dir}/ | {millions(tokens)} tokens, "
+                    f"{fmt_eta(lm['elapsed'])} | " + (f"val loss {val:.3f} |" if lm["step"] else "untrained |"))
+        rows.append(sae_row(cfg.out, f"{sae_dir}/F{dirs['n_features']}", f"{name} SAE"))
+    rows += [sae_row(cfg.out, f"sae_sweep/F{s}", f"sweep F{s}") for s in dirs["sizes"]]
+    return rows
+
+
+def sae_row(out, folder, name):
+    c = torch.load(os.path.join(out, folder, "ckpt.pt"), map_location="cpu", weights_only=False)
+    f = c["history"][-1]
+    return (f"| {name} | {folder}/ | {millions(c['seen'])} activations, {fmt_eta(c['elapsed'])} | "
+            f"L0 {f['l0']:.1f}, FVU {f['fvu']:.3f}, dead {100 * f['dead_frac']:.1f}% |")
+
+
+# ----------------------------------------------------------------------------------------------
+# Matching metrics
 
 
 class Correlator:
@@ -31,7 +505,7 @@ class Correlator:
     def add(self, a, b):
         """a (N, n_a), b (N, n_b): activations on the same N tokens. A sparse a (most features
         are zero on most tokens) makes a^T b cost only its nonzeros."""
-        a, b = a.float(), b.float()
+        a, b = a.float().cpu(), b.float().cpu()
         self.n += a.shape[0]
         self.sa += a.sum(0).double()
         self.sa2 += a.pow(2).sum(0).double()
@@ -52,6 +526,27 @@ class Correlator:
         return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov)).float()
 
 
+class Coverage:
+    """For each feature of a small dictionary, the share of its activation mass on tokens where at
+    least one of its children in a larger one fires (children: the features whose parent it is)."""
+
+    def __init__(self, n_small):
+        self.total, self.covered = torch.zeros(n_small, dtype=torch.float64), torch.zeros(n_small, dtype=torch.float64)
+
+    def add(self, small, large, parent_of):
+        """small (N, n_small), large (N, n_large) activations on the same tokens; parent_of (n_large,)."""
+        small, large = small.float().cpu(), large.float().cpu()
+        tok, child = (large > 0).nonzero(as_tuple=True)
+        keep = parent_of[child] >= 0
+        child_fires = torch.zeros_like(small, dtype=torch.bool)
+        child_fires[tok[keep], parent_of[child[keep]]] = True
+        self.total += small.sum(0).double()
+        self.covered += (small * child_fires).sum(0).double()
+
+    def fractions(self):
+        return (self.covered / self.total.clamp_min(1e-30)).float()
+
+
 def best_matches(similarity):
     """For each row unit, its most similar column unit: (values (n_a,), indices (n_a,))."""
     return similarity.max(dim=1)
@@ -65,25 +560,29 @@ def decoder_cosines(W_a, W_b):
     return a @ b.T
 
 
-def split_families(cos, corr, coverage, min_cos=0.5, max_children=6):
-    """Families: for each parent (feature of the small dictionary), its children in the larger one:
-    the features whose nearest parent it is (by decoder cosine), at cosine >= min_cos. The clearest
-    splits come first: at least two children, ranked by how much of the parent's activation the
-    children together cover (coverage[p]) times their mean activation correlation with the parent.
+def nearest_parent(W_small, W_large, min_cos=0.5):
+    """(n_large,): each large feature's nearest small feature by decoder cosine, -1 below min_cos."""
+    best, idx = best_matches(decoder_cosines(W_large.detach().float().cpu(), W_small.detach().float().cpu()))
+    return torch.where(best >= min_cos, idx, -1)
 
-    cos, corr: (F_small, F_large) decoder cosines and activation correlations.
-    coverage: function (parent, children) -> fraction of the parent's activation mass on tokens
-    where some child fires."""
-    parent_of = cos.argmax(dim=0)          # each large feature's nearest small feature
-    best_cos = cos.max(dim=0).values
+
+def split_families(parent_of, cos, corr, coverage, max_children=6):
+    """Families: each small feature with at least two children (the large features whose nearest
+    parent it is), the clearest splits first: ranked by how much of the parent's activation the
+    children together cover, times their mean activation correlation with the parent.
+    parent_of (n_large,); cos, corr (n_small, n_large); coverage (n_small,) from Coverage."""
     families = []
     for p in range(cos.shape[0]):
-        kids = ((parent_of == p) & (best_cos >= min_cos)).nonzero().squeeze(1)
+        kids = (parent_of == p).nonzero().squeeze(1)
         if len(kids) < 2:
             continue
         kids = kids[cos[p, kids].argsort(descending=True)][:max_children]
-        cover = coverage(p, kids)
-        score = cover * corr[p, kids].mean().item()
+        cover = float(coverage[p])
         families.append({"parent": p, "children": kids.tolist(), "cosines": cos[p, kids].tolist(),
-                         "correlations": corr[p, kids].tolist(), "coverage": cover, "score": score})
+                         "correlations": corr[p, kids].tolist(), "coverage": cover,
+                         "score": cover * corr[p, kids].mean().item()})
     return sorted(families, key=lambda f: -f["score"])
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_config(CompareConfig, description=__doc__.split("\n\n")[0])))

@@ -1,6 +1,15 @@
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
 import torch
 
 import compare
+import train_lm
+from common import UserError
+from model import ModelConfig, Transformer
 
 
 def sparse_acts(n_tokens, n_units, density=0.05, seed=0):
@@ -58,13 +67,75 @@ def test_a_feature_split_in_two_halves_is_found_as_the_parent_of_both():
     half = torch.arange(n) % 2 == 0      # the parent fires; child 1 takes even tokens, child 2 odd
     acts_large = torch.cat([acts_small[:, :3], acts_small[:, 4:],
                             torch.stack([acts_small[:, 3] * half, acts_small[:, 3] * ~half], 1)], 1)
-    cos = compare.decoder_cosines(small, large)
-    corr = correlations(acts_small, acts_large)
-
-    def coverage(p, kids):
-        mass = acts_small[:, p]
-        return (mass * (acts_large[:, kids] > 0).any(1)).sum().item() / mass.sum().item()
-    families = compare.split_families(cos, corr, coverage)
+    parent_of = compare.nearest_parent(small, large)
+    assert torch.equal(parent_of, torch.tensor([0, 1, 2, 4, 5, 6, 7, 3, 3]))
+    cover = compare.Coverage(8)
+    for i in range(0, n, 1000):
+        cover.add(acts_small[i:i + 1000], acts_large[i:i + 1000], parent_of)
+    families = compare.split_families(parent_of, compare.decoder_cosines(small, large),
+                                      correlations(acts_small, acts_large), cover.fractions())
     assert len(families) == 1
     assert families[0]["parent"] == 3 and sorted(families[0]["children"]) == [7, 8]
     assert abs(families[0]["coverage"] - 1.0) < 1e-6
+    # children that fire on only part of the parent's tokens cover only that part
+    partial = acts_large.clone()
+    partial[: n // 2, 7:] = 0
+    cover = compare.Coverage(8)
+    cover.add(acts_small, partial, parent_of)
+    expected = acts_small[n // 2:, 3].sum() / acts_small[:, 3].sum()
+    assert abs(cover.fractions()[3] - expected) < 1e-5 and abs(cover.fractions()[0] - 1) < 1e-6
+
+
+def test_stage_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
+    calls = []
+    path = str(tmp_path / "ckpt.pt")
+    cfg = train_lm.TrainConfig(out=str(tmp_path))
+    compare.stage("x", path, calls.append, cfg)
+    torch.save({"final": False}, path)
+    compare.stage("x", path, calls.append, cfg)
+    torch.save({"final": True}, path)
+    compare.stage("x", path, calls.append, cfg)
+    assert [c.resume for c in calls] == [False, True]
+
+
+def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
+    """Model B is model A's copy here, so every alive unit must find itself (r = 1); the control is
+    model A's exact initialisation; the sweep trains; a second run redoes nothing."""
+    out = tiny_sae
+    shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_b"))
+    shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_b"))
+    cfg = compare.CompareConfig(out=out, device="cpu", sizes=[64, 128, 256], sweep_activations=128 * 1024,
+                                tokens=8192, pairs=3, families=2)
+    res = compare.main(cfg)
+    u = compare.universality(res["match"], res["n_tokens"])
+    assert len(u["features"]["best"]) > 100 and np.allclose(u["features"]["best"], 1, atol=1e-4)
+    assert torch.equal(u["features"]["match"], u["features"]["units"])
+    assert np.allclose(u["neurons"]["best"], 1, atol=1e-4)
+    # the control: never trained, model A's own initialisation (seed 0)
+    lm_a = torch.load(os.path.join(out, "lm", "ckpt.pt"), weights_only=False)
+    rnd = torch.load(os.path.join(out, "lm_random", "ckpt.pt"), weights_only=False)
+    torch.manual_seed(lm_a["config"]["seed"])
+    init = Transformer(ModelConfig(**lm_a["model_config"])).state_dict()
+    assert rnd["step"] == 0 and all(torch.equal(init[k], v) for k, v in rnd["model"].items())
+    for sae_dir in ("sae_random", "sae_sweep"):
+        assert os.path.exists(os.path.join(out, sae_dir, "F256" if sae_dir == "sae_sweep" else "F1024", "ckpt.pt"))
+    rows = res["knob"]["rows"]
+    assert [r["size"] for r in rows] == [64, 128, 256]
+    assert all(0 < r["fvu"] < 1 and r["l0"] > 0 and 0 <= r["dead"] < 1 and r["seen"] == 128 * 1024 for r in rows)
+    assert all(r["recovered"] > 0 for r in rows)   # better than zero-ablating the neurons
+    report = open(os.path.join(out, "compare", "report.md")).read()
+    for figure in ("universality.png", "control.png", "knob.png"):
+        assert f"({figure})" in report and os.path.getsize(os.path.join(out, "compare", figure)) > 10_000
+    assert report.count("| A/") == 3 and "random weights" in report
+    # a second run finds every stage done and trains nothing
+    capsys.readouterr()
+    stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "*", "**", "ckpt.pt"), recursive=True)}
+    compare.run_stages(cfg)
+    printed = capsys.readouterr().out
+    assert printed.count(": done (") == 5 and "training" not in printed
+    assert stamps == {p: os.path.getmtime(p) for p in stamps}
+
+
+def test_missing_main_run_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="train_lm.py"):
+        compare.run_stages(compare.CompareConfig(out=str(tmp_path)))
