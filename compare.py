@@ -65,7 +65,7 @@ def main(cfg):
 
 
 def run_stages(cfg):
-    """Train whatever is missing; returns {name: (lm_dir, sae_dir)} of the runs compared."""
+    """Train whatever is missing; returns the main SAE's size and the sweep's sizes."""
     a_lm = load_checkpoint(os.path.join(cfg.out, "lm", "ckpt.pt"), "LM checkpoint (model A)",
                            f"run the main run first: python train_lm.py --out {cfg.out}")
     a_sae_path = main_sae_path(cfg.out)
@@ -91,8 +91,7 @@ def run_stages(cfg):
     stage(f"sweep {sizes}", os.path.join(cfg.out, "sae_sweep", f"F{sizes[-1]}", "ckpt.pt"), train_sae.train,
           dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes,
                               max_minutes=cfg.sweep_minutes, max_activations=cfg.sweep_activations))
-    return dict(a=("lm", os.path.basename(os.path.dirname(os.path.dirname(a_sae_path)))), b=("lm_b", "sae_b"),
-                random=("lm_random", "sae_random"), sweep=("lm", "sae_sweep"), n_features=n_features, sizes=sizes)
+    return dict(n_features=n_features, sizes=sizes)
 
 
 def main_sae_path(out):
@@ -139,7 +138,7 @@ def measure(cfg, dirs):
         raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
     tokens = np.asarray(tokens[:n]).astype(np.int64)
     F = dirs["n_features"]
-    sae_a = train_sae.load_sae(os.path.join(cfg.out, dirs["a"][1], f"F{F}", "ckpt.pt"), device)[0]
+    sae_a = train_sae.load_sae(os.path.join(cfg.out, "sae", f"F{F}", "ckpt.pt"), device)[0]
     sae_b = train_sae.load_sae(os.path.join(cfg.out, "sae_b", f"F{F}", "ckpt.pt"), device)[0]
     sweep = {s: train_sae.load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"), device)
              for s in dirs["sizes"]}
@@ -147,7 +146,7 @@ def measure(cfg, dirs):
                          meta["vocab_size"])
     res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), match=matches,
                knob=knob(cfg, lm_a, tokens, n, sweep, matches),
-               control=control(cfg, dirs), sweep_ckpt=sweep[dirs["sizes"][-1]][1])
+               control=control(cfg, dirs), )
     res["seconds"] = time.time() - t0
     return res
 
@@ -161,10 +160,13 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
     sizes = sorted(sweep)
     small, larger = sizes[0], sizes[1:]
     parents = {s: nearest_parent(sweep[small].W_dec, sweep[s].W_dec) for s in larger}
+    # "same LM": A's SAE against the sweep's largest, a separately trained SAE on the same LM: how
+    # far two SAE runs agree sets the ceiling for agreement across two LMs
     corr = {"features": Correlator(sae_a.cfg.n_features, sae_b.cfg.n_features),
             "neurons": Correlator(lm_a.cfg.d_mlp, lm_b.cfg.d_mlp),
+            "same LM": Correlator(sae_a.cfg.n_features, sizes[-1]),
             **{s: Correlator(small, s) for s in larger}}
-    cover = {s: Coverage(small) for s in larger}
+    cover = {s: Coverage(small, s) for s in larger}
     units = {"A": sae_a.cfg.n_features, "B": sae_b.cfg.n_features, **{s: s for s in sizes}}
     fired = {k: torch.zeros(u) for k, u in {**units, "neurons A": lm_a.cfg.d_mlp, "neurons B": lm_b.cfg.d_mlp}.items()}
     mass = {k: torch.zeros(vocab, u) for k, u in units.items()}
@@ -179,6 +181,7 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
         ids = torch.from_numpy(tokens[start:start + len(a)])
         f = {"A": sae_a.encode(a), "B": sae_b.encode(b), **{s: sweep[s].encode(a) for s in sizes}}
         corr["features"].add(f["A"], f["B"])
+        corr["same LM"].add(f["A"], f[sizes[-1]])
         corr["neurons"].add(a, b)
         for s in larger:
             corr[s].add(f[small], f[s])
@@ -199,7 +202,7 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
             progress.say(f"matching: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
                          f"ETA {fmt_eta((n - done) / rate)}")
     spread = (a_sumsq - a_sum ** 2 / n).sum().item()  # FVU's denominator, in the activations' units
-    return dict(corr={k: c.correlations() for k, c in corr.items()}, cover={s: c.fractions() for s, c in cover.items()},
+    return dict(corr={k: c.correlations() for k, c in corr.items()}, cover={s: c.fractions(parents[s]) for s, c in cover.items()},
                 parents=parents, fired=fired, mass=mass,
                 fvu={s: sq_err[s] / (sweep[s].act_scale.item() ** 2 * spread) for s in sizes},
                 mse={s: sq_err[s] / (n * lm_a.cfg.d_mlp) for s in sizes})
@@ -223,7 +226,7 @@ def control(cfg, dirs):
     """analyze.py's features-versus-neurons comparison, run on model A and on the random-weights
     model (each in its own folder under compare/, so the main analysis is left as it was)."""
     out = {}
-    for name, (lm_dir, sae_dir) in (("A", dirs["a"]), ("random", dirs["random"])):
+    for name, lm_dir, sae_dir in (("A", "lm", "sae"), ("random", "lm_random", "sae_random")):
         acfg = analyze.AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
                                      analysis_dir=os.path.join("compare", f"analysis_{name}"), device=cfg.device,
                                      tokens=cfg.tokens, seed=cfg.seed)
@@ -238,9 +241,11 @@ def control(cfg, dirs):
 
 
 def universality(m, n):
-    """For each alive feature of A, its best-correlated alive feature of B; the same for neurons."""
+    """For each alive feature of A, its best-correlated alive feature of B; the same for neurons,
+    and for A's features against another SAE on model A itself."""
     out = {}
-    for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B")):
+    for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B"),
+                       ("same LM", "A", max(k for k in m["fired"] if isinstance(k, int)))):
         alive_a = (m["fired"][a] >= MIN_ACTIVE).nonzero().squeeze(1)
         alive_b = (m["fired"][b] >= MIN_ACTIVE).nonzero().squeeze(1)
         best, idx = best_matches(m["corr"][kind][alive_a][:, alive_b])
@@ -269,7 +274,7 @@ def splitting(m, sweep, n_show):
     largest = sizes[-1]
     parents = torch.where(alive[largest], m["parents"][largest], -1)
     families = split_families(parents, decoder_cosines(W[small], W[largest]), m["corr"][largest],
-                              m["cover"][largest])
+                              *m["cover"][largest])
     families = [f for f in families if alive[small][f["parent"]]][:n_show]
     for f in families:
         f["tree"] = family_tree(f["parent"], sizes, W, m["parents"], alive)
@@ -314,10 +319,11 @@ def millions(x):
 def plot_universality(u, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     bins = np.linspace(0, 1, 41)
-    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
+    for kind, color, label in (("features", "tab:blue", "features, A vs B"), ("neurons", "tab:red", "neurons, A vs B"),
+                               ("same LM", "tab:gray", "features, A vs a second SAE on A")):
         x = u[kind]["best"]
-        axes[0].hist(x, bins=bins, density=True, histtype="step", linewidth=2, color=color,
-                     label=f"{kind} (n={len(x)}, median {np.median(x):.2f})")
+        axes[0].hist(x, bins=bins, density=True, histtype="step", linewidth=2 if kind != "same LM" else 1,
+                     color=color, label=f"{label} (n={len(x)}, median {np.median(x):.2f})")
         axes[0].axvline(np.median(x), color=color, linestyle="--", linewidth=1)
     axes[0].set_xlabel("max Pearson correlation with any unit of model B")
     axes[0].set_ylabel("density of units")
@@ -400,14 +406,21 @@ def write_report(cfg, dirs, res):
          f"Held-out tokens: {n:,}. Measured in {fmt_eta(res['seconds'])}. Runs compared:", "",
          "| run | folder | trained on | final held-out line |", "| --- | --- | --- | --- |"]
     L += runs_table(cfg, dirs)
+    same = u["same LM"]
+    frequent = lambda r: f"{np.median(r['best'][r['density'] >= 1e-4]):.3f} (n={(r['density'] >= 1e-4).sum():,})"
     L += ["", "## Universality: model A vs model B (differing only in seed)", "",
           "For each alive unit of model A (fired on at least 10 held-out tokens), the largest Pearson "
-          "correlation of its activations with any alive unit of model B on the same tokens.", "",
-          "| units | alive | mean max correlation | median | paper (median) |", "| --- | --- | --- | --- | --- |",
-          f"| features (F{F}) | {len(f['best']):,} of {f['total']:,} | {f['best'].mean():.3f} | "
-          f"{np.median(f['best']):.3f} | 0.72 |",
-          f"| neurons | {len(ne['best'])} of {ne['total']} | {ne['best'].mean():.3f} | {np.median(ne['best']):.3f} "
-          "| 0.46 |", "", "![universality](universality.png)", "",
+          "correlation of its activations with any alive unit of model B on the same tokens. The last row is "
+          f"the ceiling: A's features against a second SAE trained on model A itself (the sweep's F{same['total']}"
+          f", a different initialisation and {millions(res['knob']['rows'][-1]['seen'])} activations).", "",
+          "| units | alive | mean max correlation | median | median, density >= 1e-4 | paper (median) |",
+          "| --- | --- | --- | --- | --- | --- |",
+          f"| features (F{F}), A vs B | {len(f['best']):,} of {f['total']:,} | {f['best'].mean():.3f} | "
+          f"{np.median(f['best']):.3f} | {frequent(f)} | 0.72 |",
+          f"| neurons, A vs B | {len(ne['best'])} of {ne['total']} | {ne['best'].mean():.3f} | "
+          f"{np.median(ne['best']):.3f} | {frequent(ne)} | 0.46 |",
+          f"| features, A vs a second SAE on A | {len(same['best']):,} of {f['total']:,} | {same['best'].mean():.3f} | "
+          f"{np.median(same['best']):.3f} | {frequent(same)} | - |", "", "![universality](universality.png)", "",
           f"{cfg.pairs} features of model A drawn at random from the alive ones, beside their best match in model B "
           "(top tokens by share of the feature's activation mass):", "",
           "| A feature | its top tokens | r | B feature | its top tokens |", "| --- | --- | --- | --- | --- |"]
@@ -445,19 +458,26 @@ def write_report(cfg, dirs, res):
           f"({100 * r['close'] / max(r['alive_prev'], 1):.0f}%) | {r['cos']:.2f} | {r['corr']:.2f} | {r['split']} |"
           for r in split["rows"]]
     largest = dirs["sizes"][-1]
-    L += ["", f"The clearest splits: F{small} features whose F{largest} children together cover most of "
-          "their activation (coverage) and correlate with them. Each member is attached to its nearest member "
-          "one size down (cosine).", ""]
+    L += ["", f"The clearest splits: F{small} features whose F{largest} children each take a different part of "
+          "their activation, ranked by the share of the parent's activation mass the children cover together minus "
+          "the share the best one covers alone (a clean split in two halves: 50%; a mere copy: 0%). Each member "
+          "hangs under its nearest member one size down (decoder cosine) and shows the share of the parent's mass "
+          "on the tokens where it fires.", ""]
     for fam in split["families"]:
         p = fam["parent"]
-        L.append(f"- **F{small}/{p}** {top_tokens(m['mass'][small], p, enc)}: coverage by its F{largest} "
-                 f"children {100 * fam['coverage']:.0f}%, their mean r {np.mean(fam['correlations']):.2f}")
-        depth = {(small, p): 1}
-        for s, unit, up, cos in fam["tree"]:
-            prev = dirs["sizes"][dirs["sizes"].index(s) - 1]
-            depth[(s, unit)] = depth.get((prev, up), 1) + 1
-            L.append("  " * (depth[(s, unit)] - 1) + f"- F{s}/{unit} (cos {cos:.2f}) "
-                     f"{top_tokens(m['mass'][s], unit, enc)}")
+        L.append(f"- **F{small}/{p}** {top_tokens(m['mass'][small], p, enc)}: its F{largest} children cover "
+                 f"{100 * fam['coverage']:.0f}% together, the best one {100 * max(fam['child_coverage']):.0f}%")
+        below = {}
+        for size, unit, up, cos in fam["tree"]:
+            below.setdefault(up if size == dirs["sizes"][1] else (size, up), []).append((size, unit, cos))
+
+        def render(key, depth):
+            for size, unit, cos in below.get(key, []):
+                share = m["cover"][size][1][unit].item()
+                L.append("  " * depth + f"- F{size}/{unit} (cos {cos:.2f}, {100 * share:.0f}% of the parent) "
+                         f"{top_tokens(m['mass'][size], unit, enc)}")
+                render((dirs["sizes"][dirs["sizes"].index(size) + 1] if size != largest else None, unit), depth + 1)
+        render(p, 1)
     path = os.path.join(folder, "report.md")
     with open(path + ".tmp", "w") as fh:
         fh.write("\n".join(L) + "\n")
@@ -468,7 +488,7 @@ def write_report(cfg, dirs, res):
 
 def runs_table(cfg, dirs):
     rows = []
-    for name, lm_dir, sae_dir in (("model A", "lm", dirs["a"][1]), ("model B", "lm_b", "sae_b"),
+    for name, lm_dir, sae_dir in (("model A", "lm", "sae"), ("model B", "lm_b", "sae_b"),
                                   ("random weights", "lm_random", "sae_random")):
         lm = torch.load(os.path.join(cfg.out, lm_dir, "ckpt.pt"), map_location="cpu", weights_only=False)
         tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
@@ -512,7 +532,7 @@ class Correlator:
         self.sb += b.sum(0).double()
         self.sb2 += b.pow(2).sum(0).double()
         if (a > 0).float().mean() < 0.1:
-            self.sab += torch.sparse.mm(a.T.to_sparse_csr(), b).double()
+            self.sab += torch.sparse.mm(transposed_csr(a), b).double()
         else:
             self.sab += (a.T @ b).double()
 
@@ -526,25 +546,42 @@ class Correlator:
         return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov)).float()
 
 
-class Coverage:
-    """For each feature of a small dictionary, the share of its activation mass on tokens where at
-    least one of its children in a larger one fires (children: the features whose parent it is)."""
+def transposed_csr(a):
+    """a.T (n_a, N) in CSR form, built from a's nonzeros (several times faster than a.T.to_sparse_csr())."""
+    tok, unit = a.nonzero(as_tuple=True)
+    order = torch.argsort(unit, stable=True)
+    rows = torch.zeros(a.shape[1] + 1, dtype=torch.long)
+    rows[1:] = torch.bincount(unit, minlength=a.shape[1]).cumsum(0)
+    return torch.sparse_csr_tensor(rows, tok[order], a[tok, unit][order], size=(a.shape[1], a.shape[0]))
 
-    def __init__(self, n_small):
-        self.total, self.covered = torch.zeros(n_small, dtype=torch.float64), torch.zeros(n_small, dtype=torch.float64)
+
+class Coverage:
+    """For each feature of a small dictionary (a parent), the share of its activation mass on tokens
+    where at least one of its children in a larger dictionary fires (the features whose parent it
+    is), and for each child the share on tokens where that child alone fires."""
+
+    def __init__(self, n_small, n_large):
+        self.total = torch.zeros(n_small, dtype=torch.float64)
+        self.covered = torch.zeros(n_small, dtype=torch.float64)
+        self.by_child = torch.zeros(n_large, dtype=torch.float64)
 
     def add(self, small, large, parent_of):
         """small (N, n_small), large (N, n_large) activations on the same tokens; parent_of (n_large,)."""
         small, large = small.float().cpu(), large.float().cpu()
         tok, child = (large > 0).nonzero(as_tuple=True)
         keep = parent_of[child] >= 0
+        tok, child = tok[keep], child[keep]
         child_fires = torch.zeros_like(small, dtype=torch.bool)
-        child_fires[tok[keep], parent_of[child[keep]]] = True
+        child_fires[tok, parent_of[child]] = True
         self.total += small.sum(0).double()
         self.covered += (small * child_fires).sum(0).double()
+        self.by_child.index_add_(0, child, small[tok, parent_of[child]].double())
 
-    def fractions(self):
-        return (self.covered / self.total.clamp_min(1e-30)).float()
+    def fractions(self, parent_of):
+        """(parents' coverage by all their children (n_small,), by each child alone (n_large,))."""
+        total = self.total.clamp_min(1e-30)
+        child = torch.where(parent_of >= 0, self.by_child / total[parent_of.clamp_min(0)], 0)
+        return (self.covered / total).float(), child.float()
 
 
 def best_matches(similarity):
@@ -566,21 +603,22 @@ def nearest_parent(W_small, W_large, min_cos=0.5):
     return torch.where(best >= min_cos, idx, -1)
 
 
-def split_families(parent_of, cos, corr, coverage, max_children=6):
+def split_families(parent_of, cos, corr, coverage, child_coverage, max_children=6):
     """Families: each small feature with at least two children (the large features whose nearest
-    parent it is), the clearest splits first: ranked by how much of the parent's activation the
-    children together cover, times their mean activation correlation with the parent.
-    parent_of (n_large,); cos, corr (n_small, n_large); coverage (n_small,) from Coverage."""
+    parent it is), the clearest splits first: ranked by how much more of the parent's activation the
+    children cover together than the best of them alone. A parent split in two halves scores 0.5;
+    one merely duplicated (every child fires wherever the parent does) scores 0.
+    parent_of (n_large,); cos, corr (n_small, n_large); coverage, child_coverage from Coverage."""
     families = []
     for p in range(cos.shape[0]):
         kids = (parent_of == p).nonzero().squeeze(1)
         if len(kids) < 2:
             continue
+        score = float(coverage[p] - child_coverage[kids].max())
         kids = kids[cos[p, kids].argsort(descending=True)][:max_children]
-        cover = float(coverage[p])
         families.append({"parent": p, "children": kids.tolist(), "cosines": cos[p, kids].tolist(),
-                         "correlations": corr[p, kids].tolist(), "coverage": cover,
-                         "score": cover * corr[p, kids].mean().item()})
+                         "correlations": corr[p, kids].tolist(), "coverage": float(coverage[p]),
+                         "child_coverage": child_coverage[kids].tolist(), "score": score})
     return sorted(families, key=lambda f: -f["score"])
 
 

@@ -59,31 +59,33 @@ def test_a_feature_split_in_two_halves_is_found_as_the_parent_of_both():
     d, n = 32, 4000
     small = torch.randn(8, d, generator=g)
     small /= small.norm(dim=1, keepdim=True)
-    # the large dictionary: each small feature kept, except feature 3 split into two nearby children
-    child1 = small[3] + 0.5 * torch.randn(d, generator=g) / d ** 0.5
-    child2 = small[3] + 0.5 * torch.randn(d, generator=g) / d ** 0.5
-    large = torch.cat([small[:3], small[4:], torch.stack([child1, child2])])
+    near = lambda v: v + 0.5 * torch.randn(d, generator=g) / d ** 0.5
+    # the large dictionary: each small feature kept, except feature 3, split into two nearby
+    # children (one takes the even tokens, one the odd), and feature 0, merely duplicated
+    large = torch.cat([small[:3], small[4:], torch.stack([near(small[3]), near(small[3]), near(small[0])])])
     acts_small = sparse_acts(n, 8, density=0.1)
-    half = torch.arange(n) % 2 == 0      # the parent fires; child 1 takes even tokens, child 2 odd
-    acts_large = torch.cat([acts_small[:, :3], acts_small[:, 4:],
-                            torch.stack([acts_small[:, 3] * half, acts_small[:, 3] * ~half], 1)], 1)
+    half = torch.arange(n) % 2 == 0
+    acts_large = torch.cat([acts_small[:, :3], acts_small[:, 4:], torch.stack(
+        [acts_small[:, 3] * half, acts_small[:, 3] * ~half, acts_small[:, 0]], 1)], 1)
     parent_of = compare.nearest_parent(small, large)
-    assert torch.equal(parent_of, torch.tensor([0, 1, 2, 4, 5, 6, 7, 3, 3]))
-    cover = compare.Coverage(8)
+    assert torch.equal(parent_of, torch.tensor([0, 1, 2, 4, 5, 6, 7, 3, 3, 0]))
+    cover = compare.Coverage(8, 10)
     for i in range(0, n, 1000):
         cover.add(acts_small[i:i + 1000], acts_large[i:i + 1000], parent_of)
+    coverage, by_child = cover.fractions(parent_of)
+    assert torch.allclose(coverage, torch.ones(8)) and torch.allclose(by_child[7:9], torch.full((2,), 0.5), atol=0.05)
     families = compare.split_families(parent_of, compare.decoder_cosines(small, large),
-                                      correlations(acts_small, acts_large), cover.fractions())
-    assert len(families) == 1
-    assert families[0]["parent"] == 3 and sorted(families[0]["children"]) == [7, 8]
-    assert abs(families[0]["coverage"] - 1.0) < 1e-6
+                                      correlations(acts_small, acts_large), coverage, by_child)
+    assert [f["parent"] for f in families] == [3, 0]   # the split first, the copy last
+    assert sorted(families[0]["children"]) == [7, 8] and sorted(families[1]["children"]) == [0, 9]
+    assert abs(families[0]["score"] - 0.5) < 0.05 and abs(families[1]["score"]) < 1e-6
     # children that fire on only part of the parent's tokens cover only that part
     partial = acts_large.clone()
-    partial[: n // 2, 7:] = 0
-    cover = compare.Coverage(8)
+    partial[: n // 2, 7:9] = 0
+    cover = compare.Coverage(8, 10)
     cover.add(acts_small, partial, parent_of)
     expected = acts_small[n // 2:, 3].sum() / acts_small[:, 3].sum()
-    assert abs(cover.fractions()[3] - expected) < 1e-5 and abs(cover.fractions()[0] - 1) < 1e-6
+    assert abs(cover.fractions(parent_of)[0][3] - expected) < 1e-5
 
 
 def test_stage_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
@@ -126,7 +128,7 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     report = open(os.path.join(out, "compare", "report.md")).read()
     for figure in ("universality.png", "control.png", "knob.png"):
         assert f"({figure})" in report and os.path.getsize(os.path.join(out, "compare", figure)) > 10_000
-    assert report.count("| A/") == 3 and "random weights" in report
+    assert report.count("| A/") == 3 and "random weights" in report and "a second SAE on A" in report
     # a second run finds every stage done and trains nothing
     capsys.readouterr()
     stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "*", "**", "ckpt.pt"), recursive=True)}
