@@ -494,7 +494,7 @@ def runs_table(cfg, dirs):
         tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
         val = next((h["val_loss"] for h in reversed(lm["history"]) if "val_loss" in h), None)
         rows.append(f"| {name} LM (seed {lm['config']['seed']}) | {lm_dir}/ | {millions(tokens)} tokens, "
-                    f"{fmt_eta(lm['elapsed'])} | " + (f"val loss {val:.3f} |" if lm["step"] else "untrained |"))
+                    f"{fmt_eta(lm['elapsed'])} | " + (f"val loss {val:.3f} (its last training eval) |" if lm["step"] else "untrained |"))
         rows.append(sae_row(cfg.out, f"{sae_dir}/F{dirs['n_features']}", f"{name} SAE"))
     rows += [sae_row(cfg.out, f"sae_sweep/F{s}", f"sweep F{s}") for s in dirs["sizes"]]
     return rows
