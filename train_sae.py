@@ -154,7 +154,12 @@ def train(cfg, on_step=None):
     step0 = step_last = step
     buffer = None
     by_time, t_cycle = max_steps is None, None  # a wall-clock budget (not resumed, no --max-activations)
+    # A wall-clock budget's step count is an estimate that grows severalfold while L0 falls and the
+    # sparse step speeds up; the resampling schedule (fractions of the run) waits until it has
+    # settled, else all four resamplings land in the first minute, before any feature can be dead.
+    settled = not by_time
     n_resamples = sum("resampled" in h for h in histories[0])
+    last_resample = max([h["step"] for h in histories[0] if "resampled" in h], default=0)
     while max_steps is None or step < max_steps:
         if step % steps_per_fill == 0:
             # A fill boundary: the only state is the two generators, so this is where we checkpoint
@@ -187,20 +192,20 @@ def train(cfg, on_step=None):
             now = time.time()
             if t_cycle is not None:
                 rate = steps_per_fill / (now - t_cycle)
-                first = max_steps is None
+                first, previous = max_steps is None, max_steps
                 max_steps = max(step, step + int((cfg.max_minutes * 60 - (now - t_run)) * rate))
                 if ddp:
                     n = torch.tensor([max_steps], device=device)
                     dist.broadcast(n, 0)
                     max_steps = int(n.item())
+                settled = settled or (not first and max_steps <= 1.1 * previous)
                 if master and first:
                     print(f"budget: {cfg.max_minutes} min, now at {rate * cfg.batch_size:,.0f} activations/s "
                           f"-> about {max_steps} steps, {max_steps * cfg.batch_size / 1e6:.1f}M activations "
                           "(re-estimated as the speed changes)")
             t_cycle = now
-        schedule = sae_lib.resample_schedule(max_steps) if max_steps else []
-        if n_resamples < len(schedule) and step >= schedule[n_resamples]:
-            n_resamples += 1
+        if resample_due(step, max_steps, n_resamples, last_resample, settled, by_time):
+            n_resamples, last_resample = n_resamples + 1, step
             for i, (s, o) in enumerate(zip(saes, opts)):
                 dead = since_fired[i] >= min(sae_lib.dead_window(max_steps), step)
                 n_dead = sae_lib.resample_dead(s, o, dead, buffer[:min(len(buffer), 100 * cfg.batch_size)])
@@ -248,6 +253,15 @@ def train(cfg, on_step=None):
         print(f"F{n}: L0 {f['l0']:.1f} | FVU {f['fvu']:.3f} | dead {100 * f['dead_frac']:.1f}% | "
               f"{seen / 1e6:.1f}M activations")
     return ckpts
+
+
+def resample_due(step, max_steps, done, last, settled, by_time):
+    """Whether resampling number done+1 is due: the paper's schedule, as fractions of the run, once
+    the run's length is known (settled). Under a time budget the points that passed while it was
+    being estimated follow one another a dead window apart, so each sees features silent that long."""
+    schedule = sae_lib.resample_schedule(max_steps) if max_steps and settled else []
+    return (done < len(schedule) and step >= schedule[done]
+            and (not by_time or step - last >= sae_lib.dead_window(max_steps)))
 
 
 def sae_step(s, opt, x, cfg, ddp, world):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import data
+import sae as sae_lib
 import train_sae
 from common import UserError
 import train_lm
@@ -68,3 +69,25 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
     train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="another LM"):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_random"))
+
+
+def test_resampling_waits_for_a_time_budget_to_settle():
+    """The default run's budget first estimates ~800 steps and ends near 5,600 (L0 falls, the
+    sparse step speeds up): the schedule must not fire while the estimate is still growing."""
+    T = 5642
+    fixed = []
+    for step in range(1, T + 1):
+        if train_sae.resample_due(step, T, len(fixed), fixed[-1] if fixed else 0, True, False):
+            fixed.append(step)
+    assert fixed == sae_lib.resample_schedule(T)   # a known length: exactly the paper's schedule
+    fired, done, last, estimate, settled = [], 0, 0, None, False
+    for step in range(1, T + 1):
+        if step >= 74 and (step - 74) % 64 == 0:         # re-estimated every buffer cycle
+            previous, estimate = estimate, min(T, 776 if estimate is None else int(estimate * 1.5))
+            settled = settled or (previous is not None and estimate <= 1.1 * previous)
+        if train_sae.resample_due(step, estimate, done, last, settled, True):
+            fired.append(step)
+            done, last = done + 1, step
+    first_settled = 74 + 64 * 6                          # 776 * 1.5^5 > T: the 7th estimate repeats T
+    assert len(fired) == 4 and fired[0] == first_settled
+    assert all(b - a >= sae_lib.dead_window(T) for a, b in zip(fired, fired[1:]))
