@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import compare
+import matching
 import train_lm
 from common import UserError
 from model import ModelConfig, Transformer
@@ -19,7 +20,7 @@ def sparse_acts(n_tokens, n_units, density=0.05, seed=0):
 
 
 def correlations(a, b, chunk=1000):
-    c = compare.Correlator(a.shape[1], b.shape[1])
+    c = matching.Correlator(a.shape[1], b.shape[1])
     for i in range(0, len(a), chunk):
         c.add(a[i:i + chunk], b[i:i + chunk])
     return c.correlations()
@@ -27,10 +28,10 @@ def correlations(a, b, chunk=1000):
 
 def test_identical_units_correlate_perfectly_and_permuted_copies_match_back():
     a = sparse_acts(5000, 64)
-    best, idx = compare.best_matches(correlations(a, a))
+    best, idx = matching.best_matches(correlations(a, a))
     assert torch.allclose(best, torch.ones(64), atol=1e-5) and torch.equal(idx, torch.arange(64))
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
-    best, idx = compare.best_matches(correlations(a, a[:, perm]))
+    best, idx = matching.best_matches(correlations(a, a[:, perm]))
     assert torch.allclose(best, torch.ones(64), atol=1e-5)
     assert torch.equal(perm[idx], torch.arange(64))  # unit i of a found at its place in the copy
 
@@ -47,10 +48,10 @@ def test_correlation_matches_numpy_on_dense_and_sparse_units():
 
 def test_decoder_cosines_identical_and_permuted():
     W = torch.randn(32, 16)
-    cos = compare.decoder_cosines(W, 3 * W)
+    cos = matching.decoder_cosines(W, 3 * W)
     assert torch.allclose(cos.diagonal(), torch.ones(32), atol=1e-6)
     perm = torch.randperm(32)
-    best, idx = compare.best_matches(compare.decoder_cosines(W, W[perm]))
+    best, idx = matching.best_matches(matching.decoder_cosines(W, W[perm]))
     assert torch.equal(perm[idx], torch.arange(32))
 
 
@@ -67,14 +68,14 @@ def test_a_feature_split_in_two_halves_is_found_as_the_parent_of_both():
     half = torch.arange(n) % 2 == 0
     acts_large = torch.cat([acts_small[:, :3], acts_small[:, 4:], torch.stack(
         [acts_small[:, 3] * half, acts_small[:, 3] * ~half, acts_small[:, 0]], 1)], 1)
-    parent_of = compare.nearest_parent(small, large)
+    parent_of = matching.nearest_parent(small, large)
     assert torch.equal(parent_of, torch.tensor([0, 1, 2, 4, 5, 6, 7, 3, 3, 0]))
-    cover = compare.Coverage(8, 10)
+    cover = matching.Coverage(8, 10)
     for i in range(0, n, 1000):
         cover.add(acts_small[i:i + 1000], acts_large[i:i + 1000], parent_of)
     coverage, by_child = cover.fractions(parent_of)
     assert torch.allclose(coverage, torch.ones(8)) and torch.allclose(by_child[7:9], torch.full((2,), 0.5), atol=0.05)
-    families = compare.split_families(parent_of, compare.decoder_cosines(small, large),
+    families = matching.split_families(parent_of, matching.decoder_cosines(small, large),
                                       correlations(acts_small, acts_large), coverage, by_child)
     assert [f["parent"] for f in families] == [3, 0]   # the split first, the copy last
     assert sorted(families[0]["children"]) == [7, 8] and sorted(families[1]["children"]) == [0, 9]
@@ -82,7 +83,7 @@ def test_a_feature_split_in_two_halves_is_found_as_the_parent_of_both():
     # children that fire on only part of the parent's tokens cover only that part
     partial = acts_large.clone()
     partial[: n // 2, 7:9] = 0
-    cover = compare.Coverage(8, 10)
+    cover = matching.Coverage(8, 10)
     cover.add(acts_small, partial, parent_of)
     expected = acts_small[n // 2:, 3].sum() / acts_small[:, 3].sum()
     assert abs(cover.fractions(parent_of)[0][3] - expected) < 1e-5

@@ -129,7 +129,7 @@ def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path)
         data.named_encoding("no_such_encoding")
 
 
-@pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "bench.py"])
+@pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "compare.py", "bench.py"])
 def test_every_script_documents_its_flags(script):
     import subprocess
     import sys
