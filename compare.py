@@ -87,10 +87,11 @@ def run_stages(cfg):
     for lm_dir, sae_dir in (("lm_b", "sae_b"), ("lm_random", "sae_random")):
         stage(f"SAE F{n_features} on {lm_dir}", os.path.join(cfg.out, sae_dir, f"F{n_features}", "ckpt.pt"),
               train_sae.train, dataclasses.replace(sae_cfg, lm_dir=lm_dir, sae_dir=sae_dir))
-    sizes = sorted(int(n) for n in cfg.sizes)
-    stage(f"sweep {sizes}", os.path.join(cfg.out, "sae_sweep", f"F{sizes[-1]}", "ckpt.pt"), train_sae.train,
-          dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes,
-                              max_minutes=cfg.sweep_minutes, max_activations=cfg.sweep_activations))
+    sizes = sorted({int(n) for n in cfg.sizes})
+    for n in sizes:  # a sweep is done when every size is
+        stage(f"sweep {sizes}", os.path.join(cfg.out, "sae_sweep", f"F{n}", "ckpt.pt"), train_sae.train,
+              dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes,
+                                  max_minutes=cfg.sweep_minutes, max_activations=cfg.sweep_activations))
     return dict(n_features=n_features, sizes=sizes)
 
 
@@ -110,9 +111,15 @@ def recipe(cls, saved, **changes):
 
 
 def stage(name, ckpt_path, train, run_cfg):
-    """Skip when the run's checkpoint is final, resume it when it was interrupted, else start it."""
+    """Skip when the run's checkpoint is final, resume it when it was interrupted, else start it.
+    A finished SAE must have decomposed the LM now in its place (a redone main run makes it stale)."""
     if os.path.exists(ckpt_path):
-        if torch.load(ckpt_path, map_location="cpu", weights_only=False).get("final"):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        lm_dir = getattr(run_cfg, "lm_dir", None)
+        if "lm_fingerprint" in ckpt and ckpt["lm_fingerprint"] != train_lm.lm_fingerprint(
+                train_lm.load_lm(run_cfg.out, lm_dir)[1]):
+            raise UserError(f"{ckpt_path} decomposed an older {run_cfg.out}/{lm_dir}: delete its folder and rerun")
+        if ckpt.get("final"):
             print(f"{name}: done ({ckpt_path})")
             return
         run_cfg = dataclasses.replace(run_cfg, resume=True)
@@ -145,8 +152,7 @@ def measure(cfg, dirs):
     matches = match_pass(cfg, lm_a, lm_b, sae_a, sae_b, {s: v[0] for s, v in sweep.items()}, tokens, n,
                          meta["vocab_size"])
     res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), match=matches,
-               knob=knob(cfg, lm_a, tokens, n, sweep, matches),
-               control=control(cfg, dirs), )
+               knob=knob(lm_a, tokens, n, sweep, matches), control=control(cfg, dirs))
     res["seconds"] = time.time() - t0
     return res
 
@@ -161,7 +167,7 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
     small, larger = sizes[0], sizes[1:]
     parents = {s: nearest_parent(sweep[small].W_dec, sweep[s].W_dec) for s in larger}
     # "same LM": A's SAE against the sweep's largest, a separately trained SAE on the same LM: how
-    # far two SAE runs agree sets the ceiling for agreement across two LMs
+    # far two SAE runs on one LM agree is the yardstick for agreement across two LMs
     corr = {"features": Correlator(sae_a.cfg.n_features, sae_b.cfg.n_features),
             "neurons": Correlator(lm_a.cfg.d_mlp, lm_b.cfg.d_mlp),
             "same LM": Correlator(sae_a.cfg.n_features, sizes[-1]),
@@ -208,7 +214,7 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
                 mse={s: sq_err[s] / (n * lm_a.cfg.d_mlp) for s in sizes})
 
 
-def knob(cfg, lm_a, tokens, n, sweep, m):
+def knob(lm_a, tokens, n, sweep, m):
     """Per dictionary size: MSE, FVU, L0, dead fraction and loss recovered (the paper's knob)."""
     repl = {"clean": lambda h: h, "zero": lambda h: torch.zeros_like(h),
             **{s: (lambda h, sae=sae: sae(h)[0]) for s, (sae, _) in sweep.items()}}
@@ -325,7 +331,7 @@ def plot_universality(u, path):
         axes[0].hist(x, bins=bins, density=True, histtype="step", linewidth=2 if kind != "same LM" else 1,
                      color=color, label=f"{label} (n={len(x)}, median {np.median(x):.2f})")
         axes[0].axvline(np.median(x), color=color, linestyle="--", linewidth=1)
-    axes[0].set_xlabel("max Pearson correlation with any unit of model B")
+    axes[0].set_xlabel("max Pearson correlation with any unit of the other set")
     axes[0].set_ylabel("density of units")
     axes[0].set_title("model A's units, best match in model B (paper: median 0.72 vs 0.46)", fontsize=9)
     axes[0].legend(fontsize=8, loc="upper left")
@@ -411,8 +417,8 @@ def write_report(cfg, dirs, res):
     L += ["", "## Universality: model A vs model B (differing only in seed)", "",
           "For each alive unit of model A (fired on at least 10 held-out tokens), the largest Pearson "
           "correlation of its activations with any alive unit of model B on the same tokens. The last row is "
-          f"the ceiling: A's features against a second SAE trained on model A itself (the sweep's F{same['total']}"
-          f", a different initialisation and {millions(res['knob']['rows'][-1]['seen'])} activations).", "",
+          f"a yardstick: A's features against a second SAE trained on model A itself (the sweep's F{dirs['sizes'][-1]}: "
+          f"another initialisation, the same data order, {millions(res['knob']['rows'][-1]['seen'])} activations).", "",
           "| units | alive | mean max correlation | median | median, density >= 1e-4 | paper (median) |",
           "| --- | --- | --- | --- | --- | --- |",
           f"| features (F{F}), A vs B | {len(f['best']):,} of {f['total']:,} | {f['best'].mean():.3f} | "
@@ -443,7 +449,7 @@ def write_report(cfg, dirs, res):
             L.append(f"| {'model A' if model == 'A' else 'random weights'} | {kind} | {r['n']} | "
                      f"{r['single']} ({100 * r['single'] / r['n']:.0f}%) | {r['all']['median']:.3f} | {multi} |")
     L += ["", "![control](control.png)", "", "## The knob: dictionary size", "",
-          "| size | MSE | FVU | L0 | dead | loss recovered | activations seen |",
+          "| size | MSE | FVU | L0 | dead (never fired on the held-out tokens) | loss recovered | activations seen |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
     L += [f"| {r['size']:,} | {r['mse']:.4f} | {r['fvu']:.3f} | {r['l0']:.1f} | {100 * r['dead']:.1f}% | "
           f"{100 * r['recovered']:.1f}% | {millions(r['seen'])} |" for r in res["knob"]["rows"]]
@@ -466,18 +472,19 @@ def write_report(cfg, dirs, res):
     for fam in split["families"]:
         p = fam["parent"]
         L.append(f"- **F{small}/{p}** {top_tokens(m['mass'][small], p, enc)}: its F{largest} children cover "
-                 f"{100 * fam['coverage']:.0f}% together, the best one {100 * max(fam['child_coverage']):.0f}%")
+                 f"{100 * fam['coverage']:.0f}% together, the best one {100 * fam['best_child']:.0f}%")
         below = {}
         for size, unit, up, cos in fam["tree"]:
-            below.setdefault(up if size == dirs["sizes"][1] else (size, up), []).append((size, unit, cos))
+            below.setdefault((size, up), []).append((size, unit, cos))  # children of `up`, one size down
 
         def render(key, depth):
             for size, unit, cos in below.get(key, []):
                 share = m["cover"][size][1][unit].item()
                 L.append("  " * depth + f"- F{size}/{unit} (cos {cos:.2f}, {100 * share:.0f}% of the parent) "
                          f"{top_tokens(m['mass'][size], unit, enc)}")
-                render((dirs["sizes"][dirs["sizes"].index(size) + 1] if size != largest else None, unit), depth + 1)
-        render(p, 1)
+                if size != largest:
+                    render((dirs["sizes"][dirs["sizes"].index(size) + 1], unit), depth + 1)
+        render((dirs["sizes"][1], p), 1)
     path = os.path.join(folder, "report.md")
     with open(path + ".tmp", "w") as fh:
         fh.write("\n".join(L) + "\n")

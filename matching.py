@@ -57,7 +57,7 @@ def transposed_csr(a):
 class Coverage:
     """For each feature of a small dictionary (a parent), the share of its activation mass on tokens
     where at least one of its children in a larger dictionary fires (the features whose parent it
-    is), and for each child the share on tokens where that child alone fires."""
+    is), and for each child the share on the tokens where it fires (the child on its own)."""
 
     def __init__(self, n_small, n_large):
         self.total = torch.zeros(n_small, dtype=torch.float64)
@@ -113,9 +113,10 @@ def split_families(parent_of, cos, corr, coverage, child_coverage, max_children=
         kids = (parent_of == p).nonzero().squeeze(1)
         if len(kids) < 2:
             continue
-        score = float(coverage[p] - child_coverage[kids].max())
+        best_child = float(child_coverage[kids].max())
+        score = float(coverage[p]) - best_child
         kids = kids[cos[p, kids].argsort(descending=True)][:max_children]
         families.append({"parent": p, "children": kids.tolist(), "cosines": cos[p, kids].tolist(),
                          "correlations": corr[p, kids].tolist(), "coverage": float(coverage[p]),
-                         "child_coverage": child_coverage[kids].tolist(), "score": score})
+                         "best_child": best_child, "score": score})
     return sorted(families, key=lambda f: -f["score"])

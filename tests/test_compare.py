@@ -135,7 +135,7 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "*", "**", "ckpt.pt"), recursive=True)}
     compare.run_stages(cfg)
     printed = capsys.readouterr().out
-    assert printed.count(": done (") == 5 and "training" not in printed
+    assert printed.count(": done (") == 7 and "training" not in printed
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
 
 
