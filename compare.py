@@ -152,6 +152,7 @@ def measure(cfg, dirs):
     matches = match_pass(cfg, lm_a, lm_b, sae_a, sae_b, {s: v[0] for s, v in sweep.items()}, tokens, n,
                          meta["vocab_size"])
     res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), match=matches,
+               decoders={s: sae.W_dec.detach().float().cpu() for s, (sae, _) in sweep.items()},
                knob=knob(lm_a, tokens, n, sweep, matches), control=control(cfg, dirs))
     res["seconds"] = time.time() - t0
     return res
@@ -260,13 +261,12 @@ def universality(m, n):
     return out
 
 
-def splitting(m, sweep, n_show):
+def splitting(m, W, n_show):
     """Per larger size: how many features of the size below have a close match (decoder cosine
     above 0.9) and how the smallest dictionary's features map onto it; the clearest families."""
-    sizes = sorted(sweep)
+    sizes = sorted(W)
     small = sizes[0]
     alive = {s: m["fired"][s] >= MIN_ACTIVE for s in sizes}
-    W = {s: sweep[s].W_dec.detach().float().cpu() for s in sizes}
     rows = []
     for prev, s in zip(sizes, sizes[1:]):
         close = best_matches(decoder_cosines(W[prev][alive[prev]], W[s][alive[s]]))[0] > 0.9
@@ -400,9 +400,7 @@ def write_report(cfg, dirs, res):
     os.makedirs(folder, exist_ok=True)
     n, enc, m = res["n_tokens"], res["enc"], res["match"]
     u = universality(m, n)
-    sweep_saes = {s: train_sae.load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"))[0]
-                  for s in dirs["sizes"]}
-    split = splitting(m, sweep_saes, cfg.families)
+    split = splitting(m, res["decoders"], cfg.families)
     plot_universality(u, os.path.join(folder, "universality.png"))
     plot_control(res["control"], n, os.path.join(folder, "control.png"))
     plot_knob(res["knob"], os.path.join(folder, "knob.png"))
