@@ -114,7 +114,7 @@ def stage(name, ckpt_path, train, run_cfg):
     """Skip when the run's checkpoint is final, resume it when it was interrupted, else start it.
     A finished SAE must have decomposed the LM now in its place (a redone main run makes it stale)."""
     if os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, f"checkpoint of {name}", "delete it and rerun: the stage starts over")
         lm_dir = getattr(run_cfg, "lm_dir", None)
         if "lm_fingerprint" in ckpt and ckpt["lm_fingerprint"] != train_lm.lm_fingerprint(
                 train_lm.load_lm(run_cfg.out, lm_dir)[1]):
@@ -495,7 +495,7 @@ def runs_table(cfg, dirs):
     rows = []
     for name, lm_dir, sae_dir in (("model A", "lm", "sae"), ("model B", "lm_b", "sae_b"),
                                   ("random weights", "lm_random", "sae_random")):
-        lm = torch.load(os.path.join(cfg.out, lm_dir, "ckpt.pt"), map_location="cpu", weights_only=False)
+        lm = load_checkpoint(os.path.join(cfg.out, lm_dir, "ckpt.pt"), "LM checkpoint", "rerun python compare.py")
         tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
         val = next((h["val_loss"] for h in reversed(lm["history"]) if "val_loss" in h), None)
         rows.append(f"| {name} LM (seed {lm['config']['seed']}) | {lm_dir}/ | {millions(tokens)} tokens, "
@@ -506,7 +506,7 @@ def runs_table(cfg, dirs):
 
 
 def sae_row(out, folder, name):
-    c = torch.load(os.path.join(out, folder, "ckpt.pt"), map_location="cpu", weights_only=False)
+    c = load_checkpoint(os.path.join(out, folder, "ckpt.pt"), "SAE checkpoint", "rerun python compare.py")
     f = c["history"][-1]
     return (f"| {name} | {folder}/ | {millions(c['seen'])} activations, {fmt_eta(c['elapsed'])} | "
             f"L0 {f['l0']:.1f}, FVU {f['fvu']:.3f}, dead {100 * f['dead_frac']:.1f}% |")
