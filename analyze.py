@@ -34,11 +34,11 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import interp  # noqa: E402
 from interp import MIN_ACTIVE, SIZES  # noqa: E402
-from common import Progress, UserError, arg, atomic_save, fmt_eta, parse_config, pick_device, run_main  # noqa: E402
-from train_lm import lm_fingerprint, load_lm  # noqa: E402
+from common import Progress, UserError, arg, atomic_save, atomic_write_text, fmt_eta, parse_config, pick_device, run_main  # noqa: E402
+from model import lm_fingerprint, load_lm  # noqa: E402
 from report import (describe, interp_markdown, losses_markdown, specificity_markdown,  # noqa: E402
                     write_report)
-from train_sae import load_sae  # noqa: E402
+from sae import load_sae  # noqa: E402
 
 STEPS = ["all", "losses", "density", "interp", "specificity", "browse", "steer"]
 
@@ -201,7 +201,7 @@ def lm_losses(model, tokens, n_tokens, replacements, batch=32):
     total = dict.fromkeys(replacements, 0.0)
     device = model.unembed.weight.device
     for i in range(0, len(starts), batch):
-        w = torch.from_numpy(np.stack([tokens[s:s + T + 1] for s in starts[i:i + batch]]).astype(np.int64)).to(device)
+        w = data.windows(tokens, starts[i:i + batch], T + 1, device)
         for name, fn in replacements.items():
             hook = lambda layer, h, fn=fn: fn(h.flatten(0, 1)).view_as(h) if layer == last else h
             total[name] += model(w[:, :-1], w[:, 1:], mlp_hook=hook)[1].item() * len(w)
@@ -209,7 +209,7 @@ def lm_losses(model, tokens, n_tokens, replacements, batch=32):
 
 
 def recovered(ablated, replaced, clean):
-    """Loss recovered: 1 at the clean loss, 0 at the ablated one (PAPER.md)."""
+    """Loss recovered: 1 at the clean loss, 0 at the ablated one (the paper's definition)."""
     return (ablated - replaced) / (ablated - clean)
 
 
@@ -422,9 +422,7 @@ def save_units(run, stats, results, path):
             entries.append(dict(unit=r["unit"], density=float(fired[r["unit"]]) / n, score=round(r["score"], 4),
                                 single_token=r["single_token"], explanation=rows, otherwise=default))
         out[kind] = entries
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(json.dumps(out), path)
 
 
 # ----------------------------------------------------------------------------------------------

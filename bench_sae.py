@@ -17,7 +17,9 @@ import time
 
 import torch
 
-from sae import SAE, SAEConfig, fast_bf16, make_optimizer, train_step
+from common import fast_bf16
+from sae import SAE, SAEConfig, make_optimizer
+from sae_fused import train_step
 
 
 def gemm_gflops(dtype=torch.float32, m=4096, k=512, n=4096, seconds=1.0, device="cpu"):

@@ -35,7 +35,8 @@ import torch
 import analyze
 import report
 import interp
-from common import UserError, arg, parse_config, run_main
+from common import UserError, arg, atomic_write_text, parse_config, run_main
+from model import logit_effects, residual_scale
 
 
 @dataclasses.dataclass
@@ -79,9 +80,7 @@ def write_browser(cfg, run, m):
             rows.append(index_row(key, kind, u, density, scored.get(u)))
     path = os.path.join(run["dir"], "browser.html")
     text = render(cfg, run, pages, rows, scale, len(pool["tokens"]))
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(text, path)
     size = os.path.getsize(path)
     counts = {kind: len(idx) for kind, idx in chosen.items()}
     print(f"browser: {path} ({size / 1e6:.1f} MB, {counts['features']} features and {counts['neurons']} neurons, "
@@ -130,47 +129,17 @@ def top_max(s):
 
 
 # ----------------------------------------------------------------------------------------------
-# Logit effects (the paper's "logit weights": the decoder direction through the MLP's output
-# weights and the unembedding, "the final layer norm linearised")
+# Logit effects (model.logit_effects) of each unit's direction
 
 
 def unit_directions(run):
     """{kind: (U, d_mlp)}: the MLP activation vector that one unit of each unit's activation adds.
     A neuron is a basis vector (so its direction through mlp_out is mlp_out's column); a feature is
-    its decoder row, which lives in the SAE's normalised units (sae.py): divided by act_scale."""
+    its decoder row in the MLP's units (SAE.directions)."""
     sae = run["saes"][run["main"]]["sae"]
     d_mlp = run["model"].cfg.d_mlp
     eye = torch.eye(d_mlp, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
-    return {"neurons": eye, "features": sae.W_dec.detach() / sae.act_scale}
-
-
-@torch.no_grad()
-def logit_effects(model, directions, scale):
-    """(U, vocab): the change of every output logit per unit of activation along each direction
-    (U, d_mlp) of the last MLP's activations. The MLP adds mlp_out(d) to the residual stream; ln_f
-    subtracts its mean, divides by the stream's scale and multiplies by its gain; unembed maps that
-    to logits. Linearised: the division is by `scale`, the harmonic mean of the scale over held-out
-    tokens (residual_scale), which makes this the token-averaged derivative of the logits, except
-    for the small change the direction itself makes to each token's scale, which is dropped. The
-    bias of mlp_out and ln_f's bias do not depend on the unit, and neither does a shift of all
-    logits, which the softmax ignores."""
-    r = directions @ model.blocks[-1].mlp_out.weight.T           # (U, d_model): written into the stream
-    r = r - r.mean(1, keepdim=True)
-    return (r * model.ln_f.weight / scale) @ model.unembed.weight.T
-
-
-@torch.no_grad()
-def residual_scale(model, tokens, n_windows=32):
-    """The harmonic mean over held-out tokens of ln_f's divisor sqrt(var(x) + eps), x the residual
-    stream entering ln_f (n_windows LM windows spread evenly over tokens)."""
-    T = model.cfg.block_size
-    starts = np.linspace(0, len(tokens) - T, n_windows).astype(np.int64)
-    w = torch.from_numpy(np.stack([tokens[s:s + T] for s in starts]).astype(np.int64)).to(model.unembed.weight.device)
-    x = model.embed(w)
-    for block in model.blocks:
-        x = block(x)
-    sigma = (x.var(-1, unbiased=False) + model.ln_f.eps).sqrt()
-    return (1 / (1 / sigma).mean()).item()
+    return {"neurons": eye, "features": sae.directions()}
 
 
 # ----------------------------------------------------------------------------------------------

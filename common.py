@@ -64,6 +64,15 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def atomic_write_text(text, path):
+    """The same for a text file (reports, JSON, HTML)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path, what, fix):
     """torch.load with a one-line error naming the file and the script that makes it."""
     if not os.path.exists(path):

@@ -31,8 +31,10 @@ import data  # noqa: E402
 import interp  # noqa: E402
 import train_lm  # noqa: E402
 import train_sae  # noqa: E402
-from common import Progress, UserError, arg, fmt_eta, load_checkpoint, parse_config, pick_device, run_main  # noqa: E402
+from common import Progress, UserError, arg, atomic_write_text, fmt_eta, load_checkpoint, parse_config, pick_device, run_main  # noqa: E402
 from interp import MIN_ACTIVE  # noqa: E402
+from model import lm_fingerprint, load_lm  # noqa: E402
+from sae import load_sae  # noqa: E402
 from matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families  # noqa: E402
 from report import shown, token_text  # noqa: E402
 
@@ -116,8 +118,7 @@ def stage(name, ckpt_path, train, run_cfg):
     if os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path, f"checkpoint of {name}", "delete it and rerun: the stage starts over")
         lm_dir = getattr(run_cfg, "lm_dir", None)
-        if "lm_fingerprint" in ckpt and ckpt["lm_fingerprint"] != train_lm.lm_fingerprint(
-                train_lm.load_lm(run_cfg.out, lm_dir)[1]):
+        if "lm_fingerprint" in ckpt and ckpt["lm_fingerprint"] != lm_fingerprint(load_lm(run_cfg.out, lm_dir)[1]):
             raise UserError(f"{ckpt_path} decomposed an older {run_cfg.out}/{lm_dir}: delete its folder and rerun")
         if ckpt.get("final"):
             print(f"{name}: done ({ckpt_path})")
@@ -137,17 +138,17 @@ def measure(cfg, dirs):
     data_dir = os.path.join(cfg.out, "data")
     meta = data.load_meta(data_dir)
     tokens = data.load_tokens(data_dir, "val")
-    lm_a, _ = train_lm.load_lm(cfg.out, "lm", device)
-    lm_b, _ = train_lm.load_lm(cfg.out, "lm_b", device)
+    lm_a, _ = load_lm(cfg.out, "lm", device)
+    lm_b, _ = load_lm(cfg.out, "lm_b", device)
     T = lm_a.cfg.block_size
     n = (min(cfg.tokens or len(tokens), len(tokens)) // T) * T
     if n < 2 * T:
         raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
     tokens = np.asarray(tokens[:n]).astype(np.int64)
     F = dirs["n_features"]
-    sae_a = train_sae.load_sae(os.path.join(cfg.out, "sae", f"F{F}", "ckpt.pt"), device)[0]
-    sae_b = train_sae.load_sae(os.path.join(cfg.out, "sae_b", f"F{F}", "ckpt.pt"), device)[0]
-    sweep = {s: train_sae.load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"), device)
+    sae_a = load_sae(os.path.join(cfg.out, "sae", f"F{F}", "ckpt.pt"), device)[0]
+    sae_b = load_sae(os.path.join(cfg.out, "sae_b", f"F{F}", "ckpt.pt"), device)[0]
+    sweep = {s: load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"), device)
              for s in dirs["sizes"]}
     matches = match_pass(cfg, lm_a, lm_b, sae_a, sae_b, {s: v[0] for s, v in sweep.items()}, tokens, n,
                          meta["vocab_size"])
@@ -484,9 +485,7 @@ def write_report(cfg, dirs, res):
                     render((dirs["sizes"][dirs["sizes"].index(size) + 1], unit), depth + 1)
         render((dirs["sizes"][1], p), 1)
     path = os.path.join(folder, "report.md")
-    with open(path + ".tmp", "w") as fh:
-        fh.write("\n".join(L) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write_text("\n".join(L) + "\n", path)
     print("\n".join(L[L.index("## Universality: model A vs model B (differing only in seed)"):]))
     return path
 

@@ -326,9 +326,14 @@ def get_batch(tokens, batch_size, block_size, generator, device="cpu"):
         raise UserError(f"corpus of {len(tokens)} tokens is too small for a context of {block_size}: "
                         "add data or lower --block-size")
     starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator).numpy()
-    windows = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)
-    windows = torch.from_numpy(windows).to(device)
-    return windows[:, :-1], windows[:, 1:]
+    w = windows(tokens, starts, block_size + 1, device)
+    return w[:, :-1], w[:, 1:]
+
+
+def windows(tokens, starts, length, device="cpu"):
+    """(len(starts), length) int64 tensor of token windows tokens[s:s + length]: every stage cuts
+    its LM inputs out of the memmapped shards through this one function."""
+    return torch.from_numpy(np.stack([tokens[s:s + length] for s in starts]).astype(np.int64)).to(device)
 
 
 def main():

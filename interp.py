@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import torch
 
-from train_sae import harvest
+from model import harvest
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
 MEASURE_FORMAT = 2        # bump when what measure() computes changes: analyze.py's cache is keyed on it

@@ -1,6 +1,6 @@
 """model.py: the paper's one-layer transformer, with its 512 MLP neurons exposed.
 
-The paper's model (PAPER.md): one layer, residual stream of width 128, one MLP of 512 neurons
+The paper's model: one layer, residual stream of width 128, one MLP of 512 neurons
 with a ReLU. The sparse autoencoder is trained on "the MLP activation vectors after the ReLU";
 everything the project does with the model goes through that one point:
 
@@ -12,11 +12,17 @@ What the paper does not state (heads, context, positions, norms) is ours: 4 head
 learned positions, pre-LayerNorm, a context of 128, untied embedding and unembedding.
 """
 import dataclasses
+import hashlib
 import math
+import os
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import data
+from common import UserError, load_checkpoint
 
 
 @dataclasses.dataclass
@@ -191,3 +197,84 @@ def flops_per_token(cfg):
     d, L = cfg.d_model, cfg.n_layer
     weights = L * (4 * d * d + 2 * d * cfg.d_mlp) + d * cfg.vocab_size
     return 6 * weights + L * 6 * cfg.block_size * d  # QK^T and AV: 2*T*d each, forward, x3 with backward
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokens -> MLP activations: what the SAE is trained on and what the analysis measures
+
+
+@torch.no_grad()
+def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"):
+    """MLP activations (after the ReLU) at `count` token positions, with their token ids and their
+    positions in `tokens`. generator given: random windows (training); None: consecutive windows
+    from the start of `tokens` (analysis, reproducible). Every position of a window is used."""
+    T = model.cfg.block_size
+    n_windows = math.ceil(count / T)
+    if generator is not None:
+        starts = torch.randint(len(tokens) - T, (n_windows,), generator=generator).numpy()
+    else:
+        if n_windows * T > len(tokens):
+            raise UserError(f"asked for {count:,} activations but the split holds {len(tokens):,} tokens")
+        starts = np.arange(n_windows) * T
+    acts, ids = [], []
+    for i in range(0, n_windows, batch_windows):
+        w = data.windows(tokens, starts[i:i + batch_windows], T)
+        acts.append(model.mlp_activations(w.to(device)).flatten(0, 1).float())
+        ids.append(w.flatten())
+    positions = torch.from_numpy(starts[:, None] + np.arange(T)[None]).flatten()
+    return torch.cat(acts)[:count], torch.cat(ids)[:count], positions[:count]
+
+
+# ----------------------------------------------------------------------------------------------
+# Logit effects (the paper's "logit weights": a direction in the MLP's activations through the
+# MLP's output weights and the unembedding, "the final layer norm linearised")
+
+
+@torch.no_grad()
+def logit_effects(model, directions, scale):
+    """(U, vocab): the change of every output logit per unit of activation along each direction
+    (U, d_mlp) of the last MLP's activations. The MLP adds mlp_out(d) to the residual stream; ln_f
+    subtracts its mean, divides by the stream's scale and multiplies by its gain; unembed maps that
+    to logits. Linearised: the division is by `scale`, the harmonic mean of the scale over held-out
+    tokens (residual_scale), which makes this the token-averaged derivative of the logits, except
+    for the small change the direction itself makes to each token's scale, which is dropped. The
+    bias of mlp_out and ln_f's bias do not depend on the unit, and neither does a shift of all
+    logits, which the softmax ignores."""
+    r = directions.to(model.unembed.weight) @ model.blocks[-1].mlp_out.weight.T  # (U, d_model): into the stream
+    r = r - r.mean(1, keepdim=True)
+    return (r * model.ln_f.weight / scale) @ model.unembed.weight.T
+
+
+@torch.no_grad()
+def residual_scale(model, tokens, n_windows=32):
+    """The harmonic mean over held-out tokens of ln_f's divisor sqrt(var(x) + eps), x the residual
+    stream entering ln_f (n_windows LM windows spread evenly over tokens)."""
+    T = model.cfg.block_size
+    starts = np.linspace(0, len(tokens) - T, n_windows).astype(np.int64)
+    x = model.embed(data.windows(tokens, starts, T, model.unembed.weight.device))
+    for block in model.blocks:
+        x = block(x)
+    sigma = (x.var(-1, unbiased=False) + model.ln_f.eps).sqrt()
+    return (1 / (1 / sigma).mean()).item()
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (train_lm.py writes them)
+
+
+def load_lm(out, lm_dir="lm", device="cpu"):
+    """The trained model and its checkpoint, for the later stages."""
+    path = os.path.join(out, lm_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path, "LM checkpoint", f"run python train_lm.py --out {out} first")
+    model = Transformer(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def lm_fingerprint(ckpt):
+    """A short hash of the LM's weights: SAE checkpoints carry it, so an SAE is never analysed
+    against another LM than the one it decomposed."""
+    h = hashlib.sha256()
+    for k, v in sorted(ckpt["model"].items()):
+        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]

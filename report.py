@@ -11,10 +11,10 @@ import os
 import numpy as np
 
 import interp
-from common import fmt_eta
+from common import atomic_write_text, fmt_eta
 from interp import MIN_ACTIVE, SIZES
 
-# The paper's numbers (PAPER.md) that ours are printed beside.
+# The paper's numbers (docs/paper.md) that ours are printed beside.
 PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6)",
          "recovered": "79% (A/1, zero ablation); 94.5% (A/5)",
          "interp": "human rubric (0-14): median feature 12, neuron 0; logit prediction 74% vs 58%",
@@ -123,9 +123,7 @@ def write_report(cfg, run, res):
           *res["browser"]["report"], *res["steering"]["report"],
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run["dir"], "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(L))
-    os.replace(path + ".tmp", path)
+    atomic_write_text("\n".join(L), path)
     return path
 
 

@@ -26,9 +26,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import analyze  # noqa: E402
+import data  # noqa: E402
 import report  # noqa: E402
 import browser  # noqa: E402
 from common import UserError, arg, parse_config, run_main  # noqa: E402
+from model import logit_effects, residual_scale  # noqa: E402
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
 # multiple of it barely moves the model, which says little about the feature.
@@ -62,7 +64,7 @@ def main(argv=None):
 
 def steering_hook(sae, feature, value, layer):
     """An mlp_hook (model.py) adding value * the feature's direction to layer's MLP activations."""
-    add = value * sae.W_dec[feature].detach() / sae.act_scale
+    add = value * sae.directions()[feature]
     return lambda i, h: h + add if i == layer else h
 
 
@@ -92,8 +94,8 @@ def demo(cfg, run):
     ids = torch.tensor([[run["meta"]["eot"]] + enc.encode_ordinary(cfg.prompt)], device=run["device"])
     ids = ids[:, -model.cfg.block_size:]
     hook = steering_hook(sae, cfg.feature, cfg.value, len(model.blocks) - 1)
-    scale = browser.residual_scale(model, run["tokens"])
-    effects = browser.logit_effects(model, sae.W_dec[cfg.feature:cfg.feature + 1] / sae.act_scale, scale)[0]
+    scale = residual_scale(model, run["tokens"])
+    effects = logit_effects(model, sae.directions()[cfg.feature:cfg.feature + 1], scale)[0]
     on_prompt = sae.encode(model.mlp_activations(ids)[0])[:, cfg.feature].max().item()
     show = lambda t: repr(browser.visible(report.token_text(enc, t)))
     text = lambda out: enc.decode(out[0, 1:].tolist())
@@ -123,15 +125,13 @@ def measure_steering(cfg, run, m):
         raise UserError("--steer-features, --steer-prompts, --effect-tokens and --steer-scale must be positive")
     model, sae = run["model"], run["saes"][run["main"]]["sae"]
     units = browser.load_units(cfg, run)
-    effects = browser.logit_effects(model, sae.W_dec.detach() / sae.act_scale,
-                                    browser.residual_scale(model, run["tokens"]))
+    effects = logit_effects(model, sae.directions(), residual_scale(model, run["tokens"]))
     features = choose_features(units["features"], effects, cfg.steer_features)
     maxima = browser.top_max(m["stats"][units["sae"]])
     rng = np.random.default_rng(cfg.seed)
     ctx = rng.choice(run["n_tokens"] // cfg.context, min(cfg.steer_prompts, run["n_tokens"] // cfg.context),
                      replace=False)
-    x = torch.from_numpy(np.stack([run["tokens"][c * cfg.context:(c + 1) * cfg.context] for c in ctx]))
-    x = x.to(run["device"])
+    x = data.windows(run["tokens"], ctx * cfg.context, cfg.context, run["device"])
     fractions = np.linspace(0, cfg.steer_scale, 9)
     rows = []
     for f, r in features:

@@ -10,7 +10,6 @@ the model's validation loss beside a count-based bigram model's, e.g. `val loss 
 a transformer that cannot beat bigram counts has learned nothing worth decomposing.
 """
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -217,7 +216,7 @@ def evaluate(model, tokens, cfg, device, max_tokens=64 * 128):
     total = 0.0
     for i in range(0, n, 64):
         rows = range(i, min(n, i + 64))
-        w = torch.from_numpy(np.stack([tokens[r * T:r * T + T + 1] for r in rows]).astype(np.int64)).to(device)
+        w = data.windows(tokens, [r * T for r in rows], T + 1, device)
         _, loss = model(w[:, :-1], w[:, 1:])
         total += loss.item() * len(rows)
     model.train(was_training)
@@ -237,24 +236,6 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
     c = np.where(pairs[pos] == keys, counts[pos], 0)
     return min(float(-np.mean(np.log((c + alpha) / (unigram[va] + alpha * vocab_size))))
                for alpha in (1e-3, 1e-2, 0.1, 1.0))
-
-
-def lm_fingerprint(ckpt):
-    """A short hash of the LM's weights: SAE checkpoints carry it, so an SAE is never analysed
-    against another LM than the one it decomposed."""
-    h = hashlib.sha256()
-    for k, v in sorted(ckpt["model"].items()):
-        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def load_lm(out, lm_dir="lm", device="cpu"):
-    """The trained model and its checkpoint, for the later stages."""
-    path = os.path.join(out, lm_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path, "LM checkpoint", f"run python train_lm.py --out {out} first")
-    model = Transformer(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ import torch.distributed as dist
 
 import data
 import sae as sae_lib
+import sae_fused
 from common import (Progress, UserError, arg, atomic_save, fmt_eta, load_checkpoint, parse_config,
                     run_main, setup_processes)
-from train_lm import lm_fingerprint, load_lm
+from model import harvest, lm_fingerprint, load_lm
 
 
 @dataclasses.dataclass
@@ -51,28 +52,6 @@ class SAETrainConfig:
     ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)")
     fused: bool = arg(True, "the fused sparse step (else the plain autograd reference)")
     bf16: bool = arg(True, "bf16 for the dense encoder product where the hardware makes it fast (--no-bf16: never)")
-
-
-@torch.no_grad()
-def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"):
-    """MLP activations (after the ReLU) at `count` token positions, with their token ids and their
-    positions in `tokens`. generator given: random windows (training); None: consecutive windows
-    from the start of `tokens` (analysis, reproducible). Every position of a window is used."""
-    T = model.cfg.block_size
-    n_windows = math.ceil(count / T)
-    if generator is not None:
-        starts = torch.randint(len(tokens) - T, (n_windows,), generator=generator).numpy()
-    else:
-        if n_windows * T > len(tokens):
-            raise UserError(f"asked for {count:,} activations but the split holds {len(tokens):,} tokens")
-        starts = np.arange(n_windows) * T
-    acts, ids = [], []
-    for i in range(0, n_windows, batch_windows):
-        w = torch.from_numpy(np.stack([tokens[s:s + T] for s in starts[i:i + batch_windows]]).astype(np.int64))
-        acts.append(model.mlp_activations(w.to(device)).flatten(0, 1).float())
-        ids.append(w.flatten())
-    positions = torch.from_numpy(starts[:, None] + np.arange(T)[None]).flatten()
-    return torch.cat(acts)[:count], torch.cat(ids)[:count], positions[:count]
 
 
 def train(cfg, on_step=None):
@@ -208,7 +187,8 @@ def train(cfg, on_step=None):
             n_resamples, last_resample = n_resamples + 1, step
             for i, (s, o) in enumerate(zip(saes, opts)):
                 dead = since_fired[i] >= min(sae_lib.dead_window(max_steps), step)
-                n_dead = sae_lib.resample_dead(s, o, dead, buffer[:min(len(buffer), 100 * cfg.batch_size)])
+                sample = buffer[:min(len(buffer), 100 * cfg.batch_size)]
+                n_dead = sae_lib.resample_dead(s, o, dead, sample, sae_fused.squared_errors(s, sample))
                 if ddp:  # every rank resampled from its own inputs; rank 0's choice wins
                     for p in (s.W_enc, s.W_dec, s.b_enc):
                         dist.broadcast(p.data, 0)
@@ -268,10 +248,10 @@ def sae_step(s, opt, x, cfg, ddp, world):
     """One optimizer step. Under DDP each process has a slice of the batch: average the gradients
     (linear, so the decoder-gradient projection commutes with it), then step."""
     if not ddp:
-        stats = sae_lib.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False)
+        stats = sae_fused.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False)
     else:
         opt.zero_grad(set_to_none=True)
-        stats = sae_lib.fused_grads(s, x, bf16=None if cfg.bf16 else False)
+        stats = sae_fused.fused_grads(s, x, bf16=None if cfg.bf16 else False)
         for p in s.parameters():
             dist.all_reduce(p.grad)
             p.grad /= world
@@ -299,14 +279,6 @@ def check_config(cfg, sizes, world):
     if cfg.lr <= 0 or cfg.max_minutes <= 0 or cfg.max_activations < 0 or cfg.eval_every < 1 or cfg.ckpt_minutes < 0:
         raise UserError("--lr, --max-minutes and --eval-every must be positive, "
                         "--max-activations and --ckpt-minutes >= 0")
-
-
-def load_sae(path, device="cpu"):
-    """A trained SAE and its checkpoint, for the analysis."""
-    ckpt = load_checkpoint(path, "SAE checkpoint", "run python train_sae.py first")
-    s = sae_lib.SAE(sae_lib.SAEConfig(**ckpt["sae_config"]))
-    s.load_state_dict(ckpt["sae"])
-    return s.to(device).eval(), ckpt
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ import data
 import interp
 import sae as sae_lib
 from common import UserError
-from train_lm import lm_fingerprint, load_lm
-from train_sae import harvest
+from model import harvest, lm_fingerprint, load_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

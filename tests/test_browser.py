@@ -11,7 +11,7 @@ import browser
 import report
 import sae as sae_lib
 from common import UserError
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, logit_effects, residual_scale
 
 
 def toy_model(seed=0):
@@ -35,7 +35,7 @@ def test_logit_effects_are_the_exact_derivative_at_a_residual_state_of_the_mean_
     dirs = browser.unit_directions(run)
     for kind, i in (("neurons", 5), ("features", 3)):
         d = dirs[kind][i]
-        effects = browser.logit_effects(model, dirs[kind], s)[i]
+        effects = logit_effects(model, dirs[kind], s)[i]
         # direct: the real ln_f and unembed, at a zero-mean state x0 of scale s orthogonal to the
         # centred write r, where moving along r leaves the scale unchanged to first order
         r = model.blocks[0].mlp_out.weight @ d
@@ -59,7 +59,7 @@ def test_logit_effects_match_the_models_own_average_derivative():
     (here, a random model whose MLP dominates the residual stream, it is not small)."""
     model = toy_model(1)
     tokens = np.random.default_rng(0).integers(0, 50, 16 * 40)
-    scale = browser.residual_scale(model, tokens, n_windows=40)
+    scale = residual_scale(model, tokens, n_windows=40)
     x = torch.from_numpy(tokens).view(40, 16)
     eps = 1e-4
     for i in (0, 7):
@@ -67,7 +67,7 @@ def test_logit_effects_match_the_models_own_average_derivative():
         d[i] = 1
         steered = lambda e: model(x, mlp_hook=lambda layer, h: h + e * d)[0].detach()
         direct = ((steered(eps) - steered(-eps)) / (2 * eps)).mean((0, 1))
-        effects = browser.logit_effects(model, d[None], scale)[0]
+        effects = logit_effects(model, d[None], scale)[0]
         direct, effects = direct - direct.mean(), effects - effects.mean()   # (a shift of all logits is no effect)
         assert np.corrcoef(direct, effects)[0, 1] > 0.99
         assert (effects - direct).norm() < 0.2 * direct.norm()   # the dropped term: about 10% here

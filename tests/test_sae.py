@@ -7,9 +7,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sae import (SAE, SAEConfig, dead_window, evaluate, fused_grads, geometric_median,
-                 make_optimizer, normalize_decoder, reference_grads, resample_dead,
-                 resample_schedule, train_step)
+from sae import (SAE, SAEConfig, dead_window, evaluate, geometric_median, make_optimizer,
+                 normalize_decoder, reference_grads, resample_dead, resample_schedule)
+from sae_fused import fused_grads, train_step
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")

@@ -9,7 +9,7 @@ import browser
 import sae as sae_lib
 import steer
 from common import UserError
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, logit_effects, residual_scale
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def test_value_zero_reproduces_the_unsteered_generation_exactly():
 def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
     run = analyze.load_run(analysed)
     model, sae = run["model"], run["saes"][1024]["sae"]
-    effects = browser.logit_effects(model, sae.W_dec.detach() / sae.act_scale,
-                                    browser.residual_scale(model, run["tokens"]))
+    effects = logit_effects(model, sae.directions(), residual_scale(model, run["tokens"]))
     m = analyze.load_or_measure(analysed, run)
     largest = browser.top_max(m["stats"]["F1024"])
     x = torch.from_numpy(run["tokens"][:8 * 64].reshape(8, 64))

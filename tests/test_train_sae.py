@@ -10,7 +10,7 @@ from common import UserError
 import train_lm
 from tests.conftest import tiny_lm_config
 from tests.test_train_lm import Crash, crash_at
-from train_lm import load_lm
+from model import harvest, load_lm
 
 
 def sae_config(out, **kw):
@@ -23,7 +23,7 @@ def sae_config(out, **kw):
 def test_harvested_activations_are_the_models_own(tiny_lm):
     model, _ = load_lm(tiny_lm)
     tokens = data.load_tokens(os.path.join(tiny_lm, "data"), "val")
-    acts, ids, pos = train_sae.harvest(model, tokens, 200)  # 200 = 3 windows of 64, the last cut short
+    acts, ids, pos = harvest(model, tokens, 200)  # 200 = 3 windows of 64, the last cut short
     T = model.cfg.block_size
     window = torch.from_numpy(tokens[T:2 * T].astype("int64"))[None]
     assert torch.equal(acts[T:2 * T], model.mlp_activations(window)[0])
@@ -33,7 +33,7 @@ def test_harvested_activations_are_the_models_own(tiny_lm):
     model(window, mlp_hook=lambda layer, h: seen.append(h) or h)
     assert torch.allclose(acts[T:2 * T], seen[0][0])
     g = torch.Generator().manual_seed(0)
-    acts_r, ids_r, pos_r = train_sae.harvest(model, tokens, 128, generator=g)
+    acts_r, ids_r, pos_r = harvest(model, tokens, 128, generator=g)
     assert torch.equal(ids_r, torch.from_numpy(tokens[pos_r.numpy()].astype("int64")))
 
 
