@@ -8,8 +8,6 @@ import dataclasses
 import json
 import os
 
-import numpy as np
-
 import interp
 from common import atomic_write_text, fmt_eta
 from interp import MIN_ACTIVE, SIZES
