@@ -19,51 +19,24 @@ One streaming pass (interp.measure) reduces a million tokens of activations to c
 running top-k contexts; it is cached in analysis/measure.pt, so a single step reruns in seconds.
 """
 import dataclasses
-import glob
-import json
 import os
 import sys
 import time
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-import data  # noqa: E402
-import interp  # noqa: E402
-from interp import MIN_ACTIVE, SIZES  # noqa: E402
-from common import Progress, UserError, arg, atomic_save, atomic_write_text, fmt_eta, parse_config, pick_device, run_main  # noqa: E402
-from model import lm_fingerprint, load_lm  # noqa: E402
-from report import (describe, interp_markdown, losses_markdown, specificity_markdown,  # noqa: E402
-                    write_report)
-from sae import load_sae  # noqa: E402
+import browser
+import data
+import interp
+import steer
+from common import UserError, fmt_eta, parse_config, run_main
+from interp import MIN_ACTIVE, SIZES
+from measured import AnalyzeConfig, load_or_measure, load_run, save_units
+from report import interp_markdown, losses_markdown, specificity_markdown, write_report, write_summary
 
 STEPS = ["all", "losses", "density", "interp", "specificity", "browse", "steer"]
-
-
-
-@dataclasses.dataclass
-class AnalyzeConfig:
-    out: str = arg("out", "artifact root: reads data/, <lm-dir>/, <sae-dir>/F*/; writes <analysis-dir>/")
-    lm_dir: str = arg("lm", "the LM whose neurons the SAEs decomposed")
-    sae_dir: str = arg("sae", "folder of SAE checkpoints under --out (every F<n>/ckpt.pt is analysed)")
-    analysis_dir: str = arg("analysis", "this analysis' folder under --out (e.g. analysis_b for model B)")
-    n_features: int = arg(0, "the dictionary analysed in detail (steps 3-4); 0: the largest found")
-    device: str = arg("auto", "auto, cpu, cuda or cuda:N")
-    seed: int = arg(0, "seed for the sampled units, the random contexts and the bootstrap")
-    tokens: int = arg(0, "held-out tokens to analyse (0: the whole validation split)")
-    loss_tokens: int = arg(2**17, "held-out tokens for the losses and the reconstruction error")
-    context: int = arg(32, "tokens per context (must divide the LM's context length)")
-    n_units: int = arg(512, "units of each kind compared on interpretability (at most the alive ones)")
-    explain_contexts: int = arg(40, "top contexts (explain half) an explanation is read from")
-    score_top: int = arg(20, "top contexts (score half) an explanation is scored on")
-    score_random: int = arg(20, "random contexts (score half) it is also scored on")
-    max_entries: int = arg(5, "rows in an explanation table, the same for features and neurons: a "
-                           "handful of patterns, about what a one-sentence explanation names")
-    bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals")
-    remeasure: bool = arg(False, "redo the streaming pass even when analysis/measure.pt matches")
 
 
 def main(argv=None):
@@ -71,9 +44,7 @@ def main(argv=None):
     step = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}: use one of {', '.join(STEPS)} (or none: all)")
-    if step in ("browse", "steer"):  # their own flags; imported here, not at the top: both build on this file
-        import browser
-        import steer
+    if step in ("browse", "steer"):  # their own flags
         return (browser if step == "browse" else steer).main(argv)
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "
                        f"[{'|'.join(STEPS)}] [flags]; no step: all of them and the report.")
@@ -84,7 +55,7 @@ def analyze(cfg, step="all"):
     """Run one step (or all and the report); returns the results dict."""
     t0 = time.time()
     run = load_run(cfg)
-    os.makedirs(run["dir"], exist_ok=True)
+    os.makedirs(run.dir, exist_ok=True)
     res = {"measure": load_or_measure(cfg, run)}
     if step in ("all", "losses"):
         res["losses"] = reconstruction(cfg, run, res["measure"])
@@ -94,98 +65,15 @@ def analyze(cfg, step="all"):
         res["interp"] = interpretability(cfg, run, res["measure"], res.get("density"))
     if step in ("all", "specificity"):
         res["specificity"] = specificity(cfg, run, res["measure"])
-    if step == "all":  # both read units.json, written by the interp step (imported here: see main)
-        import browser
-        import steer
+    if step == "all":  # both read units.json, written by the interp step
         res["browser"] = browser.write_browser(browser.BrowseConfig(**dataclasses.asdict(cfg)), run, res["measure"])
         res["steering"] = steer.measure_steering(steer.SteerConfig(**dataclasses.asdict(cfg)), run, res["measure"])
     res["seconds"] = time.time() - t0
     if step == "all":
         path = write_report(cfg, run, res)
+        write_summary(run, res)
         print(f"report: {path} ({fmt_eta(res['seconds'])})")
     return res
-
-
-# ----------------------------------------------------------------------------------------------
-# Inputs
-
-
-def load_run(cfg):
-    """The LM, every SAE trained on it, the held-out tokens and the settings every step shares."""
-    device = pick_device(cfg.device)
-    data_dir = os.path.join(cfg.out, "data")
-    meta = data.load_meta(data_dir)
-    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
-    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
-                        "retrain it (python train_lm.py) after python data.py")
-    paths = glob.glob(os.path.join(cfg.out, cfg.sae_dir, "F*", "ckpt.pt"))
-    if not paths:
-        raise UserError(f"no SAE checkpoints in {os.path.join(cfg.out, cfg.sae_dir)}/F*/: "
-                        f"run python train_sae.py --out {cfg.out} first")
-    fingerprint = lm_fingerprint(lm_ckpt)
-    saes = {}
-    for path in paths:
-        sae, ckpt = load_sae(path, device)
-        if ckpt["lm_fingerprint"] != fingerprint:
-            raise UserError(f"{path} decomposed another LM than {cfg.out}/{cfg.lm_dir}: retrain it "
-                            "(python train_sae.py) or pass the matching --lm-dir/--sae-dir")
-        saes[sae.cfg.n_features] = dict(sae=sae, ckpt=ckpt, path=path)
-    saes = dict(sorted(saes.items()))
-    main_n = cfg.n_features or max(saes)
-    if main_n not in saes:
-        raise UserError(f"--n-features {cfg.n_features}: no such SAE; found {list(saes)}")
-    T = model.cfg.block_size
-    tokens = data.load_tokens(data_dir, "val")
-    n_tokens = (min(cfg.tokens or len(tokens), len(tokens)) // T) * T
-    if n_tokens < 2 * T:
-        raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
-    if T % cfg.context or cfg.context < 2:
-        raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
-    for name in ("n_units", "explain_contexts", "score_top", "max_entries", "bootstrap", "loss_tokens"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    tokens = np.asarray(tokens[:n_tokens]).astype(np.int64)
-    return dict(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=saes, main=main_n, tokens=tokens,
-                n_tokens=n_tokens, meta=meta, enc=data.load_tokenizer(data_dir), device=device,
-                batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
-                dir=os.path.join(cfg.out, cfg.analysis_dir))
-
-
-def sources(run):
-    """What the streaming pass measures: the neurons as they are, and each SAE's features."""
-    return {"neurons": lambda h: h, **{f"F{n}": s["sae"].encode for n, s in run["saes"].items()}}
-
-
-def load_or_measure(cfg, run):
-    """interp.measure over the held-out tokens, or its cached result when the inputs match."""
-    key = dict(lm=run["fingerprint"], saes=[(s["path"], s["ckpt"]["seen"], s["ckpt"]["step"])
-                                            for s in run["saes"].values()],
-               n_tokens=run["n_tokens"], context=cfg.context, k=(cfg.explain_contexts, cfg.score_top),
-               proxies=interp.PROXIES, tokenizer=run["meta"]["tokenizer_hash"], format=interp.MEASURE_FORMAT)
-    path = os.path.join(run["dir"], "measure.pt")
-    if os.path.exists(path) and not cfg.remeasure:
-        cached = torch.load(path, weights_only=False)
-        if cached["key"] == key:
-            print(f"measure: reusing {path} (--remeasure to redo)")
-            return dict(cached, reused=True)
-    t0 = time.time()
-    n, eot = run["n_tokens"], run["meta"]["eot"]
-    proxies = interp.token_proxies(run["tokens"], n, run["enc"], eot)
-    halves = interp.window_halves(n, run["model"].cfg.block_size)
-    progress = Progress(None)
-
-    def report(done):
-        if progress.due() or done == n:
-            rate = done / (time.time() - t0)
-            progress.say(f"measure: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
-                         f"ETA {fmt_eta((n - done) / rate)}")
-
-    stats = interp.measure(interp.stream(run["model"], run["tokens"], n, sources(run), run["batch"]), n, halves,
-                           proxies, cfg.context, (cfg.explain_contexts, cfg.score_top), report)
-    result = dict(key=key, stats=stats, proxies=proxies, halves=halves, seconds=time.time() - t0)
-    atomic_save(result, path)
-    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,11 +104,11 @@ def recovered(ablated, replaced, clean):
 def reconstruction(cfg, run, m):
     """Per SAE: MSE and FVU (on the loss windows), L0, dead and dense fractions (all held-out tokens),
     losses with its reconstruction spliced in, and the loss recovered against both ablations."""
-    n = run["n_tokens"]
-    neurons = m["stats"]["neurons"]
-    mean = (neurons["sum"] / n).float().to(run["device"])
+    n = run.n_tokens
+    neurons = m.stats["neurons"]
+    mean = (neurons.sum / n).float().to(run.device)
     moments = {"n": 0, "sum": 0.0, "sumsq": 0.0}
-    errors = {k: 0.0 for k in run["saes"]}
+    errors = {k: 0.0 for k in run.saes}
 
     def clean(h):  # reads the activations: their spread is FVU's denominator
         moments["n"] += len(h)
@@ -236,26 +124,26 @@ def reconstruction(cfg, run, m):
         return fn
 
     replacements = {"clean": clean, "zero": lambda h: torch.zeros_like(h), "mean": lambda h: mean.expand_as(h),
-                    **{k: spliced(k, s["sae"]) for k, s in run["saes"].items()}}
-    loss = lm_losses(run["model"], run["tokens"], min(cfg.loss_tokens, n - 1), replacements)
+                    **{k: spliced(k, s.sae) for k, s in run.saes.items()}}
+    loss = lm_losses(run.model, run.tokens, min(cfg.loss_tokens, n - 1), replacements)
     spread = (moments["sumsq"] - moments["sum"] ** 2 / moments["n"]).sum().item()
-    d_mlp = run["model"].cfg.d_mlp
+    d_mlp = run.model.cfg.d_mlp
     rows = [dict(name="neurons", units=d_mlp, mse=0.0, fvu=0.0, loss=loss["clean"], rec_zero=1.0, rec_mean=1.0,
                  **firing(neurons, n))]
-    for k, s in run["saes"].items():
-        scale2 = s["sae"].act_scale.item() ** 2
+    for k, s in run.saes.items():
+        scale2 = s.sae.act_scale.item() ** 2
         rows.append(dict(name=f"F{k}", units=k, mse=errors[k] / (moments["n"] * d_mlp),
                          fvu=errors[k] / (scale2 * spread), loss=loss[k],
                          rec_zero=recovered(loss["zero"], loss[k], loss["clean"]),
-                         rec_mean=recovered(loss["mean"], loss[k], loss["clean"]), **firing(m["stats"][f"F{k}"], n)))
+                         rec_mean=recovered(loss["mean"], loss[k], loss["clean"]), **firing(m.stats[f"F{k}"], n)))
     out = dict(rows=rows, clean=loss["clean"], zero=loss["zero"], mean=loss["mean"], loss_tokens=moments["n"])
     print(losses_markdown(out))
     return out
 
 
 def firing(s, n):
-    density = s["fired"].double() / n
-    return dict(l0=float(s["fired"].sum()) / n, dead=int((density == 0).sum()), dense=int((density > 0.1).sum()))
+    density = s.fired.double() / n
+    return dict(l0=float(s.fired.sum()) / n, dead=int((density == 0).sum()), dense=int((density > 0.1).sum()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,12 +152,12 @@ def firing(s, n):
 
 def density(cfg, run, m):
     """Per SAE: densities, dead count and the ultralow cluster; writes density.png."""
-    n = run["n_tokens"]
+    n = run.n_tokens
     out = {}
-    for k, s in run["saes"].items():
-        d = (m["stats"][f"F{k}"]["fired"].double() / n).numpy()
+    for k, s in run.saes.items():
+        d = (m.stats[f"F{k}"].fired.double() / n).numpy()
         cluster = interp.ultralow_cluster(d)
-        sae = s["sae"]
+        sae = s.sae
         cos = torch.nn.functional.cosine_similarity(sae.W_enc, sae.W_dec, dim=1).detach().cpu().numpy()
         members = cluster["members"] if cluster else np.zeros(len(d), bool)
         out[k] = dict(density=d, dead=int((d == 0).sum()), cluster=cluster,
@@ -278,12 +166,13 @@ def density(cfg, run, m):
         note = (f"ultralow cluster of {members.sum()} below density {cluster['threshold']:.1e}"
                 if cluster else "no separate ultralow-density cluster")
         print(f"F{k}: {out[k]['dead']} dead of {k} on {n:,} held-out tokens; {note}")
-    plot_density(out, n, os.path.join(run["dir"], "density.png"))
+    plot_density(out, n, os.path.join(run.dir, "density.png"))
     return out
 
 
 def plot_density(out, n, path):
-    fig, axes = plt.subplots(1, len(out), figsize=(4.5 * len(out), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(out), 3.4))
+    axes = fig.subplots(1, len(out), squeeze=False)
     bins = np.arange(np.floor(np.log10(1 / n)) - 0.25, 0.25, 0.125)
     for ax, (k, r) in zip(axes[0], out.items()):
         d = r["density"]
@@ -297,7 +186,6 @@ def plot_density(out, n, path):
     axes[0][0].set_ylabel("features")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,28 +195,28 @@ def plot_density(out, n, path):
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron and feature of the main SAE; compare a random sample of the same
     size of each kind; writes interp.png and units.json (every unit's explanation and score)."""
-    name = f"F{run['main']}"
-    stats = {"neurons": m["stats"]["neurons"], "features": m["stats"][name]}
-    ultralow = (dens or {}).get(run["main"], {}).get("cluster") or interp.ultralow_cluster(
-        (stats["features"]["fired"].double() / run["n_tokens"]).numpy())
+    name = run.main_name
+    stats = {"neurons": m.stats["neurons"], "features": m.stats[name]}
+    ultralow = (dens or {}).get(run.main, {}).get("cluster") or interp.ultralow_cluster(
+        (stats["features"].fired.double() / run.n_tokens).numpy())
     rng = np.random.default_rng(cfg.seed)
     # the random SCORE-half contexts every unit is also scored on, recomputed for all units at once
     ctx = cfg.context
-    score_ctx = np.flatnonzero(m["halves"][::ctx] == interp.SCORE)
+    score_ctx = np.flatnonzero(m.halves[::ctx] == interp.SCORE)
     pool_ids = np.sort(rng.choice(score_ctx, min(len(score_ctx), 5 * cfg.score_random), replace=False))
-    pool_acts = interp.context_acts(run["model"], run["tokens"], pool_ids, ctx,
-                                    {"neurons": lambda h: h, "features": run["saes"][run["main"]]["sae"].encode})
-    tokens = run["tokens"]
-    prev = np.concatenate([[run["meta"]["eot"]], tokens[:-1]])
+    pool_acts = interp.context_acts(run.model, run.tokens, pool_ids, ctx,
+                                    {"neurons": lambda h: h, "features": run.main_sae.encode})
+    tokens = run.tokens
+    prev = np.concatenate([[run.meta["eot"]], tokens[:-1]])
     units, results = {}, {}
     for kind, s in stats.items():
-        ok = (s["fired"] >= MIN_ACTIVE) & (s["fired_half"] > 0).all(0)
+        ok = (s.fired >= MIN_ACTIVE) & (s.fired_half > 0).all(0)
         if kind == "features" and ultralow:   # the paper leaves the ultralow cluster out of its analysis
             ok &= torch.from_numpy(~ultralow["members"])
         units[kind] = ok.nonzero().squeeze(1).numpy()
         t0 = time.time()
         results[kind] = interp.score_units(units[kind], s, dict(ctx=pool_ids, acts=pool_acts[kind]), tokens, prev,
-                                           run["meta"]["vocab_size"], ctx, cfg.score_top, cfg.score_random,
+                                           run.meta["vocab_size"], ctx, cfg.score_top, cfg.score_random,
                                            cfg.max_entries, SIZES, cfg.seed)
         print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
     n = min(cfg.n_units, *(len(u) for u in units.values()))
@@ -337,9 +225,9 @@ def interpretability(cfg, run, m, dens=None):
     sample = {kind: sorted(rng.choice(len(r), n, replace=False)) for kind, r in results.items()}
     compare = {kind: [results[kind][i] for i in idx] for kind, idx in sample.items()}
     summary = summarize(compare, cfg)
-    summary["by_density"] = interp.by_density(results, stats, run["n_tokens"])
-    plot_interp(compare, summary, cfg.max_entries, os.path.join(run["dir"], "interp.png"))
-    save_units(run, stats, results, os.path.join(run["dir"], "units.json"))
+    summary["by_density"] = interp.by_density(results, stats, run.n_tokens)
+    plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
+    save_units(run, stats, results)
     print(interp_markdown(summary))
     return dict(summary=summary, compare=compare, all=results, n=n)
 
@@ -359,6 +247,9 @@ def summarize(compare, cfg):
         out[kind] = row
     scores = lambda kind, e=None: np.array([r["score"] if e is None else r["by_size"][e] for r in compare[kind]])
     out["median_diff"] = interp.median_difference(scores("features"), scores("neurons"), cfg.bootstrap, cfg.seed)
+    multi = {kind: np.array([r["score"] for r in rs if not r["single_token"]]) for kind, rs in compare.items()}
+    out["median_diff_multi"] = (interp.median_difference(multi["features"], multi["neurons"], cfg.bootstrap, cfg.seed)
+                                if len(multi["features"]) and len(multi["neurons"]) else None)
     # the same comparison with explanations of every length: a long enough table lists a
     # polysemantic unit's meanings one by one, so the gap should shrink as tables grow
     out["by_size"] = {e: {**{kind: float(np.median(scores(kind, e))) for kind in compare},
@@ -370,7 +261,8 @@ def summarize(compare, cfg):
 
 
 def plot_interp(compare, summary, max_entries, path):
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6))
+    fig = Figure(figsize=(11, 7.6))
+    axes = fig.subplots(2, 2)
     axes = axes.ravel()
     bins = np.linspace(-0.2, 1, 25)
     for ax, part in zip(axes, ("all", "multi")):
@@ -407,22 +299,6 @@ def plot_interp(compare, summary, max_entries, path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def save_units(run, stats, results, path):
-    """units.json: per unit its density, score, single-token flag and explanation (for the browser)."""
-    vocab, n = run["meta"]["vocab_size"], run["n_tokens"]
-    out = {"n_tokens": n, "sae": f"F{run['main']}"}
-    for kind, rs in results.items():
-        fired = stats[kind]["fired"]
-        entries = []
-        for r in rs:
-            rows, default = describe(r["explanation"], run["enc"], vocab)
-            entries.append(dict(unit=r["unit"], density=float(fired[r["unit"]]) / n, score=round(r["score"], 4),
-                                single_token=r["single_token"], explanation=rows, otherwise=default))
-        out[kind] = entries
-    atomic_write_text(json.dumps(out), path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,35 +310,40 @@ def specificity(cfg, run, m):
     """For each proxy the best-matching feature and neuron (Pearson over all held-out tokens), their
     full activations (a second pass, these units only), the share of their activation mass where
     the proxy holds, and specificity.png."""
-    sae = run["saes"][run["main"]]["sae"]
+    sae = run.main_sae
     best = {}
-    for kind, name in (("features", f"F{run['main']}"), ("neurons", "neurons")):
-        s = m["stats"][name]
+    for kind, name in (("features", run.main_name), ("neurons", "neurons")):
+        s = m.stats[name]
         r = interp.proxy_correlations(s)
         idx = r.argmax(0)
         best[kind] = dict(units=idx.numpy(), r=r.max(0).values.numpy(),
-                          mass=(s["proxy_sum"][idx, torch.arange(len(idx))] / s["sum"][idx].clamp_min(1e-30)).numpy())
+                          mass=(s.proxy_sum[idx, torch.arange(len(idx))] / s.sum[idx].clamp_min(1e-30)).numpy())
     units = {kind: torch.from_numpy(b["units"]) for kind, b in best.items()}
-    chosen = {"neurons": lambda h: h[:, units["neurons"].to(h.device)],
-              "features": interp.select_encoder(sae, units["features"])}
+    neurons = units["neurons"].to(run.device)
+    chosen = {"neurons": lambda h: h[:, neurons], "features": interp.select_encoder(sae, units["features"])}
     acts = {k: [] for k in chosen}
-    for _, a in interp.stream(run["model"], run["tokens"], run["n_tokens"], chosen, run["batch"]):
+    for _, a in interp.stream(run.model, run.tokens, run.n_tokens, chosen, run.batch):
         for k in a:
             acts[k].append(a[k].float().cpu())
     acts = {k: torch.cat(v).numpy() for k, v in acts.items()}
-    proxies = m["proxies"]
+    proxies = m.proxies
     out = dict(names=interp.PROXIES, base_rate=proxies.mean(0), best=best)
-    plot_specificity(acts, proxies, best, os.path.join(run["dir"], "specificity.png"))
+    # a proxy that never holds (a corpus without Python has no docstrings) has no best unit to show
+    out["held"] = [j for j, rate in enumerate(out["base_rate"]) if rate > 0]
+    if out["held"]:
+        plot_specificity(acts, proxies, best, out["held"], os.path.join(run.dir, "specificity.png"))
     print(specificity_markdown(out))
     return out
 
 
-def plot_specificity(acts, proxies, best, path):
-    P = proxies.shape[1]
-    fig, axes = plt.subplots(P, 2, figsize=(9, 2.4 * P), squeeze=False)
-    for j, name in enumerate(interp.PROXIES):
+def plot_specificity(acts, proxies, best, held, path):
+    """One row per proxy in held (those that hold somewhere)."""
+    fig = Figure(figsize=(9, 2.4 * len(held)))
+    axes = fig.subplots(len(held), 2, squeeze=False)
+    for row, j in enumerate(held):
+        name = interp.PROXIES[j]
         for col, kind in enumerate(("features", "neurons")):
-            ax, a = axes[j][col], acts[kind][:, j]
+            ax, a = axes[row][col], acts[kind][:, j]
             bins = np.linspace(0, max(a.max(), 1e-6), 40)
             on = a > 0
             ax.hist([a[on & proxies[:, j]], a[on & ~proxies[:, j]]], bins=bins, histtype="step", linewidth=1.5,
@@ -472,12 +353,11 @@ def plot_specificity(acts, proxies, best, path):
             ax.set_title(f"{kind[:-1]} #{b['units'][j]}: r={b['r'][j]:.2f} with '{name}', "
                          f"{100 * b['mass'][j]:.0f}% of its activation there", fontsize=9)
             ax.legend(fontsize=7)
-        axes[j][0].set_ylabel("tokens")
+        axes[row][0].set_ylabel("tokens")
     for ax in axes[-1]:
         ax.set_xlabel("activation (tokens where > 0)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """browser.py: one self-contained HTML page to browse features and neurons, as in the paper's interface.
 
     python analyze.py browse                              # writes out/analysis/browser.html
-    python analyze.py browse --features 12 40 --neurons 7 # only these units
-    python analyze.py browse --top-contexts 20            # other limits: --help
+    python analyze.py browse --features 12 40 --neurons 7 # only these units: analysis/browser_selected.html
+    python analyze.py browse --html /tmp/page.html        # the page elsewhere; other limits: --help
 
 The paper's readers explore its features on interactive pages; this file writes the same kind of
 page for our run, as one HTML file with its styles, script and data inline (no server, no network:
@@ -32,15 +32,15 @@ import time
 import numpy as np
 import torch
 
-import analyze
-import report
 import interp
 from common import UserError, arg, atomic_write_text, parse_config, run_main
+from measured import AnalyzeConfig, load_or_measure, load_run, load_units
 from model import logit_effects, residual_scale
+from report import token_text, visible
 
 
 @dataclasses.dataclass
-class BrowseConfig(analyze.AnalyzeConfig):
+class BrowseConfig(AnalyzeConfig):
     features: list = arg([], "feature indices to put on pages (none given, and no --neurons: every unit that fires)")
     neurons: list = arg([], "neuron indices to put on pages")
     top_contexts: int = arg(8, "top-activating contexts per unit (from analysis/measure.pt)")
@@ -49,43 +49,46 @@ class BrowseConfig(analyze.AnalyzeConfig):
     pool_tokens: int = arg(2**18, "held-out tokens (random LM windows) the histograms and interval contexts come from")
     logit_tokens: int = arg(8, "output tokens listed as most raised and as most lowered")
     bins: int = arg(24, "histogram bins")
+    html: str = arg("", "the page to write (default: <analysis-dir>/browser.html, or browser_selected.html when "
+                        "--features or --neurons are given, so the full page is never overwritten by a few units)")
 
 
 def main(argv=None):
     cfg = parse_config(BrowseConfig, argv, description=__doc__.split("\n\n")[0])
     check_config(cfg)
-    run = analyze.load_run(cfg)
-    write_browser(cfg, run, analyze.load_or_measure(cfg, run))
+    run = load_run(cfg)
+    write_browser(cfg, run, load_or_measure(cfg, run))
 
 
 def write_browser(cfg, run, m):
-    """Write <analysis>/browser.html; returns dict(path, bytes, units, report): the report's lines."""
+    """Write the page (page_path); returns dict(path, bytes, units, report): the report's lines."""
     t0 = time.time()
     units = load_units(cfg, run)
-    stats = {"features": m["stats"][units["sae"]], "neurons": m["stats"]["neurons"]}
+    stats = {"features": m.stats[run.main_name], "neurons": m.stats["neurons"]}
     chosen = choose_units(cfg, stats)
-    maxima = {kind: top_max(s)[chosen[kind]] for kind, s in stats.items()}
+    maxima = {kind: s.max_activation()[chosen[kind]] for kind, s in stats.items()}
     pool = sample_pool(cfg, run, chosen, maxima)
-    scale = residual_scale(run["model"], run["tokens"])
-    directions = unit_directions(run)
+    scale = residual_scale(run.model, run.tokens)
+    directions = unit_directions(run.model, run.main_sae)
     pages, rows = {}, []
     for kind, idx in chosen.items():
-        effects = logit_effects(run["model"], directions[kind][idx], scale) * maxima[kind][:, None]
+        # computed on the model's device, used beside the CPU statistics
+        effects = logit_effects(run.model, directions[kind][idx.to(run.device)], scale).cpu() * maxima[kind][:, None]
         scored = {u["unit"]: u for u in units[kind]}
         for j, u in enumerate(idx.tolist()):
             key = f"{kind[0]}{u}"
-            density = stats[kind]["fired"][u].item() / run["n_tokens"]
+            density = stats[kind].fired[u].item() / run.n_tokens
             pages[key] = page(cfg, run, stats[kind], u, maxima[kind][j].item(), density, unit_pool(pool, kind, j),
                               effects[j])
             rows.append(index_row(key, kind, u, density, scored.get(u)))
-    path = os.path.join(run["dir"], "browser.html")
+    path = page_path(cfg, run)
     text = render(cfg, run, pages, rows, scale, len(pool["tokens"]))
     atomic_write_text(text, path)
     size = os.path.getsize(path)
     counts = {kind: len(idx) for kind, idx in chosen.items()}
     print(f"browser: {path} ({size / 1e6:.1f} MB, {counts['features']} features and {counts['neurons']} neurons, "
           f"{time.time() - t0:.0f}s)")
-    return dict(path=path, bytes=size, units=counts, report=report_lines(size, counts))
+    return dict(path=path, bytes=size, units=counts, report=report_lines(os.path.relpath(path, run.dir), size, counts))
 
 
 def check_config(cfg):
@@ -94,16 +97,11 @@ def check_config(cfg):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
 
-def load_units(cfg, run):
-    """units.json (analyze.py's interp step): every scored unit's explanation, score and density."""
-    path = os.path.join(run["dir"], "units.json")
-    if not os.path.exists(path):
-        raise UserError(f"no {path}: run python analyze.py interp --out {cfg.out} first")
-    units = json.load(open(path))
-    if units["sae"] != f"F{run['main']}" or units["n_tokens"] != run["n_tokens"]:
-        raise UserError(f"{path} describes {units['sae']} on {units['n_tokens']:,} tokens, not F{run['main']} on "
-                        f"{run['n_tokens']:,}: rerun python analyze.py interp with the same flags")
-    return units
+def page_path(cfg, run):
+    """--html, or the default: the full page, or a separate one for chosen units."""
+    if cfg.html:
+        return cfg.html
+    return os.path.join(run.dir, "browser_selected.html" if cfg.features or cfg.neurons else "browser.html")
 
 
 def choose_units(cfg, stats):
@@ -115,29 +113,23 @@ def choose_units(cfg, stats):
                 idx = torch.tensor(sorted({int(i) for i in asked}), dtype=torch.long)
             except ValueError:
                 raise UserError(f"--{kind}: expected unit indices, got {' '.join(asked)}") from None
-            U = len(stats[kind]["fired"])
+            U = len(stats[kind].fired)
             if len(idx) and (idx.min() < 0 or idx.max() >= U):
                 raise UserError(f"--{kind}: indices must lie in 0..{U - 1}")
             chosen[kind] = idx
         return chosen
-    return {kind: (s["fired"] > 0).nonzero().squeeze(1) for kind, s in stats.items()}
-
-
-def top_max(s):
-    """(U,) each unit's largest held-out activation: the first of its sorted top contexts, either half."""
-    return torch.maximum(s["top"][0]["val"][:, 0], s["top"][1]["val"][:, 0]).clamp_min(0)
+    return {kind: (s.fired > 0).nonzero().squeeze(1) for kind, s in stats.items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # Logit effects (model.logit_effects) of each unit's direction
 
 
-def unit_directions(run):
+def unit_directions(model, sae):
     """{kind: (U, d_mlp)}: the MLP activation vector that one unit of each unit's activation adds.
     A neuron is a basis vector (so its direction through mlp_out is mlp_out's column); a feature is
     its decoder row in the MLP's units (SAE.directions)."""
-    sae = run["saes"][run["main"]]["sae"]
-    d_mlp = run["model"].cfg.d_mlp
+    d_mlp = model.cfg.d_mlp
     eye = torch.eye(d_mlp, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
     return {"neurons": eye, "features": sae.directions()}
 
@@ -154,21 +146,20 @@ def sample_pool(cfg, run, chosen, maxima):
     uniformly at random: each (context, unit) gets a random priority and interp.update_top keeps
     the largest priorities, a streaming sample without replacement. Contexts are cut inside the
     windows as in measure.pt, so each one's activations are those the streaming pass saw."""
-    T, ctx, K = run["model"].cfg.block_size, cfg.context, cfg.intervals
+    T, ctx, K = run.model.cfg.block_size, cfg.context, cfg.intervals
     rng = np.random.default_rng(cfg.seed)
-    n_windows = run["n_tokens"] // T
+    n_windows = run.n_tokens // T
     pick = np.sort(rng.choice(n_windows, min(n_windows, max(1, cfg.pool_tokens // T)), replace=False))
-    tokens = run["tokens"].reshape(-1, T)[pick].ravel()
-    sae = run["saes"][run["main"]]["sae"]
-    sources = {"features": interp.select_encoder(sae, chosen["features"]),
-               "neurons": lambda h: h[:, chosen["neurons"].to(h.device)]}
+    tokens = run.tokens.reshape(-1, T)[pick].ravel()
+    neurons = chosen["neurons"].to(run.device)
+    sources = {"features": interp.select_encoder(run.main_sae, chosen["features"]), "neurons": lambda h: h[:, neurons]}
     sources = {kind: fn for kind, fn in sources.items() if len(chosen[kind])}
     g = torch.Generator().manual_seed(cfg.seed)
     out = {kind: dict(hist=torch.zeros(len(idx), cfg.bins, dtype=torch.long),
                       # one running "top-k" per interval, ranked by random priority (interp's running top-k)
-                      tops=interp.new_stats(len(idx), 0, ctx, (cfg.interval_contexts,) * K)["top"])
+                      tops=[interp.new_top(len(idx), cfg.interval_contexts, ctx) for _ in range(K)])
            for kind, idx in chosen.items()}
-    for start, acts in interp.stream(run["model"], tokens, len(tokens), sources, run["batch"]):
+    for start, acts in interp.stream(run.model, tokens, len(tokens), sources, run.batch):
         ids = torch.arange(start // ctx, (start + len(next(iter(acts.values())))) // ctx)
         for kind, a in acts.items():
             a, mx, o = a.float().cpu(), maxima[kind].clamp_min(1e-12), out[kind]
@@ -189,8 +180,8 @@ def sample_pool(cfg, run, chosen, maxima):
 
 def unit_pool(pool, kind, j):
     """The j-th chosen unit's share of the pool: its histogram, its interval samples, the pool's tokens."""
-    return dict(hist=pool[kind]["hist"][j], tops=[{k: v[j] for k, v in t.items()} for t in pool[kind]["tops"]],
-                tokens=pool["tokens"])
+    return dict(hist=pool[kind]["hist"][j], tokens=pool["tokens"],
+                tops=[interp.TopContexts(val=t.val[j], ctx=t.ctx[j], acts=t.acts[j]) for t in pool[kind]["tops"]])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,21 +191,19 @@ def unit_pool(pool, kind, j):
 def page(cfg, run, s, u, mx, density, pool, effects):
     """One unit's page data; contexts are [token ids, activations in percent of the unit's max]."""
     ctx = cfg.context
-    tops = [(v, c, a) for h in (0, 1) for v, c, a in zip(s["top"][h]["val"][u].tolist(),
-                                                            s["top"][h]["ctx"][u].tolist(), s["top"][h]["acts"][u])
-            if v > 0]   # (a unit that fires in few contexts has slots holding contexts where it is 0)
+    tops = [(v, c, a) for t in s.top for v, c, a in zip(t.val[u].tolist(), t.ctx[u].tolist(), t.acts[u]) if v > 0]   # (a unit that fires in few contexts has slots holding contexts where it is 0)
     tops.sort(key=lambda t: -t[0])
-    top = [example(run["tokens"][c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops[:cfg.top_contexts]]
+    top = [example(run.tokens[c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops[:cfg.top_contexts]]
     intervals = []
     for i, t in enumerate(pool["tops"]):
-        keep = t["val"] > -float("inf")
-        found = sorted(zip(t["acts"][keep].amax(1).tolist(), t["ctx"][keep].tolist(), t["acts"][keep]),
+        keep = t.val > -float("inf")
+        found = sorted(zip(t.acts[keep].amax(1).tolist(), t.ctx[keep].tolist(), t.acts[keep]),
                        key=lambda x: -x[0])
         intervals.append([i / cfg.intervals, (i + 1) / cfg.intervals,
                           [example(pool["tokens"][c * ctx:(c + 1) * ctx], a, mx) for _, c, a in found]])
     k = min(cfg.logit_tokens, len(effects))
     up, down = effects.topk(k), (-effects).topk(k)
-    return dict(max=round(mx, 4), density=density, fired=int(s["fired"][u]), hist=pool["hist"].tolist(),
+    return dict(max=round(mx, 4), density=density, fired=int(s.fired[u]), hist=pool["hist"].tolist(),
                 top=top, intervals=intervals[::-1],
                 up=[[int(t), round(v, 3)] for v, t in zip(up.values.tolist(), up.indices.tolist())],
                 down=[[int(t), round(-v, 3)] for v, t in zip(down.values.tolist(), down.indices.tolist())])
@@ -238,32 +227,23 @@ def index_row(key, kind, u, density, scored):
             f'<td>{html.escape(expl)}</td></tr>')
 
 
-# Line breaks, tabs and other control characters drawn as symbols, so a context stays on one line
-# and no token is invisible.
-VISIBLE = {**{c: 0x2400 + c for c in range(32)}, 0x7F: 0x2421, ord("\n"): "↵", ord("\t"): "⇥"}
-
-
-def visible(text):
-    return text.translate(VISIBLE)
-
-
 def render(cfg, run, pages, rows, scale, pool_tokens):
-    vocab = [visible(report.token_text(run["enc"], t)) for t in range(run["meta"]["vocab_size"])]
+    vocab = [visible(token_text(run.enc, t)) for t in range(run.meta["vocab_size"])]
     data = json.dumps({"vocab": vocab, "units": pages}, separators=(",", ":"))
     # Inside <script> only text like "</script" or "<!--" could end or derail the block: write <, >
     # and & as JSON's \u escapes (and /, so no token sequence can even look like a URL to a reader).
     for c in "<>&/":
         data = data.replace(c, f"\\u{ord(c):04x}")
-    notes = NOTES.format(n_tokens=run["n_tokens"], pool=pool_tokens, scale=scale, ctx=cfg.context,
-                         intervals=cfg.intervals, sae=f"F{run['main']}")
+    notes = NOTES.format(n_tokens=run.n_tokens, pool=pool_tokens, scale=scale, ctx=cfg.context,
+                         intervals=cfg.intervals, sae=f"F{run.main}")
     return (HEAD.replace("TITLE", html.escape(f"Feature browser: {cfg.out}")) + notes + CONTROLS
             + "\n".join(rows) + "</tbody></table></div>\n<div id=\"unit\"></div>\n"
             + f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n</body></html>\n')
 
 
-def report_lines(size, counts):
+def report_lines(name, size, counts):
     return ["## 5. The feature browser", "",
-            f"[browser.html](browser.html) ({size / 1e6:.1f} MB, one self-contained file: open it in any web browser, "
+            f"[{name}]({name}) ({size / 1e6:.1f} MB, one self-contained file: open it in any web browser, "
             f"no network needed) has pages for {counts['features']:,} features and {counts['neurons']:,} neurons, "
             "laid out alike as in the paper's interface: density, activation histogram, top contexts with every token "
             "shaded by its activation, contexts from several activation intervals, and the logit effects. Its index "

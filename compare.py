@@ -17,26 +17,27 @@ Matching units between two sets (universality and splitting; the metrics are in 
 one streamed pass over held-out tokens through both LMs and every SAE.
 """
 import dataclasses
+import json
 import os
 import time
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-import analyze  # noqa: E402
-import data  # noqa: E402
-import interp  # noqa: E402
-import train_lm  # noqa: E402
-import train_sae  # noqa: E402
-from common import Progress, UserError, arg, atomic_write_text, fmt_eta, load_checkpoint, parse_config, pick_device, run_main  # noqa: E402
-from interp import MIN_ACTIVE  # noqa: E402
-from model import lm_fingerprint, load_lm  # noqa: E402
-from sae import load_sae  # noqa: E402
-from matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families  # noqa: E402
-from report import shown, token_text  # noqa: E402
+import analyze
+import data
+import interp
+import train_lm
+import train_sae
+from common import (Progress, UserError, arg, atomic_write_text, fmt_eta, load_checkpoint, parse_config, pick_device,
+                    run_main)
+from interp import MIN_ACTIVE
+from matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
+from measured import AnalyzeConfig
+from model import lm_fingerprint, load_lm
+from report import shown, token_text
+from sae import load_sae
 
 
 @dataclasses.dataclass
@@ -164,20 +165,25 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
     """One pass over n held-out tokens through both LMs and every SAE, reduced to: correlations
     of A's features with B's and of A's neurons with B's (universality); of the smallest sweep
     dictionary with each larger one, and how much of each small feature's activation its children
-    cover (splitting); firing counts, squared reconstruction errors and per-token activation mass."""
+    cover (splitting); firing counts, squared reconstruction errors and per-token activation mass.
+    The sums stay on the models' device until the end (no copy to the host per chunk); what it
+    returns is on the CPU."""
+    device = lm_a.unembed.weight.device
     sizes = sorted(sweep)
     small, larger = sizes[0], sizes[1:]
     parents = {s: nearest_parent(sweep[small].W_dec, sweep[s].W_dec) for s in larger}
+    parents_here = {s: p.to(device) for s, p in parents.items()}
     # "same LM": A's SAE against the sweep's largest, a separately trained SAE on the same LM: how
     # far two SAE runs on one LM agree is the yardstick for agreement across two LMs
-    corr = {"features": Correlator(sae_a.cfg.n_features, sae_b.cfg.n_features),
-            "neurons": Correlator(lm_a.cfg.d_mlp, lm_b.cfg.d_mlp),
-            "same LM": Correlator(sae_a.cfg.n_features, sizes[-1]),
-            **{s: Correlator(small, s) for s in larger}}
-    cover = {s: Coverage(small, s) for s in larger}
+    corr = {"features": Correlator(sae_a.cfg.n_features, sae_b.cfg.n_features, device),
+            "neurons": Correlator(lm_a.cfg.d_mlp, lm_b.cfg.d_mlp, device),
+            "same LM": Correlator(sae_a.cfg.n_features, sizes[-1], device),
+            **{s: Correlator(small, s, device) for s in larger}}
+    cover = {s: Coverage(small, s, device) for s in larger}
     units = {"A": sae_a.cfg.n_features, "B": sae_b.cfg.n_features, **{s: s for s in sizes}}
-    fired = {k: torch.zeros(u) for k, u in {**units, "neurons A": lm_a.cfg.d_mlp, "neurons B": lm_b.cfg.d_mlp}.items()}
-    mass = {k: torch.zeros(vocab, u) for k, u in units.items()}
+    fired = {k: torch.zeros(u, device=device)
+             for k, u in {**units, "neurons A": lm_a.cfg.d_mlp, "neurons B": lm_b.cfg.d_mlp}.items()}
+    mass = {k: torch.zeros(vocab, u, device=device) for k, u in units.items()}
     sq_err = dict.fromkeys(sizes, 0.0)
     a_sum, a_sumsq = 0.0, 0.0
     progress, t0 = Progress(None), time.time()
@@ -186,22 +192,22 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
                   interp.stream(lm_b, tokens, n, {"h": lambda h: h}, batch))
     for (start, a), (_, b) in streams:
         a, b = a["h"], b["h"]
-        ids = torch.from_numpy(tokens[start:start + len(a)])
+        ids = torch.from_numpy(tokens[start:start + len(a)]).to(device)
         f = {"A": sae_a.encode(a), "B": sae_b.encode(b), **{s: sweep[s].encode(a) for s in sizes}}
         corr["features"].add(f["A"], f["B"])
         corr["same LM"].add(f["A"], f[sizes[-1]])
         corr["neurons"].add(a, b)
         for s in larger:
             corr[s].add(f[small], f[s])
-            cover[s].add(f[small], f[s], parents[s])
-        fired["neurons A"] += (a > 0).sum(0).cpu()
-        fired["neurons B"] += (b > 0).sum(0).cpu()
+            cover[s].add(f[small], f[s], parents_here[s])
+        fired["neurons A"] += (a > 0).sum(0)
+        fired["neurons B"] += (b > 0).sum(0)
         for k, x in f.items():
-            fired[k] += (x > 0).sum(0).cpu()
+            fired[k] += (x > 0).sum(0)
             tok, unit = x.nonzero(as_tuple=True)
-            mass[k].index_put_((ids[tok.cpu()], unit.cpu()), x[tok, unit].float().cpu(), accumulate=True)
+            mass[k].index_put_((ids[tok], unit), x[tok, unit].float(), accumulate=True)
         for s in sizes:
-            sq_err[s] += ((sweep[s].decode(f[s]) - a) * sweep[s].act_scale).double().square().sum().item()
+            sq_err[s] += ((sweep[s].decode(f[s]) - a) * sweep[s].act_scale).double().square().sum()
         a_sum = a_sum + a.double().sum(0)
         a_sumsq = a_sumsq + a.double().square().sum(0)
         done = start + len(a)
@@ -210,8 +216,10 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
             progress.say(f"matching: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
                          f"ETA {fmt_eta((n - done) / rate)}")
     spread = (a_sumsq - a_sum ** 2 / n).sum().item()  # FVU's denominator, in the activations' units
-    return dict(corr={k: c.correlations() for k, c in corr.items()}, cover={s: c.fractions(parents[s]) for s, c in cover.items()},
-                parents=parents, fired=fired, mass=mass,
+    sq_err = {s: e.item() for s, e in sq_err.items()}
+    return dict(corr={k: c.correlations() for k, c in corr.items()},
+                cover={s: c.fractions(parents_here[s]) for s, c in cover.items()},
+                parents=parents, fired={k: v.cpu() for k, v in fired.items()}, mass={k: v.cpu() for k, v in mass.items()},
                 fvu={s: sq_err[s] / (sweep[s].act_scale.item() ** 2 * spread) for s in sizes},
                 mse={s: sq_err[s] / (n * lm_a.cfg.d_mlp) for s in sizes})
 
@@ -235,12 +243,12 @@ def control(cfg, dirs):
     model (each in its own folder under compare/, so the main analysis is left as it was)."""
     out = {}
     for name, lm_dir, sae_dir in (("A", "lm", "sae"), ("random", "lm_random", "sae_random")):
-        acfg = analyze.AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
+        acfg = AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
                                      analysis_dir=os.path.join("compare", f"analysis_{name}"), device=cfg.device,
                                      tokens=cfg.tokens, seed=cfg.seed)
         res = analyze.analyze(acfg, "interp")
         out[name] = dict(summary=res["interp"]["summary"], compare=res["interp"]["compare"],
-                         fired=res["measure"]["stats"][f"F{dirs['n_features']}"]["fired"])
+                         fired=res["measure"].stats[f"F{dirs['n_features']}"].fired)
     return out
 
 
@@ -324,7 +332,8 @@ def millions(x):
 
 
 def plot_universality(u, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2)
     bins = np.linspace(0, 1, 41)
     for kind, color, label in (("features", "tab:blue", "features, A vs B"), ("neurons", "tab:red", "neurons, A vs B"),
                                ("same LM", "tab:gray", "features, A vs a second SAE on A")):
@@ -344,11 +353,11 @@ def plot_universality(u, path):
     axes[1].set_title("which features are universal?", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_control(c, n, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2)
     groups = [("A", "features"), ("A", "neurons"), ("random", "features"), ("random", "neurons")]
     x = np.arange(len(groups))
     for dx, part, color in ((-0.2, "all", "tab:blue"), (0.2, "multi", "tab:orange")):
@@ -374,13 +383,13 @@ def plot_control(c, n, path):
     axes[1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_knob(k, path):
     rows = k["rows"]
     sizes = [r["size"] for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    fig = Figure(figsize=(14, 3.2))
+    axes = fig.subplots(1, 4)
     for ax, key, label in zip(axes, ("fvu", "l0", "dead", "recovered"),
                               ("FVU (unexplained variance)", "L0 (features per token)", "dead fraction",
                                "loss recovered (zero ablation)")):
@@ -393,7 +402,6 @@ def plot_knob(k, path):
                  f"{len(rows)} dictionary sizes", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_report(cfg, dirs, res):
@@ -401,6 +409,7 @@ def write_report(cfg, dirs, res):
     os.makedirs(folder, exist_ok=True)
     n, enc, m = res["n_tokens"], res["enc"], res["match"]
     u = universality(m, n)
+    write_summary(u, n, os.path.join(folder, "summary.json"))
     split = splitting(m, res["decoders"], cfg.families)
     plot_universality(u, os.path.join(folder, "universality.png"))
     plot_control(res["control"], n, os.path.join(folder, "control.png"))
@@ -488,6 +497,15 @@ def write_report(cfg, dirs, res):
     atomic_write_text("\n".join(L) + "\n", path)
     print("\n".join(L[L.index("## Universality: model A vs model B (differing only in seed)"):]))
     return path
+
+
+def write_summary(u, n, path):
+    """summary.json beside report.md: the universality medians, for programs. Returns them."""
+    out = dict(n_tokens=n, universality_median={name: float(np.median(u[kind]["best"])) for name, kind in
+                                                (("features", "features"), ("neurons", "neurons"),
+                                                 ("same_lm_features", "same LM"))})
+    atomic_write_text(json.dumps(out, indent=2) + "\n", path)
+    return out
 
 
 def runs_table(cfg, dirs):

@@ -24,6 +24,7 @@ explaining and scoring examples from one distribution. (Splitting by document in
 feature for a token that only one file uses unscoreable: the file lands in one half.)
 """
 import ast
+import dataclasses
 import io
 import re
 import tokenize
@@ -35,7 +36,7 @@ import torch
 from model import harvest
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
-MEASURE_FORMAT = 2        # bump when what measure() computes changes: analyze.py's cache is keyed on it
+MEASURE_FORMAT = 3        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 SINGLE_TOKEN_SHARE = 0.8  # a unit is "single-token" when one token carries this much of its activation
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained and scored
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -60,17 +61,55 @@ def window_halves(n_tokens, block_size):
     return (np.arange(n_tokens) // block_size % 2).astype(np.int64)
 
 
-@torch.no_grad()
-def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None):
-    """Reduce a stream of (start, {name: acts}) batches to per-unit statistics, for each source:
+@dataclasses.dataclass
+class TopContexts:
+    """A running top-k of contexts per unit: val (U, k) each context's max activation, ctx (U, k)
+    its context id, acts (U, k, ctx) its activations. Unordered while streaming; sort_top orders it."""
+    val: torch.Tensor
+    ctx: torch.Tensor
+    acts: torch.Tensor
+
+
+def new_top(U, k, ctx):
+    return TopContexts(val=torch.full((U, k), -float("inf")), ctx=torch.full((U, k), -1, dtype=torch.long),
+                       acts=torch.zeros(U, k, ctx))
+
+
+@dataclasses.dataclass
+class UnitStats:
+    """What the streaming pass keeps of one source's units (all on the CPU):
         fired_half (2, U)  tokens of each half on which the unit is > 0; fired (U,) their sum
         sum, sumsq (U,)    sums of the activation and of its square
         proxy_sum (U, P)   sums of the activation over the tokens where each proxy holds
-        top[h]             the k[h] contexts of half h with the largest activation, per unit:
-                           val (U, k) their max activation, ctx (U, k) context ids, acts (U, k, ctx)
-    halves: (n_tokens,) the half of each token (constant within a context); proxies: (n_tokens, P) bool.
-    Every statistic is a reduction over tokens (a matmul or a sum), so the (tokens, U) matrix of a
-    batch is read a few times and dropped; a batch of ~1,000 tokens keeps it in cache."""
+        top[h]             TopContexts: the contexts of half h with the largest activation
+        proxy_count (P,)   tokens where each proxy holds; n_tokens: tokens measured"""
+    fired_half: torch.Tensor
+    sum: torch.Tensor
+    sumsq: torch.Tensor
+    proxy_sum: torch.Tensor
+    top: list
+    fired: torch.Tensor = None
+    proxy_count: torch.Tensor = None
+    n_tokens: int = 0
+
+    def max_activation(self):
+        """(U,) each unit's largest activation: the first of its sorted top contexts, either half."""
+        return torch.maximum(self.top[0].val[:, 0], self.top[1].val[:, 0]).clamp_min(0)
+
+    @staticmethod
+    def from_dict(d):
+        """The inverse of dataclasses.asdict (measure.pt stores plain dicts and tensors)."""
+        return UnitStats(**{**d, "top": [TopContexts(**t) for t in d["top"]]})
+
+
+@torch.no_grad()
+def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None):
+    """Reduce a stream of (start, {name: acts}) batches to {name: UnitStats}, the top contexts
+    keeping k[h] contexts of half h per unit. halves: (n_tokens,) the half of each token (constant
+    within a context); proxies: (n_tokens, P) bool. Every statistic is a reduction over tokens (a
+    matmul or a sum), so the (tokens, U) matrix of a batch is read a few times and dropped; a batch
+    of ~1,000 tokens keeps it in cache. The activations may come from any device; the statistics
+    are kept on the CPU."""
     halves_t = torch.from_numpy(halves)
     proxies_t = torch.from_numpy(np.asarray(proxies, dtype=np.float32))
     stats = {}
@@ -87,66 +126,65 @@ def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=Non
                 stats[name] = new_stats(a.shape[1], proxies_t.shape[1], ctx, k)
             s = stats[name]
             # (rows, n) @ (n, U) products: the fastest reductions over tokens here (bench: 4x (a > 0).sum(0))
-            s["fired_half"] += (which @ a.sign().clamp_(min=0)).long()
+            s.fired_half += (which @ a.sign().clamp_(min=0)).long()
             sums = (weights @ a).double()
-            s["sum"] += sums[0]
-            s["proxy_sum"] += sums[1:].T
-            s["sumsq"] += torch.linalg.vecdot(a, a, dim=0).double()
+            s.sum += sums[0]
+            s.proxy_sum += sums[1:].T
+            s.sumsq += torch.linalg.vecdot(a, a, dim=0).double()
             cacts = a.view(-1, ctx, a.shape[1])                 # (contexts, ctx, U)
             cmax = cacts.amax(1)
             for h in (EXPLAIN, SCORE):
-                update_top(s["top"][h], cmax.masked_fill((ctx_half != h)[:, None], -float("inf")),
-                           ctx_ids, cacts)
+                update_top(s.top[h], cmax.masked_fill((ctx_half != h)[:, None], -float("inf")), ctx_ids, cacts)
         if progress is not None:
             progress(start + n)
     for s in stats.values():
-        for top in s["top"]:
+        for top in s.top:
             sort_top(top)
-        s["fired"] = s["fired_half"].sum(0)
-        s["n_tokens"] = n_tokens
-        s["proxy_count"] = proxies_t.sum(0).double()
+        s.fired = s.fired_half.sum(0)
+        s.n_tokens = n_tokens
+        s.proxy_count = proxies_t.sum(0).double()
     return stats
 
 
 def new_stats(U, P, ctx, k):
-    top = [dict(val=torch.full((U, kh), -float("inf")), ctx=torch.full((U, kh), -1, dtype=torch.long),
-                acts=torch.zeros(U, kh, ctx)) for kh in k]
-    return dict(fired_half=torch.zeros(2, U, dtype=torch.long), sum=torch.zeros(U, dtype=torch.float64),
-                sumsq=torch.zeros(U, dtype=torch.float64), proxy_sum=torch.zeros(U, P, dtype=torch.float64),
-                top=top)
+    return UnitStats(fired_half=torch.zeros(2, U, dtype=torch.long), sum=torch.zeros(U, dtype=torch.float64),
+                     sumsq=torch.zeros(U, dtype=torch.float64), proxy_sum=torch.zeros(U, P, dtype=torch.float64),
+                     top=[new_top(U, kh, ctx) for kh in k])
 
 
 def update_top(top, cmax, ids, cacts):
-    """Merge a batch's contexts into a running top-k per unit. cmax (n, U) each context's max
-    activation; ids (n,) their ids; cacts (n, ctx, U) their activations. The k slots of a unit are
-    kept unordered (sort_top orders them at the end): a context that makes the cut takes the slot
-    of one it pushes out, so only new entries are ever copied, and only units with one are touched."""
-    k = top["val"].shape[1]
-    units = (cmax > top["val"].amin(1)).any(0).nonzero().squeeze(1)
+    """Merge a batch's contexts into a running top-k per unit (TopContexts). cmax (n, U) each
+    context's max activation; ids (n,) their ids; cacts (n, ctx, U) their activations. The k slots
+    of a unit are kept unordered (sort_top orders them at the end): a context that makes the cut
+    takes the slot of one it pushes out, so only new entries are ever copied, and only units with
+    one are touched."""
+    k = top.val.shape[1]
+    units = (cmax > top.val.amin(1)).any(0).nonzero().squeeze(1)
     if len(units) == 0:
         return
-    val = torch.cat([top["val"][units], cmax[:, units].T], 1)            # (m, k + n)
+    val = torch.cat([top.val[units], cmax[:, units].T], 1)            # (m, k + n)
     chosen = torch.zeros(val.shape, dtype=torch.bool).scatter_(1, val.topk(k, dim=1).indices, True)
     out_u, slot = (~chosen[:, :k]).nonzero().unbind(1)   # old entries pushed out, row by row ...
     _, new = chosen[:, k:].nonzero().unbind(1)            # ... and as many new contexts let in, in the same rows
     u = units[out_u]
-    top["val"][u, slot] = cmax[new, u]
-    top["ctx"][u, slot] = ids[new]
-    top["acts"][u, slot] = cacts[new, :, u]
+    top.val[u, slot] = cmax[new, u]
+    top.ctx[u, slot] = ids[new]
+    top.acts[u, slot] = cacts[new, :, u]
 
 
 def sort_top(top):
     """Order each unit's slots by activation, largest first."""
-    order = top["val"].argsort(1, descending=True)
-    top["val"], top["ctx"] = top["val"].gather(1, order), top["ctx"].gather(1, order)
-    top["acts"] = top["acts"].gather(1, order[..., None].expand_as(top["acts"]))
+    order = top.val.argsort(1, descending=True)
+    top.val, top.ctx = top.val.gather(1, order), top.ctx.gather(1, order)
+    top.acts = top.acts.gather(1, order[..., None].expand_as(top.acts))
 
 
 def select_encoder(sae, units):
     """An encoder computing only some features: a ReLU SAE needs only their encoder rows; TopK
     needs every pre-activation to know which k win."""
+    units = units.to(sae.W_enc.device)   # (unit indices come from the CPU statistics)
     if sae.cfg.activation == "topk":
-        return lambda h: sae.encode(h)[:, units.to(h.device)]
+        return lambda h: sae.encode(h)[:, units]
     W, b = sae.W_enc[units], sae.b_enc[units]
     return lambda h: ((h * sae.act_scale - sae.b_dec) @ W.T + b).relu()
 
@@ -210,11 +248,11 @@ def pearson(a, b):
 
 def proxy_correlations(s):
     """(U, P) Pearson correlation of each unit's activation with each proxy's 0/1 indicator, from
-    the streaming sums (proxy_count: (P,) tokens where each proxy holds, stored in s)."""
-    n = s["n_tokens"]
-    mean_a, mean_p = s["sum"] / n, s["proxy_count"] / n
-    cov = s["proxy_sum"] / n - mean_a[:, None] * mean_p[None]
-    var_a = (s["sumsq"] / n - mean_a ** 2).clamp_min(0)
+    the streaming sums of s (UnitStats)."""
+    n = s.n_tokens
+    mean_a, mean_p = s.sum / n, s.proxy_count / n
+    cov = s.proxy_sum / n - mean_a[:, None] * mean_p[None]
+    var_a = (s.sumsq / n - mean_a ** 2).clamp_min(0)
     den = (var_a[:, None] * (mean_p * (1 - mean_p))[None]).sqrt()
     return torch.where(den > 0, cov / den.clamp_min(1e-30), torch.zeros_like(cov))
 
@@ -291,23 +329,23 @@ def score_units(units, stats, pool, tokens, prev_tokens, vocab, ctx, n_top, n_ra
     by_size {e: r with the explanation cut to e rows, for e in sizes}, and single_token (one
     token carries SINGLE_TOKEN_SHARE of the activation in the explanation contexts: the paper
     reports those separately, as a random-weights model has many and they are trivial to simulate).
-    pool: dict(ctx (Q,) ids of random SCORE-half contexts, acts (Q, ctx, U)); tokens and
-    prev_tokens: numpy arrays of each held-out token and of the one before it."""
-    top_e, top_s = stats["top"][EXPLAIN], stats["top"][SCORE]
+    stats: the units' UnitStats; pool: dict(ctx (Q,) ids of random SCORE-half contexts, acts (Q, ctx,
+    U)); tokens and prev_tokens: numpy arrays of each held-out token and of the one before it."""
+    top_e, top_s = stats.top[EXPLAIN], stats.top[SCORE]
     positions = lambda ids: (np.asarray(ids)[:, None] * ctx + np.arange(ctx)).ravel()
     out = []
     for u in units:
-        keep = top_e["val"][u] > 0
-        pos = positions(top_e["ctx"][u][keep])
-        prev_e, cur_e, a_e = prev_tokens[pos], tokens[pos], top_e["acts"][u][keep].numpy().ravel()
+        keep = top_e.val[u] > 0
+        pos = positions(top_e.ctx[u][keep])
+        prev_e, cur_e, a_e = prev_tokens[pos], tokens[pos], top_e.acts[u][keep].numpy().ravel()
         longest = explain(prev_e, cur_e, a_e, max([max_entries, *sizes]), vocab)
         cut = lambda e: table(longest["order"][:e], prev_e, cur_e, a_e, vocab)
         share = np.bincount(cur_e, weights=a_e).max() / a_e.sum() if a_e.sum() > 0 else 0.0
-        keep = top_s["val"][u] > 0
-        ids_top = top_s["ctx"][u][keep][:n_top].numpy()
+        keep = top_s.val[u] > 0
+        ids_top = top_s.ctx[u][keep][:n_top].numpy()
         free = np.flatnonzero(~np.isin(pool["ctx"], ids_top))       # random contexts not in the top ones
         pick = np.random.default_rng([seed, int(u)]).choice(free, min(n_random, len(free)), replace=False)
-        truth = np.concatenate([top_s["acts"][u][keep][:n_top].numpy().ravel(),
+        truth = np.concatenate([top_s.acts[u][keep][:n_top].numpy().ravel(),
                                 pool["acts"][pick, :, u].numpy().ravel()])
         pos = positions(np.concatenate([ids_top, pool["ctx"][pick]]))
         score = lambda expl: pearson(simulate(expl, prev_tokens[pos], tokens[pos], vocab), truth)
@@ -341,7 +379,7 @@ def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.
     for lo, hi in zip(edges, edges[1:]):
         row = dict(lo=lo, hi=hi)
         for kind, rs in results.items():
-            d = stats[kind]["fired"].double().numpy() / n_tokens
+            d = stats[kind].fired.double().numpy() / n_tokens
             x = [r["score"] for r in rs if lo <= d[r["unit"]] < hi]
             row[kind] = (len(x), float(np.median(x)) if x else None)
         out.append(row)

@@ -6,6 +6,9 @@ similarity of their decoder directions. Correlations are accumulated chunk by ch
 tokens of 4,096 features never sit in memory densely; only the (units_a, units_b) sums do. For
 feature splitting, Coverage measures how much of a small dictionary's feature its children in a
 larger one take over, together and one by one.
+
+The sums live on the device of the activations they are fed (pass it to the constructor), so a
+GPU's chunks are never copied to the host; the results come back on the CPU.
 """
 import torch
 
@@ -15,22 +18,25 @@ class Correlator:
     sums of a, b, a^2, b^2 per unit and the cross sums a^T b (float64, so the subtraction
     E[ab] - E[a]E[b] does not lose the small correlations of dense units)."""
 
-    def __init__(self, n_a, n_b):
+    def __init__(self, n_a, n_b, device="cpu"):
         self.n = 0
-        self.sa, self.sa2 = torch.zeros(n_a, dtype=torch.float64), torch.zeros(n_a, dtype=torch.float64)
-        self.sb, self.sb2 = torch.zeros(n_b, dtype=torch.float64), torch.zeros(n_b, dtype=torch.float64)
-        self.sab = torch.zeros(n_a, n_b, dtype=torch.float64)
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)
+        self.sa, self.sa2 = zeros(n_a), zeros(n_a)
+        self.sb, self.sb2 = zeros(n_b), zeros(n_b)
+        self.sab = zeros(n_a, n_b)
 
     def add(self, a, b):
-        """a (N, n_a), b (N, n_b): activations on the same N tokens. A sparse a (most features
-        are zero on most tokens) makes a^T b cost only its nonzeros."""
-        a, b = a.float().cpu(), b.float().cpu()
+        """a (N, n_a), b (N, n_b): activations on the same N tokens, on the Correlator's device. On
+        a CPU a sparse a (most features are zero on most tokens) makes a^T b cost only its
+        nonzeros; on a GPU the dense product takes milliseconds, and choosing would cost a wait
+        for the host each chunk."""
+        a, b = a.float(), b.float()
         self.n += a.shape[0]
         self.sa += a.sum(0).double()
         self.sa2 += a.pow(2).sum(0).double()
         self.sb += b.sum(0).double()
         self.sb2 += b.pow(2).sum(0).double()
-        if (a > 0).float().mean() < 0.1:
+        if a.device.type == "cpu" and (a > 0).float().mean() < 0.1:
             self.sab += torch.sparse.mm(transposed_csr(a), b).double()
         else:
             self.sab += (a.T @ b).double()
@@ -42,7 +48,7 @@ class Correlator:
         var_a = (self.sa2 / n - (self.sa / n) ** 2).clamp_min(0)
         var_b = (self.sb2 / n - (self.sb / n) ** 2).clamp_min(0)
         denom = torch.outer(var_a.sqrt(), var_b.sqrt())
-        return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov)).float()
+        return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov)).float().cpu()
 
 
 def transposed_csr(a):
@@ -59,14 +65,15 @@ class Coverage:
     where at least one of its children in a larger dictionary fires (the features whose parent it
     is), and for each child the share on the tokens where it fires (the child on its own)."""
 
-    def __init__(self, n_small, n_large):
-        self.total = torch.zeros(n_small, dtype=torch.float64)
-        self.covered = torch.zeros(n_small, dtype=torch.float64)
-        self.by_child = torch.zeros(n_large, dtype=torch.float64)
+    def __init__(self, n_small, n_large, device="cpu"):
+        self.total = torch.zeros(n_small, dtype=torch.float64, device=device)
+        self.covered = torch.zeros(n_small, dtype=torch.float64, device=device)
+        self.by_child = torch.zeros(n_large, dtype=torch.float64, device=device)
 
     def add(self, small, large, parent_of):
-        """small (N, n_small), large (N, n_large) activations on the same tokens; parent_of (n_large,)."""
-        small, large = small.float().cpu(), large.float().cpu()
+        """small (N, n_small), large (N, n_large) activations on the same tokens; parent_of (n_large,),
+        all on the Coverage's device."""
+        small, large = small.float(), large.float()
         tok, child = (large > 0).nonzero(as_tuple=True)
         keep = parent_of[child] >= 0
         tok, child = tok[keep], child[keep]
@@ -80,7 +87,7 @@ class Coverage:
         """(parents' coverage by all their children (n_small,), by each child alone (n_large,))."""
         total = self.total.clamp_min(1e-30)
         child = torch.where(parent_of >= 0, self.by_child / total[parent_of.clamp_min(0)], 0)
-        return (self.covered / total).float(), child.float()
+        return (self.covered / total).float().cpu(), child.float().cpu()
 
 
 def best_matches(similarity):

@@ -8,8 +8,6 @@ import dataclasses
 import json
 import os
 
-import numpy as np
-
 import interp
 from common import atomic_write_text, fmt_eta
 from interp import MIN_ACTIVE, SIZES
@@ -22,39 +20,40 @@ PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6
 
 
 def write_report(cfg, run, res):
-    """report.md: a one-screen summary beside the paper's numbers, then each measurement."""
-    n, main = run["n_tokens"], run["main"]
-    lm, sae_ckpt = run["lm_ckpt"], run["saes"][main]["ckpt"]
+    """report.md: a one-screen summary beside the paper's numbers, then each measurement.
+    run: measured.Run; res: analyze.analyze's results."""
+    n, main = run.n_tokens, run.main
+    lm, sae_ckpt = run.lm_ckpt, run.saes[main].ckpt
     row = next(r for r in res["losses"]["rows"] if r["name"] == f"F{main}")
     dens, it, sp = res["density"][main], res["interp"]["summary"], res["specificity"]
     cluster = dens["cluster"]
     lm_tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
     bf = sp["best"]["features"]
-    best = int(np.argmax(bf["r"]))
-    took = fmt_eta(res["measure"]["seconds"])
+    took = fmt_eta(res["measure"].seconds)
     pass_note = (f"reusing the streaming pass cached in {cfg.analysis_dir}/measure.pt, {took} when it ran"
-                 if res["measure"].get("reused") else f"the streaming pass: {took}")
+                 if res["measure"].reused else f"the streaming pass: {took}")
     f_med, n_med = it["features"]["all"]["median"], it["neurons"]["all"]["median"]
     diff = it["median_diff"]
     ultralow = f"{cluster['members'].sum():,} features" if cluster else "none found"
     L = [f"# Towards Monosemanticity, reproduced: analysis of `{cfg.out}`", "",
          "## Summary", "",
-         f"- **LM** (`{cfg.lm_dir}`): {sum(p.numel() for p in run['model'].parameters()) / 1e6:.2f}M parameters, "
-         f"{run['model'].cfg.d_mlp} neurons, trained {lm['step']:,} steps on {lm_tokens / 1e6:.1f}M tokens in "
+         f"- **LM** (`{cfg.lm_dir}`): {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters, "
+         f"{run.model.cfg.d_mlp} neurons, trained {lm['step']:,} steps on {lm_tokens / 1e6:.1f}M tokens in "
          f"{fmt_eta(lm['elapsed'])}; validation loss {lm.get('val_loss', float('nan')):.3f} "
          f"(count-based bigram model: {lm.get('bigram_loss', float('nan')):.3f}).",
          f"- **SAE** F{main} (`{cfg.sae_dir}`): {main:,} features, trained on "
          f"{sae_ckpt['seen'] / 1e6:.1f}M activations in {fmt_eta(sae_ckpt['elapsed'])} "
          f"(L1 coefficient {sae_ckpt['config'].get('l1_coeff', '?')})"
-         + ("" if sae_ckpt.get("final", True) else "; **not final: training was still running**") + ".",
-         f"- **Analysis**: {n:,} held-out tokens ({run['meta']['documents']['val']} validation documents), "
+         + sae_state_note(sae_ckpt) + ".",
+         f"- **Analysis**: {n:,} held-out tokens ({run.meta['documents']['val']} validation documents), "
          f"{fmt_eta(res['seconds'])} ({pass_note}).", "",
          "| | ours | paper (A/1 unless noted) |", "| --- | --- | --- |",
          f"| dead features (never active) | {dens['dead']:,} of {main:,} ({100 * dens['dead'] / main:.1f}%) "
          f"on {n / 1e6:.2f}M tokens | {PAPER['dead']} on 100M |",
          f"| ultralow-density cluster | {ultralow} | {PAPER['ultralow']} |",
          f"| loss recovered, MLP zero-ablated | {100 * row['rec_zero']:.1f}% | {PAPER['recovered']} |",
-         f"| loss recovered, MLP mean-ablated (stricter) | {100 * row['rec_mean']:.1f}% | not given |",
+         f"| loss recovered, MLP mean-ablated ({mean_ablation_word(res['losses'])}) | {100 * row['rec_mean']:.1f}% "
+         "| not given |",
          f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
          f"| interpretability: median score, features vs neurons ({cfg.max_entries}-row explanations) | "
          f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
@@ -62,9 +61,7 @@ def write_report(cfg, run, res):
              f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
              f"({signed(it['by_size'][e]['diff'])})" for e in (1, SIZES[-1]))
          + " | (the paper's explanations are a sentence) |",
-         f"| best proxy match (Pearson r) | feature #{bf['units'][best]} with '{sp['names'][best]}': "
-         f"{bf['r'][best]:.2f} "
-         f"(best neuron: {sp['best']['neurons']['r'][best]:.2f}) | {PAPER['specificity']} |",
+         f"| best proxy match (Pearson r) | {best_proxy(sp)} | {PAPER['specificity']} |",
          "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
          "compare the sign of the difference, not the scale.", "",
          "## 1. Reconstruction and loss recovered", "",
@@ -119,12 +116,31 @@ def write_report(cfg, run, res):
           "with it over all held-out tokens, and the share of their activation that falls where the proxy holds. "
           "Pearson r rewards covering all of a broad proxy, which one dense neuron does more easily than each of the "
           "several features that split it; the share of activation on the proxy is the paper's point, specificity.", "",
-          specificity_markdown(sp), "", "![specificity](specificity.png)", "",
+          specificity_markdown(sp), "", *(["![specificity](specificity.png)", ""] if sp["held"] else []),
           *res["browser"]["report"], *res["steering"]["report"],
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
-    path = os.path.join(run["dir"], "report.md")
+    path = os.path.join(run.dir, "report.md")
     atomic_write_text("\n".join(L), path)
     return path
+
+
+def write_summary(run, res):
+    """summary.json beside report.md: its headline numbers, for programs. Returns them."""
+    row = next(r for r in res["losses"]["rows"] if r["name"] == run.main_name)
+    it = res["interp"]["summary"]
+
+    def versus(part, diff):  # features against neurons, on all sampled units or the multi-token ones
+        return dict(features_median=it["features"].get(part, {}).get("median"),
+                    neurons_median=it["neurons"].get(part, {}).get("median"),
+                    difference=diff["value"] if diff else None, difference_ci=list(diff["ci"]) if diff else None)
+
+    out = dict(sae=run.main_name, n_tokens=run.n_tokens,
+               loss_recovered=dict(zero_ablation=row["rec_zero"], mean_ablation=row["rec_mean"]),
+               dead_fraction=row["dead"] / row["units"], l0=row["l0"], fvu=row["fvu"],
+               interpretability=dict(units_per_kind=res["interp"]["n"], all=versus("all", it["median_diff"]),
+                                     without_single_token=versus("multi", it["median_diff_multi"])))
+    atomic_write_text(json.dumps(out, indent=2) + "\n", os.path.join(run.dir, "summary.json"))
+    return out
 
 
 def losses_markdown(r):
@@ -148,8 +164,9 @@ def interp_markdown(s):
         lines.append(f"| {kind} | {r['n']} | {r['single']} | {r['all']['mean']:.3f} [{r['all']['mean_ci'][0]:.3f}, "
                      f"{r['all']['mean_ci'][1]:.3f}] | {r['all']['median']:.3f} [{r['all']['median_ci'][0]:.3f}, "
                      f"{r['all']['median_ci'][1]:.3f}] | {multi} |")
-    d = s["median_diff"]
-    lines += [f"\nMedian score, features minus neurons: {signed(d)}.",
+    d, multi = s["median_diff"], s["median_diff_multi"]
+    lines += [f"\nMedian score, features minus neurons: {signed(d)}; without single-token units: "
+              + (signed(multi) if multi else "- (one kind has none left)") + ".",
               "", "| explanation rows |" + "".join(f" {e} |" for e in SIZES),
               "| --- |" + " --- |" * len(SIZES)]
     for kind in ("features", "neurons"):
@@ -166,23 +183,56 @@ def interp_markdown(s):
 
 
 def specificity_markdown(s):
+    """The table of analyze.specificity's results, the proxies that never hold left out (named)."""
     lines = ["| proxy | tokens where it holds | best feature: r, activation on proxy | "
              "best neuron: r, activation on proxy |", "| --- | --- | --- | --- |"]
     f, nr = s["best"]["features"], s["best"]["neurons"]
-    for j, name in enumerate(s["names"]):
+    for j in s["held"]:
+        name = s["names"][j]
         lines.append(f"| {name}: {interp.PROXY_HELP[name]} | {100 * s['base_rate'][j]:.1f}% | "
                      f"#{f['units'][j]}: {f['r'][j]:.2f}, {100 * f['mass'][j]:.0f}% | "
                      f"#{nr['units'][j]}: {nr['r'][j]:.2f}, {100 * nr['mass'][j]:.0f}% |")
+    never = [name for j, name in enumerate(s["names"]) if j not in s["held"]]
+    if never:
+        lines.append(f"\nLeft out: {', '.join(never)}, which hold on none of these tokens (no unit can match them).")
     return "\n".join(lines)
 
 
+def best_proxy(s):
+    """The summary's cell: the best feature-proxy correlation among the proxies that hold."""
+    if not s["held"]:
+        return "none of the proxies holds on these tokens"
+    r = s["best"]["features"]["r"]
+    j = max(s["held"], key=lambda j: r[j])
+    return (f"feature #{s['best']['features']['units'][j]} with '{s['names'][j]}': {r[j]:.2f} "
+            f"(best neuron: {s['best']['neurons']['r'][j]:.2f})")
+
+
+def mean_ablation_word(losses):
+    """Which baseline is stricter is measured, not assumed: the one with the lower ablated loss
+    leaves less to recover, so the same SAE recovers a smaller share of it."""
+    if losses["mean"] < losses["zero"]:
+        return "the stricter baseline here: mean-ablating costs less loss than zero-ablating"
+    return "the more lenient baseline here: mean-ablating costs more loss than zero-ablating"
+
+
+def sae_state_note(ckpt):
+    """'' for a finished SAE, else what happened to its training (train_sae.py's status, or the
+    final flag of older checkpoints)."""
+    if ckpt.get("status") == "crashed":
+        return "; **not final: training crashed**"
+    if ckpt.get("status", "final" if ckpt.get("final", True) else "running") != "final":
+        return "; **not final: training was still running**"
+    return ""
+
+
 def examples_markdown(compare, run):
-    vocab = run["meta"]["vocab_size"]
+    vocab = run.meta["vocab_size"]
     lines = []
     for kind, rs in compare.items():
         ranked = sorted(rs, key=lambda r: -r["score"])
         for label, r in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
-            rows, default = describe(r["explanation"], run["enc"], vocab)
+            rows, default = describe(r["explanation"], run.enc, vocab)
             table = "; ".join(f"{shown(x['prev']) + ' → ' if x['prev'] is not None else ''}{shown(x['token'])}: "
                               f"{x['value']:.2f}" for x in rows[:5])
             lines.append(f"- {kind[:-1]} #{r['unit']} ({label}, score {r['score']:.2f}"
@@ -202,6 +252,15 @@ def describe(expl, enc, vocab):
 
 def token_text(enc, t):
     return enc.decode_single_token_bytes(int(t)).decode("utf-8", "replace")
+
+
+# Line breaks, tabs and other control characters drawn as symbols, so a context stays on one line
+# and no token is invisible (the browser's pages, the steering table).
+VISIBLE = {**{c: 0x2400 + c for c in range(32)}, 0x7F: 0x2421, ord("\n"): "↵", ord("\t"): "⇥"}
+
+
+def visible(text):
+    return text.translate(VISIBLE)
 
 
 def signed(d):

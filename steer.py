@@ -16,32 +16,31 @@ raises most. measure_steering checks that prediction on held-out contexts: the p
 gives to a feature's top logit-effect tokens, with and without steering, at every position.
 """
 import dataclasses
+import math
 import os
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
 
-import analyze  # noqa: E402
-import data  # noqa: E402
-import report  # noqa: E402
-import browser  # noqa: E402
-from common import UserError, arg, parse_config, run_main  # noqa: E402
-from model import logit_effects, residual_scale  # noqa: E402
+import data
+from common import UserError, arg, parse_config, run_main
+from measured import AnalyzeConfig, load_or_measure, load_run, load_units
+from model import logit_effects, residual_scale
+from report import token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
 # multiple of it barely moves the model, which says little about the feature.
 MIN_DENSITY = 1e-4
+DEFAULT_PROMPT = "def "
 
 
 @dataclasses.dataclass
-class SteerConfig(analyze.AnalyzeConfig):
+class SteerConfig(AnalyzeConfig):
     feature: int = arg(-1, "the feature to steer on --prompt (-1: measure a few features' effect on many prompts)")
     value: float = arg(0.0, "V: add V times the feature's direction, in its activation units (0: no change)")
-    prompt: str = arg("def ", "the text to continue")
+    prompt: str = arg(None, f"the text to continue, with --feature (default: {DEFAULT_PROMPT!r})")
     new_tokens: int = arg(40, "tokens to generate")
     temperature: float = arg(1.0, "sampling temperature (0: greedy)")
     top_k: int = arg(50, "sample among the k likeliest tokens (0: all)")
@@ -54,11 +53,15 @@ class SteerConfig(analyze.AnalyzeConfig):
 
 def main(argv=None):
     cfg = parse_config(SteerConfig, argv, description=__doc__.split("\n\n")[0])
-    run = analyze.load_run(cfg)
+    if cfg.feature < 0 and cfg.prompt is not None:   # (else the prompt would be silently ignored)
+        raise UserError("--prompt needs --feature N (a feature number from the browser or report.md)")
+    if cfg.feature < 0 and cfg.value != 0:
+        raise UserError("--value needs --feature N (a feature number from the browser or report.md)")
+    run = load_run(cfg)
     if cfg.feature >= 0:
         print(demo(cfg, run))
     else:
-        res = measure_steering(cfg, run, analyze.load_or_measure(cfg, run))
+        res = measure_steering(cfg, run, load_or_measure(cfg, run))
         print("\n".join(res["report"]))
 
 
@@ -86,26 +89,34 @@ def next_token_probs(model, ids, hook=None):
 @torch.no_grad()
 def demo(cfg, run):
     """The text to print: the feature's predicted effect, both generations, the largest changes."""
-    model, sae, enc = run["model"], run["saes"][run["main"]]["sae"], run["enc"]
+    model, sae, enc = run.model, run.main_sae, run.enc
     if not 0 <= cfg.feature < sae.cfg.n_features:
-        raise UserError(f"--feature {cfg.feature}: F{run['main']} has features 0..{sae.cfg.n_features - 1}")
+        raise UserError(f"--feature {cfg.feature}: {run.main_name} has features 0..{sae.cfg.n_features - 1}")
     if cfg.new_tokens < 1 or cfg.temperature < 0 or cfg.top_k < 0:
         raise UserError("--new-tokens must be at least 1, --temperature and --top-k at least 0")
-    ids = torch.tensor([[run["meta"]["eot"]] + enc.encode_ordinary(cfg.prompt)], device=run["device"])
+    if not math.isfinite(cfg.value):
+        raise UserError(f"--value {cfg.value}: give a finite number (the feature's activations on the browser's "
+                        "pages show its scale)")
+    prompt = DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt
+    ids = torch.tensor([[run.meta["eot"]] + enc.encode_ordinary(prompt)], device=run.device)
     ids = ids[:, -model.cfg.block_size:]
     hook = steering_hook(sae, cfg.feature, cfg.value, len(model.blocks) - 1)
-    scale = residual_scale(model, run["tokens"])
-    effects = logit_effects(model, sae.directions()[cfg.feature:cfg.feature + 1], scale)[0]
+    p0, p1 = next_token_probs(model, ids), next_token_probs(model, ids, hook)
+    if not torch.isfinite(p1).all():   # (sampling would fail on them with a RuntimeError)
+        raise UserError(f"--value {cfg.value:g} is too large: the steered logits overflow; use a value within a few "
+                        "hundred times the feature's largest activation (the browser lists it)")
+    scale = residual_scale(model, run.tokens)
+    effects = logit_effects(model, sae.directions()[cfg.feature:cfg.feature + 1], scale)[0].cpu()
     on_prompt = sae.encode(model.mlp_activations(ids)[0])[:, cfg.feature].max().item()
-    show = lambda t: repr(browser.visible(report.token_text(enc, t)))
+    show = lambda t: repr(visible(token_text(enc, t)))
     text = lambda out: enc.decode(out[0, 1:].tolist())
-    lines = [f"feature {cfg.feature} of F{run['main']}: steering value {cfg.value:+g} (its activation on the prompt "
+    lines = [f"feature {cfg.feature} of {run.main_name}: steering value {cfg.value:+g} (its activation on the prompt "
              f"peaks at {on_prompt:.3g}); its direction raises "
              + ", ".join(f"{show(t)} {v:+.2f}" for v, t in zip(*effects.topk(5))) + " logits per unit (linearised)",
              f"\n--- unsteered (seed {cfg.seed})", text(generate(model, ids, cfg)),
              f"\n--- steered (seed {cfg.seed})", text(generate(model, ids, cfg, hook)),
              "\n--- largest next-token probability changes after the prompt"]
-    p0, p1 = next_token_probs(model, ids), next_token_probs(model, ids, hook)
+    p0, p1 = p0.cpu(), p1.cpu()
     change = p1 - p0
     for t in torch.cat([change.topk(cfg.show).indices, (-change).topk(cfg.show).indices]).tolist():
         lines.append(f"{show(t):>24} {p0[t].item():.4f} -> {p1[t].item():.4f} ({change[t].item():+.4f})")
@@ -123,15 +134,15 @@ def measure_steering(cfg, run, m):
     steering values from 0 to steer_scale times its largest held-out activation; writes steering.png."""
     if cfg.steer_features < 1 or cfg.steer_prompts < 1 or cfg.effect_tokens < 1 or cfg.steer_scale <= 0:
         raise UserError("--steer-features, --steer-prompts, --effect-tokens and --steer-scale must be positive")
-    model, sae = run["model"], run["saes"][run["main"]]["sae"]
-    units = browser.load_units(cfg, run)
-    effects = logit_effects(model, sae.directions(), residual_scale(model, run["tokens"]))
+    model, sae = run.model, run.main_sae
+    units = load_units(cfg, run)
+    effects = logit_effects(model, sae.directions(), residual_scale(model, run.tokens))   # on the model's device
     features = choose_features(units["features"], effects, cfg.steer_features)
-    maxima = browser.top_max(m["stats"][units["sae"]])
+    maxima = m.stats[run.main_name].max_activation()
     rng = np.random.default_rng(cfg.seed)
-    ctx = rng.choice(run["n_tokens"] // cfg.context, min(cfg.steer_prompts, run["n_tokens"] // cfg.context),
+    ctx = rng.choice(run.n_tokens // cfg.context, min(cfg.steer_prompts, run.n_tokens // cfg.context),
                      replace=False)
-    x = data.windows(run["tokens"], ctx * cfg.context, cfg.context, run["device"])
+    x = data.windows(run.tokens, ctx * cfg.context, cfg.context, run.device)
     fractions = np.linspace(0, cfg.steer_scale, 9)
     rows = []
     for f, r in features:
@@ -145,10 +156,10 @@ def measure_steering(cfg, run, m):
         rows.append(dict(feature=f, unit=r, max=maxima[f].item(), up=up.tolist(), down=down.tolist(),
                          p_up=[p.mean().item() for p in p_up], p_down=[p.mean().item() for p in p_down],
                          raised=(p_up[-1] > p_up[0]).float().mean().item()))
-    path = os.path.join(run["dir"], "steering.png")
+    path = os.path.join(run.dir, "steering.png")
     plot_steering(rows, fractions, path)
     out = dict(rows=rows, fractions=fractions, positions=x.numel(), prompts=len(x))
-    out["report"] = report_lines(cfg, out, run["enc"])
+    out["report"] = report_lines(cfg, out, run.enc)
     return out
 
 
@@ -169,7 +180,8 @@ def choose_features(scored, effects, n):
 
 
 def plot_steering(rows, fractions, path):
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
     for i, r in enumerate(rows):
         color = f"C{i}"
         ax.plot(fractions, r["p_up"], color=color, marker="o", markersize=3, label=f"feature {r['feature']}")
@@ -181,13 +193,18 @@ def plot_steering(rows, fractions, path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def change(p):
+    """A probability unsteered -> steered, with the ratio that says how much it moved."""
+    ratio = f"×{p[-1] / p[0]:.3g}" if p[0] > 0 else "from 0"
+    return f"{p[0]:.3g} → {p[-1]:.3g} ({ratio})"
 
 
 def report_lines(cfg, res, enc):
     # a token in a markdown table cell: line breaks drawn, and no ` or | to end the code span or the cell
-    cell = lambda text: "`" + browser.visible(text).replace("`", "'").replace("|", "\\|") + "`"
-    tokens = lambda ids: " ".join(cell(report.token_text(enc, t)) for t in ids)
+    cell = lambda text: "`" + visible(text).replace("`", "'").replace("|", "\\|") + "`"
+    tokens = lambda ids: " ".join(cell(token_text(enc, t)) for t in ids)
     L = ["## 6. Steering", "",
          "The paper: \"artificially activating a feature causes the model's behaviour to change in predictable "
          "ways\". We add V times a feature's decoder direction (divided by the SAE's act_scale, to be in the MLP's "
@@ -198,15 +215,16 @@ def report_lines(cfg, res, enc):
          f"{cfg.effect_tokens} bottom ones), averaged over every next-token prediction of {res['prompts']} random "
          f"held-out contexts of {cfg.context} tokens ({res['positions']:,} positions). Try one yourself: "
          "`python analyze.py steer --feature N --value V --prompt \"...\"`.", "",
+         "A position where the probability rose may have risen by little: the ratio steered / unsteered of the mean "
+         "probability says by how much.", "",
          "| feature | explanation (top rows) | V | top logit-effect tokens | their probability: unsteered → steered "
-         "| positions where it rose | bottom tokens: unsteered → steered |",
+         "(ratio) | positions where it rose | bottom tokens: unsteered → steered (ratio) |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
         expl = "; ".join(f"{cell(x['prev']) + ' → ' if x['prev'] is not None else ''}{cell(x['token'])}"
                          for x in r["unit"]["explanation"][:2])
         L.append(f"| #{r['feature']} (score {r['unit']['score']:.2f}) | {expl} | {cfg.steer_scale * r['max']:.2f} | "
-                 f"{tokens(r['up'])} | {r['p_up'][0]:.3g} → {r['p_up'][-1]:.3g} | {100 * r['raised']:.0f}% | "
-                 f"{r['p_down'][0]:.3g} → {r['p_down'][-1]:.3g} |")
+                 f"{tokens(r['up'])} | {change(r['p_up'])} | {100 * r['raised']:.0f}% | {change(r['p_down'])} |")
     return L + ["", "![steering](steering.png)", ""]
 
 

@@ -1,6 +1,8 @@
+import ast
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,8 @@ import torch
 import analyze
 import data
 import interp
+import measured
+import report
 import sae as sae_lib
 from common import UserError
 from model import harvest, lm_fingerprint, load_lm
@@ -21,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def small_config(out, **kw):
     base = dict(out=out, device="cpu", tokens=16384, loss_tokens=4096, n_units=64, bootstrap=100)
     base.update(kw)
-    return analyze.AnalyzeConfig(**base)
+    return measured.AnalyzeConfig(**base)
 
 
 def synthetic_tokens(n, vocab, eot, doc_len=300, seed=0):
@@ -43,22 +47,22 @@ def test_measure_counts_sums_and_top_contexts_exactly():
     halves = interp.window_halves(N, 64)
     proxies = torch.rand(N, 2, generator=g).numpy() < 0.3
     s = interp.measure(batches_of(acts, 128), N, halves, proxies, ctx, k=(5, 3))["u"]
-    assert s["fired"][0].item() / N == 0.5
-    assert torch.equal(s["fired"], (acts > 0).sum(0))
-    assert torch.allclose(s["sum"], acts.double().sum(0))
-    assert torch.allclose(s["proxy_sum"], acts.double().T @ torch.from_numpy(proxies).double())
-    assert torch.equal(s["fired_half"][1], (acts[torch.from_numpy(halves) == 1] > 0).sum(0))
+    assert s.fired[0].item() / N == 0.5
+    assert torch.equal(s.fired, (acts > 0).sum(0))
+    assert torch.allclose(s.sum, acts.double().sum(0))
+    assert torch.allclose(s.proxy_sum, acts.double().T @ torch.from_numpy(proxies).double())
+    assert torch.equal(s.fired_half[1], (acts[torch.from_numpy(halves) == 1] > 0).sum(0))
     contexts = acts.view(-1, ctx, U)
     ctx_half = torch.from_numpy(halves[::ctx])
     for h, k in ((interp.EXPLAIN, 5), (interp.SCORE, 3)):
-        top = s["top"][h]
+        top = s.top[h]
         for u in range(U):
             best = contexts[ctx_half == h, :, u].amax(1).sort(descending=True).values[:k]
-            assert torch.equal(top["val"][u], best)  # the k largest, in order
-            ids = top["ctx"][u]
+            assert torch.equal(top.val[u], best)  # the k largest, in order
+            ids = top.ctx[u]
             assert (ctx_half[ids] == h).all()  # from the right half only
-            assert torch.equal(top["acts"][u], contexts[ids, :, u])  # each one's own activations
-            assert torch.equal(top["val"][u], top["acts"][u].amax(1))
+            assert torch.equal(top.acts[u], contexts[ids, :, u])  # each one's own activations
+            assert torch.equal(top.val[u], top.acts[u].amax(1))
 
 
 def score_synthetic(acts, tokens, eot, vocab, ctx=16):
@@ -176,13 +180,93 @@ def test_report_builds_end_to_end(tiny_sae):
     assert rec["loss"] < res["losses"]["zero"] and 0 < rec["fvu"] < 1
     assert res["specificity"]["base_rate"][interp.PROXIES.index("number")] > 0
     # the random contexts, recomputed window by window, are the streaming pass's own activations
-    run = analyze.load_run(cfg)
-    model, s = run["model"], run["saes"][1024]["sae"]
-    again = interp.context_acts(model, run["tokens"], np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
-    acts = s.encode(harvest(model, run["tokens"], 160 * 32)[0])
+    run = measured.load_run(cfg)
+    model, s = run.model, run.saes[1024].sae
+    again = interp.context_acts(model, run.tokens, np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
+    acts = s.encode(harvest(model, run.tokens, 160 * 32)[0])
     assert torch.allclose(again, acts.view(-1, 32, 1024)[[0, 5, 130]], atol=1e-5)
     # a step on its own reuses the streaming pass
-    assert analyze.analyze(cfg, "density")["measure"]["reused"]
+    assert analyze.analyze(cfg, "density")["measure"].reused
+    # summary.json holds the report's headline numbers
+    summary = json.load(open(os.path.join(folder, "summary.json")))
+    it = res["interp"]["summary"]
+    assert summary["loss_recovered"] == {"zero_ablation": rec["rec_zero"], "mean_ablation": rec["rec_mean"]}
+    assert (summary["l0"], summary["fvu"], summary["dead_fraction"]) == (rec["l0"], rec["fvu"], rec["dead"] / 1024)
+    assert summary["interpretability"]["all"] == {
+        "features_median": it["features"]["all"]["median"], "neurons_median": it["neurons"]["all"]["median"],
+        "difference": it["median_diff"]["value"], "difference_ci": list(it["median_diff"]["ci"])}
+    assert summary["interpretability"]["without_single_token"]["features_median"] == it["features"]["multi"]["median"]
+    assert all(isinstance(r[k], (int, float)) for r in res["losses"]["rows"] for k in ("l0", "mse", "fvu", "loss"))
+
+
+def test_a_copied_run_reuses_its_measurement(tiny_sae, tmp_path):
+    """measure.pt is keyed by the SAEs' paths under --out, not by absolute paths."""
+    cfg = small_config(tiny_sae, analysis_dir="analysis_copied")
+    analyze.analyze(cfg, "density")
+    copy = str(tmp_path / "copy")
+    shutil.copytree(tiny_sae, copy, ignore=shutil.ignore_patterns("analysis*", "compare", "*_b", "*_random", "*sweep"))
+    shutil.copytree(os.path.join(tiny_sae, cfg.analysis_dir), os.path.join(copy, cfg.analysis_dir))
+    assert analyze.analyze(dataclasses.replace(cfg, out=copy), "density")["measure"].reused
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_whole_analysis_runs_on_cuda(tiny_sae):
+    cpu = analyze.analyze(small_config(tiny_sae, analysis_dir="analysis_cpu"))
+    res = analyze.analyze(small_config(tiny_sae, device="cuda", analysis_dir="analysis_cuda"))
+    for name, s in res["measure"].stats.items():
+        assert s.fired.device.type == "cpu" and torch.equal(s.fired, cpu["measure"].stats[name].fired)
+    assert res["losses"]["rows"][1]["rec_zero"] == pytest.approx(cpu["losses"]["rows"][1]["rec_zero"], abs=1e-3)
+    assert res["browser"]["units"] == cpu["browser"]["units"]
+    assert [r["feature"] for r in res["steering"]["rows"]] == [r["feature"] for r in cpu["steering"]["rows"]]
+
+
+def test_report_wording_follows_the_numbers():
+    # a proxy that never holds (no Python in the corpus) is left out, and said to be
+    names = interp.PROXIES
+    best = dict(units=np.arange(4), r=np.array([0.0, 0.0, 0.0, 0.4]), mass=np.array([0.0, 0.0, 0.0, 0.5]))
+    s = dict(names=names, base_rate=np.array([0.0, 0.0, 0.0, 0.02]), best=dict(features=best, neurons=best), held=[3])
+    table = report.specificity_markdown(s)
+    assert "| number:" in table and "| comment:" not in table and "#0: 0.00" not in table
+    assert "Left out: comment, docstring, string" in table
+    assert report.best_proxy(s).startswith("feature #3 with 'number': 0.40")
+    assert report.best_proxy(dict(s, held=[])) == "none of the proxies holds on these tokens"
+    # which ablation is stricter is read off the losses
+    assert "stricter" in report.mean_ablation_word(dict(zero=5.0, mean=4.0))
+    assert "more lenient" in report.mean_ablation_word(dict(zero=4.0, mean=5.0))
+    # a checkpoint that is not final says why
+    assert report.sae_state_note({"final": True}) == report.sae_state_note({"status": "final"}) == ""
+    assert "crashed" in report.sae_state_note({"final": False, "status": "crashed"})
+    assert "still running" in report.sae_state_note({"final": False})
+    assert "still running" in report.sae_state_note({"final": False, "status": "running"})
+
+
+def test_no_import_cycles_among_the_projects_modules():
+    """Every import, at the top or inside a function, points one way; no private name crosses files."""
+    modules = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    graph = {}
+    for name in modules:
+        tree = ast.parse(open(os.path.join(ROOT, name + ".py"), encoding="utf-8").read())
+        graph[name] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module in modules:
+                graph[name].add(node.module)
+                assert not any(a.name.startswith("_") for a in node.names), (name, node.module)
+    done, path = set(), []
+
+    def visit(m):
+        assert m not in path, f"import cycle: {' -> '.join(path[path.index(m):] + [m])}"
+        if m in done:
+            return
+        path.append(m)
+        for n in graph[m]:
+            visit(n)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(modules):
+        visit(m)
 
 
 def test_missing_inputs_name_the_script_to_run(tiny_lm, tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 import analyze
 import browser
+import measured
 import report
 import sae as sae_lib
 from common import UserError
@@ -31,8 +32,7 @@ def test_logit_effects_are_the_exact_derivative_at_a_residual_state_of_the_mean_
     s = 1.7
     sae = sae_lib.SAE(sae_lib.SAEConfig(d_in=32, n_features=8)).double()
     sae.act_scale.fill_(3.0)
-    run = {"model": model, "saes": {8: {"sae": sae}}, "main": 8}
-    dirs = browser.unit_directions(run)
+    dirs = browser.unit_directions(model, sae)
     for kind, i in (("neurons", 5), ("features", 3)):
         d = dirs[kind][i]
         effects = logit_effects(model, dirs[kind], s)[i]
@@ -114,13 +114,14 @@ class Page(html.parser.HTMLParser):
 
 
 def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
-    run = analyze.load_run(analysed)
-    m = analyze.load_or_measure(analysed, run)
+    run = measured.load_run(analysed)
+    m = measured.load_or_measure(analysed, run)
     # three features that fired and two neurons, whether they fired or not (checked both ways below)
-    alive = m["stats"]["F1024"]["fired"].nonzero().squeeze(1).tolist()
+    alive = m.stats["F1024"].fired.nonzero().squeeze(1).tolist()
     f1, f2, f3 = alive[0], alive[len(alive) // 2], alive[-1]
     cfg = browser.BrowseConfig(**{**vars(analysed), "features": [str(f) for f in (f1, f2, f3)], "neurons": ["0", "511"]})
     out = browser.write_browser(cfg, run, m)
+    assert out["path"] == os.path.join(run.dir, "browser_selected.html")   # the full page is left alone
     text = open(out["path"], encoding="utf-8").read()
     assert out["bytes"] == os.path.getsize(out["path"]) < 5e6
     for needle in ("http://", "https://", "//cdn", "src=", "url(", "@import", "<link"):
@@ -134,19 +135,19 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     assert set(data["units"]) == keys
     # token text travels as JSON only, escaped: the data block holds no markup at all
     assert "<" not in page.scripts["data"] and len(page.scripts) == 2
-    enc = run["enc"]
-    assert data["vocab"] == [browser.visible(report.token_text(enc, t)) for t in range(run["meta"]["vocab_size"])]
+    enc = run.enc
+    assert data["vocab"] == [report.visible(report.token_text(enc, t)) for t in range(run.meta["vocab_size"])]
     assert any(c in v for v in data["vocab"] for c in '<&"')   # the escaping above had something to escape
-    units = json.load(open(os.path.join(run["dir"], "units.json")))
-    stats = {"f": m["stats"]["F1024"], "n": m["stats"]["neurons"]}
+    units = json.load(open(os.path.join(run.dir, "units.json")))
+    stats = {"f": m.stats["F1024"], "n": m.stats["neurons"]}
     for key, u in data["units"].items():
         s, i = stats[key[0]], int(key[1:])
-        assert u["density"] == s["fired"][i].item() / run["n_tokens"]
-        assert u["max"] == pytest.approx(browser.top_max(s)[i].item(), abs=1e-4)
+        assert u["density"] == s.fired[i].item() / run.n_tokens
+        assert u["max"] == pytest.approx(s.max_activation()[i].item(), abs=1e-4)
         assert len(u["hist"]) == cfg.bins and sum(u["hist"]) <= cfg.pool_tokens
         assert len(u["up"]) == len(u["down"]) == cfg.logit_tokens and u["up"][0][1] >= u["up"][-1][1] >= u["down"][0][1]
         if u["max"] == 0:  # never fired: no contexts to show, and no effect at any activation it had
-            assert s["fired"][i] == 0 and u["top"] == [] and u["up"][0][1] == u["down"][-1][1] == 0
+            assert s.fired[i] == 0 and u["top"] == [] and u["up"][0][1] == u["down"][-1][1] == 0
             continue
         assert u["up"][-1][1] > u["down"][0][1]  # effects are scaled by the largest activation
         assert 0 < len(u["top"]) <= cfg.top_contexts and max(u["top"][0][1]) == 100   # the peak of the top context
@@ -160,10 +161,10 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
         cells = page.cells["row-" + key]
         assert cells[2] == (f"{scored['score']:.3f}" if scored else "")
     # a unit's top context is the cached one: its tokens, its activations in percent of the max
-    top = m["stats"]["F1024"]["top"]
-    half = int(top[1]["val"][f1, 0] > top[0]["val"][f1, 0])
-    c, acts = top[half]["ctx"][f1, 0].item(), top[half]["acts"][f1, 0]
-    assert data["units"][f"f{f1}"]["top"][0] == [run["tokens"][c * cfg.context:(c + 1) * cfg.context].tolist(),
+    top = m.stats["F1024"].top
+    half = int(top[1].val[f1, 0] > top[0].val[f1, 0])
+    c, acts = top[half].ctx[f1, 0].item(), top[half].acts[f1, 0]
+    assert data["units"][f"f{f1}"]["top"][0] == [run.tokens[c * cfg.context:(c + 1) * cfg.context].tolist(),
                                               (100 * acts / acts.max()).round().int().tolist()]
 
 
@@ -173,7 +174,7 @@ def test_index_rows_escape_token_text():
                                                             explanation=[dict(prev=nasty, token="<", value=1.0)]))
     page = Page()
     page.feed("<table>" + row + "</table>")
-    assert page.cells["row-f1"][3] == f"`{browser.visible(nasty)}`→`<` 1.00; otherwise 0.00"
+    assert page.cells["row-f1"][3] == f"`{report.visible(nasty)}`→`<` 1.00; otherwise 0.00"
     assert [t for t, _ in page.tags] == ["table", "tr", "td", "a", "td", "td", "td"]
 
 
@@ -187,10 +188,32 @@ def test_bad_flags_and_missing_inputs_are_one_line_errors(analysed, tmp_path):
     with pytest.raises(UserError, match="--top-contexts"):
         browser.main(["--out", analysed.out, "--top-contexts", "0"])
     only = browser.BrowseConfig(**{**vars(analysed), "neurons": ["4"]})   # one kind only: no features
-    run = analyze.load_run(only)
-    written = browser.write_browser(only, run, analyze.load_or_measure(only, run))
+    run = measured.load_run(only)
+    written = browser.write_browser(only, run, measured.load_or_measure(only, run))
     assert written["units"] == {"features": 0, "neurons": 1}
     cfg = browser.BrowseConfig(**{**vars(analysed), "analysis_dir": "analysis_no_units"})
-    run = analyze.load_run(cfg)
+    run = measured.load_run(cfg)
     with pytest.raises(UserError, match="analyze.py interp"):
-        browser.load_units(cfg, run)
+        measured.load_units(cfg, run)
+
+
+def test_html_flag_writes_the_page_elsewhere_and_outputs_are_plain_cpu_values(analysed, tmp_path):
+    path = str(tmp_path / "page.html")
+    browser.main(["--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
+                  "--device", "cpu", "--pool-tokens", "4096", "--neurons", "3", "--html", path])
+    assert os.path.getsize(path) > 0
+    # every number a page holds is a plain int or float, never a tensor (on any device)
+    cfg = browser.BrowseConfig(**{**vars(analysed), "features": ["1"], "neurons": ["3"]})
+    run = measured.load_run(cfg)
+    m = measured.load_or_measure(cfg, run)
+    stats = {"features": m.stats["F1024"], "neurons": m.stats["neurons"]}
+    chosen = browser.choose_units(cfg, stats)
+    maxima = {kind: s.max_activation()[chosen[kind]] for kind, s in stats.items()}
+    pool = browser.sample_pool(cfg, run, chosen, maxima)
+    assert all(t.device.type == "cpu" for kind in chosen for t in [pool[kind]["hist"], *pool[kind]["tops"][0].__dict__.values()])
+    effects = logit_effects(run.model, browser.unit_directions(run.model, run.main_sae)["neurons"][[3]], 1.0).cpu()
+    page = browser.page(cfg, run, stats["neurons"], 3, maxima["neurons"][0].item(), 0.1,
+                        browser.unit_pool(pool, "neurons", 0), effects[0])
+    plain = lambda x: all(map(plain, x)) if isinstance(x, list) else all(map(plain, x.values())) if isinstance(
+        x, dict) else isinstance(x, (int, float))
+    assert plain(page)

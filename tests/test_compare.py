@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 import shutil
 
@@ -7,10 +8,13 @@ import pytest
 import torch
 
 import compare
+import data
 import matching
+import sae as sae_lib
 import train_lm
 from common import UserError
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, load_lm
+from sae import load_sae
 
 
 def sparse_acts(n_tokens, n_units, density=0.05, seed=0):
@@ -130,6 +134,13 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     for figure in ("universality.png", "control.png", "knob.png"):
         assert f"({figure})" in report and os.path.getsize(os.path.join(out, "compare", figure)) > 10_000
     assert report.count("| A/") == 3 and "random weights" in report and "a second SAE on A" in report
+    summary = json.load(open(os.path.join(out, "compare", "summary.json")))
+    assert summary["universality_median"] == {"features": float(np.median(u["features"]["best"])),
+                                              "neurons": float(np.median(u["neurons"]["best"])),
+                                              "same_lm_features": float(np.median(u["same LM"]["best"]))}
+    # the measurement's results are CPU tensors, wherever it ran
+    assert all(c.device.type == "cpu" for c in res["match"]["corr"].values())
+    assert all(t.device.type == "cpu" for d in (res["match"]["fired"], res["match"]["mass"]) for t in d.values())
     # a second run finds every stage done and trains nothing
     capsys.readouterr()
     stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "*", "**", "ckpt.pt"), recursive=True)}
@@ -142,3 +153,22 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
 def test_missing_main_run_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match="train_lm.py"):
         compare.run_stages(compare.CompareConfig(out=str(tmp_path)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_matching_pass_on_cuda_equals_the_cpu_one(tiny_sae):
+    """The sums stay on the GPU; the results come back to the CPU, equal to the CPU's up to rounding."""
+    tokens = np.asarray(data.load_tokens(os.path.join(tiny_sae, "data"), "val")[:4096]).astype(np.int64)
+    results = {}
+    for device in ("cpu", "cuda"):
+        lm, _ = load_lm(tiny_sae, "lm", device)
+        sae = load_sae(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"), device)[0]
+        small = sae_lib.SAE(sae_lib.SAEConfig(d_in=512, n_features=64)).to(device)
+        results[device] = compare.match_pass(compare.CompareConfig(out=tiny_sae), lm, lm, sae, sae,
+                                             {64: small, 1024: sae}, tokens, len(tokens), 512)
+    cpu, gpu = results["cpu"], results["cuda"]
+    for k in cpu["corr"]:
+        assert gpu["corr"][k].device.type == "cpu" and torch.allclose(gpu["corr"][k], cpu["corr"][k], atol=1e-3)
+    assert all(torch.equal(gpu["fired"][k], cpu["fired"][k]) for k in cpu["fired"])
+    assert all(torch.allclose(gpu["mass"][k], cpu["mass"][k], rtol=1e-4, atol=1e-4) for k in cpu["mass"])
+    assert gpu["fvu"] == pytest.approx(cpu["fvu"], rel=1e-4)

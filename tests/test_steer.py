@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import analyze
-import browser
+import measured
 import sae as sae_lib
 import steer
 from common import UserError
@@ -41,12 +41,12 @@ def test_value_zero_reproduces_the_unsteered_generation_exactly():
 
 
 def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
-    run = analyze.load_run(analysed)
-    model, sae = run["model"], run["saes"][1024]["sae"]
-    effects = logit_effects(model, sae.directions(), residual_scale(model, run["tokens"]))
-    m = analyze.load_or_measure(analysed, run)
-    largest = browser.top_max(m["stats"]["F1024"])
-    x = torch.from_numpy(run["tokens"][:8 * 64].reshape(8, 64))
+    run = measured.load_run(analysed)
+    model, sae = run.model, run.main_sae
+    effects = logit_effects(model, sae.directions(), residual_scale(model, run.tokens))
+    m = measured.load_or_measure(analysed, run)
+    largest = m.stats["F1024"].max_activation()
+    x = torch.from_numpy(run.tokens[:8 * 64].reshape(8, 64))
     for f in (0, 2, 100, 500):
         top, v = effects[f].argmax(), largest[f].item()
         p = lambda v: torch.softmax(model(x, mlp_hook=steer.steering_hook(sae, f, v, 0))[0], -1)[..., top].mean()
@@ -58,8 +58,16 @@ def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
     for r in res["rows"]:
         assert r["p_up"][-1] > r["p_up"][0] and r["p_down"][-1] < r["p_down"][0]
         assert np.all(np.diff(r["p_up"]) > 0)
-    assert os.path.getsize(os.path.join(run["dir"], "steering.png")) > 10_000
+    assert os.path.getsize(os.path.join(run.dir, "steering.png")) > 10_000
     assert any("| #" in line for line in res["report"])
+    plain = lambda x: isinstance(x, (int, float))
+    assert all(plain(r["max"]) and plain(r["raised"]) and all(map(plain, r["p_up"] + r["p_down"] + r["up"]))
+               for r in res["rows"])
+
+
+def test_the_report_gives_the_size_of_the_change():
+    assert steer.change([0.00021, 0.0004, 0.00075]) == "0.00021 → 0.00075 (×3.57)"
+    assert steer.change([0.0, 0.01]) == "0 → 0.01 (from 0)"
 
 
 def test_the_command_line_prints_both_generations(analysed, capsys):
@@ -74,3 +82,11 @@ def test_the_command_line_prints_both_generations(analysed, capsys):
     assert "(+" in capsys.readouterr().out
     with pytest.raises(UserError, match="0..1023"):
         steer.main(flags[:-1] + ["1024"])
+    for bad in ("nan", "inf"):
+        with pytest.raises(UserError, match="--value .*finite"):
+            steer.main(flags + ["--value", bad])
+    with pytest.raises(UserError, match="--value 1e\\+30 is too large"):
+        steer.main(flags + ["--value", "1e30"])
+    # a prompt without a feature would be ignored (the many-prompt measurement runs instead)
+    with pytest.raises(UserError, match="--prompt needs --feature N"):
+        steer.main(["--out", analysed.out, "--prompt", "import os"])
