@@ -31,7 +31,7 @@ import data  # noqa: E402
 import interp  # noqa: E402
 import train_lm  # noqa: E402
 import train_sae  # noqa: E402
-from common import Progress, UserError, arg, atomic_write_text, fmt_eta, load_checkpoint, parse_config, pick_device, run_main  # noqa: E402
+from common import Progress, UserError, arg, atomic_write_text, fmt_eta, from_dict, load_checkpoint, parse_config, pick_device, run_main  # noqa: E402
 from interp import MIN_ACTIVE  # noqa: E402
 from model import lm_fingerprint, load_lm  # noqa: E402
 from sae import load_sae  # noqa: E402
@@ -107,9 +107,8 @@ def main_sae_path(out):
 
 
 def recipe(cls, saved, **changes):
-    """A run's config rebuilt from a saved one (fields this version no longer has are dropped)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in saved.items() if k in names}, "resume": False, **changes})
+    """A run's config rebuilt from a saved one, flat or nested (fields this version no longer has are dropped)."""
+    return from_dict(cls, {**saved, "resume": False, **changes})
 
 
 def stage(name, ckpt_path, train, run_cfg):
