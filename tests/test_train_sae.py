@@ -67,12 +67,12 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
         train_sae.train(sae_config(tiny_lm, l1_coeff=-1.0))
     with pytest.raises(UserError, match="--buffer-size"):
         train_sae.train(sae_config(tiny_lm, buffer_size=10))
-    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_random", random_init_only=True))
+    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_untrained", random_init_only=True))
     train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="--overwrite"):  # a finished run is not replaced silently
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="another LM"):
-        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_random"))
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_untrained"))
 
 
 def test_resampling_waits_for_a_time_budget_to_settle():
