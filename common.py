@@ -7,6 +7,7 @@ science; it lives here so the scripts can be about the science.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -15,22 +16,53 @@ import torch
 import torch.distributed
 
 
-class UserError(Exception):
-    """Bad input from the person running a script: printed as one line, no stack trace."""
+class UserError(ValueError):
+    """Bad input from the person running a script: printed as one line, no stack trace. A ValueError,
+    so a library caller catching ValueError (e.g. around ModelConfig(...)) still catches it."""
 
 
-def arg(default, help):
-    """A config field with its --help text: `lr: float = arg(3e-4, "peak learning rate")`."""
+def arg(default, help, flag=True):
+    """A config field with its --help text: `lr: float = arg(3e-4, "peak learning rate")`.
+    flag=False: a field set by the program, not on the command line (e.g. the vocabulary size)."""
+    meta = {"help": help, "flag": flag}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    if dataclasses.is_dataclass(default):  # a nested config: its fields become flags of their own
+        return dataclasses.field(default_factory=type(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def require(ok, flag, problem):
+    """One flag check: `require(cfg.lr > 0, "--lr", "must be positive")` -> UserError naming the flag."""
+    if not ok:
+        raise UserError(f"{flag} {problem}")
+
+
+def finite(x):
+    """A number that is neither NaN nor infinite (every comparison with NaN is False, so say it)."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def flag_fields(cls):
+    """[(nested field name or None, field)] for every command-line flag of a config dataclass.
+    A field holding another config (TrainConfig.model) contributes its fields under their own flat
+    names (--d-model, not --model-d-model), so the command line does not show the nesting."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True):
+            continue
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            out += [(f.name, g) for g in dataclasses.fields(f.default_factory) if g.metadata.get("flag", True)]
+        else:
+            out.append((None, f))
+    return out
 
 
 def parse_config(cls, argv=None, description=None):
     """Build an argparse parser from a dataclass's fields, parse argv, return an instance."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(cls):
+    for _, f in flag_fields(cls):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         name = "--" + f.name.replace("_", "-")
         help = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
@@ -41,7 +73,29 @@ def parse_config(cls, argv=None, description=None):
         else:
             kind = type(default) if default is not None else str
             parser.add_argument(name, type=kind, default=default, help=help)
-    return cls(**vars(parser.parse_args(argv)))
+    return from_dict(cls, vars(parser.parse_args(argv)))
+
+
+def from_dict(cls, values):
+    """A config from a dict of its values, nested ({"model": {"d_model": 128}}) or flat
+    ({"d_model": 128}, as the command line and checkpoints from before the nesting have them).
+    Keys the config no longer has are dropped."""
+    top, nested = {}, {}
+    for f in dataclasses.fields(cls):
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            inner = values.get(f.name) if isinstance(values.get(f.name), dict) else {}
+            nested[f.name] = from_dict(sub, {**{g.name: values[g.name] for g in dataclasses.fields(sub)
+                                                if g.name in values}, **inner})
+        elif f.name in values:
+            top[f.name] = values[f.name]
+    return cls(**top, **nested)
+
+
+def flat_dict(cfg):
+    """A config as one flat dict, a key per flag: what a checkpoint saves (readers look up
+    ckpt["config"]["block_size"]; from_dict rebuilds the nesting)."""
+    return {f.name: getattr(getattr(cfg, parent) if parent else cfg, f.name) for parent, f in flag_fields(type(cfg))}
 
 
 def run_main(main):
@@ -127,6 +181,85 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclasses.dataclass
+class Budget:
+    """--max-minutes turned into a step count, from the measured speed. From step `start` on (past
+    the warm-up) the steps are timed in spans of `span`; at the end of a span, max_steps = the steps
+    done + what the time left buys at that span's speed. The LM estimates once (its speed is steady);
+    the SAE after every span (a buffer cycle): its sparse step speeds up severalfold as L0 falls, so
+    a first estimate alone would stop it minutes early. Both choices were measured."""
+    minutes: float
+    t_run: float          # when the run started: setup and harvesting spend the budget too
+    start: int
+    span: int
+    once: bool
+    per_step: int         # tokens or activations per step, for the printed line
+    unit: str
+    device: str
+    quiet: bool = False
+    settled: bool = False  # the last estimate moved less than 10%: the run's length is known
+    t_span: float = None
+
+    def estimate(self, step, max_steps):
+        """Called after every step; returns max_steps, re-estimated where a span ends."""
+        if (self.once and max_steps is not None) or step < self.start or (step - self.start) % self.span:
+            return max_steps
+        now, previous = time.time(), max_steps
+        if self.t_span is not None:
+            rate = self.span / (now - self.t_span)
+            max_steps = broadcast_int(step + max(0, int((60 * self.minutes - (now - self.t_run)) * rate)),
+                                      self.device)
+            self.settled = self.settled or (previous is not None and max_steps <= 1.1 * previous)
+            if previous is None and not self.quiet:
+                print(f"budget: {self.minutes} min at {rate * self.per_step:,.0f} {self.unit}/s -> "
+                      f"{'' if self.once else 'about '}{max_steps} steps, "
+                      f"{max_steps * self.per_step / 1e6:.1f}M {self.unit}"
+                      + ("" if self.once else " (re-estimated as the speed changes)"), flush=True)
+        self.t_span = now
+        return max_steps
+
+
+def broadcast_int(n, device):
+    """Rank 0's n on every process (under DDP every rank must agree on the length of the run)."""
+    if not torch.distributed.is_initialized():
+        return n
+    t = torch.tensor([n], device=device)
+    torch.distributed.broadcast(t, 0)
+    return int(t.item())
+
+
+def warn_if_repeating(read, available, what, why, fix):
+    """One line when a run would read its data more than twice over."""
+    if read > 2 * available:
+        print(f"warning: this run reads the {available:,} training {what} about {read / available:.0f} "
+              f"times ({why}): {fix}", flush=True)
+
+
+def refuse_to_replace(paths, cfg, dir_flag):
+    """A finished run is never replaced silently: starting afresh over one needs --overwrite."""
+    if cfg.resume or cfg.overwrite:
+        return
+    for path in paths:
+        try:
+            final = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False).get("final")
+        except Exception:  # an unreadable file holds no finished run worth keeping
+            final = False
+        if final:
+            raise UserError(f"{path} holds a finished run: --resume continues it, --overwrite replaces it, "
+                            f"or choose another {dir_flag}")
+
+
+def mark_crashed(paths, error, since):
+    """After an exception in training: label the run's last checkpoint on disk "crashed", with the
+    error, so its (good) weights are kept but no one takes it for a run still going. Only a
+    checkpoint written since `since` (the run's start; 0 when resumed) is this run's to label."""
+    for path in paths:
+        if os.path.exists(path) and os.path.getmtime(path) >= since:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt.update(status="crashed", error=f"{type(error).__name__}: {error}"[:300])
+            atomic_save(ckpt, path)
 
 
 class Progress:

@@ -30,8 +30,8 @@ import data
 import interp
 import train_lm
 import train_sae
-from common import (Progress, UserError, arg, atomic_write_text, fmt_eta, load_checkpoint, parse_config, pick_device,
-                    run_main)
+from common import (Progress, UserError, arg, atomic_write_text, fmt_eta, from_dict, load_checkpoint, parse_config,
+                    pick_device, run_main)
 from interp import MIN_ACTIVE
 from matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from measured import AnalyzeConfig
@@ -108,9 +108,8 @@ def main_sae_path(out):
 
 
 def recipe(cls, saved, **changes):
-    """A run's config rebuilt from a saved one (fields this version no longer has are dropped)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in saved.items() if k in names}, "resume": False, **changes})
+    """A run's config rebuilt from a saved one, flat or nested (fields this version no longer has are dropped)."""
+    return from_dict(cls, {**saved, "resume": False, **changes})
 
 
 def stage(name, ckpt_path, train, run_cfg):

@@ -22,27 +22,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from common import UserError, load_checkpoint
+from common import UserError, arg, load_checkpoint, require
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    vocab_size: int = 4096
-    block_size: int = 128   # context length
-    n_layer: int = 1        # the paper: one layer
-    n_head: int = 4
-    d_model: int = 128      # the paper: residual stream width 128
-    d_mlp: int = 512        # the paper: 512 neurons
-    activation: str = "relu"  # the paper: ReLU ("gelu" for comparison with other replications)
+    # the vocabulary comes with the data (data.py's meta.json), so it is not a flag
+    vocab_size: int = arg(4096, "tokens in the vocabulary", flag=False)
+    block_size: int = arg(128, "context length")
+    n_layer: int = arg(1, "transformer layers (the paper: 1)")
+    n_head: int = arg(4, "attention heads")
+    d_model: int = arg(128, "residual stream width (the paper: 128)")
+    d_mlp: int = arg(512, "MLP neurons (the paper: 512)")
+    activation: str = arg("relu", "MLP nonlinearity: relu (the paper) or gelu (other replications)")
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self):
-        if self.d_model % self.n_head:
-            raise ValueError(f"--d-model {self.d_model} must be divisible by --n-head {self.n_head}")
-        if self.activation not in ("relu", "gelu"):
-            raise ValueError(f"--activation {self.activation}: use relu (the paper) or gelu")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_mlp"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')}", "must be at least 1")
+        require(self.d_model % self.n_head == 0, f"--d-model {self.d_model}", f"must be divisible by --n-head {self.n_head}")
+        require(self.activation in ("relu", "gelu"), f"--activation {self.activation}", "unknown: use relu (the paper) or gelu")
 
 
 class Attention(nn.Module):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from common import load_checkpoint
+from common import UserError, load_checkpoint
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SAEConfig:
     n_features: int = 4096   # dictionary size (the paper's A/1: 8x the neurons)
     # relu only. On synthetic superposition data (1024 directions in 512 dims, ~7 active) 3e-3
     # gave L0 14 and FVU 0.06 at 2048 features; 1e-3: L0 62; 1e-2: collapse (FVU 0.95).
-    # train_sae.py retunes it on real activations.
+    # train_sae.py's --l1-coeff defaults to this one.
     l1_coeff: float = 3e-3
     activation: str = "relu" # "relu" (the paper: ReLU + L1) or "topk" (Gao et al. 2024: k largest, no L1)
     k: int = 32              # topk only: active features per input
@@ -50,8 +50,8 @@ class SAEConfig:
                   (self.activation != "topk" or 1 <= self.k <= self.n_features,
                    f"k must be in 1..n_features={self.n_features} for topk, got {self.k}")]
         for ok, problem in checks:
-            if not ok:  # (a NaN fails its check too)
-                raise ValueError(f"SAEConfig: {problem}")
+            if not ok:  # (a NaN fails its check too; UserError is a ValueError)
+                raise UserError(f"SAEConfig: {problem}")
 
 
 class SAE(nn.Module):

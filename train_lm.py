@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from common import (Progress, UserError, arg, atomic_save, fast_bf16, fmt_eta, load_checkpoint,
-                    parse_config, rng_state, run_main, set_rng_state, setup_processes)
+from common import (Budget, Progress, UserError, arg, atomic_save, fast_bf16, finite, flat_dict, fmt_eta,
+                    load_checkpoint, mark_crashed, parse_config, refuse_to_replace, require, rng_state,
+                    run_main, set_rng_state, setup_processes, warn_if_repeating)
 from model import ModelConfig, Transformer, flops_per_token
 
 
@@ -34,13 +34,9 @@ class TrainConfig:
     max_minutes: float = arg(12.0, "wall-clock budget: sets the number of steps from the measured speed")
     max_tokens: int = arg(0, "token budget instead of --max-minutes (0: use the minutes)")
     resume: bool = arg(False, "continue the run in <out>/<lm-dir>/ exactly where it stopped")
+    overwrite: bool = arg(False, "replace a finished run in <out>/<lm-dir>/ (else refused)")
     batch_size: int = arg(32, "sequences per step, over all processes")
-    block_size: int = arg(128, "context length")
-    n_layer: int = arg(1, "transformer layers (the paper: 1)")
-    n_head: int = arg(4, "attention heads")
-    d_model: int = arg(128, "residual stream width (the paper: 128)")
-    d_mlp: int = arg(512, "MLP neurons (the paper: 512)")
-    activation: str = arg("relu", "MLP nonlinearity (the paper: relu)")
+    model: ModelConfig = arg(ModelConfig(), "the transformer; its fields are flags of their own (--d-model ...)")
     lr: float = arg(3e-3, "peak learning rate")
     min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak")
     warmup_steps: int = arg(100, "linear warmup steps")
@@ -50,6 +46,26 @@ class TrainConfig:
     ckpt_every: int = arg(500, "steps between checkpoints")
     bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see bench.py)")
     random_init_only: bool = arg(False, "save the untrained model and stop (the paper's random-weights control)")
+
+    @property
+    def block_size(self):  # the context length, as compare.py reads it
+        return self.model.block_size
+
+    def __post_init__(self):
+        require(finite(self.max_minutes) and self.max_minutes > 0, f"--max-minutes {self.max_minutes}",
+                "must be a positive number of minutes")
+        require(self.max_tokens >= 0, f"--max-tokens {self.max_tokens}", "must be >= 0 (0: use --max-minutes)")
+        require(self.batch_size >= 1, f"--batch-size {self.batch_size}", "must be at least 1")
+        require(finite(self.lr) and self.lr > 0, f"--lr {self.lr}", "must be a positive number")
+        require(finite(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, f"--min-lr-frac {self.min_lr_frac}",
+                "must lie in 0..1")
+        require(self.warmup_steps >= 0, f"--warmup-steps {self.warmup_steps}", "must be >= 0")
+        require(finite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay {self.weight_decay}",
+                "must be a number >= 0")
+        require(finite(self.grad_clip) and self.grad_clip >= 0, f"--grad-clip {self.grad_clip}",
+                "must be a number >= 0 (0: off)")
+        require(self.eval_every >= 1, f"--eval-every {self.eval_every}", "must be at least 1")
+        require(self.ckpt_every >= 1, f"--ckpt-every {self.ckpt_every}", "must be at least 1")
 
 
 def lr_at(step, cfg, max_steps):
@@ -63,27 +79,17 @@ def lr_at(step, cfg, max_steps):
 def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint dict. on_step(step) runs after each
     optimizer step (the tests use it to simulate a crash)."""
+    # setup: processes, data, model, optimizer
     t_run = time.time()
     ddp, rank, world, device = setup_processes(cfg.device)
-    if cfg.batch_size % world:
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
-    for name in ("batch_size", "block_size", "eval_every", "ckpt_every"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.lr <= 0 or cfg.max_minutes <= 0 or cfg.max_tokens < 0:
-        raise UserError("--lr and --max-minutes must be positive and --max-tokens non-negative")
+    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
     master = rank == 0
     data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.lm_dir)
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     meta = data.load_meta(data_dir)
     train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
-    mcfg = ModelConfig(vocab_size=meta["vocab_size"], block_size=cfg.block_size, n_layer=cfg.n_layer,
-                       n_head=cfg.n_head, d_model=cfg.d_model, d_mlp=cfg.d_mlp, activation=cfg.activation)
-    try:
-        mcfg.validate()
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
+    mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
+    refuse_to_replace([ckpt_path], cfg, "--lm-dir")
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -92,6 +98,13 @@ def train(cfg, on_step=None):
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
                             fused=True)
     batches = torch.Generator().manual_seed(cfg.seed)  # the order of the training windows
+    tokens_per_step = cfg.batch_size * mcfg.block_size
+    warn_overfitting = lambda max_steps: master and warn_if_repeating(
+        max_steps * tokens_per_step, len(train_tokens), "training tokens",
+        "overfitting; the validation loss will stop improving",
+        "give data.py more --data, or lower --max-minutes/--max-tokens")
+
+    # resume: the weights, the optimizer, both random streams and the run's length
     step, max_steps, elapsed, history = 0, None, 0.0, []
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, "LM checkpoint to resume",
@@ -109,92 +122,102 @@ def train(cfg, on_step=None):
     elif master and os.path.exists(ckpt_path) and not cfg.random_init_only:
         print(f"note: starting over; {ckpt_path} will be replaced at the first checkpoint (use --resume to continue it)")
     if cfg.max_tokens:
-        max_steps = math.ceil(cfg.max_tokens / (cfg.batch_size * cfg.block_size))
+        max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
+    # no step count yet: time steps 10-40 (past the warm-up) once, then fix it
+    budget = Budget(cfg.max_minutes, t_run, start=10, span=30, once=True, per_step=tokens_per_step,
+                    unit="tokens", device=device, quiet=not master) if max_steps is None else None
     if master:
-        print(f"config: {dataclasses.asdict(cfg)}")
+        print(f"config: {flat_dict(cfg)}")
         print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{flops_per_token(mcfg) / 1e6:.1f} MFLOP per training token; {world} process(es) on {device}")
+    if max_steps:
+        warn_overfitting(max_steps)
 
-    def save(final=False):
+    def save(status):
+        """status: "running" (periodic), "final"; mark_crashed turns the last one into "crashed"."""
         if not master:
             return
-        ckpt = {"config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
+        ckpt = {"config": flat_dict(cfg), "model_config": dataclasses.asdict(mcfg),
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "max_steps": max_steps, "elapsed": elapsed, "history": history,
                 "batch_rng": batches.get_state(), "rng": rng_state(),
-                "tokenizer_hash": meta["tokenizer_hash"], "final": final}
+                "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final"}
         atomic_save(ckpt, ckpt_path)
         return ckpt
 
     if cfg.random_init_only:  # the paper's control: an SAE on a transformer that never learned
         max_steps = 0
-        return save(final=True)
+        return save("final")
 
+    # the training loop
     net = DistributedDataParallel(model) if ddp else model
     use_amp = cfg.bf16 and fast_bf16(device)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_amp)
     progress = Progress(os.path.join(run_dir, "log.jsonl") if master else None, append=cfg.resume,
                         quiet=not master)
     per_rank = cfg.batch_size // world
-    tokens_per_step = cfg.batch_size * cfg.block_size
     if step == 0:  # the untrained model's loss starts the curve
-        history.append({"step": 0, "val_loss": evaluate(model, val_tokens, cfg, device), "tokens": 0})
+        history.append({"step": 0, "val_loss": evaluate(model, val_tokens, device), "tokens": 0})
         progress.log(history[-1])
     t_start, t_last, step_last = time.time(), time.time(), step
-    while max_steps is None or step < max_steps:
-        x, y = data.get_batch(train_tokens, cfg.batch_size, cfg.block_size, batches, device)
-        x, y = x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg, max_steps or 10**9)
-        with autocast:
-            _, loss = net(x, y, logits=False)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint "
-                            f"({ckpt_path}) is kept: lower --lr and rerun with --resume")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        if max_steps is None and step == 10:  # past the warm-up: time the next 30 steps
-            t_cal = time.time()
-        if max_steps is None and step == 40:  # the time budget -> a step count, once
-            rate = 30 / (time.time() - t_cal)
-            max_steps = step + max(0, int((cfg.max_minutes * 60 - (time.time() - t_run)) * rate))
-            if ddp:  # every rank must agree on the length of the run
-                n = torch.tensor([max_steps], device=device)
-                dist.broadcast(n, 0)
-                max_steps = int(n.item())
-            if master:
-                print(f"budget: {cfg.max_minutes} min at {rate * tokens_per_step:,.0f} tokens/s "
-                      f"-> {max_steps} steps, {max_steps * tokens_per_step / 1e6:.1f}M tokens")
-        if on_step is not None:
-            on_step(step)
-        if step % cfg.eval_every == 0 or step == max_steps:
-            record = {"step": step, "train_loss": loss.item(), "val_loss": evaluate(model, val_tokens, cfg, device),
-                      "lr": opt.param_groups[0]["lr"], "tokens": step * tokens_per_step}
-            history.append(record)
-            progress.log(record)
-        if progress.due() or step == max_steps:
-            now = time.time()
-            rate = (step - step_last) / (now - t_last)
-            t_last, step_last = now, step
-            val = f" | val {history[-1]['val_loss']:.3f}" if history else ""
-            eta = fmt_eta((max_steps - step) / rate) if max_steps else "?"
-            progress.say(f"step {step}/{max_steps or '?'} | loss {loss.item():.3f}{val} | "
-                         f"{rate * tokens_per_step:,.0f} tok/s | ETA {eta}")
-        if step % cfg.ckpt_every == 0 or step == max_steps:
-            elapsed_now = elapsed + time.time() - t_start
-            elapsed, t_start = elapsed_now, time.time()
-            save(final=step == max_steps)
+    try:
+        while max_steps is None or step < max_steps:
+            # 1. this process's share of the batch (every process draws the same windows)
+            x, y = data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, batches, device)
+            x, y = x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
+            # 2. one optimizer step (DDP averages the processes' gradients in backward)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg, max_steps or 10**9)
+            with autocast:
+                _, loss = net(x, y, logits=False)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint "
+                                f"({ckpt_path}) is kept: lower --lr and rerun with --resume")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            # 3. a time budget becomes a step count once the speed is measured
+            if max_steps is None:
+                max_steps = budget.estimate(step, max_steps)
+                if max_steps is not None:
+                    warn_overfitting(max_steps)
+            if on_step is not None:
+                on_step(step)
+            # 4. validation loss
+            if step % cfg.eval_every == 0 or step == max_steps:
+                record = {"step": step, "train_loss": loss.item(), "val_loss": evaluate(model, val_tokens, device),
+                          "lr": opt.param_groups[0]["lr"], "tokens": step * tokens_per_step}
+                history.append(record)
+                progress.log(record)
+            # 5. progress line (val only once there is one after step 0: the untrained loss is no news)
+            if progress.due() or step == max_steps:
+                now = time.time()
+                rate = (step - step_last) / (now - t_last)
+                t_last, step_last = now, step
+                val = f"{history[-1]['val_loss']:.3f}" if history and history[-1]["step"] > 0 else "-"
+                eta = fmt_eta((max_steps - step) / rate) if max_steps else "?"
+                progress.say(f"step {step}/{max_steps or '?'} | loss {loss.item():.3f} | val {val} | "
+                             f"{rate * tokens_per_step:,.0f} tok/s | ETA {eta}")
+            # 6. checkpoint
+            if step % cfg.ckpt_every == 0 or step == max_steps:
+                elapsed, t_start = elapsed + time.time() - t_start, time.time()
+                save("final" if step == max_steps else "running")
+    except Exception as e:  # keep the last checkpoint's weights, labelled (Ctrl-C is no crash: resume it)
+        if master:
+            mark_crashed([ckpt_path], e, since=0 if cfg.resume else t_run)
+        raise
+
+    # final evaluation: a longer validation loss, beside the bigram baseline
     if ddp:
-        dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
     if not master:
         return None
-    final_val = evaluate(model, val_tokens, cfg, device, max_tokens=10**6)
+    final_val = evaluate(model, val_tokens, device, max_tokens=10**6)
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
-    ckpt = save(final=True)
+    ckpt = save("final")
     ckpt["val_loss"], ckpt["bigram_loss"] = final_val, bigram
     atomic_save(ckpt, ckpt_path)
     print(f"trained {step} steps ({step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(elapsed)}; "
@@ -204,10 +227,10 @@ def train(cfg, on_step=None):
 
 
 @torch.no_grad()
-def evaluate(model, tokens, cfg, device, max_tokens=64 * 128):
+def evaluate(model, tokens, device, max_tokens=64 * 128):
     """Mean next-token loss over consecutive, non-overlapping windows at the start of the
     validation split (the same windows every time, so the curve is comparable)."""
-    T = cfg.block_size
+    T = model.cfg.block_size
     n = min(len(tokens) - 1, max_tokens) // T
     if n == 0:
         raise UserError(f"validation split of {len(tokens)} tokens is shorter than the context {T}: add data")

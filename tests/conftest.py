@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
+from common import from_dict  # noqa: E402
 import train_lm  # noqa: E402
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -45,7 +46,7 @@ def tiny_lm_config(out, **kw):
     base = dict(out=out, device="cpu", max_tokens=150 * 16 * 64, batch_size=16, block_size=64,
                 eval_every=40, ckpt_every=40, warmup_steps=10, lr=3e-3)
     base.update(kw)
-    return train_lm.TrainConfig(**base)
+    return from_dict(train_lm.TrainConfig, base)  # flat: the model's fields too, as on the command line
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,8 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
     assert evals[-1]["mse"] < 0.7 * evals[0]["mse"], (evals[0], evals[-1])
     with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash"), on_step=crash_at(13))
+    crashed = torch.load(os.path.join(tiny_lm, "sae_crash", "F1024", "ckpt.pt"), weights_only=False)
+    assert crashed["step"] == 8 and crashed["status"] == "crashed" and not crashed["final"]
     resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash", resume=True))[0]
     assert resumed["step"] == whole["step"] == 24
     for k, v in whole["sae"].items():
@@ -51,9 +53,9 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
 
 
 def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
-    ckpts = train_sae.train(sae_config(tiny_lm, sae_dir="sae_sweep", sweep=[256, 512], max_activations=8 * 1024))
+    ckpts = train_sae.train(sae_config(tiny_lm, sae_dir="sae_sizes", sweep=[256, 512], max_activations=8 * 1024))
     assert [c["sae_config"]["n_features"] for c in ckpts] == [256, 512]
-    assert all(os.path.exists(os.path.join(tiny_lm, "sae_sweep", f"F{n}", "log.jsonl")) for n in (256, 512))
+    assert all(os.path.exists(os.path.join(tiny_lm, "sae_sizes", f"F{n}", "log.jsonl")) for n in (256, 512))
     final = [c["history"][-1] for c in ckpts]
     assert all(f["final"] and 0 < f["fvu"] < 1 for f in final)
 
@@ -65,10 +67,12 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
         train_sae.train(sae_config(tiny_lm, l1_coeff=-1.0))
     with pytest.raises(UserError, match="--buffer-size"):
         train_sae.train(sae_config(tiny_lm, buffer_size=10))
-    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_random", random_init_only=True))
+    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_untrained", random_init_only=True))
     train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
+    with pytest.raises(UserError, match="--overwrite"):  # a finished run is not replaced silently
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="another LM"):
-        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_random"))
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_untrained"))
 
 
 def test_resampling_waits_for_a_time_budget_to_settle():
@@ -91,3 +95,9 @@ def test_resampling_waits_for_a_time_budget_to_settle():
     first_settled = 74 + 64 * 6                          # 776 * 1.5^5 > T: the 7th estimate repeats T
     assert len(fired) == 4 and fired[0] == first_settled
     assert all(b - a >= sae_lib.dead_window(T) for a, b in zip(fired, fired[1:]))
+
+
+def test_many_passes_over_the_activations_are_announced(tiny_lm, capsys):
+    with pytest.raises(Crash):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_long", max_activations=10**7), on_step=crash_at(1))
+    assert "warning: this run reads the" in capsys.readouterr().out
