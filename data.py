@@ -106,6 +106,10 @@ def corpus_files(cfg):
     return sorted((p, n) for p, n in names.items() if os.path.isfile(p))  # no pipes or devices
 
 
+def corpus_name(cfg):
+    return " ".join(cfg.data) if cfg.data else f"Python {sys.version.split()[0]} standard library"
+
+
 def walk(root):
     """The files under a folder, hidden ones (.git, .DS_Store) left out."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -355,7 +359,7 @@ def prepare(cfg):
     old = json.load(open(meta_path)) if os.path.exists(meta_path) else None
     want = {"tokenizer": cfg.tokenizer, "vocab_size_requested": cfg.vocab_size,
             "val_fraction": cfg.val_fraction, "bpe_sample_mb": cfg.bpe_sample_mb}
-    changes(old, want, cfg, meta_path)  # a changed flag is refused before the corpus is read
+    changes(old, want, cfg, meta_path)  # a changed flag is refused before reading the corpus
     scan = scan_corpus(files, cfg)
     want = {"corpus_hash": scan["hash"], **want}
     if old and not changes(old, want, cfg, meta_path):
@@ -398,7 +402,7 @@ def prepare(cfg):
         os.replace(os.path.join(data_dir, f"{split}.bin.tmp"), os.path.join(data_dir, f"{split}.bin"))
     meta = {**want, "tokenizer_hash": tok_hash, "vocab_size": enc.n_vocab, "eot": enc.eot_token,
             "dtype": np.dtype(dtype).name, "tokens": tokens, "documents": docs,
-            "corpus": (" ".join(cfg.data) if cfg.data else f"Python {sys.version.split()[0]} standard library"),
+            "corpus": corpus_name(cfg),
             "skipped_files": scan["skipped"], "characters": scan["characters"],
             "split": f"by blocks of up to {block} characters" if block else "by document name"}
     with open(meta_path + ".tmp", "w") as f:
@@ -413,8 +417,9 @@ def changes(old, want, cfg, meta_path):
     # keys that an older meta.json lacks (bpe_sample_mb) are not held against it
     changed = [k for k, v in want.items() if old and old.get(k, v) != v]
     if changed and not cfg.overwrite:
-        corpus = " ".join(cfg.data) if cfg.data else "the standard library"
-        what = [f"the corpus ({old['corpus']} before, now {corpus})" if k == "corpus_hash" else
+        corpus = corpus_name(cfg)
+        moved = f"the corpus ({old['corpus']} -> {corpus})" if old["corpus"] != corpus else f"the text of {corpus}"
+        what = [moved if k == "corpus_hash" else
                 f"--{k.replace('_requested', '').replace('_', '-')} {old[k]} -> {want[k]}" for k in changed]
         raise UserError(f"{meta_path} was made from other inputs: {'; '.join(what)}; add --overwrite to rebuild "
                         "it (the LM and SAEs trained on it will no longer match) or use another --out")
@@ -445,6 +450,8 @@ def scan_corpus(files, cfg):
                             "give text files (any extension), .jsonl with a \"text\" field, or .gz of these")
         raise UserError(f"--data {where}: no text in {len(files)} file(s) (skipped {dict(stats) or 'none'}): "
                         "the text files are blank, or the .jsonl lines have no \"text\" field")
+    print(f"data: read {n:,} documents, {chars / 1e6:,.1f}M characters ({total / 1e6:,.0f} MB of files) "
+          f"in {time.time() - t0:.1f} s")
     return {"hash": h.hexdigest(), "documents": n, "characters": chars, "val_characters": val_chars,
             "skipped": dict(stats), "bytes": total}
 
@@ -496,7 +503,8 @@ def write_shards(docs, cfg, worker_args, data_dir, total):
         if chunk:
             yield chunk, pos
 
-    workers, itemsize = os.cpu_count() or 1, np.dtype(worker_args[2]).itemsize
+    workers = min(os.cpu_count() or 1, total // CHUNK + 1)  # a small corpus needs no 64 processes
+    itemsize = np.dtype(worker_args[2]).itemsize
     t0, last, pending = time.time(), time.time(), deque()
     paths = {s: os.path.join(data_dir, f"{s}.bin.tmp") for s in tokens}
     with open(paths["train"], "wb") as train, open(paths["val"], "wb") as val, \
@@ -518,6 +526,9 @@ def write_shards(docs, cfg, worker_args, data_dir, total):
                 write_oldest()
         while pending:
             write_oldest()
+    seconds = time.time() - t0
+    print(f"data: encoded {sum(tokens.values()):,} tokens in {seconds:.0f} s with {workers} processes "
+          f"({sum(tokens.values()) / seconds / 1e6:.2f}M tokens/s)")
     return tokens, counts
 
 

@@ -242,6 +242,10 @@ def test_bad_input_is_one_clear_error(tmp_path):
     for i in range(3):
         (tmp_path / "bin" / f"{i}.txt").write_bytes(b"\x00\x01binary" if i else b"\xff\xfe not utf-8")
     assert "3 file(s), all binary or not UTF-8" in error(data=[str(tmp_path / "bin")])
+    (tmp_path / "gz").mkdir()
+    whole = gzip.compress(b"hello world\n" * 100000)
+    (tmp_path / "gz" / "cut.txt.gz").write_bytes(whole[:len(whole) // 2])
+    assert "cut.txt.gz: cannot be read to the end" in error(data=[str(tmp_path / "gz")])
     (tmp_path / "x.txt").write_text("some text")
     assert "too few" in error(data=[str(tmp_path / "x.txt")])
     assert "--vocab-size" in error(data=[str(tmp_path / "x.txt")], vocab_size=100)
