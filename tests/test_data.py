@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import io
 import json
 import os
 import random
@@ -80,42 +82,196 @@ def test_prepare_shards_and_reuse(tiny_data, capsys):
     assert len(text) > 200
 
 
+def read_documents(paths, size=data.PIECE):
+    """[(name, text)] and the skip counts, as the corpus passes see them."""
+    stats = data.Counter()
+    files = data.corpus_files(data.DataConfig(data=[str(p) for p in paths]))
+    return [(name, "".join(ps)) for name, ps, _ in data.documents(files, stats, size)], stats
+
+
 def test_user_files_txt_jsonl_gz(tmp_path):
     (tmp_path / "a.txt").write_text("hello world " * 50)
     with open(tmp_path / "b.jsonl", "w") as f:
         for i in range(30):
             f.write(json.dumps({"text": f"document number {i} says hi " * 5}) + "\n")
         f.write("not json\n")
+        f.write(json.dumps({"text": 42}) + "\n")
     with gzip.open(tmp_path / "c.txt.gz", "wt") as f:
         f.write("compressed text " * 40)
-    stats = data.Counter()
-    docs = list(data.file_documents([str(tmp_path)], stats))
-    assert len(docs) == 32 and stats["bad jsonl lines"] == 1
+    docs, stats = read_documents([tmp_path])
+    assert len(docs) == 32 and stats["bad jsonl lines"] == 2
     assert any("compressed text" in t for _, t in docs)
-    docs_glob = list(data.file_documents([str(tmp_path / "*.jsonl")], data.Counter()))
+    docs_glob, _ = read_documents([tmp_path / "*.jsonl"])
     assert len(docs_glob) == 30
     # names (what the split hashes) do not depend on where the corpus lives
     assert sorted(n for n, _ in docs)[:3] == ["a.txt", "b.jsonl:0", "b.jsonl:1"] and docs_glob[0][0] == "b.jsonl:0"
 
 
+def test_text_is_told_by_content_not_extension(tmp_path):
+    (tmp_path / "notes.md").write_text("# Notes\n\nplain *markdown* text\n")
+    (tmp_path / "README").write_text("no extension, still text\r\nwith CRLF line ends\r\n")
+    (tmp_path / "blank.txt").write_text(" \n\n\t\n")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (tmp_path / ".hidden.txt").write_text("hidden files are skipped")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    with gzip.open(tmp_path / "log.gz", "wt") as f:  # any .gz is decompressed, then told by content
+        f.write("compressed plain text\n")
+    docs, stats = read_documents([tmp_path])
+    assert dict(docs) == {"README": "no extension, still text\r\nwith CRLF line ends\r\n",
+                          "log.gz": "compressed plain text\n", "notes.md": "# Notes\n\nplain *markdown* text\n"}
+    assert stats == {"binary": 1, "undecodable": 1}
+
+
+def test_pieces_encode_to_the_tokens_of_the_whole_text(small_ranks):
+    # documents are read and encoded in pieces, cut where the tokenizer's pre-tokens never
+    # cross: the tokens are exactly those of the whole text
+    enc = data.make_encoding(small_ranks)
+    rng = random.Random(1)
+    seps = ["\n", "\r\n", "\n\n", "\n    ", " \n", "\n\t", "\n\x1c", "\u2028", " ", "  ", ".\n", "\n\n\n  x"]
+    code = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
+            for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["word " * 1000]  # the last has no line to cut at
+    noise = ["".join(random_unicode(rng, rng.randint(0, 40)) + rng.choice(seps) for _ in range(300)) for _ in range(20)]
+    for texts, size in ((code, 1000), (code, 20000), (noise, 300), (noise, 3000), (["ab" * 1000], 300)):
+        for text in texts:
+            ps = list(data.pieces(io.StringIO(text), size, "t"))
+            assert "".join(ps) == text and all(0 < len(p) <= size for p in ps)
+            if text != "ab" * 1000:  # a blob with no point to cut at is cut anywhere
+                assert [t for p in ps for t in enc.encode_ordinary(p)] == enc.encode_ordinary(text)
+
+
+def reference_documents(folder):
+    """The corpus as today's in-memory path read it: whole files, .jsonl split into lines."""
+    docs = []
+    for path in sorted(str(p) for p in folder.rglob("*") if p.is_file()):
+        raw = open(path, "rb").read()
+        text = (gzip.decompress(raw) if path.endswith(".gz") else raw).decode("utf-8")
+        name = os.path.relpath(path, folder)
+        if ".jsonl" in path:
+            docs += [(f"{name}:{i}", json.loads(line)["text"])
+                     for i, line in enumerate(text.split("\n")) if line.strip()]
+        else:
+            docs.append((name, text))
+    return [(name, text) for name, text in docs if text.strip()]
+
+
+def encode_chunk_and_note_pid(chunk):
+    with open(os.environ["ENCODE_PIDS"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return ORIGINAL_ENCODE_CHUNK(chunk)
+
+
+ORIGINAL_ENCODE_CHUNK = data.encode_chunk
+
+
+def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatch):
+    stdlib = data.sysconfig.get_paths()["stdlib"]
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    for i, m in enumerate(["textwrap.py", "csv.py", "LICENSE.txt", "heapq.py", "bisect.py", "fnmatch.py",
+                           "shlex.py", "getopt.py", "colorsys.py", "queue.py", "sched.py", "reprlib.py"]):
+        text = open(os.path.join(stdlib, m), encoding="utf-8").read()
+        (corpus / ("sub" if i % 3 else ".") / (m + ".txt")).write_text(text)
+        with (gzip.open if i % 2 else open)(corpus / f"lines{i % 4}.jsonl{'.gz' if i % 2 else ''}", "at") as f:
+            for j, para in enumerate(text.split("\n\n")[:40]):
+                f.write(json.dumps({"text": para, "id": j}) + "\n")
+    # small pieces and chunks: documents are cut into many pieces and the pool gets many tasks
+    monkeypatch.setattr(data, "PIECE", 2000)
+    monkeypatch.setattr(data, "CHUNK", 5000)
+    monkeypatch.setattr(data, "encode_chunk", encode_chunk_and_note_pid)
+    monkeypatch.setenv("ENCODE_PIDS", str(tmp_path / "pids"))
+    meta = data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(corpus)], vocab_size=400, val_fraction=0.2))
+    pids = open(tmp_path / "pids").read().split()
+    assert len(pids) > 10 and str(os.getpid()) not in pids
+
+    docs = reference_documents(corpus)
+    train = [text for name, text in docs if not data.is_validation(name, 0.2)]
+    val = [text for name, text in docs if data.is_validation(name, 0.2)]
+    ranks = data.train_bpe(train, 400)
+    enc = data.make_encoding(ranks)
+    out = tmp_path / "o" / "data"
+    assert data.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
+    for split, texts in (("train", train), ("val", val)):
+        ids = [enc.encode_ordinary(doc) for doc in texts]  # today's format: an end-of-text before every document
+        expected = np.fromiter((t for doc in ids for t in [enc.eot_token, *doc]), dtype=np.uint16)
+        assert (out / f"{split}.bin").read_bytes() == expected.tobytes()
+    corpus_hash = hashlib.sha256()
+    for name, text in docs:
+        corpus_hash.update(name.encode() + b"\0" + text.encode() + b"\0")
+    assert meta["corpus_hash"] == corpus_hash.hexdigest() and meta["split"] == "by document name"
+    assert meta["documents"] == {"train": len(train), "val": len(val)}
+    assert meta["characters"] == sum(len(text) for _, text in docs)
+
+
+def test_one_big_file_is_split_by_blocks(tmp_path, capsys):
+    stdlib = data.sysconfig.get_paths()["stdlib"]
+    text = "".join(open(os.path.join(stdlib, m), encoding="utf-8").read()
+                   for m in ("LICENSE.txt", "textwrap.py", "difflib.py", "calendar.py", "argparse.py"))[:400_000]
+    (tmp_path / "book.txt").write_text(text)
+    meta = data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(tmp_path / "book.txt")], vocab_size=300))
+    assert "splitting them into blocks" in capsys.readouterr().out and meta["split"].startswith("by blocks")
+    enc = data.load_tokenizer(str(tmp_path / "o" / "data"))
+    blocks = {}
+    for split in ("train", "val"):
+        ids = np.asarray(data.load_tokens(str(tmp_path / "o" / "data"), split))
+        starts = np.flatnonzero(ids == enc.eot_token)
+        blocks[split] = [enc.decode(list(ids[a + 1:b])) for a, b in zip(starts, [*starts[1:], len(ids)])]
+    assert meta["documents"] == {split: len(b) for split, b in blocks.items()} and all(blocks.values())
+    assert 0.05 < sum(map(len, blocks["val"])) / len(text) < 0.2
+    # the blocks of the two splits, interleaved in order, are the book: nothing lost or repeated
+    pos, i = 0, {"train": 0, "val": 0}
+    while pos < len(text):
+        split = next(s for s in ("train", "val") if i[s] < len(blocks[s]) and text.startswith(blocks[s][i[s]], pos))
+        pos, i[split] = pos + len(blocks[split][i[split]]), i[split] + 1
+    assert i == {"train": len(blocks["train"]), "val": len(blocks["val"])}
+
+
 def test_bad_input_is_one_clear_error(tmp_path):
-    with pytest.raises(UserError, match="--data"):
-        data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(tmp_path / "nothing_here")]))
+    def error(**kw):
+        with pytest.raises(UserError) as e:
+            data.prepare(data.DataConfig(out=str(tmp_path / "o"), **kw))
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "nothing_here: no such file or folder" in error(data=[str(tmp_path / "nothing_here")])
+    assert "no file matches" in error(data=[str(tmp_path / "*.nothing")])
+    (tmp_path / "empty").mkdir()
+    assert "empty: the folder is empty" in error(data=[str(tmp_path / "empty")])
+    (tmp_path / "bin").mkdir()
+    for i in range(3):
+        (tmp_path / "bin" / f"{i}.txt").write_bytes(b"\x00\x01binary" if i else b"\xff\xfe not utf-8")
+    assert "3 file(s), all binary or not UTF-8" in error(data=[str(tmp_path / "bin")])
+    (tmp_path / "gz").mkdir()
+    whole = gzip.compress(b"hello world\n" * 100000)
+    (tmp_path / "gz" / "cut.txt.gz").write_bytes(whole[:len(whole) // 2])
+    assert "cut.txt.gz: cannot be read to the end" in error(data=[str(tmp_path / "gz")])
     (tmp_path / "x.txt").write_text("some text")
-    with pytest.raises(UserError, match="--vocab-size"):
-        data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(tmp_path / "x.txt")], vocab_size=100))
-    with pytest.raises(UserError, match="empty train or validation"):
-        data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(tmp_path / "x.txt")]))
+    assert "too few" in error(data=[str(tmp_path / "x.txt")])
+    assert "--vocab-size" in error(data=[str(tmp_path / "x.txt")], vocab_size=100)
+    for bad in (float("nan"), 0.0, 0.5, -1.0):
+        assert "--val-fraction" in error(data=[str(tmp_path / "x.txt")], val_fraction=bad)
+    assert "--vocab-size" in error(data=[str(tmp_path / "x.txt")], vocab_size=float("nan"))
+    assert "--bpe-sample-mb" in error(data=[str(tmp_path / "x.txt")], bpe_sample_mb=float("nan"))
     with pytest.raises(UserError, match="run python data.py"):
         data.load_meta(str(tmp_path / "missing"))
 
 
-def test_changed_tokenizer_rebuilds_shards(tiny_data, tmp_path):
+def test_changed_inputs_are_refused_unless_overwrite(tiny_data, tmp_path):
     corpus = os.path.join(os.path.dirname(tiny_data), "corpus")
     out = str(tmp_path / "o")
     m1 = data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=400, val_fraction=0.2))
     assert data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=400, val_fraction=0.2)) == m1
-    m2 = data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=450, val_fraction=0.2))
+    shards = (tmp_path / "o" / "data" / "train.bin").read_bytes()
+    with pytest.raises(UserError, match=r"--vocab-size 400 -> 450; add --overwrite"):
+        data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=450, val_fraction=0.2))
+    (tmp_path / "more.txt").write_text("one more document\n")
+    with pytest.raises(UserError, match=r"the corpus .*--overwrite.*another --out"):
+        data.prepare(data.DataConfig(out=out, data=[corpus, str(tmp_path / "more.txt")], vocab_size=400,
+                                     val_fraction=0.2))
+    assert data.load_meta(os.path.join(out, "data")) == m1  # nothing was touched
+    assert (tmp_path / "o" / "data" / "train.bin").read_bytes() == shards
+    m2 = data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=450, val_fraction=0.2, overwrite=True))
     assert m2["tokenizer_hash"] != m1["tokenizer_hash"] and m2["vocab_size"] == 450
     assert data.load_tokenizer(os.path.join(out, "data")).n_vocab == 450
 
