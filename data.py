@@ -527,7 +527,7 @@ def write_shards(docs, cfg, worker_args, data_dir, total):
         while pending:
             write_oldest()
     seconds = time.time() - t0
-    print(f"data: encoded {sum(tokens.values()):,} tokens in {seconds:.0f} s with {workers} processes "
+    print(f"data: encoded {sum(tokens.values()):,} tokens in {seconds:.0f} s by {workers} process(es) "
           f"({sum(tokens.values()) / seconds / 1e6:.2f}M tokens/s)")
     return tokens, counts
 
