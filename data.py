@@ -1,4 +1,4 @@
-"""data.py: a corpus that needs no download, a BPE tokenizer trained from scratch, token shards.
+"""data.py: a corpus that needs no download, a BPE tokenizer trained on it (bpe.py), token shards.
 
     python data.py                      # Python's own standard library as the corpus
     python data.py --data ~/pile/       # or your own text: files, folders, globs; any size
@@ -18,13 +18,11 @@ and counts documents; the BPE trains on a bounded sample of the training split; 
 processes, one per core, encodes it and the shards grow as they go. Shards that a finished run
 may depend on are never rebuilt from other inputs without --overwrite.
 """
-import base64
 import codecs
 import dataclasses
 import glob
 import gzip
 import hashlib
-import heapq
 import io
 import itertools
 import json
@@ -34,19 +32,14 @@ import sys
 import sysconfig
 import time
 import zlib
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 
 import numpy as np
-import regex
-import tiktoken
 import torch
 
-from common import UserError, arg, fmt_eta, parse_config, run_main
+import bpe
+from common import UserError, arg, atomic_write_text, fmt_eta, parse_config, run_main
 
-# GPT-4's (cl100k) pre-tokenisation: BPE merges never cross these pieces (words, 1-3 digit
-# numbers, punctuation runs, whitespace), which keeps tokens meaningful and training cheap.
-PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-EOT = "<|endoftext|>"
 SNIFF = 8192          # bytes: a file is text if these have no NUL byte and are UTF-8 (as git and grep decide)
 PIECE = 1 << 20       # characters: documents are read, hashed and encoded in pieces of at most this
 CHUNK = 1 << 20       # characters of text per task sent to an encoding process
@@ -206,7 +199,7 @@ def pieces(f, size, path):
 def cut_point(text, size):
     """Where to end a piece of at most `size` characters: just after a newline that a non-space
     follows, else just before a space that a non-space precedes. The tokenizer's pre-tokens
-    (PATTERN) never cross either point, so the pieces encode to exactly the tokens of the whole
+    (bpe.PATTERN) never cross either point, so the pieces encode to exactly the tokens of the whole
     text. (isspace is true for all of the pattern's \\s and a few more.)"""
     i = text.rfind("\n", 0, size)
     while i >= 0 and text[i + 1].isspace():
@@ -231,114 +224,18 @@ def is_validation(name, fraction):
 
 
 # ----------------------------------------------------------------------------------------------
-# Byte-level BPE, trained from scratch
-
-
-def train_bpe(texts, vocab_size):
-    """Learn merges over UTF-8 bytes. Returns tiktoken's mergeable ranks {token bytes: rank}:
-    the 256 single bytes, then each merge in the order learned.
-
-    Each distinct pre-token is counted once (a word seen 10,000 times is one entry with a count),
-    and pair counts are updated only around the words a merge touches; a heap finds the most
-    frequent pair (stale heap entries are skipped when popped)."""
-    counts = Counter()
-    pattern = regex.compile(PATTERN)
-    for text in texts:
-        counts.update(pattern.findall(text))
-    words = [list(w.encode()) for w in counts]
-    freq = list(counts.values())
-    token_bytes = [bytes([i]) for i in range(256)]
-
-    pair_count = defaultdict(int)
-    where = defaultdict(set)  # pair -> indices of words that (may) contain it
-    for i, w in enumerate(words):
-        for pair in zip(w, w[1:]):
-            pair_count[pair] += freq[i]
-            where[pair].add(i)
-    heap = [(-c, pair) for pair, c in pair_count.items()]
-    heapq.heapify(heap)
-
-    ranks = {b: i for i, b in enumerate(token_bytes)}
-    while len(ranks) < vocab_size - 1 and heap:  # the last id is the end-of-text token
-        negc, pair = heapq.heappop(heap)
-        if pair_count.get(pair, 0) != -negc or negc == 0:
-            continue  # stale entry: this pair's count changed since it was pushed
-        merged = token_bytes[pair[0]] + token_bytes[pair[1]]
-        if merged in ranks:  # same bytes reached by another split: reuse that token
-            new = ranks[merged]
-        else:
-            new = len(token_bytes)
-            token_bytes.append(merged)
-            ranks[merged] = new
-        changed = set()
-        for i in where.pop(pair):
-            w = words[i]
-            out, j = [], 0
-            while j < len(w):
-                if j + 1 < len(w) and w[j] == pair[0] and w[j + 1] == pair[1]:
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
-            if len(out) == len(w):
-                continue
-            for p in zip(w, w[1:]):
-                pair_count[p] -= freq[i]
-                changed.add(p)
-            for p in zip(out, out[1:]):
-                pair_count[p] += freq[i]
-                where[p].add(i)
-                changed.add(p)
-            words[i] = out
-        for p in changed:
-            if pair_count[p] > 0:
-                heapq.heappush(heap, (-pair_count[p], p))
-            else:
-                pair_count.pop(p)
-    return ranks
-
-
-def make_encoding(ranks, name="bpe"):
-    return tiktoken.Encoding(name, pat_str=PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: max(ranks.values()) + 1})
-
-
-def named_encoding(name):
-    """One of tiktoken's own encodings (gpt2, cl100k_base, ...); it downloads its file once."""
-    try:
-        return tiktoken.get_encoding(name)
-    except ValueError:
-        raise UserError(f"--tokenizer {name}: unknown; use 'bpe' or one of {tiktoken.list_encoding_names()}") from None
-    except Exception as e:
-        raise UserError(f"--tokenizer {name}: tiktoken could not load it offline ({type(e).__name__}); "
-                        "run once with network (or set TIKTOKEN_CACHE_DIR to a folder holding its file), "
-                        "or use the default --tokenizer bpe") from None
+# The tokenizer of the shards (bpe.py trains ours)
 
 
 def load_tokenizer(data_dir):
     """The tiktoken Encoding the shards in data_dir were made with."""
     meta = load_meta(data_dir)
     if meta["tokenizer"] != "bpe":
-        return named_encoding(meta["tokenizer"])
+        return bpe.named_encoding(meta["tokenizer"])
     path = os.path.join(data_dir, "tokenizer.tiktoken")
     if file_sha256(path) != meta["tokenizer_hash"]:
         raise UserError(f"{path} does not match {data_dir}/meta.json: rerun python data.py")
-    return make_encoding(load_ranks(path))
-
-
-# tiktoken's rank-file format: one "base64(token bytes) rank" per line. Written and read here
-# rather than by tiktoken.load, which caches files by path in a temp folder (a retrained
-# tokenizer at the same path would come back stale).
-def save_ranks(ranks, path):
-    with open(path + ".tmp", "w") as f:
-        f.writelines(f"{base64.b64encode(b).decode()} {r}\n" for b, r in sorted(ranks.items(), key=lambda x: x[1]))
-    os.replace(path + ".tmp", path)
-
-
-def load_ranks(path):
-    lines = open(path).read().split()
-    return {base64.b64decode(t): int(r) for t, r in zip(lines[::2], lines[1::2])}
+    return bpe.make_encoding(bpe.load_ranks(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,11 +282,11 @@ def prepare(cfg):
     if cfg.tokenizer == "bpe":
         print(f"data: training a {cfg.vocab_size}-token BPE on up to {cfg.bpe_sample_mb:g} MB of training text ...",
               flush=True)
-        ranks = train_bpe(bpe_sample(corpus(files, block), cfg), cfg.vocab_size)
-        save_ranks(ranks, tok_path)
-        enc, tok_hash = make_encoding(ranks), file_sha256(tok_path)
+        ranks = bpe.train_bpe(bpe_sample(corpus(files, block), cfg), cfg.vocab_size)
+        bpe.save_ranks(ranks, tok_path)
+        enc, tok_hash = bpe.make_encoding(ranks), file_sha256(tok_path)
     else:
-        enc = named_encoding(cfg.tokenizer)
+        enc = bpe.named_encoding(cfg.tokenizer)
         tok_hash = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()
     dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
     tokens, docs = write_shards(corpus(files, block), cfg, (cfg.tokenizer, tok_path, dtype), data_dir, scan["bytes"])
@@ -405,9 +302,7 @@ def prepare(cfg):
             "corpus": corpus_name(cfg),
             "skipped_files": scan["skipped"], "characters": scan["characters"],
             "split": f"by blocks of up to {block} characters" if block else "by document name"}
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(meta_path + ".tmp", meta_path)
+    atomic_write_text(json.dumps(meta, indent=1), meta_path)
     return meta
 
 
@@ -537,7 +432,7 @@ _enc, _dtype = None, None  # each encoding process's tokenizer, rebuilt from the
 
 def init_worker(tokenizer, tok_path, dtype):
     global _enc, _dtype
-    _enc = make_encoding(load_ranks(tok_path)) if tokenizer == "bpe" else named_encoding(tokenizer)
+    _enc = bpe.make_encoding(bpe.load_ranks(tok_path)) if tokenizer == "bpe" else bpe.named_encoding(tokenizer)
     _dtype = dtype
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import tiktoken.load
 
+import bpe
 import data
 from common import UserError
 
@@ -32,11 +33,11 @@ def random_unicode(rng, n):
 def small_ranks():
     texts = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
              for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["日本語のテキスト。 Ελληνικά 😀😀 العربية"]
-    return data.train_bpe(texts, 600)
+    return bpe.train_bpe(texts, 600)
 
 
 def test_bpe_round_trips_any_unicode(small_ranks):
-    enc = data.make_encoding(small_ranks)
+    enc = bpe.make_encoding(small_ranks)
     rng = random.Random(0)
     samples = ["", " ", "\n\n\t", "def f(x):\n    return x  # ok", "😀👍🏽 mixed عربى and 中文 and ελληνικά"]
     samples += [random_unicode(rng, rng.randint(1, 200)) for _ in range(300)]
@@ -51,14 +52,14 @@ def test_bpe_round_trips_any_unicode(small_ranks):
 def test_bpe_training_is_deterministic(small_ranks):
     texts = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
              for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["日本語のテキスト。 Ελληνικά 😀😀 العربية"]
-    assert data.train_bpe(texts, 600) == small_ranks
+    assert bpe.train_bpe(texts, 600) == small_ranks
     assert sorted(small_ranks.values()) == list(range(599))  # 256 bytes + merges, no gaps
 
 
 def test_rank_file_round_trip(small_ranks, tmp_path):
     path = str(tmp_path / "t.tiktoken")
-    data.save_ranks(small_ranks, path)
-    assert data.load_ranks(path) == small_ranks
+    bpe.save_ranks(small_ranks, path)
+    assert bpe.load_ranks(path) == small_ranks
 
 
 def test_split_is_stable_and_about_the_fraction():
@@ -127,7 +128,7 @@ def test_text_is_told_by_content_not_extension(tmp_path):
 def test_pieces_encode_to_the_tokens_of_the_whole_text(small_ranks):
     # documents are read and encoded in pieces, cut where the tokenizer's pre-tokens never
     # cross: the tokens are exactly those of the whole text
-    enc = data.make_encoding(small_ranks)
+    enc = bpe.make_encoding(small_ranks)
     rng = random.Random(1)
     seps = ["\n", "\r\n", "\n\n", "\n    ", " \n", "\n\t", "\n\x1c", "\u2028", " ", "  ", ".\n", "\n\n\n  x"]
     code = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
@@ -188,10 +189,10 @@ def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatc
     docs = reference_documents(corpus)
     train = [text for name, text in docs if not data.is_validation(name, 0.2)]
     val = [text for name, text in docs if data.is_validation(name, 0.2)]
-    ranks = data.train_bpe(train, 400)
-    enc = data.make_encoding(ranks)
+    ranks = bpe.train_bpe(train, 400)
+    enc = bpe.make_encoding(ranks)
     out = tmp_path / "o" / "data"
-    assert data.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
+    assert bpe.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
     for split, texts in (("train", train), ("val", val)):
         ids = [enc.encode_ordinary(doc) for doc in texts]  # today's format: an end-of-text before every document
         expected = np.fromiter((t for doc in ids for t in [enc.eot_token, *doc]), dtype=np.uint16)
@@ -280,9 +281,9 @@ def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: forces a download
     monkeypatch.setattr(tiktoken.load, "read_file", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
     with pytest.raises(UserError, match="offline"):
-        data.named_encoding("gpt2")
+        bpe.named_encoding("gpt2")
     with pytest.raises(UserError, match="unknown"):
-        data.named_encoding("no_such_encoding")
+        bpe.named_encoding("no_such_encoding")
 
 
 @pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "compare.py", "bench.py"])
