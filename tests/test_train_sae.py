@@ -101,3 +101,18 @@ def test_many_passes_over_the_activations_are_announced(tiny_lm, capsys):
     with pytest.raises(Crash):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_long", max_activations=10**7), on_step=crash_at(1))
     assert "warning: this run reads the" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lm_and_sae_train_on_cuda(tiny_data):
+    """The tiny pipeline's two training stages on the GPU (the analysis and compare.py have their own
+    CUDA tests): the LM learns, the SAE reconstructs, and the checkpoints load back on the CPU."""
+    lm = train_lm.train(tiny_lm_config(tiny_data, device="cuda", lm_dir="lm_cuda", max_tokens=60 * 16 * 64))
+    assert lm["history"][-1]["val_loss"] < lm["history"][0]["val_loss"] - 1.0
+    ckpt = train_sae.train(sae_config(tiny_data, device="cuda", lm_dir="lm_cuda", sae_dir="sae_cuda"))[0]
+    final = ckpt["history"][-1]
+    assert final["final"] and 0 < final["fvu"] < 0.9 and final["l0"] > 0
+    sae, _ = sae_lib.load_sae(os.path.join(tiny_data, "sae_cuda", "F1024", "ckpt.pt"))
+    model, _ = load_lm(tiny_data, "lm_cuda")
+    acts = harvest(model, data.load_tokens(os.path.join(tiny_data, "data"), "val"), 256)[0]
+    assert sae(acts)[0].device.type == "cpu" and torch.isfinite(sae(acts)[0]).all()
