@@ -111,8 +111,9 @@ def write_report(cfg, run, res):
     L += ["", "Every alive unit's explanation and score: `units.json`.", "",
           "## 4. Activation specificity", "",
           "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
-          "suit a corpus of Python's standard library; the Python ones come from Python's own tokenizer run on every "
-          "held-out document that parses. For each proxy, the feature and the neuron whose activation correlates most "
+          "are about Python code (the default corpus is Python's standard library): the code ones come from Python's "
+          "own tokenizer run on every held-out document that parses, so on a corpus without Python they hold nowhere "
+          "and are left out. For each proxy that holds, the feature and the neuron whose activation correlates most "
           "with it over all held-out tokens, and the share of their activation that falls where the proxy holds. "
           "Pearson r rewards covering all of a broad proxy, which one dense neuron does more easily than each of the "
           "several features that split it; the share of activation on the proxy is the paper's point, specificity.", "",
