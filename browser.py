@@ -8,7 +8,8 @@ The paper's readers explore its features on interactive pages; this file writes 
 page for our run, as one HTML file with its styles, script and data inline (no server, no network:
 it works from a USB stick). An index of every unit that fires, sortable and filterable by density
 and by the interpretability score, with its explanation (both from analyze.py's interp step, in
-units.json); and for each unit, features and neurons laid out alike:
+units.json), searchable by text or by unit name (f12, neuron 7); and for each unit, features and
+neurons laid out alike:
 
   - density and a histogram of its activations;
   - its top-activating contexts (cached by analyze.py's streaming pass in measure.pt), each token
@@ -16,7 +17,9 @@ units.json); and for each unit, features and neurons laid out alike:
   - contexts sampled from several activation intervals (the paper groups examples by activation as
     a fraction of the unit's maximum), so weak activations are seen too;
   - its logit effects: the output tokens its direction most raises and lowers, through mlp_out,
-    the final layer norm (linearised, see logit_effects) and the unembedding.
+    the final layer norm (linearised, see logit_effects) and the unembedding;
+  - links between the two bases, through the SAE's decoder: a feature's largest-weight neurons and
+    its most similar features (decoder cosine); a neuron's features that weigh on it most.
 
 The top contexts come from the cache; the histograms and interval contexts need a second, smaller
 pass over random held-out windows (--pool-tokens), which is all this file computes besides the
@@ -36,7 +39,7 @@ import interp
 from common import UserError, arg, atomic_write_text, parse_config, run_main
 from measured import AnalyzeConfig, load_or_measure, load_run, load_units
 from model import logit_effects, residual_scale
-from report import token_text, visible
+from report import visible
 
 
 @dataclasses.dataclass
@@ -44,11 +47,15 @@ class BrowseConfig(AnalyzeConfig):
     features: list = arg([], "feature indices to put on pages (none given, and no --neurons: every unit that fires)")
     neurons: list = arg([], "neuron indices to put on pages")
     top_contexts: int = arg(8, "top-activating contexts per unit (from analysis/measure.pt)")
+    before: int = arg(16, "tokens shown before each context's peak token (within its cached context)")
+    after: int = arg(6, "tokens shown after each context's peak token")
     intervals: int = arg(4, "activation intervals, equal fractions of the unit's maximum, sampled for contexts")
     interval_contexts: int = arg(2, "random contexts shown per activation interval")
     pool_tokens: int = arg(2**18, "held-out tokens (random LM windows) the histograms and interval contexts come from")
     logit_tokens: int = arg(8, "output tokens listed as most raised and as most lowered")
     bins: int = arg(24, "histogram bins")
+    link_neurons: int = arg(8, "a feature's neurons (its largest decoder weights), and a neuron's features, listed")
+    similar: int = arg(5, "most similar features (decoder cosine) listed per feature")
     html: str = arg("", "the page to write (default: <analysis-dir>/browser.html, or browser_selected.html when "
                         "--features or --neurons are given, so the full page is never overwritten by a few units)")
 
@@ -70,6 +77,7 @@ def write_browser(cfg, run, m):
     pool = sample_pool(cfg, run, chosen, maxima)
     scale = residual_scale(run.model, run.tokens)
     directions = unit_directions(run.model, run.main_sae)
+    links = decoder_links(run.main_sae.W_dec, chosen, stats["features"].fired > 0, cfg.link_neurons, cfg.similar)
     pages, rows = {}, []
     for kind, idx in chosen.items():
         # computed on the model's device, used beside the CPU statistics
@@ -78,8 +86,8 @@ def write_browser(cfg, run, m):
         for j, u in enumerate(idx.tolist()):
             key = f"{kind[0]}{u}"
             density = stats[kind].fired[u].item() / run.n_tokens
-            pages[key] = page(cfg, run, stats[kind], u, maxima[kind][j].item(), density, unit_pool(pool, kind, j),
-                              effects[j])
+            pages[key] = {**page(cfg, run, stats[kind], u, maxima[kind][j].item(), density, unit_pool(pool, kind, j),
+                                 effects[j]), **links[kind][j]}
             rows.append(index_row(key, kind, u, density, scored.get(u)))
     path = page_path(cfg, run)
     text = render(cfg, run, pages, rows, scale, len(pool["tokens"]))
@@ -92,9 +100,12 @@ def write_browser(cfg, run, m):
 
 
 def check_config(cfg):
-    for name in ("top_contexts", "intervals", "interval_contexts", "pool_tokens", "logit_tokens", "bins"):
+    for name in ("top_contexts", "intervals", "interval_contexts", "pool_tokens", "logit_tokens", "bins",
+                 "link_neurons", "similar"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.before < 0 or cfg.after < 0:
+        raise UserError("--before and --after must be at least 0")
 
 
 def page_path(cfg, run):
@@ -132,6 +143,36 @@ def unit_directions(model, sae):
     d_mlp = model.cfg.d_mlp
     eye = torch.eye(d_mlp, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
     return {"neurons": eye, "features": sae.directions()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Links between the two bases: a feature's decoder row is its direction in the neurons' space
+
+
+@torch.no_grad()
+def decoder_links(W_dec, chosen, alive, k_neurons, k_similar):
+    """{kind: [one dict per chosen unit]}, through the decoder W_dec (F, d_mlp), rows of unit norm. A
+    feature: `neurons`, its k_neurons largest |W_dec[f, n]| (the neurons it is made of), and `similar`,
+    the k_similar alive features (mask alive, (F,)) whose decoder rows have the largest cosine with its
+    own; a neuron: `features`, the k_neurons alive features with the largest |W_dec[f, n]| (those that
+    use it most). Each a list of [unit, signed weight or cosine, 2 digits], largest first."""
+    W = W_dec.detach().float().cpu()
+    alive = alive.cpu().nonzero().squeeze(1)
+    unit = torch.nn.functional.normalize(W, dim=1)
+    pairs = lambda idx, val: [[int(i), round(v, 2)] for i, v in zip(idx.tolist(), val.tolist()) if v > -1e9]
+    out = {"features": [], "neurons": []}
+    for chunk in chosen["features"].split(1024):                  # (a (1024, F) block of cosines at a time)
+        top = W[chunk].abs().topk(min(k_neurons, W.shape[1]), dim=1).indices
+        cos = (unit[chunk] @ unit[alive].T).masked_fill_(chunk[:, None] == alive[None], -1e10)   # not itself
+        sim = cos.topk(min(k_similar, len(alive)), dim=1)
+        for i, f in enumerate(chunk.tolist()):
+            out["features"].append(dict(neurons=pairs(top[i], W[f, top[i]]),
+                                        similar=pairs(alive[sim.indices[i]], sim.values[i])))
+    cols = W[alive][:, chosen["neurons"]]                          # (alive features, chosen neurons)
+    top = cols.abs().topk(min(k_neurons, len(alive)), dim=0).indices
+    for j in range(len(chosen["neurons"])):
+        out["neurons"].append(dict(features=pairs(alive[top[:, j]], cols[top[:, j], j])))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,18 +230,18 @@ def unit_pool(pool, kind, j):
 
 
 def page(cfg, run, s, u, mx, density, pool, effects):
-    """One unit's page data; contexts are [token ids, activations in percent of the unit's max]."""
+    """One unit's page data; contexts as example() writes them."""
     ctx = cfg.context
     tops = [(v, c, a) for t in s.top for v, c, a in zip(t.val[u].tolist(), t.ctx[u].tolist(), t.acts[u]) if v > 0]   # (a unit that fires in few contexts has slots holding contexts where it is 0)
     tops.sort(key=lambda t: -t[0])
-    top = [example(run.tokens[c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops[:cfg.top_contexts]]
+    top = [example(cfg, run.tokens[c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops[:cfg.top_contexts]]
     intervals = []
     for i, t in enumerate(pool["tops"]):
         keep = t.val > -float("inf")
         found = sorted(zip(t.acts[keep].amax(1).tolist(), t.ctx[keep].tolist(), t.acts[keep]),
                        key=lambda x: -x[0])
         intervals.append([i / cfg.intervals, (i + 1) / cfg.intervals,
-                          [example(pool["tokens"][c * ctx:(c + 1) * ctx], a, mx) for _, c, a in found]])
+                          [example(cfg, pool["tokens"][c * ctx:(c + 1) * ctx], a, mx) for _, c, a in found]])
     k = min(cfg.logit_tokens, len(effects))
     up, down = effects.topk(k), (-effects).topk(k)
     return dict(max=round(mx, 4), density=density, fired=int(s.fired[u]), hist=pool["hist"].tolist(),
@@ -209,8 +250,29 @@ def page(cfg, run, s, u, mx, density, pool, effects):
                 down=[[int(t), round(-v, 3)] for v, t in zip(down.values.tolist(), down.indices.tolist())])
 
 
-def example(tokens, acts, mx):
-    return [[int(t) for t in tokens], [int(round(100 * max(a, 0) / mx)) if mx > 0 else 0 for a in acts.tolist()]]
+def example(cfg, tokens, acts, mx):
+    """[token ids, activations in percent of the unit's max, the peak's position]: the context cut to
+    cfg.before tokens before its peak (its first largest activation) and cfg.after after it."""
+    p = int(acts.argmax())
+    lo, hi = max(0, p - cfg.before), p + cfg.after + 1
+    return [[int(t) for t in tokens[lo:hi]],
+            [int(round(100 * max(a, 0) / mx)) if mx > 0 else 0 for a in acts[lo:hi].tolist()], p - lo]
+
+
+def token_label(enc, t):
+    """A token's text as the pages show it (label), and \\xNN for each byte that is not part of a whole
+    UTF-8 character (a byte-level BPE token may hold a piece of one)."""
+    return label(enc.decode_single_token_bytes(int(t)).decode("utf-8", "backslashreplace"))
+
+
+def label(text):
+    """report.visible's symbols for line breaks, tabs and other control characters, and ␣ for a space."""
+    return visible(text).replace(" ", "␣")
+
+
+def short(x):
+    """3.1e-4: a density in few characters."""
+    return f"{x:.1e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
 def index_row(key, kind, u, density, scored):
@@ -219,23 +281,24 @@ def index_row(key, kind, u, density, scored):
         score, expl = "", "not scored (too few firing tokens, one half only, or in the ultralow cluster)"
     else:
         score = f"{scored['score']:.3f}"
-        expl = "; ".join(("" if r["prev"] is None else f"`{visible(r['prev'])}`→") + f"`{visible(r['token'])}` "
+        expl = "; ".join(("" if r["prev"] is None else f"`{label(r['prev'])}`→") + f"`{label(r['token'])}` "
                          f"{r['value']:.2f}" for r in scored["explanation"])
         expl += f"; otherwise {scored['otherwise']:.2f}" + (" (single-token)" if scored["single_token"] else "")
     return (f'<tr id="row-{key}" data-kind="{kind[:-1]}" data-density="{density:.3e}" data-score="{score}">'
-            f'<td><a href="#{key}">{kind[:-1]} {u}</a></td><td>{density:.2e}</td><td>{score}</td>'
+            f'<td><a href="#{key}">{kind[:-1]} {u}</a></td><td>{short(density)}</td><td>{score}</td>'
             f'<td>{html.escape(expl)}</td></tr>')
 
 
 def render(cfg, run, pages, rows, scale, pool_tokens):
-    vocab = [visible(token_text(run.enc, t)) for t in range(run.meta["vocab_size"])]
+    vocab = [token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
     data = json.dumps({"vocab": vocab, "units": pages}, separators=(",", ":"))
     # Inside <script> only text like "</script" or "<!--" could end or derail the block: write <, >
     # and & as JSON's \u escapes (and /, so no token sequence can even look like a URL to a reader).
     for c in "<>&/":
         data = data.replace(c, f"\\u{ord(c):04x}")
     notes = NOTES.format(n_tokens=run.n_tokens, pool=pool_tokens, scale=scale, ctx=cfg.context,
-                         intervals=cfg.intervals, sae=f"F{run.main}")
+                         intervals=cfg.intervals, sae=f"F{run.main}",
+                         before=cfg.before, after=cfg.after)
     return (HEAD.replace("TITLE", html.escape(f"Feature browser: {cfg.out}")) + notes + CONTROLS
             + "\n".join(rows) + "</tbody></table></div>\n<div id=\"unit\"></div>\n"
             + f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n</body></html>\n')
@@ -253,6 +316,7 @@ def report_lines(name, size, counts):
 
 HEAD = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>TITLE</title>
+<script>window.onerror = m => { document.documentElement.dataset.error = String(m); };</script>
 <style>
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1em 2em; color: #222; }
 details { margin: .5em 0; max-width: 60em; } summary { cursor: pointer; }
@@ -261,12 +325,17 @@ details { margin: .5em 0; max-width: 60em; } summary { cursor: pointer; }
 table { border-collapse: collapse; width: 100%; } td, th { padding: 2px 8px; text-align: left; vertical-align: top; }
 th { position: sticky; top: 0; background: #eee; cursor: pointer; user-select: none; }
 tbody tr:nth-child(even) { background: #fafafa; } tr.current { background: #ffe8cc !important; }
+td:nth-child(-n+3) { white-space: nowrap; }
 td:nth-child(4) { font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; }
 h2 { margin-bottom: .2em; } h3 { margin: 1em 0 .3em; font-size: 15px; }
 .ctx { font: 12px/1.9 ui-monospace, monospace; white-space: pre; overflow-x: auto; border-bottom: 1px solid #eee; }
-.ctx span.peak { outline: 2px solid #b00; }
+div.ctx { display: flex; max-width: 70em; } /* the peak token in one column: what precedes it right-aligned */
+.ctx .l { flex: 0 0 45%; display: flex; justify-content: flex-end; overflow: hidden; } .ctx .r { display: flex; }
+.ctx span.peak { outline: 2px solid #b00; } .sp { color: #bbb; }
+.links a, .links span { font-family: ui-monospace, monospace; font-size: 13px; } .links span.nolink { color: #888; }
+.swatch { display: inline-block; width: .9em; height: .9em; margin-right: .4em; vertical-align: -1px; }
 .logits { display: flex; gap: 3em; } .logits td { font-family: ui-monospace, monospace; white-space: pre; }
-.tok { background: #eef; } svg rect { fill: #e60; } svg text { font-size: 10px; fill: #555; }
+.tok { background: #eef; } svg text { font-size: 10px; fill: #555; } svg line { stroke: #999; }
 </style></head><body>
 <h1>TITLE</h1>
 """
@@ -276,12 +345,17 @@ NOTES = """<details><summary>How to read these pages</summary><ul>
 <b>explanation</b>: analyze.py's lexical explain-then-simulate measure (Pearson r; section 3 of report.md): a table of
 token patterns, <code>`a`→`b`</code> meaning token b after token a, with the mean activation each predicts.</li>
 <li>Activations: features (SAE {sae}) in the SAE's normalised units, neurons in the MLP's own. Each context is {ctx}
-held-out tokens, shaded by activation relative to the unit's largest one; the peak token is outlined; hover a token
-for its activation. ↵ is a line break, ⇥ a tab.</li>
+held-out tokens, shaded by activation relative to the unit's largest one, shown from up to {before} tokens before its
+peak token (outlined, and aligned down the page) to {after} after it; hover a token for its activation. ␣ is a space,
+↵ a line break, ⇥ a tab, \\xNN a byte that is only part of a UTF-8 character.</li>
 <li><b>Histogram</b>: the unit's nonzero activations on {pool:,} held-out tokens (random LM windows), in equal bins of
-(0, largest activation]; bar heights are log(1 + count).</li>
+(0, largest activation]; bar heights are log(1 + count), hover a bar for its count. Its colours are the intervals'.</li>
 <li><b>Intervals</b>: contexts sampled at random among those {pool:,} tokens' contexts whose peak activation falls
 in each of {intervals} equal fractions of the largest activation, so weak activations are seen too.</li>
+<li><b>Neurons and features</b>: a feature's decoder row (unit norm) is its direction over the neurons: its
+page lists the neurons with the largest weights in it, with their sign, and the features whose rows are most alike
+(cosine); a neuron's page lists the features with the largest weight on it. Units without a page (never active)
+are greyed.</li>
 <li><b>Logit effects</b>: the unit's direction in the MLP activations (a neuron: a basis vector, so through mlp_out
 its column; a feature: its decoder row divided by the SAE's act_scale) through mlp_out, the final layer norm and the
 unembedding, at the unit's largest activation. The final layer norm is linearised: the direction is centred, divided
@@ -295,8 +369,8 @@ feature's direction to the MLP activations and samples from the model.</li>
 CONTROLS = """<div id="controls">show <select id="kind"><option value="">features and neurons</option>
 <option value="feature">features</option><option value="neuron">neurons</option></select>
 log10 density from <input id="dmin" type="number" step="0.5" value="-9"> to <input id="dmax" type="number" step="0.5"
-value="0">, score at least <input id="smin" type="number" step="0.1" value="-1"> (above -1 hides unscored units),
-explanation contains <input id="q"> <span id="count"></span></div>
+value="0"> (empty: no bound), score at least <input id="smin" type="number" step="0.1" value="-1"> (above -1 hides unscored units),
+search <input id="q" placeholder="f12, neuron 7 or text"> <span id="count"></span></div>
 <div id="index"><table><thead><tr><th data-sort="order">unit</th><th data-sort="density">density</th>
 <th data-sort="score">score</th><th>explanation</th></tr></thead><tbody>
 """
@@ -305,6 +379,7 @@ SCRIPT = r"""
 const D = JSON.parse(document.getElementById('data').textContent);
 const rows = Array.from(document.querySelectorAll('tbody tr'));
 rows.forEach((r, i) => { r.dataset.order = i; });
+const $ = id => document.getElementById(id);
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -313,25 +388,43 @@ function el(tag, cls, text) {
   return e;
 }
 
-// the index: filters and sorting
+// the index: filters, search and sorting
 function num(r, key) {
   const v = r.dataset[key];
   return v === '' ? -Infinity : +v;
 }
+function bound(id, none) {  // an empty (or unreadable) box is no bound
+  const v = $(id).value.trim();
+  return v === '' || isNaN(+v) ? none : +v;
+}
+function unitQuery(q) {  // 'feature 12', 'F12', 'n 7', '12': the row ids it names, else null
+  const m = q.trim().toLowerCase().match(/^(f|feature|n|neuron)?\s*#?\s*(\d+)$/);
+  return m ? (m[1] ? [m[1][0]] : ['f', 'n']).map(k => 'row-' + k + (+m[2])) : null;
+}
+const text = r => (r.cells[0].textContent + ' ' + r.cells[3].textContent).toLowerCase();
 function filter() {
-  const kind = document.getElementById('kind').value, q = document.getElementById('q').value;
-  const dmin = +document.getElementById('dmin').value, dmax = +document.getElementById('dmax').value;
-  const smin = +document.getElementById('smin').value;
+  const kind = $('kind').value, q = $('q').value.trim().toLowerCase(), named = unitQuery(q);
+  const dmin = bound('dmin', -Infinity), dmax = bound('dmax', Infinity), smin = bound('smin', -1);
   let shown = 0;
   rows.forEach(r => {
     const d = Math.log10(Math.max(+r.dataset.density, 1e-12)), s = num(r, 'score');
-    const ok = (!kind || r.dataset.kind === kind) && d >= dmin && d <= dmax && (s >= smin || smin <= -1) &&
-               (!q || r.cells[3].textContent.includes(q));
+    const ok = named ? named.includes(r.id) :  // a unit asked for by name is shown whatever the bounds
+      (!kind || r.dataset.kind === kind) && d >= dmin && d <= dmax && (s >= smin || smin <= -1) &&
+      (!q || [q, q.replaceAll(' ', '\u2423')].some(t => text(r).includes(t)));
     r.style.display = ok ? '' : 'none';
     shown += ok;
   });
-  document.getElementById('count').textContent = shown + ' of ' + rows.length + ' units';
+  $('count').textContent = shown + ' of ' + rows.length + ' units';
+  const hits = named ? rows.filter(r => named.includes(r.id)) : [];
+  if (hits.length === 1) go(hits[0].id.slice(4));  // typing a unit's name opens its page
 }
+function go(key) {
+  if (location.hash.slice(1) !== key) { history.replaceState(null, '', '#' + key); show(); }
+}
+$('q').onkeydown = e => {  // Enter: the first unit shown
+  const first = rows.find(r => r.style.display !== 'none');
+  if (e.key === 'Enter' && first) location.hash = first.id.slice(4);
+};
 let sortKey = 'order', sortDir = 1;
 function sortBy(key) {
   sortDir = key === sortKey ? -sortDir : (key === 'order' ? 1 : -1);
@@ -343,41 +436,75 @@ document.querySelectorAll('th[data-sort]').forEach(th => th.onclick = () => sort
 document.querySelectorAll('#controls input, #controls select').forEach(e => e.oninput = filter);
 
 // a unit's page
-function context(ex, max) {
-  const [ids, pct] = ex, div = el('div', 'ctx'), peak = pct.indexOf(Math.max(...pct));
+function token(t, cls) {  // a token's text, its spaces' ␣ drawn faint
+  const s = el('span', cls);
+  D.vocab[t].split('\u2423').forEach((part, i) => {
+    if (i) s.appendChild(el('span', 'sp', '\u2423'));
+    if (part) s.appendChild(document.createTextNode(part));
+  });
+  return s;
+}
+function context([ids, pct, peak], max) {  // the tokens before the peak right-aligned, so peaks line up
+  const div = el('div', 'ctx'), left = el('span', 'l'), right = el('span', 'r');
   ids.forEach((t, j) => {
-    const s = el('span', j === peak ? 'peak' : '', D.vocab[t]);
+    const s = token(t, j === peak ? 'peak' : '');
     if (pct[j] > 0) s.style.background = 'rgba(255, 110, 0, ' + (pct[j] / 100).toFixed(2) + ')';
     s.title = 'activation ' + (pct[j] * max / 100).toPrecision(3);
-    div.appendChild(s);
+    (j < peak ? left : right).appendChild(s);
   });
+  div.append(left, right);
   return div;
 }
-function histogram(h, max) {  // inline SVG built from numbers only
-  const W = 420, H = 90, top = Math.log10(1 + Math.max(1, ...h)), w = W / h.length;
-  let svg = '<svg width="' + W + '" height="' + (H + 14) + '">';
+function colour(i, K) {  // interval i of K: pale yellow (weakest) to red (strongest)
+  const x = K > 1 ? i / (K - 1) : 1;
+  return 'hsl(' + (48 - 48 * x).toFixed(0) + ', 95%, ' + (70 - 25 * x).toFixed(0) + '%)';
+}
+function histogram(h, max, K) {  // inline SVG built from numbers only
+  const L = 34, W = 420, H = 90, w = W / h.length, p = x => (+x).toPrecision(2);
+  const decades = Math.max(1, Math.ceil(Math.log10(Math.max(1, ...h)))), top = Math.log10(1 + 10 ** decades);
+  const y = c => H * Math.log10(1 + c) / top;
+  let svg = '<svg width="' + (L + W + 20) + '" height="' + (H + 30) + '"><g transform="translate(' + L + ',4)">';
+  for (let k = 0; k <= decades; k++)  // the count axis: 1, 10, 100, ...
+    svg += '<line x1="-4" x2="0" y1="' + (H - y(10 ** k)).toFixed(1) + '" y2="' + (H - y(10 ** k)).toFixed(1) +
+           '"/><text x="-6" y="' + (H - y(10 ** k) + 3).toFixed(1) + '" text-anchor="end">' + (10 ** k) + '</text>';
   h.forEach((c, i) => {
-    const y = H * Math.log10(1 + c) / top;
-    svg += '<rect x="' + (i * w).toFixed(1) + '" y="' + (H - y).toFixed(1) + '" width="' + (w - 1).toFixed(1) +
-           '" height="' + y.toFixed(1) + '"><title>' + c + ' tokens</title></rect>';
+    const lo = i * max / h.length, hi = (i + 1) * max / h.length, band = Math.min(K - 1, Math.floor((i + .5) * K / h.length));
+    svg += '<rect x="' + (i * w).toFixed(1) + '" y="' + (H - y(c)).toFixed(1) + '" width="' + (w - 1).toFixed(1) +
+           '" height="' + y(c).toFixed(1) + '" fill="' + colour(band, K) + '"><title>' + c +
+           ' tokens with activation in (' + p(lo) + ', ' + p(hi) + ']</title></rect>';
   });
-  return svg + '<text x="0" y="' + (H + 12) + '">0</text><text x="' + W + '" y="' + (H + 12) +
-         '" text-anchor="end">' + (+max).toPrecision(3) + '</text></svg>';
+  svg += '<line x1="0" x2="' + W + '" y1="' + H + '" y2="' + H + '"/><line x1="0" x2="0" y1="0" y2="' + H + '"/>';
+  for (let i = 0; i <= K; i++)  // the activation axis, at the intervals' edges
+    svg += '<text x="' + (i * W / K).toFixed(1) + '" y="' + (H + 13) + '" text-anchor="' +
+           (i ? (i < K ? 'middle' : 'end') : 'start') + '">' + (i ? p(i * max / K) : '0') + '</text>';
+  return svg + '<text x="' + (W / 2) + '" y="' + (H + 25) + '" text-anchor="middle">activation</text></g></svg>';
 }
 function logits(title, list) {
   const div = el('div'), table = el('table');
   div.appendChild(el('h3', '', title));
   list.forEach(([t, v]) => {
     const tr = table.insertRow();
-    tr.insertCell().appendChild(el('span', 'tok', D.vocab[t]));
+    tr.insertCell().appendChild(token(t, 'tok'));
     tr.insertCell().textContent = (v > 0 ? '+' : '') + v.toFixed(2);
   });
   div.appendChild(table);
   return div;
 }
+function links(title, list, kind, signed) {  // [[unit, value]]: a link to each unit that has a page
+  const p = el('p', 'links');
+  p.appendChild(el('b', '', title + ': '));
+  list.forEach(([i, v], j) => {
+    const key = kind + i, label = (kind === 'f' ? 'feature ' : 'neuron ') + i + ' (' +
+          (signed && v > 0 ? '+' : '') + v.toFixed(2) + ')', a = el(D.units[key] ? 'a' : 'span', 'nolink', label);
+    if (D.units[key]) { a.href = '#' + key; a.className = ''; }
+    if (j) p.appendChild(document.createTextNode(' · '));
+    p.appendChild(a);
+  });
+  return p;
+}
 function show() {
   const key = decodeURIComponent(location.hash.slice(1)), u = D.units[key];
-  const box = document.getElementById('unit'), row = document.getElementById('row-' + key);
+  const box = $('unit'), row = $('row-' + key);
   box.replaceChildren();
   document.querySelectorAll('tr.current').forEach(r => r.classList.remove('current'));
   if (!u || !row) { box.appendChild(el('p', '', 'Pick a unit in the index.')); return; }
@@ -386,9 +513,13 @@ function show() {
   box.appendChild(el('p', '', 'density ' + u.density.toExponential(2) + ' (active on ' + u.fired +
       ' held-out tokens) · largest activation ' + u.max + ' · score ' + (row.dataset.score || 'none')));
   box.appendChild(el('p', 'ctx', row.cells[3].textContent));
-  box.appendChild(el('h3', '', 'Activation histogram (nonzero activations; log count)'));
+  if (u.neurons) box.appendChild(links('Neurons it is made of (decoder weight)', u.neurons, 'n', true));
+  if (u.similar) box.appendChild(links('Most similar features (decoder cosine)', u.similar, 'f', false));
+  if (u.features) box.appendChild(links('Features that use it most (decoder weight)', u.features, 'f', true));
+  const K = u.intervals.length, total = u.hist.reduce((a, b) => a + b, 0);
+  box.appendChild(el('h3', '', 'Activation histogram (' + total + ' nonzero activations; log count)'));
   const hist = el('div');
-  hist.innerHTML = histogram(u.hist, u.max);
+  hist.innerHTML = histogram(u.hist, u.max, K);
   box.appendChild(hist);
   const lg = el('div', 'logits');
   lg.appendChild(logits('Logits raised most', u.up));
@@ -397,8 +528,11 @@ function show() {
   box.appendChild(el('h3', '', 'Top activations'));
   u.top.forEach(ex => box.appendChild(context(ex, u.max)));
   u.intervals.forEach(([lo, hi, exs]) => {
-    box.appendChild(el('h3', '', 'Interval ' + lo.toFixed(2) + '–' + hi.toFixed(2) + ' of the largest activation' +
-        (exs.length ? '' : ': no context in the sample')));
+    const h = el('h3', '', 'Interval ' + lo.toFixed(2) + '–' + hi.toFixed(2) + ' of the largest activation' +
+        (exs.length ? '' : ': no context in the sample')), sw = el('span', 'swatch');
+    sw.style.background = colour(Math.round(lo * K), K);
+    h.prepend(sw);
+    box.appendChild(h);
     exs.forEach(ex => box.appendChild(context(ex, u.max)));
   });
 }

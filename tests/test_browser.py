@@ -1,6 +1,9 @@
 import html.parser
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -134,9 +137,9 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     data = json.loads(page.scripts["data"])
     assert set(data["units"]) == keys
     # token text travels as JSON only, escaped: the data block holds no markup at all
-    assert "<" not in page.scripts["data"] and len(page.scripts) == 2
+    assert "<" not in page.scripts["data"] and len(page.scripts) == 3   # window.onerror's, the data, the script
     enc = run.enc
-    assert data["vocab"] == [report.visible(report.token_text(enc, t)) for t in range(run.meta["vocab_size"])]
+    assert data["vocab"] == [browser.token_label(enc, t) for t in range(run.meta["vocab_size"])]
     assert any(c in v for v in data["vocab"] for c in '<&"')   # the escaping above had something to escape
     units = json.load(open(os.path.join(run.dir, "units.json")))
     stats = {"f": m.stats["F1024"], "n": m.stats["neurons"]}
@@ -151,11 +154,12 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
             continue
         assert u["up"][-1][1] > u["down"][0][1]  # effects are scaled by the largest activation
         assert 0 < len(u["top"]) <= cfg.top_contexts and max(u["top"][0][1]) == 100   # the peak of the top context
-        assert all(len(ids) == len(acts) == cfg.context for ids, acts in u["top"])
+        for ids, acts, peak in u["top"]:   # cut around the peak
+            assert len(ids) == len(acts) <= cfg.before + 1 + cfg.after and acts[peak] == max(acts)
         assert len(u["intervals"]) == cfg.intervals
         for lo, hi, examples in u["intervals"]:
             assert len(examples) <= cfg.interval_contexts
-            for ids, acts in examples:
+            for ids, acts, peak in examples:
                 assert lo * 100 - 1 <= max(acts) <= hi * 100 + 1
         scored = {r["unit"]: r for r in units["features" if key[0] == "f" else "neurons"]}.get(i)
         cells = page.cells["row-" + key]
@@ -164,8 +168,18 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     top = m.stats["F1024"].top
     half = int(top[1].val[f1, 0] > top[0].val[f1, 0])
     c, acts = top[half].ctx[f1, 0].item(), top[half].acts[f1, 0]
-    assert data["units"][f"f{f1}"]["top"][0] == [run.tokens[c * cfg.context:(c + 1) * cfg.context].tolist(),
-                                              (100 * acts / acts.max()).round().int().tolist()]
+    p = int(acts.argmax())
+    lo, hi = max(0, p - cfg.before), p + cfg.after + 1
+    assert data["units"][f"f{f1}"]["top"][0] == [run.tokens[c * cfg.context:(c + 1) * cfg.context][lo:hi].tolist(),
+                                              (100 * acts / acts.max()).round().int().tolist()[lo:hi], p - lo]
+    # the links between the bases: the decoder's largest weights and cosines (checked in detail below)
+    W = run.main_sae.W_dec.detach()
+    for f in (f1, f2, f3):
+        top = W[f].abs().topk(cfg.link_neurons)
+        assert [n for n, _ in data["units"][f"f{f}"]["neurons"]] == top.indices.tolist()
+        assert [w for _, w in data["units"][f"f{f}"]["neurons"]] == [round(w, 2) for w in W[f, top.indices].tolist()]
+        assert len(data["units"][f"f{f}"]["similar"]) == cfg.similar
+    assert len(data["units"]["n0"]["features"]) == cfg.link_neurons
 
 
 def test_index_rows_escape_token_text():
@@ -174,7 +188,7 @@ def test_index_rows_escape_token_text():
                                                             explanation=[dict(prev=nasty, token="<", value=1.0)]))
     page = Page()
     page.feed("<table>" + row + "</table>")
-    assert page.cells["row-f1"][3] == f"`{report.visible(nasty)}`→`<` 1.00; otherwise 0.00"
+    assert page.cells["row-f1"][3] == f"`{report.visible(nasty).replace(' ', '␣')}`→`<` 1.00; otherwise 0.00"
     assert [t for t, _ in page.tags] == ["table", "tr", "td", "a", "td", "td", "td"]
 
 
@@ -217,3 +231,151 @@ def test_html_flag_writes_the_page_elsewhere_and_outputs_are_plain_cpu_values(an
     plain = lambda x: all(map(plain, x)) if isinstance(x, list) else all(map(plain, x.values())) if isinstance(
         x, dict) else isinstance(x, (int, float))
     assert plain(page)
+
+
+def test_decoder_links_are_the_decoders_largest_weights_and_cosines():
+    torch.manual_seed(0)
+    W = torch.nn.functional.normalize(torch.randn(40, 32), dim=1)
+    alive = torch.ones(40, dtype=torch.bool)
+    alive[[3, 17, 30]] = False                       # dead features: no page, never listed
+    chosen = {"features": torch.tensor([0, 5, 17, 39]), "neurons": torch.tensor([2, 31])}
+    links = browser.decoder_links(W, chosen, alive, 8, 5)
+    live = alive.nonzero().squeeze(1)
+    for j, f in enumerate(chosen["features"].tolist()):
+        top = torch.topk(W[f].abs(), 8)
+        assert links["features"][j]["neurons"] == [[n, round(W[f, n].item(), 2)] for n in top.indices.tolist()]
+        cos = torch.nn.functional.cosine_similarity(W[f][None], W, dim=1)
+        cos[~alive] = -2
+        cos[f] = -2                                  # not itself
+        best = cos.topk(5)
+        assert links["features"][j]["similar"] == [[i, round(c, 2)] for i, c in zip(best.indices.tolist(),
+                                                                                    best.values.tolist())]
+    for j, n in enumerate(chosen["neurons"].tolist()):
+        col = W[:, n].masked_fill(~alive, 0)
+        top = torch.topk(col.abs(), 8).indices
+        assert links["neurons"][j]["features"] == [[f, round(W[f, n].item(), 2)] for f in top.tolist()]
+        assert all(f in live for f, _ in links["neurons"][j]["features"])
+    # more asked than there are: all there are
+    few = browser.decoder_links(W, chosen, alive, 100, 100)
+    assert len(few["features"][0]["neurons"]) == 32 and len(few["features"][0]["similar"]) == 36
+    assert len(few["features"][2]["similar"]) == 37   # a dead feature's page (when asked for): every alive one
+
+
+def test_contexts_are_cut_around_their_peak():
+    cfg = browser.BrowseConfig(before=4, after=2)
+    tokens = np.arange(100, 132)
+    for p in (0, 2, 10, 30, 31):
+        acts = torch.zeros(32)
+        acts[p], acts[(p + 5) % 32] = 2.0, 1.0
+        ids, pct, peak = browser.example(cfg, tokens, acts, 2.0)
+        lo = max(0, p - 4)
+        assert ids == list(range(100 + lo, 100 + min(32, p + 3))) and len(pct) == len(ids)
+        assert peak == p - lo and ids[peak] == 100 + p and pct[peak] == 100
+    acts = torch.tensor([0.0, 1.0, 3.0, 3.0, 0.0])   # a tie: the first peak
+    assert browser.example(cfg, np.arange(5), acts, 3.0) == [[0, 1, 2, 3, 4], [0, 33, 100, 100, 0], 2]
+
+
+def test_token_labels_show_whitespace_and_partial_utf8_bytes():
+    class Enc:
+        tokens = [b" the", b"\n", b"\t", b"\xe2\x80", b"\x94", "é".encode(), b'<&"', b"\r\n", b"  "]
+
+        def decode_single_token_bytes(self, t):
+            return self.tokens[t]
+
+    labels = [browser.token_label(Enc(), t) for t in range(len(Enc.tokens))]
+    assert labels == ["␣the", "↵", "⇥", "\\xe2\\x80", "\\x94", "é", '<&"', "␍↵", "␣␣"]
+    assert labels[1] == report.visible("\n")   # report.visible's symbols, the same as report.md and steer's
+
+
+def test_index_densities_are_short_and_do_not_wrap():
+    row = browser.index_row("n7", "neurons", 7, 3.14e-4, None)
+    assert "<td>3.1e-4</td>" in row and 'data-density="3.140e-04"' in row
+    assert browser.short(0.5) == "5.0e-1" and browser.short(1.0) == "1.0e+0" and browser.short(1.2e-10) == "1.2e-10"
+    assert "td:nth-child(-n+3) { white-space: nowrap; }" in browser.HEAD
+
+
+def chromium():
+    """A Chromium or Chrome binary on PATH, or None."""
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+    return next((shutil.which(n) for n in names if shutil.which(n)), None)
+
+
+def headless(binary, url, *flags):
+    """Run headless Chromium on url; returns (stdout, stderr)."""
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--enable-logging=stderr",
+                               "--v=0", *flags, url], capture_output=True, text=True, timeout=180)
+    return done.stdout, done.stderr
+
+
+# What the test drives in the page, run after its own script: the filters, the search, a feature's page.
+PROBE = """<script>
+const R = {}, shown = () => rows.filter(r => r.style.display !== 'none').map(r => r.id.slice(4));
+const set = (id, v) => { $(id).value = v; filter(); };
+R.start = shown();
+set('dmin', ''); R.no_dmin = shown();
+set('dmax', ''); set('smin', ''); R.no_bounds = shown();
+set('dmin', '0'); R.dmin_0 = shown(); set('dmin', '');
+for (const q of ['F@F', 'feature @F', 'Feature@F', '@F', 'neuron 511', 'N 511', 'NEURON', 'zzzz'])
+  { set('q', q); R[q] = shown(); R[q + ' hash'] = location.hash; }
+set('q', '');
+history.replaceState(null, '', '#f@F'); show();
+R.links = Array.from(document.querySelectorAll('#unit .links a')).map(a => a.getAttribute('href'));
+R.peaks = Array.from(document.querySelectorAll('#unit div.ctx .peak')).map(s => Math.round(s.getBoundingClientRect().left));
+R.bars = document.querySelectorAll('#unit svg rect').length;
+R.bar_titles = Array.from(document.querySelectorAll('#unit svg rect title')).map(t => t.textContent);
+R.axis = Array.from(document.querySelectorAll('#unit svg text')).map(t => t.textContent);
+R.fills = Array.from(document.querySelectorAll('#unit svg rect')).map(r => getComputedStyle(r).fill);
+R.swatches = Array.from(document.querySelectorAll('#unit .swatch')).map(s => getComputedStyle(s).backgroundColor);
+R.nowrap = [0, 1, 2].map(i => getComputedStyle(rows[0].cells[i]).whiteSpace);
+history.replaceState(null, '', '#n0'); show();
+R.neuron_links = Array.from(document.querySelectorAll('#unit .links a, #unit .links .nolink')).length;
+document.body.dataset.result = JSON.stringify(R);
+</script>"""
+
+
+def test_page_works_in_a_headless_browser(analysed, tmp_path):
+    binary = chromium()
+    if binary is None:
+        pytest.skip("no chromium or chrome on PATH (apt-get install chromium)")
+    run = measured.load_run(analysed)
+    m = measured.load_or_measure(analysed, run)
+    alive = m.stats["F1024"].fired.nonzero().squeeze(1).tolist()
+    f1, f2 = alive[len(alive) // 3], alive[2 * len(alive) // 3]
+    assert f2 not in (0, 511)
+    cfg = browser.BrowseConfig(**{**vars(analysed), "features": [str(f1), str(f2)], "neurons": ["0", "511"],
+                                  "html": str(tmp_path / "page.html")})
+    text = open(browser.write_browser(cfg, run, m)["path"], encoding="utf-8").read()
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", PROBE.replace("@F", str(f2)) + "</body>"), encoding="utf-8")
+    dom, log = headless(binary, probe.as_uri() + f"#f{f1}", "--dump-dom")
+    page = Page()
+    page.feed(dom)
+    html_attrs = next(a for t, a in page.tags if t == "html")
+    assert "data-error" not in html_attrs and "Uncaught" not in log, (html_attrs, log[-2000:])
+    R = json.loads(next(a for t, a in page.tags if t == "body")["data-result"])
+    every = [f"f{f1}", f"f{f2}", "n0", "n511"]
+    assert sorted(R["start"]) == sorted(u for u in every if u != "n511" or m.stats["neurons"].fired[511] > 0)
+    assert sorted(R["no_dmin"]) == sorted(R["no_bounds"]) == sorted(every)   # an empty box is no bound
+    assert R["dmin_0"] == []
+    for q in ("F@F", "feature @F", "Feature@F", "@F"):   # a unit's name, any case: that unit, and its page
+        assert R[q.replace("@F", str(f2))] == [f"f{f2}"] and R[q.replace("@F", str(f2)) + " hash"] == f"#f{f2}"
+    assert R["neuron 511"] == R["N 511"] == ["n511"] and R["neuron 511 hash"] == "#n511"
+    assert sorted(R["NEURON"]) == ["n0", "n511"] and R["zzzz"] == []   # text: case-insensitive, unit names too
+    # the feature's page: links to its neurons (those with a page) and to similar features, both in the data
+    data = json.loads(text.split('id="data">')[1].split("</script>")[0])
+    u = data["units"][f"f{f2}"]
+    assert R["links"] == [f"#n{n}" for n, _ in u["neurons"] if f"n{n}" in data["units"]] + \
+        [f"#f{f}" for f, _ in u["similar"] if f"f{f}" in data["units"]]
+    assert R["neuron_links"] == cfg.link_neurons
+    assert len(set(R["peaks"])) == 1 and len(R["peaks"]) >= 2       # every context's peak in one column
+    assert R["bars"] == cfg.bins and all(t.endswith("]") and " tokens with activation in (" in t for t in R["bar_titles"])
+    assert "1" in R["axis"] and "10" in R["axis"] and "activation" in R["axis"]   # counts on the axis
+    # each interval's colour: its bars' and its heading's swatch (intervals are listed strongest first)
+    per = cfg.bins // cfg.intervals
+    assert len({R["fills"][i * per] for i in range(cfg.intervals)}) == cfg.intervals
+    assert R["swatches"] == [R["fills"][i * per] for i in range(cfg.intervals)][::-1]
+    assert R["nowrap"] == ["nowrap"] * 3
+    dom2, _ = headless(binary, probe.as_uri(), "--dump-dom")
+    assert "data-error" not in dom2
