@@ -214,7 +214,10 @@ def test_the_whole_analysis_runs_on_cuda(tiny_sae):
     cpu = analyze.analyze(small_config(tiny_sae, analysis_dir="analysis_cpu"))
     res = analyze.analyze(small_config(tiny_sae, device="cuda", analysis_dir="analysis_cuda"))
     for name, s in res["measure"].stats.items():
-        assert s.fired.device.type == "cpu" and torch.equal(s.fired, cpu["measure"].stats[name].fired)
+        ref = cpu["measure"].stats[name].fired
+        # cuBLAS and the CPU round differently: a pre-activation within rounding of 0 may flip, so the
+        # firing counts agree to a few tokens in a thousand, not bit for bit
+        assert s.fired.device.type == "cpu" and (s.fired - ref).abs().sum() <= 1e-3 * ref.sum() + 2
     assert res["losses"]["rows"][1]["rec_zero"] == pytest.approx(cpu["losses"]["rows"][1]["rec_zero"], abs=1e-3)
     assert res["browser"]["units"] == cpu["browser"]["units"]
     assert [r["feature"] for r in res["steering"]["rows"]] == [r["feature"] for r in cpu["steering"]["rows"]]
