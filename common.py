@@ -199,7 +199,7 @@ class Budget:
     unit: str
     device: str
     quiet: bool = False
-    settled: bool = False  # the last estimate moved less than 10%: the run's length is known
+    settled: bool = False  # the last estimate grew by less than 10%: the run will not get much longer
     t_span: float = None
 
     def estimate(self, step, max_steps):
@@ -256,10 +256,13 @@ def mark_crashed(paths, error, since):
     error, so its (good) weights are kept but no one takes it for a run still going. Only a
     checkpoint written since `since` (the run's start; 0 when resumed) is this run's to label."""
     for path in paths:
-        if os.path.exists(path) and os.path.getmtime(path) >= since:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            ckpt.update(status="crashed", error=f"{type(error).__name__}: {error}"[:300])
-            atomic_save(ckpt, path)
+        try:
+            if os.path.exists(path) and os.path.getmtime(path) >= since:
+                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                ckpt.update(status="crashed", error=f"{type(error).__name__}: {error}"[:300])
+                atomic_save(ckpt, path)
+        except Exception:  # an unreadable checkpoint must not hide the error that stopped the run
+            pass
 
 
 class Progress:

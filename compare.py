@@ -124,6 +124,8 @@ def stage(name, ckpt_path, train, run_cfg):
             print(f"{name}: done ({ckpt_path})")
             return
         run_cfg = dataclasses.replace(run_cfg, resume=True)
+    else:  # this stage decided to start afresh: a finished part (say, of a sweep with new --sizes) is redone
+        run_cfg = dataclasses.replace(run_cfg, overwrite=True)
     print(f"{name}: {'resuming' if run_cfg.resume else 'training'} ({ckpt_path})", flush=True)
     train(run_cfg)
 

@@ -10,7 +10,8 @@ one-layer model to learn many distinct features. Writes under <out>/data/:
 
     tokenizer.tiktoken   the BPE merges in tiktoken's rank-file format (served by tiktoken)
     train.bin, val.bin   token ids, uint16 (uint32 if the vocabulary needs it), an
-                         end-of-text token before every document
+                         end-of-text token before every document (every block, when
+                         documents are split by blocks: see prepare below)
     meta.json            tokenizer hash, vocabulary size, token counts, corpus description
 
 Your own corpus may be many GB: it is streamed, never held in memory. A first pass hashes it

@@ -143,12 +143,14 @@ def sources(run):
 
 
 def measure_key(cfg, run):
-    """What the measurement depends on. Each SAE is named by its path under --out and its training
-    progress, so a run folder copied or moved elsewhere keeps its cache."""
-    saes = [(os.path.relpath(s.path, cfg.out), s.ckpt["seen"], s.ckpt["step"]) for s in run.saes.values()]
+    """What the measurement depends on. Each SAE is named by its path under --out and a hash of its
+    weights (a retrained SAE with the same step count is another SAE), the data by its tokenizer
+    and corpus hashes, so a run folder copied or moved elsewhere keeps its cache."""
+    saes = [(os.path.relpath(s.path, cfg.out), lm_fingerprint({"model": s.ckpt["sae"]})) for s in run.saes.values()]
     return dict(lm=run.fingerprint, saes=saes, n_tokens=run.n_tokens, context=cfg.context,
                 k=(cfg.explain_contexts, cfg.score_top), proxies=interp.PROXIES,
-                tokenizer=run.meta["tokenizer_hash"], format=interp.MEASURE_FORMAT)
+                tokenizer=run.meta["tokenizer_hash"], corpus=run.meta.get("corpus_hash"),
+                format=interp.MEASURE_FORMAT)
 
 
 def load_or_measure(cfg, run):
@@ -157,7 +159,10 @@ def load_or_measure(cfg, run):
     key = measure_key(cfg, run)
     path = os.path.join(run.dir, "measure.pt")
     if os.path.exists(path) and not cfg.remeasure:
-        cached = torch.load(path, weights_only=False)
+        try:
+            cached = torch.load(path, weights_only=False)
+        except Exception:  # a truncated or foreign cache is only a cache: measure again
+            cached = {"key": None}
         if cached["key"] == key:
             print(f"measure: reusing {path} (--remeasure to redo)")
             stats = {name: interp.UnitStats.from_dict(s) for name, s in cached["stats"].items()}

@@ -5,7 +5,7 @@ of them on zeros, because after the ReLU only a few dozen of the F features are 
 backward pass is derived by hand (below, beside the code) so that only the encoder product is
 dense and everything else touches the active features only. tests/test_sae.py checks that it
 equals sae.reference_grads on random inputs (dead features, all features active, TopK); bench.py
-times it against the autograd step.
+(through bench_sae.py) times it against the autograd step.
 """
 import warnings
 

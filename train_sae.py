@@ -206,8 +206,8 @@ def train(cfg, on_step=None):
             seen += cfg.batch_size
             # 3. a time budget becomes a step count, re-estimated every buffer cycle
             if budget:
-                first, max_steps = max_steps is None, budget.estimate(step, max_steps)
-                if first and max_steps:
+                was_settled, max_steps = budget.settled, budget.estimate(step, max_steps)
+                if budget.settled and not was_settled:  # the estimate grows severalfold before it settles
                     warn_overfitting(max_steps)
             if on_step is not None:
                 on_step(step)

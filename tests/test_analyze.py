@@ -207,6 +207,12 @@ def test_a_copied_run_reuses_its_measurement(tiny_sae, tmp_path):
     shutil.copytree(tiny_sae, copy, ignore=shutil.ignore_patterns("analysis*", "compare", "*_b", "*_random", "*sweep"))
     shutil.copytree(os.path.join(tiny_sae, cfg.analysis_dir), os.path.join(copy, cfg.analysis_dir))
     assert analyze.analyze(dataclasses.replace(cfg, out=copy), "density")["measure"].reused
+    # ...but an SAE retrained in place (same path, same step count, other weights) is measured anew
+    path = os.path.join(copy, "sae", "F1024", "ckpt.pt")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["sae"]["b_enc"] = ckpt["sae"]["b_enc"] + 0.01
+    torch.save(ckpt, path)
+    assert not analyze.analyze(dataclasses.replace(cfg, out=copy), "density")["measure"].reused
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
