@@ -5,6 +5,7 @@ device choice, and a progress printer that also appends to log.jsonl. Nothing he
 science; it lives here so the scripts can be about the science.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -263,6 +264,33 @@ def mark_crashed(paths, error, since):
                 atomic_save(ckpt, path)
         except Exception:  # an unreadable checkpoint must not hide the error that stopped the run
             pass
+
+
+class Stopwatch:
+    """Seconds spent in each named phase of a run, `with watch("harvest"): ...`, so a run can say
+    where its time went (the SAE stage: stepping, harvesting, evaluating, checkpointing)."""
+
+    def __init__(self):
+        self.t0, self.seconds = time.time(), {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.time() - t
+
+    def split(self):
+        """{phase: seconds}, the rest of the wall time since the start as "setup and the rest"."""
+        total = time.time() - self.t0
+        return {**self.seconds, "setup and the rest": total - sum(self.seconds.values())}
+
+    def line(self):
+        split = self.split()
+        total = sum(split.values())
+        return f"time: {fmt_eta(total)} in all: " + ", ".join(
+            f"{phase} {100 * s / total:.0f}%" for phase, s in sorted(split.items(), key=lambda kv: -kv[1]))
 
 
 class Progress:

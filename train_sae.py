@@ -23,7 +23,7 @@ import torch.distributed as dist
 import data
 import sae as sae_lib
 import sae_fused
-from common import (Budget, Progress, UserError, arg, atomic_save, finite, flat_dict, fmt_eta, load_checkpoint,
+from common import (Budget, Progress, Stopwatch, UserError, arg, atomic_save, finite, flat_dict, fmt_eta, load_checkpoint,
                     mark_crashed, parse_config, refuse_to_replace, require, run_main, setup_processes,
                     warn_if_repeating)
 from model import harvest, lm_fingerprint, load_lm
@@ -89,7 +89,7 @@ def train(cfg, on_step=None):
     """Train one SAE per dictionary size on the same stream of activations; returns their checkpoints.
     on_step(step) runs after each step (the tests use it to simulate a crash)."""
     # setup: processes, the LM whose activations we decompose, one SAE and optimizer per size
-    t_run = time.time()
+    t_run, watch = time.time(), Stopwatch()  # the watch: where this session's time goes
     sizes = cfg.sizes
     ddp, rank, world, device = setup_processes(cfg.device)
     require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
@@ -161,6 +161,7 @@ def train(cfg, on_step=None):
                  "elapsed": elapsed, "since_fired": since_fired[i], "windows_rng": windows.get_state(),
                  "shuffle_rng": shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
                  "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
+                 "time_split": watch.split(),  # this session's seconds per phase (Stopwatch)
                  "history": histories[i]}
             atomic_save(c, paths[i])
             out.append(c)
@@ -173,6 +174,7 @@ def train(cfg, on_step=None):
     per_rank = cfg.batch_size // world
     t_start = t_last = t_saved = time.time()
     step0 = step_last = step
+    seen0 = seen
     buffer = None
     # The resampling schedule (fractions of the run) waits until a time budget's estimate has
     # settled: it grows severalfold while L0 falls, and all four resamplings would otherwise land
@@ -186,18 +188,21 @@ def train(cfg, on_step=None):
             if step % steps_per_fill == 0:
                 if step > step0 and time.time() - t_saved >= 60 * cfg.ckpt_minutes:
                     elapsed, t_start = elapsed + time.time() - t_start, time.time()
-                    save("running")
+                    with watch("checkpoints"):
+                        save("running")
                     t_saved = time.time()
-                buffer = harvest(model, train_tokens, cfg.buffer_size, windows, device=device)[0]
-                buffer = buffer[torch.randperm(len(buffer), generator=shuffle).to(device)]
-                if step == 0 and not cfg.resume:
-                    for s in saes:  # act_scale and b_dec (geometric median) from the first fill (paper)
-                        s.init_from_data(buffer[:2**14])
+                with watch("harvest"):
+                    buffer = harvest(model, train_tokens, cfg.buffer_size, windows, device=device)[0]
+                    buffer = buffer[torch.randperm(len(buffer), generator=shuffle).to(device)]
+                    if step == 0 and not cfg.resume:
+                        for s in saes:  # act_scale and b_dec (geometric median) from the first fill (paper)
+                            s.init_from_data(buffer[:2**14])
             # 2. one optimizer step per dictionary size, on this process's slice of the batch
             j = (step % steps_per_fill) * cfg.batch_size
             x = buffer[j + rank * per_rank: j + (rank + 1) * per_rank]
             for i, (s, o) in enumerate(zip(saes, opts)):
-                stats = sae_step(s, o, x, cfg, ddp, world)
+                with watch("SAE steps"):
+                    stats = sae_step(s, o, x, cfg, ddp, world)
                 if not math.isfinite(stats["loss"]):
                     raise UserError(f"SAE F{sizes[i]} loss became {stats['loss']} at step {step}; the last good "
                                     f"checkpoint ({paths[i]}) is kept: lower --lr and rerun with --resume")
@@ -215,14 +220,16 @@ def train(cfg, on_step=None):
             if resample_due(step, max_steps, n_resamples, last_resample, not budget or budget.settled, bool(budget)):
                 n_resamples, last_resample = n_resamples + 1, step
                 for i, (s, o) in enumerate(zip(saes, opts)):
-                    n_dead = resample(s, o, since_fired[i], buffer, step, max_steps, cfg.batch_size, ddp)
+                    with watch("resampling"):
+                        n_dead = resample(s, o, since_fired[i], buffer, step, max_steps, cfg.batch_size, ddp)
                     histories[i].append({"step": step, "resampled": n_dead})
                     logs[i].log(histories[i][-1])
                     progress.say(f"step {step}: resampled {n_dead} dead features of F{sizes[i]}")
             # 5. held-out metrics
             if step % cfg.eval_every == 0 or step == max_steps:
                 for i, s in enumerate(saes):
-                    m = sae_lib.evaluate(s, val_acts)
+                    with watch("held-out metrics"):
+                        m = sae_lib.evaluate(s, val_acts)
                     histories[i].append({"step": step, "activations": seen,
                                          **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")},
                                          "train_loss": stats["loss"]})
@@ -245,14 +252,20 @@ def train(cfg, on_step=None):
         dist.destroy_process_group()
     if not master:
         return None
-    final_acts = held_out(4 * cfg.eval_activations)
-    for i, s in enumerate(saes):
-        m = sae_lib.evaluate(s, final_acts)
-        histories[i].append({"final": True, "step": step, "activations": seen, "held_out": len(final_acts),
-                             **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}})
-        logs[i].log(histories[i][-1])
-    ckpts = save("final")
+    with watch("held-out metrics"):
+        final_acts = held_out(4 * cfg.eval_activations)
+        finals = [sae_lib.evaluate(s, final_acts) for s in saes]
+    with watch("checkpoints"):
+        for i, m in enumerate(finals):
+            histories[i].append({"final": True, "step": step, "activations": seen, "held_out": len(final_acts),
+                                 **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}})
+            logs[i].log(histories[i][-1])
+        ckpts = save("final")
     print(f"trained {len(sizes)} SAE(s) for {step} steps in {fmt_eta(elapsed)}; checkpoints in {run_dir}/")
+    stepping = watch.seconds.get("SAE steps", 0.0)
+    if stepping > 0:  # the stage's speed against its step's: what harvesting, evaluating and saving cost
+        print(f"{watch.line()}; {(seen - seen0) / stepping:,.0f} activations/s in the steps, "
+              f"{(seen - seen0) / sum(watch.split().values()):,.0f} over the whole stage")
     for n, h in zip(sizes, histories):
         f = h[-1]
         print(f"F{n}: L0 {f['l0']:.1f} | FVU {f['fvu']:.3f} | dead {100 * f['dead_frac']:.1f}% | "

@@ -58,6 +58,10 @@ def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     assert all(os.path.exists(os.path.join(tiny_lm, "sae_sizes", f"F{n}", "log.jsonl")) for n in (256, 512))
     final = [c["history"][-1] for c in ckpts]
     assert all(f["final"] and 0 < f["fvu"] < 1 for f in final)
+    # where the stage's time went: every phase measured, none negative
+    split = ckpts[0]["time_split"]
+    assert {"SAE steps", "harvest", "held-out metrics", "setup and the rest"} <= set(split)
+    assert all(s >= 0 for s in split.values()) and split["SAE steps"] > 0
 
 
 def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
