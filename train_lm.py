@@ -47,10 +47,6 @@ class TrainConfig:
     bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see bench.py)")
     random_init_only: bool = arg(False, "save the untrained model and stop (the paper's random-weights control)")
 
-    @property
-    def block_size(self):  # the context length, as compare.py reads it
-        return self.model.block_size
-
     def __post_init__(self):
         require(finite(self.max_minutes) and self.max_minutes > 0, f"--max-minutes {self.max_minutes}",
                 "must be a positive number of minutes")
