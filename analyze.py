@@ -13,7 +13,7 @@ tokens (<out>/data/val.bin), and measures, in the paper's terms:
      reconstruction replaces the MLP activations, against zero- and mean-ablating them;
   2. feature density: the histogram of log10 firing frequencies, dead and ultralow features;
   3. interpretability, features versus neurons: a lexical explain-then-simulate score (interp.py);
-  4. activation specificity: features and neurons that best match per-token proxies.
+  4. activation specificity: features and neurons that best match per-token context predicates.
 
 One streaming pass (interp.measure) reduces a million tokens of activations to counts, sums and
 running top-k contexts; it is cached in analysis/measure.pt, so a single step reruns in seconds.
@@ -208,6 +208,8 @@ def interpretability(cfg, run, m, dens=None):
                                     {"neurons": lambda h: h, "features": run.main_sae.encode})
     tokens = run.tokens
     prev = np.concatenate([[run.meta["eot"]], tokens[:-1]])
+    # the predicates a row may name, the same for every unit ("tokens": none, token patterns only)
+    labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]
     units, results = {}, {}
     for kind, s in stats.items():
         ok = (s.fired >= MIN_ACTIVE) & (s.fired_half > 0).all(0)
@@ -216,7 +218,7 @@ def interpretability(cfg, run, m, dens=None):
         units[kind] = ok.nonzero().squeeze(1).numpy()
         t0 = time.time()
         results[kind] = interp.score_units(units[kind], s, dict(ctx=pool_ids, acts=pool_acts[kind]), tokens, prev,
-                                           run.meta["vocab_size"], ctx, cfg.score_top, cfg.score_random,
+                                           labels, run.meta["vocab_size"], ctx, cfg.score_top, cfg.score_random,
                                            cfg.max_entries, SIZES, cfg.seed)
         print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
     n = min(cfg.n_units, *(len(u) for u in units.values()))
@@ -229,7 +231,7 @@ def interpretability(cfg, run, m, dens=None):
     plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     save_units(run, stats, results)
     print(interp_markdown(summary))
-    return dict(summary=summary, compare=compare, all=results, n=n)
+    return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain)
 
 
 def summarize(compare, cfg):
@@ -307,9 +309,9 @@ def plot_interp(compare, summary, max_entries, path):
 
 @torch.no_grad()
 def specificity(cfg, run, m):
-    """For each proxy the best-matching feature and neuron (Pearson over all held-out tokens), their
-    full activations (a second pass, these units only), the share of their activation mass where
-    the proxy holds, and specificity.png."""
+    """For each context predicate (interp.PREDICATES) the best-matching feature and neuron (Pearson
+    over all held-out tokens), their full activations (a second pass, these units only), the share
+    of their activation mass where the predicate holds, and specificity.png."""
     sae = run.main_sae
     best = {}
     for kind, name in (("features", run.main_name), ("neurons", "neurons")):
@@ -327,7 +329,7 @@ def specificity(cfg, run, m):
             acts[k].append(a[k].float().cpu())
     acts = {k: torch.cat(v).numpy() for k, v in acts.items()}
     proxies = m.proxies
-    out = dict(names=interp.PROXIES, base_rate=proxies.mean(0), best=best)
+    out = dict(names=interp.PREDICATES, base_rate=proxies.mean(0), best=best)
     # a proxy that never holds (a corpus without Python has no docstrings) has no best unit to show
     out["held"] = [j for j, rate in enumerate(out["base_rate"]) if rate > 0]
     if out["held"]:
@@ -341,7 +343,7 @@ def plot_specificity(acts, proxies, best, held, path):
     fig = Figure(figsize=(9, 2.4 * len(held)))
     axes = fig.subplots(len(held), 2, squeeze=False)
     for row, j in enumerate(held):
-        name = interp.PROXIES[j]
+        name = interp.PREDICATES[j]
         for col, kind in enumerate(("features", "neurons")):
             ax, a = axes[row][col], acts[kind][:, j]
             bins = np.linspace(0, max(a.max(), 1e-6), 40)

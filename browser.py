@@ -39,7 +39,7 @@ import interp
 from common import UserError, arg, atomic_write_text, parse_config, run_main
 from measured import AnalyzeConfig, load_or_measure, load_run, load_units
 from model import logit_effects, residual_scale
-from report import visible
+from report import pattern, visible
 
 
 @dataclasses.dataclass
@@ -281,8 +281,8 @@ def index_row(key, kind, u, density, scored):
         score, expl = "", "not scored (too few firing tokens, one half only, or in the ultralow cluster)"
     else:
         score = f"{scored['score']:.3f}"
-        expl = "; ".join(("" if r["prev"] is None else f"`{label(r['prev'])}`→") + f"`{label(r['token'])}` "
-                         f"{r['value']:.2f}" for r in scored["explanation"])
+        code = lambda text: f"`{label(text)}`"
+        expl = "; ".join(f"{pattern(r, code, '→')} {r['value']:.2f}" for r in scored["explanation"])
         expl += f"; otherwise {scored['otherwise']:.2f}" + (" (single-token)" if scored["single_token"] else "")
     return (f'<tr id="row-{key}" data-kind="{kind[:-1]}" data-density="{density:.3e}" data-score="{score}">'
             f'<td><a href="#{key}">{kind[:-1]} {u}</a></td><td>{short(density)}</td><td>{score}</td>'
@@ -343,7 +343,8 @@ div.ctx { display: flex; max-width: 70em; } /* the peak token in one column: wha
 NOTES = """<details><summary>How to read these pages</summary><ul>
 <li><b>Density</b>: the fraction of the {n_tokens:,} held-out tokens on which the unit is active. <b>Score</b> and
 <b>explanation</b>: analyze.py's lexical explain-then-simulate measure (Pearson r; section 3 of report.md): a table of
-token patterns, <code>`a`→`b`</code> meaning token b after token a, with the mean activation each predicts.</li>
+token patterns, <code>`a`→`b`</code> meaning token b after token a, and context predicates such as <code>⟨comment⟩</code>
+(inside a Python comment; all of them in section 4 of report.md), with the mean activation each predicts.</li>
 <li>Activations: features (SAE {sae}) in the SAE's normalised units, neurons in the MLP's own. Each context is {ctx}
 held-out tokens, shaded by activation relative to the unit's largest one, shown from up to {before} tokens before its
 peak token (outlined, and aligned down the page) to {after} after it; hover a token for its activation. ␣ is a space,

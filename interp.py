@@ -5,13 +5,15 @@ feature, or a neuron of another model. Everything here takes activations in toke
 such source, so neurons and features (and model B's or a random model's units) go through the
 same code:
 
-    measure        one streaming pass: each unit's density, its top-activating contexts in each
-                   half of the held-out data, its correlation with per-token proxies
-    explain        a unit's explanation: a small table of (previous token, token) and token
-                   patterns with their mean activation, read off its top contexts in one half
-    simulate       the activations an explanation predicts; score_units correlates them with the
-                   true ones in the other half (the paper's explain-then-simulate, made lexical)
-    token_proxies  per-token labels read from the decoded text (comment, docstring, string, number)
+    measure         one streaming pass: each unit's density, its top-activating contexts in each
+                    half of the held-out data, its sums where each predicate holds
+    explain         a unit's explanation: a small table of (previous token, token) patterns, token
+                    patterns and context predicates with their mean activation, read off its top
+                    contexts in one half
+    simulate        the activations an explanation predicts; score_units correlates them with the
+                    true ones in the other half (the paper's explain-then-simulate, made lexical)
+    context_labels  which context predicates (PREDICATES: inside a comment, base64, a URL, ...) hold
+                    on each token, read from the decoded text
 
 and helpers around them: context_acts (recompute activations at chosen contexts), select_encoder
 (a few features only), ultralow_cluster (the paper's ultralow-density features), bootstrap.
@@ -26,6 +28,7 @@ feature for a token that only one file uses unscoreable: the file lands in one h
 import ast
 import dataclasses
 import io
+import keyword
 import re
 import tokenize
 import warnings
@@ -36,7 +39,7 @@ import torch
 from model import harvest
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
-MEASURE_FORMAT = 3        # bump when what measure() computes or stores changes: measure.pt is keyed on it
+MEASURE_FORMAT = 4        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 SINGLE_TOKEN_SHARE = 0.8  # a unit is "single-token" when one token carries this much of its activation
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained and scored
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -262,39 +265,54 @@ def proxy_correlations(s):
 # The paper asks Claude to explain a unit from its activating examples and to predict activations
 # on other examples from the explanation alone, then correlates prediction and truth. With no
 # language model at hand, an "explanation" is the most a short lookup table can say: up to
-# max_entries rows of (previous token, token) or token patterns, each with the mean activation of
-# the tokens it matches, plus one "anything else" value. The table's size is the same for every
-# kind of unit, so a polysemantic unit is penalised exactly as much as it is hard to summarise.
+# max_entries rows, each a (previous token, token) pattern, a token pattern or a context predicate
+# (PREDICATES: "inside a comment", "base64", ...; the paper's explanations are sentences about
+# contexts, and a table of tokens alone would favour single-token detectors), with the mean
+# activation of the tokens it matches, plus one "anything else" value. The table's size is the same
+# for every kind of unit, so a polysemantic unit is penalised exactly as much as it is hard to
+# summarise. Rows are keys: prev * vocab + token for a pair (below vocab**2), vocab**2 + token for a
+# token, context_key(p) for predicate p (after both). labels: (m, P) bool, which predicates hold on
+# each token; with P = 0 columns, rows are token patterns only (AnalyzeConfig.explain = "tokens").
 
-def explain(prev, cur, acts, max_entries, vocab):
-    """Explain a unit from tokens (prev, cur) with activations acts, all (m,) arrays. Rows are
+
+def context_key(p, vocab):
+    """The explanation key of predicate p (an index into PREDICATES)."""
+    return vocab * (vocab + 1) + p
+
+
+def explain(prev, cur, labels, acts, max_entries, vocab):
+    """Explain a unit from tokens (prev, cur) with predicate labels and activations acts. Rows are
     chosen greedily, each time the pattern that most reduces the squared error of the simulation
-    (count x squared mean residual over its tokens), so a pattern that an earlier row already
-    predicts well is not spent a row on. A row's value is the mean activation of the tokens it
-    explains (a (prev, cur) row takes precedence over a cur row); everything else gets the mean of
-    the tokens no row matches. Returns table()'s dict plus order, the patterns in the order
-    chosen: table(order[:e], ...) is the best explanation of e rows."""
+    (sum of residuals over the tokens it matches, squared, over their count), so a pattern that an
+    earlier row already predicts well is not spent a row on. A token counts towards its pair key, its
+    token key and every predicate that holds on it. A row's value is the mean activation of the tokens
+    it explains (match's precedence); everything else gets the mean of the tokens no row matches.
+    Returns table()'s dict plus order, the patterns in the order chosen: table(order[:e], ...) is the
+    best explanation of e rows."""
     acts = np.asarray(acts, np.float64)
-    keys, inverse = np.unique(np.concatenate([prev * vocab + cur, vocab * vocab + cur]), return_inverse=True)
+    held, p = np.nonzero(labels)                                  # each (token, predicate) that holds
+    owner = np.concatenate([np.arange(len(cur)), np.arange(len(cur)), held])   # the token behind each candidate
+    keys, inverse = np.unique(np.concatenate([prev * vocab + cur, vocab * vocab + cur, context_key(p, vocab)]),
+                              return_inverse=True)
     count = np.bincount(inverse)
     order = np.zeros(0, np.int64)
-    expl = table(order, prev, cur, acts, vocab)
+    expl = table(order, prev, cur, labels, acts, vocab)
     for _ in range(max_entries):
-        residual = np.tile(acts - simulate(expl, prev, cur, vocab), 2)
+        residual = (acts - simulate(expl, prev, cur, labels, vocab))[owner]
         gain = np.bincount(inverse, residual) ** 2 / count
         gain[np.isin(keys, order)] = -1
         if len(gain) == 0 or gain.max() <= 1e-12:
             break
         order = np.append(order, keys[gain.argmax()])
-        expl = table(order, prev, cur, acts, vocab)
+        expl = table(order, prev, cur, labels, acts, vocab)
     return dict(expl, order=order)
 
 
-def table(keys, prev, cur, acts, vocab):
+def table(keys, prev, cur, labels, acts, vocab):
     """The explanation with rows keys: each row's value is the mean activation of the tokens it
-    matches; a row that matches nothing (every match taken by a more specific row) is dropped."""
+    matches; a row that matches nothing (every match taken by a row of higher precedence) is dropped."""
     keys = np.sort(keys)
-    row = match(keys, prev, cur, vocab)
+    row = match(keys, prev, cur, labels, vocab)
     counts = np.bincount(row + 1, minlength=len(keys) + 1)      # slot 0: "anything else"
     sums = np.bincount(row + 1, acts, minlength=len(keys) + 1)
     kept = counts[1:] > 0
@@ -303,11 +321,17 @@ def table(keys, prev, cur, acts, vocab):
                 default=float(default))
 
 
-def match(keys, prev, cur, vocab):
-    """For each token, the index into sorted keys of the row that explains it, or -1."""
+def match(keys, prev, cur, labels, vocab):
+    """For each token, the index into sorted keys of the row that explains it, or -1. When several
+    rows match, the most specific wins: a (prev, token) row, then a token row, then a predicate row,
+    and among predicates the one earlier in PREDICATES (so the order of PREDICATES is part of the
+    explanation's meaning: "inside a comment" before "a URL")."""
     row = np.full(len(cur), -1)
     if len(keys) == 0:
         return row
+    base = context_key(0, vocab)
+    for i in np.flatnonzero(keys >= base)[::-1]:                 # predicate rows, the earliest written last
+        row[labels[:, keys[i] - base]] = i
     for k in (vocab * vocab + cur, prev * vocab + cur):          # token rows, then (prev, token) rows win
         i = np.searchsorted(keys, k).clip(max=len(keys) - 1)
         hit = keys[i] == k
@@ -315,13 +339,13 @@ def match(keys, prev, cur, vocab):
     return row
 
 
-def simulate(expl, prev, cur, vocab):
-    """The activations an explanation predicts for tokens (prev, cur)."""
-    row = match(expl["keys"], prev, cur, vocab)
+def simulate(expl, prev, cur, labels, vocab):
+    """The activations an explanation predicts for tokens (prev, cur) with predicate labels."""
+    row = match(expl["keys"], prev, cur, labels, vocab)
     return np.append(expl["values"], expl["default"])[row]     # row -1: the "anything else" value
 
 
-def score_units(units, stats, pool, tokens, prev_tokens, vocab, ctx, n_top, n_random, max_entries,
+def score_units(units, stats, pool, tokens, prev_tokens, labels, vocab, ctx, n_top, n_random, max_entries,
                 sizes=(), seed=0):
     """Explain each unit from its top contexts in the EXPLAIN half, simulate it on n_top top
     contexts and n_random random contexts of the SCORE half (the paper's "top-and-random"
@@ -330,16 +354,18 @@ def score_units(units, stats, pool, tokens, prev_tokens, vocab, ctx, n_top, n_ra
     token carries SINGLE_TOKEN_SHARE of the activation in the explanation contexts: the paper
     reports those separately, as a random-weights model has many and they are trivial to simulate).
     stats: the units' UnitStats; pool: dict(ctx (Q,) ids of random SCORE-half contexts, acts (Q, ctx,
-    U)); tokens and prev_tokens: numpy arrays of each held-out token and of the one before it."""
+    U)); tokens and prev_tokens: numpy arrays of each held-out token and of the one before it;
+    labels: (n_tokens, P) bool, the predicates an explanation may name on each held-out token (P = 0:
+    token patterns only). Every unit, feature or neuron, is explained from the same labels."""
     top_e, top_s = stats.top[EXPLAIN], stats.top[SCORE]
     positions = lambda ids: (np.asarray(ids)[:, None] * ctx + np.arange(ctx)).ravel()
     out = []
     for u in units:
         keep = top_e.val[u] > 0
         pos = positions(top_e.ctx[u][keep])
-        prev_e, cur_e, a_e = prev_tokens[pos], tokens[pos], top_e.acts[u][keep].numpy().ravel()
-        longest = explain(prev_e, cur_e, a_e, max([max_entries, *sizes]), vocab)
-        cut = lambda e: table(longest["order"][:e], prev_e, cur_e, a_e, vocab)
+        prev_e, cur_e, lab_e, a_e = prev_tokens[pos], tokens[pos], labels[pos], top_e.acts[u][keep].numpy().ravel()
+        longest = explain(prev_e, cur_e, lab_e, a_e, max([max_entries, *sizes]), vocab)
+        cut = lambda e: table(longest["order"][:e], prev_e, cur_e, lab_e, a_e, vocab)
         share = np.bincount(cur_e, weights=a_e).max() / a_e.sum() if a_e.sum() > 0 else 0.0
         keep = top_s.val[u] > 0
         ids_top = top_s.ctx[u][keep][:n_top].numpy()
@@ -348,7 +374,7 @@ def score_units(units, stats, pool, tokens, prev_tokens, vocab, ctx, n_top, n_ra
         truth = np.concatenate([top_s.acts[u][keep][:n_top].numpy().ravel(),
                                 pool["acts"][pick, :, u].numpy().ravel()])
         pos = positions(np.concatenate([ids_top, pool["ctx"][pick]]))
-        score = lambda expl: pearson(simulate(expl, prev_tokens[pos], tokens[pos], vocab), truth)
+        score = lambda expl: pearson(simulate(expl, prev_tokens[pos], tokens[pos], labels[pos], vocab), truth)
         expl = cut(max_entries)
         out.append(dict(unit=int(u), score=score(expl), explanation=expl, by_size={e: score(cut(e)) for e in sizes},
                         single_token=bool(share >= SINGLE_TOKEN_SHARE)))
@@ -387,34 +413,89 @@ def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-token proxies, in the spirit of the paper's "activation specificity": a program decides, for
-# every token, whether a property holds, so a feature's activations can be split by it. Python's
-# own tokenizer reads the code of each held-out document; documents that are not valid Python (test
-# data, text files) get no Python labels rather than wrong ones.
+# Context predicates: a fixed vocabulary of per-token properties, read by a program from the decoded
+# text of each held-out document. They serve twice: as the contexts an explanation row may name, and
+# as the proxies of activation specificity (the paper's Arabic, base64 and DNA features). The list
+# and its definitions were declared before any score was seen and are not tuned to the results.
+# Python's own tokenizer reads the code of each document that parses; documents that are not valid
+# Python (test data, text files) get no Python labels rather than wrong ones. Every other predicate
+# is a regular expression over any document. The order matters in one place: when several chosen
+# predicates hold on a token, the first in this list explains it (match).
+
+PREDICATE_HELP = {
+    "comment": "inside a Python # comment",
+    "docstring": "inside a docstring (a Python string that is a statement of its own)",
+    "string": "inside any other Python string literal",
+    "number": "part of a number literal (any document)",
+    "identifier": "a Python name that is not a keyword",
+    "keyword": "a Python keyword or soft keyword (def, return, None, match, _)",
+    "url": "http://, https:// or www. and the non-space characters after it",
+    "email_header": "a line that starts with an email header name and ':' (From:, Subject:, Content-Type:, X-...:)",
+    "hexadecimal": r"\x escapes, 0x literals, runs of 8+ hex digits with a digit and a letter a-f",
+    "base64": "a run of 24+ characters of A-Z a-z 0-9 + / (= padded) with a digit, an upper- and a lower-case letter",
+    "unicode_name": r"a \N{...} escape or a Unicode character name (LATIN SMALL LETTER A, GREEK CAPITAL LETTER OMEGA)",
+    "latin_extended": "a non-ASCII Latin character (U+0080-U+024F, U+1E00-U+1EFF: é, ß, ő)",
+    "greek": "a Greek character (U+0370-U+03FF)",
+    "cyrillic": "a Cyrillic character (U+0400-U+04FF)",
+    "hebrew_arabic": "a Hebrew or Arabic character (U+0590-U+06FF)",
+    "cjk": "a kana, CJK ideograph, hangul or fullwidth character (U+3040-U+30FF, U+3400-U+9FFF, U+AC00-U+D7AF, "
+           "U+FF00-U+FFEF)",
+    "other_non_ascii": "any other non-ASCII character (symbols, dashes, emoji, other scripts)",
+    "rest_markup": "reST markup: a :role:`text`, a .. directive::, a ``literal``, a section underline (a line of "
+                   "3+ of one of = - ~ ^ \" ' * + #)",
+    "html_markup": "an HTML/XML tag <...> or an entity (&amp;, &#39;)",
+    "license": "a line mentioning a copyright, a licence, a warranty, all rights reserved, permission is hereby "
+               "granted or redistribution and use",
+    "doctest": "a doctest line: a >>> or ... prompt and the rest of its line",
+}
+PREDICATES = list(PREDICATE_HELP)
 
 NUMBER = re.compile(r"(?<![\w.])(?:0[xXoObB][0-9a-fA-F_]+|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?)")
-PROXIES = ["comment", "docstring", "string", "number"]
-PROXY_HELP = {"comment": "inside a Python # comment",
-              "docstring": "inside a docstring (a string that is a statement of its own)",
-              "string": "inside any other Python string literal",
-              "number": "part of a number literal (any document)"}
+BLOCKS = {"latin_extended": r"\u0080-\u024f\u1e00-\u1eff", "greek": r"\u0370-\u03ff", "cyrillic": r"\u0400-\u04ff",
+          "hebrew_arabic": r"\u0590-\u06ff", "cjk": r"\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef"}
+HEADERS = ("From|To|Cc|Subject|Date|Message-ID|MIME-Version|Received|Return-Path|Reply-To|References|In-Reply-To"
+           r"|Content-[\w-]+|X-[\w-]+")
+SCRIPTS = "LATIN|GREEK|CYRILLIC|ARABIC|HEBREW|CJK|HANGUL|HIRAGANA|KATAKANA|DIGIT|FULLWIDTH|COMBINING"
+# a pattern with a group labels only the group (a doctest's prompt and line, not its indentation)
+TEXT_PATTERNS = {
+    "number": NUMBER,
+    "url": re.compile(r"(?:https?://|www\.)\S+"),
+    "email_header": re.compile(rf"^(?:{HEADERS}):.*", re.M | re.I),   # header names are case-insensitive
+    "hexadecimal": re.compile(r"(?:\\x[0-9a-fA-F]{2})+|(?<![\w.])0[xX][0-9a-fA-F_]+"
+                              r"|(?<![0-9A-Za-z])(?=[0-9a-fA-F]*[0-9])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}"
+                              r"(?![0-9A-Za-z])"),
+    "base64": re.compile(r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*[0-9])(?=[A-Za-z0-9+/]*[A-Z])(?=[A-Za-z0-9+/]*[a-z])"
+                         r"[A-Za-z0-9+/]{24,}={0,2}(?![A-Za-z0-9+/])"),
+    "unicode_name": re.compile(rf"\\N\{{[^}}\n]*\}}|\b(?:{SCRIPTS})(?: [A-Z][A-Z0-9-]*){{2,}}\b"),
+    **{name: re.compile(f"[{chars}]+") for name, chars in BLOCKS.items()},
+    "other_non_ascii": re.compile(r"[^\x00-\x7f" + "".join(BLOCKS.values()) + "]+"),
+    "rest_markup": re.compile(r":[A-Za-z][\w.+:-]*:`[^`\n]+`|(?<!\S)\.\. [A-Za-z][\w.+:-]*::|``[^`\n]+``|^(?:"
+                              + "|".join(re.escape(c) + "{3,}" for c in "=-~^\"'*+#") + r")[ \t]*$", re.M),
+    "html_markup": re.compile(r"<[A-Za-z/!?][^<>\n]*>|&[A-Za-z]+;|&#[0-9]+;"),
+    "license": re.compile(r"^.*(?:copyright|licen[cs]e|warrant(?:y|ies)|permission is hereby granted"
+                          r"|redistribution and use|all rights reserved).*", re.M | re.I),
+    "doctest": re.compile(r"^[ \t]*((?:>>>|\.\.\.) .*)", re.M),
+}
 
 
-def token_proxies(tokens, n_tokens, enc, eot):
-    """(n_tokens, len(PROXIES)) bool labels of the first n_tokens held-out tokens."""
+def context_labels(tokens, n_tokens, enc, eot):
+    """(n_tokens, len(PREDICATES)) bool: which predicates hold on each of the first n_tokens
+    held-out tokens. A token is labelled when any character it covers is inside a predicate's span."""
     tokens = np.asarray(tokens[:n_tokens])
-    labels = np.zeros((n_tokens, len(PROXIES)), dtype=bool)
+    labels = np.zeros((n_tokens, len(PREDICATES)), dtype=bool)
     starts = np.flatnonzero(tokens == eot).tolist() + [n_tokens]
     for s, e in zip(starts[:-1], starts[1:]):
         text, offsets = enc.decode_with_offsets(tokens[s + 1:e].tolist())
         spans = python_spans(text)
-        spans["number"] = [m.span() for m in NUMBER.finditer(text)]
+        for name, pattern in TEXT_PATTERNS.items():
+            spans[name] = [m.span(1 if pattern.groups else 0) for m in pattern.finditer(text)]
         # a token covers [its offset, the next one's), at least the character its bytes are part of
         begin = np.asarray(offsets, dtype=np.int64)
         end = np.minimum(np.maximum(np.append(begin[1:], len(text)), begin + 1), len(text))
-        for j, name in enumerate(PROXIES):
-            inside = np.concatenate([[0], np.cumsum(char_mask(spans.get(name, []), len(text)))])
-            labels[s + 1:e, j] = inside[end] > inside[begin]    # some character of the token is inside
+        for j, name in enumerate(PREDICATES):
+            if spans.get(name):
+                inside = np.concatenate([[0], np.cumsum(char_mask(spans[name], len(text)))])
+                labels[s + 1:e, j] = inside[end] > inside[begin]    # some character of the token is inside
     return labels
 
 
@@ -428,8 +509,8 @@ def char_mask(spans, length):
 
 
 def python_spans(text):
-    """{comment, docstring, string: [(start, end) character spans]} of a Python source, or {} if
-    the text is not Python (ast.parse fails)."""
+    """{comment, docstring, string, identifier, keyword: [(start, end) character spans]} of a Python
+    source, or {} if the text is not Python (ast.parse fails)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # old escape sequences in test files warn
         try:
@@ -438,7 +519,7 @@ def python_spans(text):
             return {}
     lines = io.StringIO(text, newline="").readlines()  # split exactly as tokenize will read them
     line_start = np.cumsum([0] + [len(line) for line in lines])
-    spans = {"comment": [], "docstring": [], "string": []}
+    spans = {"comment": [], "docstring": [], "string": [], "identifier": [], "keyword": []}
     previous = tokenize.NEWLINE
     try:
         for tok in tokenize.generate_tokens(iter(lines).__next__):
@@ -449,6 +530,9 @@ def python_spans(text):
             elif tok.type == tokenize.STRING:
                 statement = previous in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
                 spans["docstring" if statement else "string"].append((a, b))
+            elif tok.type == tokenize.NAME:
+                word = keyword.iskeyword(tok.string) or keyword.issoftkeyword(tok.string)
+                spans["keyword" if word else "identifier"].append((a, b))
             if tok.type not in (tokenize.COMMENT, tokenize.NL):
                 previous = tok.type
     except (tokenize.TokenError, SyntaxError):

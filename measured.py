@@ -3,7 +3,7 @@ the streaming measurement of their units, cached in <analysis>/measure.pt.
 
     cfg = AnalyzeConfig(out="out")
     run = load_run(cfg)             # Run: the LM and every SAE on cfg.device, the held-out tokens
-    m = load_or_measure(cfg, run)   # Measurement: {source: interp.UnitStats}, the proxies, the halves
+    m = load_or_measure(cfg, run)   # Measurement: {source: interp.UnitStats}, the predicates, the halves
     units = load_units(cfg, run)    # units.json: every scored unit's explanation (analyze.py's interp step)
 
 analyze.py, browser.py and steer.py build on this file; it imports none of them.
@@ -47,6 +47,8 @@ class AnalyzeConfig:
     score_random: int = arg(20, "random contexts (score half) it is also scored on")
     max_entries: int = arg(5, "rows in an explanation table, the same for features and neurons: a "
                            "handful of patterns, about what a one-sentence explanation names")
+    explain: str = arg("contexts", "what an explanation row may name: tokens (token patterns only) or contexts "
+                       "(token patterns and the context predicates of interp.PREDICATES)")
     bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals")
     remeasure: bool = arg(False, "redo the streaming pass even when analysis/measure.pt matches")
 
@@ -89,7 +91,7 @@ class Measurement:
     """interp.measure over the held-out tokens, and what it was measured on."""
     key: dict             # what it depends on: a cached one is reused only when the key matches
     stats: dict           # {"neurons" or "F<n>": interp.UnitStats}, on the CPU
-    proxies: np.ndarray   # (n_tokens, P) bool: interp.token_proxies
+    proxies: np.ndarray   # (n_tokens, P) bool: which interp.PREDICATES hold on each token (interp.context_labels)
     halves: np.ndarray    # (n_tokens,) each token's half (interp.window_halves)
     seconds: float        # how long the pass took when it ran
     reused: bool = False  # read from measure.pt
@@ -127,6 +129,8 @@ def load_run(cfg):
         raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
     if T % cfg.context or cfg.context < 2:
         raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
+    if cfg.explain not in ("tokens", "contexts"):
+        raise UserError(f"--explain {cfg.explain}: use tokens or contexts")
     for name in ("n_units", "explain_contexts", "score_top", "max_entries", "bootstrap", "loss_tokens"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -148,7 +152,7 @@ def measure_key(cfg, run):
     and corpus hashes, so a run folder copied or moved elsewhere keeps its cache."""
     saes = [(os.path.relpath(s.path, cfg.out), lm_fingerprint({"model": s.ckpt["sae"]})) for s in run.saes.values()]
     return dict(lm=run.fingerprint, saes=saes, n_tokens=run.n_tokens, context=cfg.context,
-                k=(cfg.explain_contexts, cfg.score_top), proxies=interp.PROXIES,
+                k=(cfg.explain_contexts, cfg.score_top), proxies=interp.PREDICATES,
                 tokenizer=run.meta["tokenizer_hash"], corpus=run.meta.get("corpus_hash"),
                 format=interp.MEASURE_FORMAT)
 
@@ -169,7 +173,7 @@ def load_or_measure(cfg, run):
             return Measurement(**{**cached, "stats": stats, "reused": True})
     t0 = time.time()
     n, eot = run.n_tokens, run.meta["eot"]
-    proxies = interp.token_proxies(run.tokens, n, run.enc, eot)
+    proxies = interp.context_labels(run.tokens, n, run.enc, eot)
     halves = interp.window_halves(n, run.model.cfg.block_size)
     progress = Progress(None)
 

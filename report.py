@@ -18,6 +18,10 @@ PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6
          "interp": "human rubric (0-14): median feature 12, neuron 0; logit prediction 74% vs 58%",
          "specificity": "Arabic feature A/1/3450: Pearson 0.74 with its proxy"}
 
+# What a row of an explanation table may name, for each value of --explain.
+EXPLAINS = {"tokens": "a (previous token, token) pattern or a token pattern",
+            "contexts": "a (previous token, token) pattern, a token pattern or a context predicate"}
+
 
 def write_report(cfg, run, res):
     """report.md: a one-screen summary beside the paper's numbers, then each measurement.
@@ -55,7 +59,8 @@ def write_report(cfg, run, res):
          f"| loss recovered, MLP mean-ablated ({mean_ablation_word(res['losses'])}) | {100 * row['rec_mean']:.1f}% "
          "| not given |",
          f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
-         f"| interpretability: median score, features vs neurons ({cfg.max_entries}-row explanations) | "
+         f"| interpretability: median score, features vs neurons ({cfg.max_entries}-row explanations, "
+         f"`--explain {res['interp']['explain']}`) | "
          f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
          f"| the same with 1-row / {SIZES[-1]}-row explanations | " + " / ".join(
              f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
@@ -88,7 +93,8 @@ def write_report(cfg, run, res):
     L += ["", "## 3. Features versus neurons: interpretability", "",
           f"The paper's automated interpretability asks a language model to explain a unit from its activating "
           f"examples, then to predict its activations on other examples from the explanation alone. Offline, our "
-          f"explanation is a lookup table of at most {cfg.max_entries} (previous token, token) or token patterns, "
+          f"explanation is a lookup table of at most {cfg.max_entries} rows, each naming "
+          f"{EXPLAINS[res['interp']['explain']]} (`--explain {res['interp']['explain']}`), "
           f"each with the mean activation of the tokens it matches, read off the unit's {cfg.explain_contexts} "
           f"top-activating contexts of {cfg.context} tokens in one half of the held-out windows; the simulation "
           f"predicts each token's activation from the table and is scored by Pearson correlation with the truth on "
@@ -99,6 +105,13 @@ def write_report(cfg, run, res):
           f"same table size for both. Single-token units (one token carries "
           f"{100 * interp.SINGLE_TOKEN_SHARE:.0f}% of the activation in their explanation contexts) are trivial to "
           "simulate; the paper reports them separately, and so do we.", "",
+          *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a table of "
+             "tokens alone would favour single-token detectors. So a row may also name one of the context predicates "
+             "of section 4, declared before any score was seen and the same for features and neurons. The rows are "
+             "chosen greedily by how much each reduces the simulation's squared error; when several rows match a token, "
+             "the most specific explains it: a (previous token, token) row, then a token row, then a predicate row, "
+             "and among predicates the one listed first in section 4.", ""]
+            if res["interp"]["explain"] == "contexts" else []),
           interp_markdown(it), "",
           "The figure: the score distributions of the two samples (all units, then without single-token ones); the "
           "median score as the explanation grows from 1 to 20 rows (a long enough table lists a polysemantic unit's "
@@ -106,18 +119,22 @@ def write_report(cfg, run, res):
           "density (a unit that fires rarely leaves few examples to explain from and to score on).", "",
           "![interpretability](interp.png)", "",
           "Examples (the best, a median and the worst scored of each kind in the sample); "
-          "`a → b` is the pattern 'token b after token a':", ""]
+          "`a → b` is the pattern 'token b after token a', ⟨comment⟩ a context predicate:", ""]
     L += examples_markdown(res["interp"]["compare"], run)
     L += ["", "Every alive unit's explanation and score: `units.json`.", "",
           "## 4. Activation specificity", "",
           "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
-          "are about Python code (the default corpus is Python's standard library): the code ones come from Python's "
-          "own tokenizer run on every held-out document that parses, so on a corpus without Python they hold nowhere "
-          "and are left out. For each proxy that holds, the feature and the neuron whose activation correlates most "
-          "with it over all held-out tokens, and the share of their activation that falls where the proxy holds. "
-          "Pearson r rewards covering all of a broad proxy, which one dense neuron does more easily than each of the "
-          "several features that split it; the share of activation on the proxy is the paper's point, specificity.", "",
-          specificity_markdown(sp), "", *(["![specificity](specificity.png)", ""] if sp["held"] else []),
+          "are a fixed vocabulary of context predicates (`interp.PREDICATES`), declared before any score was seen and "
+          "not tuned to the results: the Python ones come from Python's own tokenizer run on every held-out document "
+          "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
+          "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
+          *predicates_markdown(), "",
+          "For each predicate that holds, the feature and the neuron whose activation correlates most with it over all "
+          "held-out tokens, and the share of their activation that falls where it holds. Pearson r rewards covering "
+          "all of a broad predicate, which one dense neuron does more easily than each of the several features that "
+          "split it; the share of activation on the predicate is the paper's point, specificity.", "",
+          specificity_markdown(sp), "",
+          *(["![specificity](specificity.png)", ""] if sp["held"] else []),
           *res["browser"]["report"], *res["steering"]["report"],
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run.dir, "report.md")
@@ -138,7 +155,8 @@ def write_summary(run, res):
     out = dict(sae=run.main_name, n_tokens=run.n_tokens,
                loss_recovered=dict(zero_ablation=row["rec_zero"], mean_ablation=row["rec_mean"]),
                dead_fraction=row["dead"] / row["units"], l0=row["l0"], fvu=row["fvu"],
-               interpretability=dict(units_per_kind=res["interp"]["n"], all=versus("all", it["median_diff"]),
+               interpretability=dict(explain=res["interp"]["explain"], units_per_kind=res["interp"]["n"],
+                                     all=versus("all", it["median_diff"]),
                                      without_single_token=versus("multi", it["median_diff_multi"])))
     atomic_write_text(json.dumps(out, indent=2) + "\n", os.path.join(run.dir, "summary.json"))
     return out
@@ -183,14 +201,19 @@ def interp_markdown(s):
     return "\n".join(lines)
 
 
+def predicates_markdown():
+    """The context predicates and their definitions, in their order of precedence."""
+    return [f"- `{name}`: {help}" for name, help in interp.PREDICATE_HELP.items()]
+
+
 def specificity_markdown(s):
-    """The table of analyze.specificity's results, the proxies that never hold left out (named)."""
-    lines = ["| proxy | tokens where it holds | best feature: r, activation on proxy | "
-             "best neuron: r, activation on proxy |", "| --- | --- | --- | --- |"]
+    """The table of analyze.specificity's results, the predicates that never hold left out (named)."""
+    lines = ["| predicate | tokens where it holds | best feature: r, activation on it | "
+             "best neuron: r, activation on it |", "| --- | --- | --- | --- |"]
     f, nr = s["best"]["features"], s["best"]["neurons"]
     for j in s["held"]:
         name = s["names"][j]
-        lines.append(f"| {name}: {interp.PROXY_HELP[name]} | {100 * s['base_rate'][j]:.1f}% | "
+        lines.append(f"| {name} | {100 * s['base_rate'][j]:.2g}% | "
                      f"#{f['units'][j]}: {f['r'][j]:.2f}, {100 * f['mass'][j]:.0f}% | "
                      f"#{nr['units'][j]}: {nr['r'][j]:.2f}, {100 * nr['mass'][j]:.0f}% |")
     never = [name for j, name in enumerate(s["names"]) if j not in s["held"]]
@@ -202,7 +225,7 @@ def specificity_markdown(s):
 def best_proxy(s):
     """The summary's cell: the best feature-proxy correlation among the proxies that hold."""
     if not s["held"]:
-        return "none of the proxies holds on these tokens"
+        return "none of the predicates holds on these tokens"
     r = s["best"]["features"]["r"]
     j = max(s["held"], key=lambda j: r[j])
     return (f"feature #{s['best']['features']['units'][j]} with '{s['names'][j]}': {r[j]:.2f} "
@@ -234,21 +257,32 @@ def examples_markdown(compare, run):
         ranked = sorted(rs, key=lambda r: -r["score"])
         for label, r in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
             rows, default = describe(r["explanation"], run.enc, vocab)
-            table = "; ".join(f"{shown(x['prev']) + ' → ' if x['prev'] is not None else ''}{shown(x['token'])}: "
-                              f"{x['value']:.2f}" for x in rows[:5])
+            table = "; ".join(f"{pattern(x, shown)}: {x['value']:.2f}" for x in rows[:5])
             lines.append(f"- {kind[:-1]} #{r['unit']} ({label}, score {r['score']:.2f}"
                          f"{', single-token' if r['single_token'] else ''}): {table}; otherwise {default:.2f}")
     return lines
 
 
 def describe(expl, enc, vocab):
-    """An explanation table as rows of readable patterns, strongest first."""
+    """An explanation table as rows of readable patterns, strongest first: a (previous token, token)
+    pattern, a token pattern (prev None) or a context predicate (context: its name; prev and token None)."""
     rows = []
-    for key, value, count in zip(expl["keys"], expl["values"], expl["counts"]):
-        prev, cur = divmod(int(key), vocab)
-        rows.append(dict(prev=None if prev == vocab else token_text(enc, prev), token=token_text(enc, cur),
-                         value=round(float(value), 4), count=int(count)))
+    for key, value, count in zip(expl["keys"].tolist(), expl["values"], expl["counts"]):
+        if key >= interp.context_key(0, vocab):
+            row = dict(prev=None, token=None, context=interp.PREDICATES[key - interp.context_key(0, vocab)])
+        else:
+            prev, cur = divmod(key, vocab)
+            row = dict(prev=None if prev == vocab else token_text(enc, prev), token=token_text(enc, cur), context=None)
+        rows.append(dict(row, value=round(float(value), 4), count=int(count)))
     return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
+
+
+def pattern(row, token, arrow=" → "):
+    """One row of describe() as text: ⟨predicate⟩, or its tokens written by token(text), `a → b` being
+    token b after token a. (Rows of a units.json from before context rows have no "context" key.)"""
+    if row.get("context"):
+        return f"⟨{row['context']}⟩"
+    return (token(row["prev"]) + arrow if row["prev"] is not None else "") + token(row["token"])
 
 
 def token_text(enc, t):

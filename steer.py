@@ -28,7 +28,7 @@ import data
 from common import UserError, arg, parse_config, run_main
 from measured import AnalyzeConfig, load_or_measure, load_run, load_units
 from model import logit_effects, residual_scale
-from report import token_text, visible
+from report import pattern, token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
 # multiple of it barely moves the model, which says little about the feature.
@@ -221,8 +221,7 @@ def report_lines(cfg, res, enc):
          "(ratio) | positions where it rose | bottom tokens: unsteered → steered (ratio) |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
-        expl = "; ".join(f"{cell(x['prev']) + ' → ' if x['prev'] is not None else ''}{cell(x['token'])}"
-                         for x in r["unit"]["explanation"][:2])
+        expl = "; ".join(pattern(x, cell) for x in r["unit"]["explanation"][:2])
         L.append(f"| #{r['feature']} (score {r['unit']['score']:.2f}) | {expl} | {cfg.steer_scale * r['max']:.2f} | "
                  f"{tokens(r['up'])} | {change(r['p_up'])} | {100 * r['raised']:.0f}% | {change(r['p_down'])} |")
     return L + ["", "![steering](steering.png)", ""]

@@ -65,15 +65,16 @@ def test_measure_counts_sums_and_top_contexts_exactly():
             assert torch.equal(top.val[u], top.acts[u].amax(1))
 
 
-def score_synthetic(acts, tokens, eot, vocab, ctx=16):
+def score_synthetic(acts, tokens, eot, vocab, ctx=16, labels=None, max_entries=10, sizes=()):
     N = len(tokens)
+    labels = np.zeros((N, 0), bool) if labels is None else labels
     halves = interp.window_halves(N, 64)
     s = interp.measure(batches_of(acts, 512), N, halves, np.zeros((N, 1), bool), ctx, k=(40, 20))["u"]
     score_ctx = np.flatnonzero(halves[::ctx] == interp.SCORE)
     pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
     prev = np.concatenate([[eot], tokens[:-1]])
-    return interp.score_units(range(acts.shape[1]), s, pool, tokens, prev, vocab + 1, ctx, n_top=20, n_random=20,
-                              max_entries=10)
+    return interp.score_units(range(acts.shape[1]), s, pool, tokens, prev, labels, vocab + 1, ctx, n_top=20,
+                              n_random=20, max_entries=max_entries, sizes=sizes)
 
 
 def test_simulation_scores_a_token_detector_near_one_and_noise_near_zero():
@@ -99,24 +100,121 @@ def test_explanation_prefers_the_specific_pattern_and_respects_max_entries():
     prev = np.array([1, 2, 1, 2, 3, 3, 4, 5])
     cur = np.array([7, 7, 7, 7, 8, 8, 9, 6])
     acts = np.array([3.0, 0.0, 3.0, 0.0, 1.0, 1.0, 0.0, 0.5])
-    expl = interp.explain(prev, cur, acts, max_entries=2, vocab=vocab)
-    pred = interp.simulate(expl, prev, cur, vocab)
+    none = np.zeros((len(cur), 0), bool)
+    expl = interp.explain(prev, cur, none, acts, max_entries=2, vocab=vocab)
+    pred = interp.simulate(expl, prev, cur, none, vocab)
     assert len(expl["keys"]) == 2
     assert pred[0] == 3.0 and pred[1] < 3.0  # "7 after 1" fires, "7 after 2" does not
     assert interp.pearson(pred, acts) > 0.9
     assert interp.pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction carries no information
 
 
-def test_token_proxies_read_python_and_skip_other_text(tiny_data):
+def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
+    """A unit that fires on every token inside comments, whatever the token: one context row says it all;
+    a token table of the same size cannot (the comments' tokens are those of the rest of the text)."""
+    vocab, eot = 200, 200
+    tokens = synthetic_tokens(16384, vocab, eot)
+    rng = np.random.default_rng(2)
+    labels = np.zeros((len(tokens), len(interp.PREDICATES)), bool)
+    for start in rng.choice(len(tokens) - 12, 700, replace=False):   # comments of 3 to 11 tokens
+        labels[start:start + rng.integers(3, 12), interp.PREDICATES.index("comment")] = True
+    labels[:, interp.PREDICATES.index("string")] = rng.random(len(tokens)) < 0.3   # a predicate beside the point
+    acts = torch.from_numpy(1.0 * labels[:, [interp.PREDICATES.index("comment")]]).float()
+    (contexts,) = score_synthetic(acts, tokens, eot, vocab, labels=labels, max_entries=5, sizes=(1,))
+    (token_only,) = score_synthetic(acts, tokens, eot, vocab, labels=labels[:, :0], max_entries=5)
+    comment = interp.context_key(interp.PREDICATES.index("comment"), vocab + 1)
+    prev = np.concatenate([[eot], tokens[:-1]])
+    assert interp.explain(prev, tokens, labels, acts[:, 0].numpy(), 5, vocab + 1)["order"][0] == comment
+    assert contexts["score"] > 0.99 and contexts["by_size"][1] > 0.99   # the comment row alone scores it
+    assert comment in contexts["explanation"]["keys"] and not contexts["single_token"]
+    assert token_only["score"] < 0.5 and len(token_only["explanation"]["keys"]) == 5
+
+
+def test_pair_rows_override_token_rows_override_predicate_rows():
+    vocab = 10
+    ctx = lambda p: interp.context_key(p, vocab)
+    keys = np.array([1 * vocab + 7, vocab * vocab + 7, ctx(0), ctx(2)])   # 7 after 1; 7; predicate 0; predicate 2
+    prev = np.array([1, 2, 2, 2, 2, 3])
+    cur = np.array([7, 7, 8, 8, 8, 9])
+    labels = np.array([[1, 0, 1], [1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 0, 0]], bool)
+    # pair row on the first token, token row on the second (predicates 0 and 2 hold on both), predicate 0
+    # over predicate 2 on the third; predicate 2 alone on the fourth; predicate 1 is no row; nothing on the last
+    assert interp.match(keys, prev, cur, labels, vocab).tolist() == [0, 1, 2, 3, -1, -1]
+    acts = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    for chosen in (keys, keys[::-1]):   # whichever row was chosen first
+        expl = interp.table(chosen, prev, cur, labels, acts, vocab)
+        assert interp.simulate(expl, prev, cur, labels, vocab).tolist() == [5.0, 4.0, 3.0, 2.0, 0.5, 0.5]
+
+
+def test_context_labels_read_python_and_skip_other_text(tiny_data):
+    """With the real BPE: a token is labelled when any character it covers is inside the span."""
     enc = data.load_tokenizer(os.path.join(tiny_data, "data"))
     code = 'def f(x):\n    """Doc."""\n    return "s" + 0x1F  # note\n'
     ids = [enc.eot_token] + enc.encode_ordinary(code) + [enc.eot_token] + enc.encode_ordinary("it's 42 (")
-    labels = interp.token_proxies(np.array(ids), len(ids), enc, enc.eot_token)
-    text = {p: "".join(enc.decode([i]) for i, row in zip(ids, labels) if row[j]) for j, p in enumerate(interp.PROXIES)}
+    labels = interp.context_labels(np.array(ids), len(ids), enc, enc.eot_token)
+    text = {p: "".join(enc.decode([i]) for i, row in zip(ids, labels) if row[j]) for j, p in enumerate(interp.PREDICATES)}
     assert text["docstring"].strip() == '"""Doc."""' and text["comment"].strip() == "# note"
     assert text["string"].strip() == '"s"' and text["number"].replace(" ", "") == "0x1F42"
+    assert text["keyword"].split() == ["def", "return"] and "f" in text["identifier"] and "x" in text["identifier"]
     second = len(ids) - len(enc.encode_ordinary("it's 42 ("))
-    assert not labels[second:, :3].any()  # the second document is not Python: no Python labels
+    python = [interp.PREDICATES.index(p) for p in ("comment", "docstring", "string", "identifier", "keyword")]
+    assert not labels[second:, python].any()  # the second document is not Python: no Python labels
+
+
+class CharEncoding:
+    """A tokenizer whose tokens are characters (code points), so labels are checked character by character."""
+
+    def decode_with_offsets(self, ids):
+        return "".join(map(chr, ids)), list(range(len(ids)))
+
+
+def labelled_runs(doc):
+    """{predicate: the runs of consecutive characters of doc on which it holds}."""
+    ids = [0] + [ord(c) for c in doc]   # 0 (NUL) ends the previous document
+    labels = interp.context_labels(np.array(ids), len(ids), CharEncoding(), 0)[1:]
+    out = {}
+    for j, name in enumerate(interp.PREDICATES):
+        edges = np.diff(np.concatenate([[0], labels[:, j].astype(int), [0]]))
+        out[name] = [doc[a:b] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+    return out
+
+
+PREDICATE_CASES = [  # a document and the runs of each predicate on it; every predicate not named holds nowhere
+    ('import re\n# see https://x.org/a?b=1\ndef f(x):\n    """Doc >>> no."""\n    match = 0x1F + 12\n'
+     '    return "s\\x41" if x else None\n',
+     dict(comment=["# see https://x.org/a?b=1"], docstring=['"""Doc >>> no."""'], string=['"s\\x41"'],
+          number=["1", "0x1F", "12"], identifier=["re", "f", "x", "x"],
+          keyword=["import", "def", "match", "return", "if", "else", "None"], url=["https://x.org/a?b=1"],
+          hexadecimal=["0x1F", "\\x41"])),
+    # not Python (it does not parse): no comment, identifier or keyword, though it has # and words
+    ("From: Ann Lee\nX-Mailer: mutt\nTo whom it may concern: hi # not a comment\n"
+     "see http://a.b/c, www.x.org and ftp://no.pe\n",
+     dict(email_header=["From: Ann Lee", "X-Mailer: mutt"], url=["http://a.b/c,", "www.x.org"])),
+    ("id deadbeef01 cafe 0123456789 \\xff\\x00 0xFF ok\n",
+     dict(number=["0123456789", "0xFF"], hexadecimal=["deadbeef01", "\\xff\\x00", "0xFF"])),
+    ("data=QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo= abcdefghijklmnopqrstuvwxyzABCD QUJD1234\n",
+     dict(base64=["QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="])),
+    ("'\\N{LATIN SMALL LETTER A}' is GREEK CAPITAL LETTER OMEGA, not LATIN Small or GREEK ALPHA\n",
+     dict(unicode_name=["\\N{LATIN SMALL LETTER A}", "GREEK CAPITAL LETTER OMEGA"])),
+    ("café Ωμέγα Жук שלום عربي かな 漢字 한글 ＡＢ — ☃\n",
+     dict(latin_extended=["é"], greek=["Ωμέγα"], cyrillic=["Жук"], hebrew_arabic=["שלום", "عربي"],
+          cjk=["かな", "漢字", "한글", "ＡＢ"], other_non_ascii=["—", "☃"])),
+    ("Title\n=====\nUse :func:`len` and ``x + 1``.\n\n.. note::\n   Hi.\n-- not\n",
+     dict(number=["1"], rest_markup=["=====", ":func:`len`", "``x + 1``", ".. note::"])),
+    ('<p class="x">a &amp; b &#39; c</p> 3 < 4 and &nope\n',
+     dict(number=["39", "3", "4"], html_markup=['<p class="x">', "&amp;", "&#39;", "</p>"])),
+    ("Copyright (c) 2001 PSF.\nThis is fine.\nTHE SOFTWARE IS PROVIDED WITHOUT WARRANTY.\nLicensed under MIT\n",
+     dict(number=["2001"], license=["Copyright (c) 2001 PSF.", "THE SOFTWARE IS PROVIDED WITHOUT WARRANTY.",
+                                    "Licensed under MIT"])),
+    ("Example:\n    >>> f(1)\n    2\n    ... more\n    >>>no\n",
+     dict(number=["1", "2"], doctest=[">>> f(1)", "... more"])),
+]
+
+
+@pytest.mark.parametrize("doc,expected", PREDICATE_CASES)
+def test_each_predicate_holds_exactly_where_it_should(doc, expected):
+    assert set(expected) <= set(interp.PREDICATES)
+    assert labelled_runs(doc) == {name: expected.get(name, []) for name in interp.PREDICATES}
 
 
 def test_ultralow_cluster_is_found_only_when_there_is_one():
@@ -178,7 +276,10 @@ def test_report_builds_end_to_end(tiny_sae):
         res["interp"]["summary"]["features"]["all"]["median"])
     rec = res["losses"]["rows"][1]
     assert rec["loss"] < res["losses"]["zero"] and 0 < rec["fvu"] < 1
-    assert res["specificity"]["base_rate"][interp.PROXIES.index("number")] > 0
+    assert res["specificity"]["base_rate"][interp.PREDICATES.index("number")] > 0
+    assert "`--explain contexts`" in report and "- `comment`: inside a Python # comment" in report
+    with pytest.raises(UserError, match="--explain"):
+        analyze.analyze(dataclasses.replace(cfg, explain="words"), "density")
     # the random contexts, recomputed window by window, are the streaming pass's own activations
     run = measured.load_run(cfg)
     model, s = run.model, run.saes[1024].sae
@@ -196,6 +297,10 @@ def test_report_builds_end_to_end(tiny_sae):
         "features_median": it["features"]["all"]["median"], "neurons_median": it["neurons"]["all"]["median"],
         "difference": it["median_diff"]["value"], "difference_ci": list(it["median_diff"]["ci"])}
     assert summary["interpretability"]["without_single_token"]["features_median"] == it["features"]["multi"]["median"]
+    assert summary["interpretability"]["explain"] == "contexts"
+    rows = [r for kind in ("features", "neurons") for u in units[kind] for r in u["explanation"]]
+    assert all((r["context"] in interp.PREDICATES) == (r["token"] is None) for r in rows)
+    assert any(r["context"] for r in rows)   # some units are explained by a context (47 rows of 7,554 here)
     assert all(isinstance(r[k], (int, float)) for r in res["losses"]["rows"] for k in ("l0", "mse", "fvu", "loss"))
 
 
@@ -230,15 +335,21 @@ def test_the_whole_analysis_runs_on_cuda(tiny_sae):
 
 
 def test_report_wording_follows_the_numbers():
-    # a proxy that never holds (no Python in the corpus) is left out, and said to be
-    names = interp.PROXIES
-    best = dict(units=np.arange(4), r=np.array([0.0, 0.0, 0.0, 0.4]), mass=np.array([0.0, 0.0, 0.0, 0.5]))
-    s = dict(names=names, base_rate=np.array([0.0, 0.0, 0.0, 0.02]), best=dict(features=best, neurons=best), held=[3])
+    # a predicate that never holds (no Python in the corpus) is left out, and said to be
+    names, P = interp.PREDICATES, len(interp.PREDICATES)
+    j = names.index("number")
+    on = np.arange(P) == j
+    best = dict(units=np.arange(P), r=0.4 * on, mass=0.5 * on)
+    s = dict(names=names, base_rate=0.02 * on, best=dict(features=best, neurons=best), held=[j])
     table = report.specificity_markdown(s)
-    assert "| number:" in table and "| comment:" not in table and "#0: 0.00" not in table
-    assert "Left out: comment, docstring, string" in table
-    assert report.best_proxy(s).startswith("feature #3 with 'number': 0.40")
-    assert report.best_proxy(dict(s, held=[])) == "none of the proxies holds on these tokens"
+    assert "| number | 2% |" in table and "| comment |" not in table and "#0: 0.00" not in table
+    assert "Left out: comment, docstring, string, identifier," in table
+    assert report.best_proxy(s).startswith(f"feature #{j} with 'number': 0.40")
+    assert report.best_proxy(dict(s, held=[])) == "none of the predicates holds on these tokens"
+    # an explanation row reads as a context or as tokens, wherever it is shown
+    assert report.pattern(dict(prev=None, token=None, context="comment"), report.shown) == "⟨comment⟩"
+    assert report.pattern(dict(prev="a", token="b", context=None), report.shown) == "`a` → `b`"
+    assert report.pattern(dict(prev=None, token="b"), report.shown) == "`b`"
     # which ablation is stricter is read off the losses
     assert "stricter" in report.mean_ablation_word(dict(zero=5.0, mean=4.0))
     assert "more lenient" in report.mean_ablation_word(dict(zero=4.0, mean=5.0))
@@ -286,3 +397,4 @@ def test_missing_inputs_name_the_script_to_run(tiny_lm, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "data.py" in r.stderr
+

@@ -190,6 +190,11 @@ def test_index_rows_escape_token_text():
     page.feed("<table>" + row + "</table>")
     assert page.cells["row-f1"][3] == f"`{report.visible(nasty).replace(' ', '␣')}`→`<` 1.00; otherwise 0.00"
     assert [t for t, _ in page.tags] == ["table", "tr", "td", "a", "td", "td", "td"]
+    context = dict(prev=None, token=None, context="docstring", value=0.5)
+    row = browser.index_row("n2", "neurons", 2, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
+                                                           explanation=[context, dict(prev=None, token=" a", value=0.25)]))
+    page.feed("<table>" + row + "</table>")
+    assert page.cells["row-n2"][3] == "⟨docstring⟩ 0.50; `␣a` 0.25; otherwise 0.00"
 
 
 def test_bad_flags_and_missing_inputs_are_one_line_errors(analysed, tmp_path):
