@@ -13,7 +13,8 @@ tokens (<out>/data/val.bin), and measures, in the paper's terms:
      reconstruction replaces the MLP activations, against zero- and mean-ablating them;
   2. feature density: the histogram of log10 firing frequencies, dead and ultralow features;
   3. interpretability, features versus neurons: a lexical explain-then-simulate score (interp.py);
-  4. activation specificity: features and neurons that best match per-token context predicates.
+  4. activation specificity: the features and neurons that detect each context predicate (inside a
+     comment, base64, a URL, ...): precision and recall, the specialists' union, Pearson r.
 
 One streaming pass (interp.measure) reduces a million tokens of activations to counts, sums and
 running top-k contexts; it is cached in analysis/measure.pt, so a single step reruns in seconds.
@@ -34,7 +35,8 @@ import steer
 from common import UserError, fmt_eta, parse_config, run_main
 from interp import MIN_ACTIVE, SIZES
 from measured import AnalyzeConfig, load_or_measure, load_run, save_units
-from report import interp_markdown, losses_markdown, specificity_markdown, write_report, write_summary
+from report import (interp_markdown, losses_markdown, precision_recall_markdown, specificity_markdown,
+                    write_report, write_summary)
 
 STEPS = ["all", "losses", "density", "interp", "specificity", "browse", "steer"]
 
@@ -309,46 +311,80 @@ def plot_interp(compare, summary, max_entries, path):
 
 @torch.no_grad()
 def specificity(cfg, run, m):
-    """For each context predicate (interp.PREDICATES) the best-matching feature and neuron (Pearson
-    over all held-out tokens), their full activations (a second pass, these units only), the share
-    of their activation mass where the predicate holds, and specificity.png."""
-    sae = run.main_sae
-    best = {}
+    """For each context predicate (interp.PREDICATES) that holds on some held-out token, which units
+    detect it, in two views. The paper's: precision (of the tokens where a unit fires, the share where
+    the predicate holds) and recall (of those where it holds, the share where the unit fires) of the
+    best unit by F1, and of the union of the specialists (units that fire mostly on it: precision at
+    least interp.SPECIALIST, on at least MIN_ACTIVE tokens), as several features may split a property
+    that one broad neuron covers alone. And Pearson's: the unit whose activation correlates most with
+    the predicate, with the share of its activation where it holds. The union needs a second pass over
+    the specialists (and the plotted units) only; writes specificity.png."""
+    labels = m.proxies
+    P = labels.shape[1]
+    base_rate = labels.mean(0)
+    held = [j for j in range(P) if base_rate[j] > 0]
+    # a predicate that never holds (a corpus without Python has no docstrings) has no unit to show;
+    # the figure keeps to the 6 commonest, one row each
+    plotted = sorted(held, key=lambda j: -base_rate[j])[:6]
+    best, f1, members = {}, {}, {}
     for kind, name in (("features", run.main_name), ("neurons", "neurons")):
         s = m.stats[name]
         r = interp.proxy_correlations(s)
         idx = r.argmax(0)
         best[kind] = dict(units=idx.numpy(), r=r.max(0).values.numpy(),
-                          mass=(s.proxy_sum[idx, torch.arange(len(idx))] / s.sum[idx].clamp_min(1e-30)).numpy())
-    units = {kind: torch.from_numpy(b["units"]) for kind, b in best.items()}
-    neurons = units["neurons"].to(run.device)
-    chosen = {"neurons": lambda h: h[:, neurons], "features": interp.select_encoder(sae, units["features"])}
-    acts = {k: [] for k in chosen}
-    for _, a in interp.stream(run.model, run.tokens, run.n_tokens, chosen, run.batch):
-        for k in a:
-            acts[k].append(a[k].float().cpu())
-    acts = {k: torch.cat(v).numpy() for k, v in acts.items()}
-    proxies = m.proxies
-    out = dict(names=interp.PREDICATES, base_rate=proxies.mean(0), best=best)
-    # a proxy that never holds (a corpus without Python has no docstrings) has no best unit to show
-    out["held"] = [j for j, rate in enumerate(out["base_rate"]) if rate > 0]
-    if out["held"]:
-        plot_specificity(acts, proxies, best, out["held"], os.path.join(run.dir, "specificity.png"))
+                          mass=(s.proxy_sum[idx, torch.arange(P)] / s.sum[idx].clamp_min(1e-30)).numpy())
+        f1[kind] = interp.best_f1(s)
+        members[kind] = interp.specialists(s)
+    union, acts, specialists = {}, {}, {}
+    if held:
+        union, acts = second_pass(run, labels, {kind: torch.from_numpy(b["units"][plotted]) for kind, b in best.items()},
+                                  members)
+    for kind, counts in union.items():
+        fired, hit = counts.double().numpy()
+        specialists[kind] = dict(count=members[kind].sum(0).numpy(), recall=hit / np.maximum(labels.sum(0), 1),
+                                 precision=np.where(fired > 0, hit / np.maximum(fired, 1), np.nan))  # NaN: none fired
+    out = dict(names=interp.PREDICATES, base_rate=base_rate, held=held, plotted=plotted, best=best, f1=f1,
+               specialists=specialists)
+    if plotted:
+        plot_specificity(acts, labels, best, plotted, os.path.join(run.dir, "specificity.png"))
     print(specificity_markdown(out))
+    print(precision_recall_markdown(out))
     return out
 
 
-def plot_specificity(acts, proxies, best, held, path):
-    """One row per proxy in held (those that hold somewhere)."""
-    fig = Figure(figsize=(9, 2.4 * len(held)))
-    axes = fig.subplots(len(held), 2, squeeze=False)
-    for row, j in enumerate(held):
+def second_pass(run, labels, plotted_units, members):
+    """Stream the held-out tokens through the units that specificity needs, and only them: per kind,
+    (2, P) union counts of its specialists (interp.union_counts) and the activations (n_tokens,
+    len(plotted)) of plotted_units, one unit per plotted predicate."""
+    need = {kind: torch.unique(torch.cat([plotted_units[kind], members[kind].any(1).nonzero().squeeze(1)]))
+            for kind in members}
+    column = {kind: torch.searchsorted(need[kind], plotted_units[kind]) for kind in need}
+    sets = {kind: members[kind][need[kind]] for kind in need}      # each predicate's specialists among them
+    neurons = need["neurons"].to(run.device)
+    chosen = {"neurons": lambda h: h[:, neurons], "features": interp.select_encoder(run.main_sae, need["features"])}
+    union = {kind: torch.zeros(2, labels.shape[1], dtype=torch.long) for kind in chosen}
+    acts = {kind: [] for kind in chosen}
+    labels_t = torch.from_numpy(labels)
+    for start, a in interp.stream(run.model, run.tokens, run.n_tokens, chosen, run.batch):
+        for kind, x in a.items():
+            x = x.float().cpu()
+            union[kind] += interp.union_counts(x, labels_t[start:start + len(x)], sets[kind])
+            acts[kind].append(x[:, column[kind]])
+    return union, {kind: torch.cat(v).numpy() for kind, v in acts.items()}
+
+
+def plot_specificity(acts, labels, best, plotted, path):
+    """One row per plotted predicate: the activations of its best unit by Pearson r (acts: one column
+    per plotted predicate) where the predicate holds and where it does not."""
+    fig = Figure(figsize=(9, 2.4 * len(plotted)))
+    axes = fig.subplots(len(plotted), 2, squeeze=False)
+    for row, j in enumerate(plotted):
         name = interp.PREDICATES[j]
         for col, kind in enumerate(("features", "neurons")):
-            ax, a = axes[row][col], acts[kind][:, j]
+            ax, a = axes[row][col], acts[kind][:, row]
             bins = np.linspace(0, max(a.max(), 1e-6), 40)
             on = a > 0
-            ax.hist([a[on & proxies[:, j]], a[on & ~proxies[:, j]]], bins=bins, histtype="step", linewidth=1.5,
+            ax.hist([a[on & labels[:, j]], a[on & ~labels[:, j]]], bins=bins, histtype="step", linewidth=1.5,
                     color=["tab:green", "tab:gray"], label=[f"{name}", f"not {name}"])
             ax.set_yscale("log")
             b = best[kind]

@@ -6,7 +6,7 @@ such source, so neurons and features (and model B's or a random model's units) g
 same code:
 
     measure         one streaming pass: each unit's density, its top-activating contexts in each
-                    half of the held-out data, its sums where each predicate holds
+                    half of the held-out data, its sums and firing counts where each predicate holds
     explain         a unit's explanation: a small table of (previous token, token) patterns, token
                     patterns and context predicates with their mean activation, read off its top
                     contexts in one half
@@ -16,7 +16,8 @@ same code:
                     on each token, read from the decoded text
 
 and helpers around them: context_acts (recompute activations at chosen contexts), select_encoder
-(a few features only), ultralow_cluster (the paper's ultralow-density features), bootstrap.
+(a few features only), ultralow_cluster (the paper's ultralow-density features), precision_recall,
+best_f1, specialists and union_counts (activation specificity), bootstrap.
 
 Contexts are the held-out tokens cut into pieces of `ctx` tokens inside the LM's windows (harvest's
 consecutive windows): context c covers positions [c*ctx, (c+1)*ctx). The LM's windows alternate
@@ -39,9 +40,10 @@ import torch
 from model import harvest
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
-MEASURE_FORMAT = 4        # bump when what measure() computes or stores changes: measure.pt is keyed on it
+MEASURE_FORMAT = 5        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 SINGLE_TOKEN_SHARE = 0.8  # a unit is "single-token" when one token carries this much of its activation
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained and scored
+SPECIALIST = 0.5          # a specialist of a predicate fires mostly on it: this share of its firing tokens or more
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
 
 
@@ -84,12 +86,14 @@ class UnitStats:
         fired_half (2, U)  tokens of each half on which the unit is > 0; fired (U,) their sum
         sum, sumsq (U,)    sums of the activation and of its square
         proxy_sum (U, P)   sums of the activation over the tokens where each proxy holds
+        proxy_fired (U, P) tokens where the unit is > 0 and each proxy holds
         top[h]             TopContexts: the contexts of half h with the largest activation
         proxy_count (P,)   tokens where each proxy holds; n_tokens: tokens measured"""
     fired_half: torch.Tensor
     sum: torch.Tensor
     sumsq: torch.Tensor
     proxy_sum: torch.Tensor
+    proxy_fired: torch.Tensor
     top: list
     fired: torch.Tensor = None
     proxy_count: torch.Tensor = None
@@ -120,6 +124,7 @@ def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=Non
         n = next(iter(acts.values())).shape[0]
         half = halves_t[start:start + n]
         which = torch.nn.functional.one_hot(half, 2).T.float()                  # (2, n)
+        where = torch.cat([which, proxies_t[start:start + n].T])                 # (2 + P, n)
         weights = torch.cat([torch.ones(1, n), proxies_t[start:start + n].T])    # (1 + P, n)
         ctx_ids = torch.arange(start // ctx, (start + n) // ctx)
         ctx_half = half[::ctx]                                  # a context's half: its first token's
@@ -129,7 +134,9 @@ def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=Non
                 stats[name] = new_stats(a.shape[1], proxies_t.shape[1], ctx, k)
             s = stats[name]
             # (rows, n) @ (n, U) products: the fastest reductions over tokens here (bench: 4x (a > 0).sum(0))
-            s.fired_half += (which @ a.sign().clamp_(min=0)).long()
+            counts = (where @ a.sign().clamp_(min=0)).long()   # exact: a batch's counts are far below 2**24
+            s.fired_half += counts[:2]
+            s.proxy_fired += counts[2:].T
             sums = (weights @ a).double()
             s.sum += sums[0]
             s.proxy_sum += sums[1:].T
@@ -152,7 +159,7 @@ def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=Non
 def new_stats(U, P, ctx, k):
     return UnitStats(fired_half=torch.zeros(2, U, dtype=torch.long), sum=torch.zeros(U, dtype=torch.float64),
                      sumsq=torch.zeros(U, dtype=torch.float64), proxy_sum=torch.zeros(U, P, dtype=torch.float64),
-                     top=[new_top(U, kh, ctx) for kh in k])
+                     proxy_fired=torch.zeros(U, P, dtype=torch.long), top=[new_top(U, kh, ctx) for kh in k])
 
 
 def update_top(top, cmax, ids, cacts):
@@ -258,6 +265,38 @@ def proxy_correlations(s):
     var_a = (s.sumsq / n - mean_a ** 2).clamp_min(0)
     den = (var_a[:, None] * (mean_p * (1 - mean_p))[None]).sqrt()
     return torch.where(den > 0, cov / den.clamp_min(1e-30), torch.zeros_like(cov))
+
+
+def precision_recall(s):
+    """(U, P) precision and recall of each unit of s (UnitStats) as a detector of each proxy: of the
+    tokens where the unit fires, the share where the proxy holds; of the tokens where the proxy
+    holds, the share where the unit fires (0 where the unit never fires or the proxy never holds)."""
+    hit = s.proxy_fired.double()
+    return hit / s.fired.double().clamp_min(1)[:, None], hit / s.proxy_count.double().clamp_min(1)[None]
+
+
+def best_f1(s):
+    """Per proxy, the unit of s (UnitStats) with the best F1, the harmonic mean of its precision and
+    recall: dict(units, f1, precision, recall) of (P,) arrays."""
+    precision, recall = precision_recall(s)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-30)
+    units, cols = f1.argmax(0), torch.arange(f1.shape[1])
+    return dict(units=units.numpy(), f1=f1[units, cols].numpy(), precision=precision[units, cols].numpy(),
+                recall=recall[units, cols].numpy())
+
+
+def specialists(s):
+    """(U, P) bool: the units of s that fire mostly on each proxy (precision at least SPECIALIST)
+    and on at least MIN_ACTIVE tokens, so that one lucky token does not make a specialist."""
+    return (precision_recall(s)[0] >= SPECIALIST) & (s.fired >= MIN_ACTIVE)[:, None]
+
+
+def union_counts(acts, labels, members):
+    """(2, P) long for one batch of activations acts (n, U): the tokens where any unit of each
+    proxy's set fires, and those of them where the proxy holds. labels (n, P) bool; members (U, P)
+    bool, each proxy's set of units (a column)."""
+    fires = ((acts > 0).float() @ members.float()) > 0          # (n, P): some member fires
+    return torch.stack([fires.sum(0), (fires & labels).sum(0)])
 
 
 # ----------------------------------------------------------------------------------------------

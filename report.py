@@ -129,12 +129,24 @@ def write_report(cfg, run, res):
           "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
           "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
           *predicates_markdown(), "",
-          "For each predicate that holds, the feature and the neuron whose activation correlates most with it over all "
+          "Precision and recall, as the paper measures specificity and sensitivity: of the tokens where a unit fires "
+          "(activation > 0), the share where the predicate holds (precision), and of the tokens where the predicate "
+          "holds, the share where the unit fires (recall). For each predicate, the best feature and the best neuron by "
+          "F1 (the harmonic mean of the two); then the specialists, every unit that fires mostly on the predicate "
+          f"(precision at least {interp.SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
+          "precision and recall of their union (a token counts when any specialist fires on it). Several features "
+          "that split a property between them each have a low recall, their union a high one; a neuron that fires on "
+          "a predicate and on much else is no specialist at all.", "",
+          precision_recall_markdown(sp), "",
+          "Pearson's view: the feature and the neuron whose activation correlates most with each predicate over all "
           "held-out tokens, and the share of their activation that falls where it holds. Pearson r rewards covering "
           "all of a broad predicate, which one dense neuron does more easily than each of the several features that "
           "split it; the share of activation on the predicate is the paper's point, specificity.", "",
           specificity_markdown(sp), "",
-          *(["![specificity](specificity.png)", ""] if sp["held"] else []),
+          *(["![specificity](specificity.png)", "",
+             "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
+             f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
+             "keep the figure readable).", ""] if sp["plotted"] else []),
           *res["browser"]["report"], *res["steering"]["report"],
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run.dir, "report.md")
@@ -157,8 +169,26 @@ def write_summary(run, res):
                dead_fraction=row["dead"] / row["units"], l0=row["l0"], fvu=row["fvu"],
                interpretability=dict(explain=res["interp"]["explain"], units_per_kind=res["interp"]["n"],
                                      all=versus("all", it["median_diff"]),
-                                     without_single_token=versus("multi", it["median_diff_multi"])))
+                                     without_single_token=versus("multi", it["median_diff_multi"])),
+               specificity=specificity_summary(res["specificity"]))
     atomic_write_text(json.dumps(out, indent=2) + "\n", os.path.join(run.dir, "summary.json"))
+    return out
+
+
+def specificity_summary(s):
+    """{predicate: its base rate, best feature and neuron by F1, and specialists' union} for each
+    predicate that holds; a union's precision is null where there is no specialist."""
+    number = lambda x: None if x != x else float(x)   # x != x: NaN
+    out = {}
+    for j in s["held"]:
+        row = dict(base_rate=float(s["base_rate"][j]))
+        for kind in ("features", "neurons"):
+            b, u = s["f1"][kind], s["specialists"][kind]
+            row[f"best_{kind[:-1]}"] = dict(unit=int(b["units"][j]), precision=float(b["precision"][j]),
+                                            recall=float(b["recall"][j]), f1=float(b["f1"][j]))
+            row[f"specialist_{kind}"] = dict(count=int(u["count"][j]), precision=number(u["precision"][j]),
+                                             recall=float(u["recall"][j]))
+        out[s["names"][j]] = row
     return out
 
 
@@ -206,8 +236,28 @@ def predicates_markdown():
     return [f"- `{name}`: {help}" for name, help in interp.PREDICATE_HELP.items()]
 
 
+def precision_recall_markdown(s):
+    """The precision/recall table of analyze.specificity: per predicate that holds, the best unit
+    by F1 and the specialists' union of each kind, as precision / recall."""
+    lines = ["| predicate | tokens where it holds | best feature (F1): precision / recall | specialist features: "
+             "count, their union's precision / recall | best neuron (F1): precision / recall | specialist neurons: "
+             "count, their union's precision / recall |", "| --- | --- | --- | --- | --- | --- |"]
+    pair = lambda p, r: f"{p:.2f} / {r:.2f}"
+    for j in s["held"]:
+        cells = []
+        for kind in ("features", "neurons"):
+            b, u = s["f1"][kind], s["specialists"][kind]
+            cells += [f"#{b['units'][j]}: {pair(b['precision'][j], b['recall'][j])}",
+                      f"{u['count'][j]}: {pair(u['precision'][j], u['recall'][j])}" if u["count"][j] else "none"]
+        lines.append(f"| {s['names'][j]} | {100 * s['base_rate'][j]:.2g}% | " + " | ".join(cells) + " |")
+    never = [name for j, name in enumerate(s["names"]) if j not in s["held"]]
+    if never:
+        lines.append(f"\nLeft out: {', '.join(never)}, which hold on none of these tokens (no unit can match them).")
+    return "\n".join(lines)
+
+
 def specificity_markdown(s):
-    """The table of analyze.specificity's results, the predicates that never hold left out (named)."""
+    """The Pearson table of analyze.specificity's results, for the predicates that hold."""
     lines = ["| predicate | tokens where it holds | best feature: r, activation on it | "
              "best neuron: r, activation on it |", "| --- | --- | --- | --- |"]
     f, nr = s["best"]["features"], s["best"]["neurons"]
@@ -216,9 +266,6 @@ def specificity_markdown(s):
         lines.append(f"| {name} | {100 * s['base_rate'][j]:.2g}% | "
                      f"#{f['units'][j]}: {f['r'][j]:.2f}, {100 * f['mass'][j]:.0f}% | "
                      f"#{nr['units'][j]}: {nr['r'][j]:.2f}, {100 * nr['mass'][j]:.0f}% |")
-    never = [name for j, name in enumerate(s["names"]) if j not in s["held"]]
-    if never:
-        lines.append(f"\nLeft out: {', '.join(never)}, which hold on none of these tokens (no unit can match them).")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ def test_measure_counts_sums_and_top_contexts_exactly():
     assert torch.equal(s.fired, (acts > 0).sum(0))
     assert torch.allclose(s.sum, acts.double().sum(0))
     assert torch.allclose(s.proxy_sum, acts.double().T @ torch.from_numpy(proxies).double())
+    assert torch.equal(s.proxy_fired, (acts > 0).long().T @ torch.from_numpy(proxies).long())
     assert torch.equal(s.fired_half[1], (acts[torch.from_numpy(halves) == 1] > 0).sum(0))
     contexts = acts.view(-1, ctx, U)
     ctx_half = torch.from_numpy(halves[::ctx])
@@ -217,6 +218,35 @@ def test_each_predicate_holds_exactly_where_it_should(doc, expected):
     assert labelled_runs(doc) == {name: expected.get(name, []) for name in interp.PREDICATES}
 
 
+def test_precision_recall_and_the_specialists_union():
+    """A predicate on tokens 0-199, split between two specialists; a broad unit that covers it all and
+    more; a unit that fires half on it (a specialist, just); one that fires only on it but too rarely."""
+    N = 1024
+    labels = np.zeros((N, 2), bool)
+    labels[:200, 0] = True
+    labels[600:700, 1] = True                          # a predicate no unit fires on
+    fires = np.zeros((N, 5), bool)
+    fires[:100, 0] = fires[100:200, 1] = True          # each half of the predicate
+    fires[:600, 2] = True                              # all of it, and 400 tokens more
+    fires[150:160, 3] = fires[300:310, 3] = True       # 10 on it, 10 off it
+    fires[:interp.MIN_ACTIVE - 1, 4] = True            # only on it, but on too few tokens
+    acts = torch.from_numpy(fires * np.linspace(1, 2, N)[:, None]).float()
+    s = interp.measure(batches_of(acts, 128), N, interp.window_halves(N, 64), labels, 16, k=(2, 2))["u"]
+    assert s.proxy_fired[:, 0].tolist() == [100, 100, 200, 10, interp.MIN_ACTIVE - 1]
+    precision, recall = interp.precision_recall(s)
+    assert precision[:, 0].tolist() == [1.0, 1.0, 200 / 600, 0.5, 1.0]
+    assert recall[:, 0].tolist() == [0.5, 0.5, 1.0, 10 / 200, (interp.MIN_ACTIVE - 1) / 200]
+    assert precision[:, 1].sum() == recall[:, 1].sum() == 0
+    best = interp.best_f1(s)
+    assert best["units"][0] == 0 and best["f1"][0] == pytest.approx(2 / 3)   # F1 0.5 for the broad unit
+    assert (best["precision"][0], best["recall"][0]) == (1.0, 0.5)
+    members = interp.specialists(s)
+    assert members[:, 0].tolist() == [True, True, False, True, False] and not members[:, 1].any()
+    union = sum(interp.union_counts(a["u"], torch.from_numpy(labels[start:start + len(a["u"])]), members)
+                for start, a in batches_of(acts, 100))
+    assert union.tolist() == [[210, 0], [200, 0]]      # fired on 0-199 and 300-309: precision 200/210, recall 1
+
+
 def test_ultralow_cluster_is_found_only_when_there_is_one():
     rng = np.random.default_rng(0)
     main = 10 ** rng.normal(-2.5, 0.4, 900)
@@ -276,8 +306,16 @@ def test_report_builds_end_to_end(tiny_sae):
         res["interp"]["summary"]["features"]["all"]["median"])
     rec = res["losses"]["rows"][1]
     assert rec["loss"] < res["losses"]["zero"] and 0 < rec["fvu"] < 1
-    assert res["specificity"]["base_rate"][interp.PREDICATES.index("number")] > 0
-    assert "`--explain contexts`" in report and "- `comment`: inside a Python # comment" in report
+    sp = res["specificity"]
+    assert sp["base_rate"][interp.PREDICATES.index("number")] > 0 and 0 < len(sp["plotted"]) <= 6
+    for j in sp["held"]:   # a specialists' union covers at least what its best member covers
+        for kind in ("features", "neurons"):
+            u, f = sp["specialists"][kind], sp["f1"][kind]
+            assert 0 <= u["recall"][j] <= 1 and (u["count"][j] == 0) == np.isnan(u["precision"][j])
+            if u["count"][j] and f["precision"][j] >= interp.SPECIALIST:
+                assert u["recall"][j] >= f["recall"][j] - 1e-12
+    assert "## 4. Activation specificity" in report and "| predicate | tokens where it holds | best feature (F1)" in report
+    assert "`--explain contexts`" in report
     with pytest.raises(UserError, match="--explain"):
         analyze.analyze(dataclasses.replace(cfg, explain="words"), "density")
     # the random contexts, recomputed window by window, are the streaming pass's own activations
@@ -297,7 +335,11 @@ def test_report_builds_end_to_end(tiny_sae):
         "features_median": it["features"]["all"]["median"], "neurons_median": it["neurons"]["all"]["median"],
         "difference": it["median_diff"]["value"], "difference_ci": list(it["median_diff"]["ci"])}
     assert summary["interpretability"]["without_single_token"]["features_median"] == it["features"]["multi"]["median"]
-    assert summary["interpretability"]["explain"] == "contexts"
+    assert summary["interpretability"]["explain"] == "contexts" and "number" in summary["specificity"]
+    number = summary["specificity"]["number"]
+    j = interp.PREDICATES.index("number")
+    assert number["best_feature"]["unit"] == sp["f1"]["features"]["units"][j]
+    assert number["specialist_neurons"]["count"] == sp["specialists"]["neurons"]["count"][j]
     rows = [r for kind in ("features", "neurons") for u in units[kind] for r in u["explanation"]]
     assert all((r["context"] in interp.PREDICATES) == (r["token"] is None) for r in rows)
     assert any(r["context"] for r in rows)   # some units are explained by a context (47 rows of 7,554 here)
@@ -340,10 +382,21 @@ def test_report_wording_follows_the_numbers():
     j = names.index("number")
     on = np.arange(P) == j
     best = dict(units=np.arange(P), r=0.4 * on, mass=0.5 * on)
-    s = dict(names=names, base_rate=0.02 * on, best=dict(features=best, neurons=best), held=[j])
+    f1 = dict(units=np.arange(P), precision=np.full(P, 0.9), recall=np.full(P, 0.25), f1=np.full(P, 0.39))
+    features = dict(count=3 * on, precision=np.where(on, 0.8, np.nan), recall=0.95 * on)
+    neurons = dict(count=0 * on, precision=np.full(P, np.nan), recall=0.0 * on)   # no specialist neuron
+    s = dict(names=names, base_rate=0.02 * on, best=dict(features=best, neurons=best), held=[j],
+             f1=dict(features=f1, neurons=f1), specialists=dict(features=features, neurons=neurons))
     table = report.specificity_markdown(s)
-    assert "| number | 2% |" in table and "| comment |" not in table and "#0: 0.00" not in table
-    assert "Left out: comment, docstring, string, identifier," in table
+    assert "| number |" in table and "| comment |" not in table and "#0: 0.00" not in table
+    pr = report.precision_recall_markdown(s)
+    assert f"| number | 2% | #{j}: 0.90 / 0.25 | 3: 0.80 / 0.95 | #{j}: 0.90 / 0.25 | none |" in pr
+    assert "Left out: comment, docstring, string, identifier," in pr and "| comment |" not in pr
+    summary = json.loads(json.dumps(report.specificity_summary(s), allow_nan=False))
+    assert list(summary) == ["number"] and summary["number"]["base_rate"] == 0.02
+    assert summary["number"]["specialist_features"] == dict(count=3, precision=0.8, recall=0.95)
+    assert summary["number"]["specialist_neurons"] == dict(count=0, precision=None, recall=0.0)
+    assert summary["number"]["best_neuron"] == dict(unit=j, precision=0.9, recall=0.25, f1=0.39)
     assert report.best_proxy(s).startswith(f"feature #{j} with 'number': 0.40")
     assert report.best_proxy(dict(s, held=[])) == "none of the predicates holds on these tokens"
     # an explanation row reads as a context or as tokens, wherever it is shown
