@@ -337,8 +337,8 @@ def specificity(cfg, run, m):
         members[kind] = interp.specialists(s)
     union, acts, specialists = {}, {}, {}
     if held:
-        union, acts = second_pass(run, labels, {kind: torch.from_numpy(b["units"][plotted]) for kind, b in best.items()},
-                                  members)
+        plotted_units = {kind: torch.from_numpy(b["units"][plotted]) for kind, b in best.items()}
+        union, acts = second_pass(run, labels, plotted_units, members)
     for kind, counts in union.items():
         fired, hit = counts.double().numpy()
         specialists[kind] = dict(count=members[kind].sum(0).numpy(), recall=hit / np.maximum(labels.sum(0), 1),

@@ -108,9 +108,9 @@ def write_report(cfg, run, res):
           *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a table of "
              "tokens alone would favour single-token detectors. So a row may also name one of the context predicates "
              "of section 4, declared before any score was seen and the same for features and neurons. The rows are "
-             "chosen greedily by how much each reduces the simulation's squared error; when several rows match a token, "
-             "the most specific explains it: a (previous token, token) row, then a token row, then a predicate row, "
-             "and among predicates the one listed first in section 4.", ""]
+             "chosen greedily by how much each reduces the simulation's squared error; when several rows match a "
+             "token, the most specific explains it: a (previous token, token) row, then a token row, then a "
+             "predicate row, and among predicates the one listed first in section 4.", ""]
             if res["interp"]["explain"] == "contexts" else []),
           interp_markdown(it), "",
           "The figure: the score distributions of the two samples (all units, then without single-token ones); the "

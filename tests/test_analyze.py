@@ -153,7 +153,8 @@ def test_context_labels_read_python_and_skip_other_text(tiny_data):
     code = 'def f(x):\n    """Doc."""\n    return "s" + 0x1F  # note\n'
     ids = [enc.eot_token] + enc.encode_ordinary(code) + [enc.eot_token] + enc.encode_ordinary("it's 42 (")
     labels = interp.context_labels(np.array(ids), len(ids), enc, enc.eot_token)
-    text = {p: "".join(enc.decode([i]) for i, row in zip(ids, labels) if row[j]) for j, p in enumerate(interp.PREDICATES)}
+    text = {p: "".join(enc.decode([i]) for i, row in zip(ids, labels) if row[j])
+            for j, p in enumerate(interp.PREDICATES)}
     assert text["docstring"].strip() == '"""Doc."""' and text["comment"].strip() == "# note"
     assert text["string"].strip() == '"s"' and text["number"].replace(" ", "") == "0x1F42"
     assert text["keyword"].split() == ["def", "return"] and "f" in text["identifier"] and "x" in text["identifier"]
@@ -314,7 +315,7 @@ def test_report_builds_end_to_end(tiny_sae):
             assert 0 <= u["recall"][j] <= 1 and (u["count"][j] == 0) == np.isnan(u["precision"][j])
             if u["count"][j] and f["precision"][j] >= interp.SPECIALIST:
                 assert u["recall"][j] >= f["recall"][j] - 1e-12
-    assert "## 4. Activation specificity" in report and "| predicate | tokens where it holds | best feature (F1)" in report
+    assert "| predicate | tokens where it holds | best feature (F1)" in report
     assert "`--explain contexts`" in report
     with pytest.raises(UserError, match="--explain"):
         analyze.analyze(dataclasses.replace(cfg, explain="words"), "density")
