@@ -4,6 +4,7 @@
     python train_sae.py --sweep 512 1024 2048 4096       # several sizes on the same activations (A/0...)
     python train_sae.py --activation topk --k 32         # TopK instead of ReLU + L1 (Gao et al. 2024)
     python train_sae.py --recipe 2024                    # Anthropic's 2024 training recipe instead of the paper's
+    python train_sae.py --snapshots 0 1000000            # also keep the SAE as it was at 0 and 1M activations
 
 The LM is run over random windows of the training split and its MLP activations after the ReLU fill
 a shuffled buffer; the SAE trains on batches drawn from it without replacement, and the buffer is
@@ -12,7 +13,8 @@ paper: 8 billion activations from 40 million contexts, repeating data makes dead
 features are resampled on the paper's schedule, scaled to the length of the run (--recipe paper,
 the default; --recipe 2024 trains without resampling, see the end of this file). Writes
 <out>/<sae-dir>/F<n>/ckpt.pt and log.jsonl; its last line holds the held-out metrics, e.g.
-`L0 18.2 | FVU 0.14 | dead 2.1% | 21.5M activations`.
+`L0 18.2 | FVU 0.14 | dead 2.1% | 21.5M activations`. A snapshot at <count> activations goes in
+<out>/<sae-dir>_at<count>/F<n>/ckpt.pt, a folder analyze.py reads with --sae-dir <sae-dir>_at<count>.
 """
 import dataclasses
 import math
@@ -62,12 +64,16 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics")
     eval_every: int = arg(200, "steps between held-out metrics")
     ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)")
+    snapshots: list = arg([], "activation counts at which to also keep a copy of the checkpoints, e.g. 0 1000000 "
+                          "(0: the SAE as initialised, before any step), in <out>/<sae-dir>_at<count>/F<n>/")
     fused: bool = arg(True, "the fused sparse step (else the plain autograd reference)")
     bf16: bool = arg(True, "bf16 for the dense encoder product where the hardware makes it fast (--no-bf16: never)")
 
     def __post_init__(self):
         require(all(str(n).isdigit() and int(n) >= 1 for n in self.sweep), f"--sweep {' '.join(map(str, self.sweep))}",
                 "expects positive dictionary sizes, e.g. --sweep 512 1024")
+        require(all(str(n).isdigit() for n in self.snapshots), f"--snapshots {' '.join(map(str, self.snapshots))}",
+                "expects activation counts >= 0, e.g. --snapshots 0 1000000")
         require(finite(self.max_minutes) and self.max_minutes > 0, f"--max-minutes {self.max_minutes}",
                 "must be a positive number of minutes")
         require(self.max_activations >= 0, f"--max-activations {self.max_activations}",
@@ -145,6 +151,9 @@ def train(cfg, on_step=None):
             if trained_with != cfg.recipe:
                 raise UserError(f"--recipe {cfg.recipe}: {paths[i]} was trained with --recipe {trained_with}; "
                                 "resume it with that one")
+            if c.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
+                raise UserError(f"{paths[i]} is a --snapshots copy, not a run to resume: "
+                                "resume the run's own --sae-dir")
             s.load_state_dict(c["sae"])
             o.load_state_dict(c["optimizer"])
             since_fired[i], histories[i] = c["since_fired"].to(device), c["history"]
@@ -178,8 +187,9 @@ def train(cfg, on_step=None):
     if max_steps:
         warn_overfitting(max_steps)
 
-    def save(status):
-        """status: "running" (periodic), "final"; mark_crashed turns the last one into "crashed"."""
+    def save(status, folder=run_dir):
+        """status: "running" (periodic), "final"; mark_crashed turns the last one into "crashed".
+        "snapshot": a copy in another folder (--snapshots), the run's state at that step."""
         if not master:
             return None
         out = []
@@ -191,7 +201,7 @@ def train(cfg, on_step=None):
                  "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
                  "time_split": watch.split(),  # this session's seconds per phase (Stopwatch)
                  "history": histories[i]}
-            atomic_save(c, paths[i])
+            atomic_save(c, os.path.join(folder, f"F{sizes[i]}", "ckpt.pt"))
             out.append(c)
         return out
 
@@ -209,6 +219,20 @@ def train(cfg, on_step=None):
     # in the first minute, before any feature can be dead.
     n_resamples = sum("resampled" in h for h in histories[0])
     last_resample = max([h["step"] for h in histories[0] if "resampled" in h], default=0)
+    # --snapshots still to take (a resumed run took those up to its checkpoint before writing it)
+    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > seen)
+
+    def take_snapshots():
+        """A copy of the checkpoints for each --snapshots count that seen has reached, in a sibling
+        folder <sae-dir>_at<count>/ (analyze.py reads it with --sae-dir), taken at that very step."""
+        nonlocal elapsed, t_start
+        while snapshots and snapshots[0] <= seen:
+            folder = f"{os.path.normpath(run_dir)}_at{snapshots.pop(0)}"
+            elapsed, t_start = elapsed + time.time() - t_start, time.time()
+            with watch("checkpoints"):
+                save("snapshot", folder)
+            progress.say(f"step {step}: snapshot of {seen:,} activations in {folder}/")
+
     try:
         while max_steps is None or step < max_steps:
             # 1. refill the activation buffer when it runs dry. Its only state is the two generators,
@@ -225,6 +249,8 @@ def train(cfg, on_step=None):
                     if step == 0 and not cfg.resume:
                         for s in saes:  # act_scale and b_dec (geometric median) from the first fill (paper)
                             s.init_from_data(buffer[:2**14])
+                if step == 0:
+                    take_snapshots()  # --snapshots 0: the SAE as initialised, the analysis' noise control
             # 2. one optimizer step per dictionary size, on this process's slice of the batch
             j = (step % steps_per_fill) * cfg.batch_size
             x = buffer[j + rank * per_rank: j + (rank + 1) * per_rank]
@@ -270,7 +296,9 @@ def train(cfg, on_step=None):
                                          **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")},
                                          "train_loss": stats["loss"]})
                     logs[i].log(histories[i][-1])
-            # 6. progress line, for the largest size
+            # 6. the --snapshots this step reached
+            take_snapshots()
+            # 7. progress line, for the largest size
             if progress.due() or step == max_steps:
                 now = time.time()
                 rate = (step - step_last) / max(now - t_last, 1e-9)
@@ -298,6 +326,8 @@ def train(cfg, on_step=None):
             logs[i].log(histories[i][-1])
         ckpts = save("final")
     print(f"trained {len(sizes)} SAE(s) for {step} steps in {fmt_eta(elapsed)}; checkpoints in {run_dir}/")
+    if snapshots:
+        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots)} activations: the run ended at {seen:,}")
     stepping = watch.seconds.get("SAE steps", 0.0)
     if stepping > 0:  # the stage's speed against its step's: what harvesting, evaluating and saving cost
         print(f"{watch.line()}; {(seen - seen0) / stepping:,.0f} activations/s in the steps, "

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import data
+import measured
 import sae as sae_lib
 import train_sae
 from common import UserError
@@ -116,18 +117,56 @@ def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
 def test_2024_kill_resume_is_exact(tiny_lm):
     """The existing kill-and-resume test under --recipe 2024: its schedules are functions of the step
     and the run's length, so a resumed run continues them exactly."""
-    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024"))[0]
+    snapshots = ["10240", "20480"]  # steps 10 (before the crash, taken again after it) and 20
+    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024", snapshots=snapshots))[0]
     with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
-        train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024"), on_step=crash_at(13))
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots),
+                        on_step=crash_at(13))
     with pytest.raises(UserError, match="--recipe paper: .* was trained with --recipe 2024"):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", resume=True))
-    resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", resume=True))[0]
+    resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots,
+                                         resume=True))[0]
     assert resumed["step"] == whole["step"] == 24
     for k, v in whole["sae"].items():
         assert torch.equal(v, resumed["sae"][k]), k
     assert whole["history"] == resumed["history"]
     lr = [c["optimizer"]["param_groups"][0]["lr"] for c in (whole, resumed)]
     assert lr[0] == lr[1] == pytest.approx(1e-3 * 1 / 4.8)  # the last step (23 of 24) of the decay
+    for n in snapshots:
+        a, b = (torch.load(os.path.join(tiny_lm, f"sae_2024_{run}_at{n}", "F1024", "ckpt.pt"), weights_only=False)
+                for run in ("whole", "crash"))
+        assert a["seen"] == b["seen"] == int(n) and a["history"] == b["history"]
+        assert all(torch.equal(v, b["sae"][k]) for k, v in a["sae"].items())
+
+
+def test_snapshots_keep_the_sae_as_it_was(tiny_lm, capsys):
+    """--snapshots: a copy of the checkpoints at the step where seen reaches each count, in a sibling
+    folder analyze.py reads with --sae-dir; 0 is the SAE as initialised, before any step. Under the
+    2024 recipe, and a sweep: every size is kept."""
+    with pytest.raises(Crash):  # the same run, whose last checkpoint is the one at step 8
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap_ref", recipe="2024", sweep=[256, 512]),
+                        on_step=crash_at(9))
+    train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap", recipe="2024", sweep=[256, 512],
+                               snapshots=["8192", "0", "5000", "1000000"]))
+    assert "no snapshot at 1,000,000 activations: the run ended at 24,576" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(tiny_lm, "sae_snap_at1000000"))
+    for n in (256, 512):
+        snap = {c: sae_lib.load_sae(os.path.join(tiny_lm, f"sae_snap_at{c}", f"F{n}", "ckpt.pt"))
+                for c in (0, 5000, 8192)}
+        assert [(s[1]["seen"], s[1]["step"], s[1]["status"], s[1]["final"]) for s in snap.values()] == [
+            (0, 0, "snapshot", False), (5120, 5, "snapshot", False), (8192, 8, "snapshot", False)]
+        sae0, ckpt0 = snap[0]  # the 2024 initialisation, b_dec and act_scale already from the first fill
+        assert torch.equal(sae0.W_enc, 0.01 * sae0.W_dec) and (sae0.b_enc == 0).all() and ckpt0["history"] == []
+        torch.testing.assert_close(sae0.W_dec.norm(dim=1), torch.ones(n))
+        assert sae0.act_scale != 1 and (sae0.b_dec != 0).any()
+        ref = torch.load(os.path.join(tiny_lm, "sae_snap_ref", f"F{n}", "ckpt.pt"), weights_only=False)
+        assert ref["step"] == 8 and ref["history"] == snap[8192][1]["history"]
+        for k, v in ref["sae"].items():
+            assert torch.equal(v, snap[8192][1]["sae"][k]), k
+    run = measured.load_run(measured.AnalyzeConfig(out=tiny_lm, sae_dir="sae_snap_at0", device="cpu"))
+    assert list(run.saes) == [256, 512] and run.saes[512].ckpt["seen"] == 0
+    with pytest.raises(UserError, match="--snapshots copy"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap_at8192", recipe="2024", sweep=[256, 512], resume=True))
 
 
 def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
