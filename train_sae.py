@@ -171,10 +171,13 @@ def train(cfg, on_step=None):
     # --recipe 2024's schedules are fractions of max_steps. Under a time budget that is an estimate, at
     # first several times too low, and the warm-up's 5% would be over at the first estimate (one
     # buffer cycle in). So, as the resampling schedule does, the warm-up waits for the estimate to
-    # settle (the L1 coefficient stays 0 until then) and ramps over 5% of it from that step on. The
-    # LR decay (the last 20%) reads the estimate of the moment, long settled by then. A resumed run's
-    # length is known (the checkpoint's max_steps): its warm-up counts from step 0.
-    warm_from = 0 if budget is None else None
+    # settle (the L1 coefficient stays 0 until then), then ramps over 5% of that estimate, from that
+    # step and fixed then (settled, it still grows by some 10%: the coefficient must not fall back).
+    # The LR decay (the last 20%) reads the estimate of the moment and never raises the rate again:
+    # if the estimate grows once the decay has begun, the rate holds until the schedule comes back
+    # down to it. A run of known length (--max-activations, or resumed: the checkpoint's max_steps)
+    # follows both schedules exactly, the warm-up counted from step 0.
+    warm_up = (0, max_steps) if budget is None else None  # (from step, over 5% of a length)
 
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
@@ -256,11 +259,12 @@ def train(cfg, on_step=None):
             x = buffer[j + rank * per_rank: j + (rank + 1) * per_rank]
             l1_coeff = cfg.l1_coeff
             if cfg.recipe == "2024":  # this step's L1 coefficient and learning rate (the end of this file)
-                if warm_from is None and budget.settled:
-                    warm_from = step
-                l1_coeff *= l1_warmup(step - warm_from, max_steps) if warm_from is not None else 0.0
-                for o in opts:
-                    o.param_groups[0]["lr"] = cfg.lr * (lr_decay(step, max_steps) if max_steps else 1.0)
+                if warm_up is None and budget.settled:
+                    warm_up = (step, max_steps)
+                l1_coeff *= l1_warmup(step - warm_up[0], warm_up[1]) if warm_up else 0.0
+                for o in opts:  # (the optimizer's lr: checkpointed, so a resumed run holds it too)
+                    if max_steps:
+                        o.param_groups[0]["lr"] = min(o.param_groups[0]["lr"], cfg.lr * lr_decay(step, max_steps))
             for i, (s, o) in enumerate(zip(saes, opts)):
                 with watch("SAE steps"):
                     stats = sae_step(s, o, x, cfg, ddp, world, l1_coeff)
