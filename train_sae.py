@@ -262,8 +262,8 @@ def train(cfg, on_step=None):
                 if warm_up is None and budget.settled:
                     warm_up = (step, max_steps)
                 l1_coeff *= l1_warmup(step - warm_up[0], warm_up[1]) if warm_up else 0.0
-                for o in opts:  # (the optimizer's lr: checkpointed, so a resumed run holds it too)
-                    if max_steps:
+                if max_steps:  # (the optimizer's lr is checkpointed, so a resumed run holds it too)
+                    for o in opts:
                         o.param_groups[0]["lr"] = min(o.param_groups[0]["lr"], cfg.lr * lr_decay(step, max_steps))
             for i, (s, o) in enumerate(zip(saes, opts)):
                 with watch("SAE steps"):
@@ -415,7 +415,8 @@ def init_2024(s):
     W_dec^T: feature i reads 0.1 u_i . x and writes 0.1 u_i (u_i a unit direction). Moved into our
     unit decoder (the feature carries the norm: 0.1 f_i, as above) it reads 0.1 * 0.1 u_i . x, so
     INIT_SCALE_2024 = 0.01 = 0.1^2 starts the very SAE the update starts. Its reconstruction starts
-    near b_dec: sum_i ReLU(0.01 u_i . x) u_i is about 0.01 F / (2 d_in) x, 0.04 x at 8x."""
+    near b_dec: with x_bar = x - b_dec, sum_i ReLU(0.01 u_i . x_bar) u_i is about 0.01 F / (2 d_in)
+    x_bar, 0.04 x_bar at 8x."""
     s.W_enc.copy_(INIT_SCALE_2024 * s.W_dec)
     s.b_enc.zero_()
 
