@@ -111,14 +111,16 @@ class SAE(nn.Module):
         one unit of its activation adds to the reconstruction (steering adds multiples of it)."""
         return self.W_dec.detach() / self.act_scale
 
-    def loss(self, x):
-        """The autograd reference, in normalised units (see the top of the file)."""
+    def loss(self, x, l1_coeff=None):
+        """The autograd reference, in normalised units (see the top of the file). l1_coeff: this
+        step's coefficient where a schedule changes it (train_sae.py --recipe 2024), else cfg's."""
         self.check(x)
+        l1_coeff = self.cfg.l1_coeff if l1_coeff is None else l1_coeff
         x_n = x.float() * self.act_scale
         f = self.activate(self.pre_acts(x_n))
         mse = (f @ self.W_dec + self.b_dec - x_n).pow(2).mean()
         l1 = f.sum(1).mean()
-        loss = mse + self.cfg.l1_coeff * l1 if self.cfg.activation == "relu" else mse
+        loss = mse + l1_coeff * l1 if self.cfg.activation == "relu" else mse
         return dict(loss=loss, mse=mse, l1=l1, f=f)
 
 
@@ -159,12 +161,12 @@ def make_optimizer(sae, lr):
     return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
 
 
-def reference_grads(sae, x):
-    """The gradients by autograd: sae.loss(x).backward(), then remove_parallel_grad."""
+def reference_grads(sae, x, l1_coeff=None):
+    """The gradients by autograd: sae.loss(x, l1_coeff).backward(), then remove_parallel_grad."""
     for p in sae.parameters():
         p.grad = None
     with torch.enable_grad():
-        out = sae.loss(x)
+        out = sae.loss(x, l1_coeff)
         out["loss"].backward()
     remove_parallel_grad(sae)
     active = out.pop("f").detach() > 0

@@ -18,11 +18,11 @@ from sae import normalize_decoder, reference_grads, remove_parallel_grad
 warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
 
 
-def train_step(sae, opt, x, fused=True, bf16=None):
+def train_step(sae, opt, x, fused=True, bf16=None, l1_coeff=None):
     """One optimizer step on batch x (N, d_in). Returns fused_grads' dict (0-dim tensors, so a GPU
     step never waits for the host; call .item() when logging). Both paths overwrite every .grad,
-    so there is nothing to zero."""
-    out = fused_grads(sae, x, bf16=bf16) if fused else reference_grads(sae, x)
+    so there is nothing to zero. l1_coeff: this step's, where a schedule changes it (else cfg's)."""
+    out = fused_grads(sae, x, bf16=bf16, l1_coeff=l1_coeff) if fused else reference_grads(sae, x, l1_coeff)
     opt.step()
     normalize_decoder(sae)
     return out
@@ -57,29 +57,31 @@ def train_step(sae, opt, x, fused=True, bf16=None):
 # one per block of features for the transposed products (it is not written: no GPU to test on).
 
 @torch.no_grad()
-def fused_grads(sae, x, bf16=None, chunk=1024, dense_above=0.1):
+def fused_grads(sae, x, bf16=None, chunk=1024, dense_above=0.1, l1_coeff=None):
     """Fill .grad of W_enc, b_enc, W_dec, b_dec with the gradient of sae.loss(x), derived by hand
     and exploiting the sparsity of f, including remove_parallel_grad. No autograd graph.
     bf16: run the dense encoder product in bfloat16 to pick the active features, then recompute
     their values in float32 (None: where matmuls are fast in bf16, see fast_bf16).
     dense_above: if more than this fraction of f is active (early in training, before the L1
     penalty has made f sparse), sparse products are slower than dense ones (measured crossover
-    10-15% on CPU): fall back to the autograd reference."""
+    10-15% on CPU): fall back to the autograd reference.
+    l1_coeff: this step's (train_sae.py --recipe 2024 warms it up), else sae.cfg.l1_coeff."""
     sae.check(x)
     cfg, N, F = sae.cfg, x.shape[0], sae.cfg.n_features
+    l1_coeff = cfg.l1_coeff if l1_coeff is None else l1_coeff
     fwd = sparse_forward(sae, x, bf16, chunk, dense_above)
     if fwd is None:
-        return reference_grads(sae, x)
+        return reference_grads(sae, x, l1_coeff)
     x_bar, rows, crow, cols, f, e = fwd
     csr = lambda v: torch.sparse_csr_tensor(crow, cols, v, (N, F))
     mse = e.flatten().dot(e.flatten()) / e.numel()
     l1 = f.sum() / N
     relu = cfg.activation == "relu"
-    loss = mse + cfg.l1_coeff * l1 if relu else mse
+    loss = mse + l1_coeff * l1 if relu else mse
     # backward
     g = e.mul_(2 / e.numel())
     active = f > 0
-    l1_grad = torch.full_like(f, cfg.l1_coeff / N if relu else 0.0)
+    l1_grad = torch.full_like(f, l1_coeff / N if relu else 0.0)
     dpre = torch.sparse.sampled_addmm(csr(l1_grad), g, sae.W_dec.T).values() * active
     # the transposed products need the entries sorted by feature: a CSR matrix of shape (F, N)
     order = torch.argsort(cols, stable=True)

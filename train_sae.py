@@ -3,14 +3,18 @@
     python train_sae.py                                  # 4,096 features (the paper's A/1), ~10 minutes
     python train_sae.py --sweep 512 1024 2048 4096       # several sizes on the same activations (A/0...)
     python train_sae.py --activation topk --k 32         # TopK instead of ReLU + L1 (Gao et al. 2024)
+    python train_sae.py --recipe 2024                    # Anthropic's 2024 training recipe instead of the paper's
+    python train_sae.py --snapshots 0 1000000            # also keep the SAE as it was at 0 and 1M activations
 
 The LM is run over random windows of the training split and its MLP activations after the ReLU fill
 a shuffled buffer; the SAE trains on batches drawn from it without replacement, and the buffer is
 refilled from the LM when it runs dry, so a run sees far more activations than fit in memory (the
 paper: 8 billion activations from 40 million contexts, repeating data makes dead features). Dead
-features are resampled on the paper's schedule, scaled to the length of the run. Writes
+features are resampled on the paper's schedule, scaled to the length of the run (--recipe paper,
+the default; --recipe 2024 trains without resampling, see the end of this file). Writes
 <out>/<sae-dir>/F<n>/ckpt.pt and log.jsonl; its last line holds the held-out metrics, e.g.
-`L0 18.2 | FVU 0.14 | dead 2.1% | 21.5M activations`.
+`L0 18.2 | FVU 0.14 | dead 2.1% | 21.5M activations`. A snapshot at <count> activations goes in
+<out>/<sae-dir>_at<count>/F<n>/ckpt.pt, a folder analyze.py reads with --sae-dir <sae-dir>_at<count>.
 """
 import dataclasses
 import math
@@ -28,6 +32,14 @@ from common import (Budget, Progress, Stopwatch, UserError, arg, atomic_save, fi
                     warn_if_repeating)
 from model import harvest, lm_fingerprint, load_lm
 
+# --recipe: how the SAE starts and is trained (the 2024 recipe is at the end of this file)
+RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
+                    "constant learning rate",
+           "2024": "Anthropic's April 2024 update: encoder initialised as 0.01 x the decoder's transpose, L1 "
+                   "coefficient warmed up over the first 5% of the steps, learning rate decayed to 0 over the last "
+                   "20%, no resampling"}
+
+
 @dataclasses.dataclass
 class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one home for each
     out: str = arg("out", "artifact root: reads <out>/data/ and <out>/<lm-dir>/, writes <out>/<sae-dir>/")
@@ -44,23 +56,30 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     activation: str = arg(sae_lib.SAEConfig.activation, "relu (the paper: ReLU + L1 penalty) or topk (Gao et al. 2024)")
     l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient, in the SAE's normalised units (relu)")
     k: int = arg(sae_lib.SAEConfig.k, "active features per activation (topk)")
-    lr: float = arg(1e-3, "Adam learning rate, constant (the paper: annealing did not help)")
+    recipe: str = arg("paper", "how the SAE starts and is trained: paper (Bricken et al. 2023) or 2024 "
+                      "(Anthropic's April 2024 update: tied initialisation, L1 warm-up, LR decay, no resampling)")
+    lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe: annealing did not help), or its peak (2024)")
     batch_size: int = arg(4096, "activations per step (the paper: 8,192)")
     buffer_size: int = arg(2**18, "activations per buffer fill (2^18 x 512 floats = 512 MB)")
     eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics")
     eval_every: int = arg(200, "steps between held-out metrics")
     ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)")
+    snapshots: list = arg([], "activation counts at which to also keep a copy of the checkpoints, e.g. 0 1000000 "
+                          "(0: the SAE as initialised, before any step), in <out>/<sae-dir>_at<count>/F<n>/")
     fused: bool = arg(True, "the fused sparse step (else the plain autograd reference)")
     bf16: bool = arg(True, "bf16 for the dense encoder product where the hardware makes it fast (--no-bf16: never)")
 
     def __post_init__(self):
         require(all(str(n).isdigit() and int(n) >= 1 for n in self.sweep), f"--sweep {' '.join(map(str, self.sweep))}",
                 "expects positive dictionary sizes, e.g. --sweep 512 1024")
+        require(all(str(n).isdigit() for n in self.snapshots), f"--snapshots {' '.join(map(str, self.snapshots))}",
+                "expects activation counts >= 0, e.g. --snapshots 0 1000000")
         require(finite(self.max_minutes) and self.max_minutes > 0, f"--max-minutes {self.max_minutes}",
                 "must be a positive number of minutes")
         require(self.max_activations >= 0, f"--max-activations {self.max_activations}",
                 "must be >= 0 (0: use --max-minutes)")
         require(self.n_features >= 1, f"--n-features {self.n_features}", "must be at least 1")
+        require(self.recipe in RECIPES, f"--recipe {self.recipe}", "must be paper or 2024")
         require(finite(self.l1_coeff), f"--l1-coeff {self.l1_coeff}", "must be a number >= 0")
         require(finite(self.lr) and self.lr > 0, f"--lr {self.lr}", "must be a positive number")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size}", "must be at least 1")
@@ -106,6 +125,9 @@ def train(cfg, on_step=None):
     refuse_to_replace(paths, cfg, "--sae-dir")
     torch.manual_seed(cfg.seed)
     saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(device) for n in sizes]
+    if cfg.recipe == "2024":
+        for s in saes:
+            init_2024(s)
     opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
     windows = torch.Generator().manual_seed(cfg.seed + 1)  # which contexts fill the buffer
     shuffle = torch.Generator().manual_seed(cfg.seed + 2)  # the order inside a fill
@@ -125,6 +147,13 @@ def train(cfg, on_step=None):
             if c["lm_fingerprint"] != lm_id:
                 raise UserError(f"{paths[i]} was trained on another LM than {cfg.out}/{cfg.lm_dir}: "
                                 "start a new --sae-dir")
+            trained_with = c["config"].get("recipe", "paper")  # (checkpoints from before --recipe: paper)
+            if trained_with != cfg.recipe:
+                raise UserError(f"--recipe {cfg.recipe}: {paths[i]} was trained with --recipe {trained_with}; "
+                                "resume it with that one")
+            if c.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
+                raise UserError(f"{paths[i]} is a --snapshots copy, not a run to resume: "
+                                "resume the run's own --sae-dir")
             s.load_state_dict(c["sae"])
             o.load_state_dict(c["optimizer"])
             since_fired[i], histories[i] = c["since_fired"].to(device), c["history"]
@@ -139,6 +168,16 @@ def train(cfg, on_step=None):
     # no step count yet: time every buffer cycle from step 10 on (one harvest included)
     budget = Budget(cfg.max_minutes, t_run, start=10, span=steps_per_fill, once=False, per_step=cfg.batch_size,
                     unit="activations", device=device, quiet=not master) if max_steps is None else None
+    # --recipe 2024's schedules are fractions of max_steps. Under a time budget that is an estimate, at
+    # first several times too low, and the warm-up's 5% would be over at the first estimate (one
+    # buffer cycle in). So, as the resampling schedule does, the warm-up waits for the estimate to
+    # settle (the L1 coefficient stays 0 until then), then ramps over 5% of that estimate, from that
+    # step and fixed then (settled, it still grows by some 10%: the coefficient must not fall back).
+    # The LR decay (the last 20%) reads the estimate of the moment and never raises the rate again:
+    # if the estimate grows once the decay has begun, the rate holds until the schedule comes back
+    # down to it. A run of known length (--max-activations, or resumed: the checkpoint's max_steps)
+    # follows both schedules exactly, the warm-up counted from step 0.
+    warm_up = (0, max_steps) if budget is None else None  # (from step, over 5% of a length)
 
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
@@ -147,11 +186,13 @@ def train(cfg, on_step=None):
         print(f"config: {flat_dict(cfg)}")
         print(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes {sizes}; "
               f"held-out set {len(val_acts):,} activations; {world} process(es) on {device}")
+        print(f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}")
     if max_steps:
         warn_overfitting(max_steps)
 
-    def save(status):
-        """status: "running" (periodic), "final"; mark_crashed turns the last one into "crashed"."""
+    def save(status, folder=run_dir):
+        """status: "running" (periodic), "final"; mark_crashed turns the last one into "crashed".
+        "snapshot": a copy in another folder (--snapshots), the run's state at that step."""
         if not master:
             return None
         out = []
@@ -163,7 +204,7 @@ def train(cfg, on_step=None):
                  "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
                  "time_split": watch.split(),  # this session's seconds per phase (Stopwatch)
                  "history": histories[i]}
-            atomic_save(c, paths[i])
+            atomic_save(c, os.path.join(folder, f"F{sizes[i]}", "ckpt.pt"))
             out.append(c)
         return out
 
@@ -181,6 +222,20 @@ def train(cfg, on_step=None):
     # in the first minute, before any feature can be dead.
     n_resamples = sum("resampled" in h for h in histories[0])
     last_resample = max([h["step"] for h in histories[0] if "resampled" in h], default=0)
+    # --snapshots still to take (a resumed run took those up to its checkpoint before writing it)
+    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > seen)
+
+    def take_snapshots():
+        """A copy of the checkpoints for each --snapshots count that seen has reached, in a sibling
+        folder <sae-dir>_at<count>/ (analyze.py reads it with --sae-dir), taken at that very step."""
+        nonlocal elapsed, t_start
+        while snapshots and snapshots[0] <= seen:
+            folder = f"{os.path.normpath(run_dir)}_at{snapshots.pop(0)}"
+            elapsed, t_start = elapsed + time.time() - t_start, time.time()
+            with watch("checkpoints"):
+                save("snapshot", folder)
+            progress.say(f"step {step}: snapshot of {seen:,} activations in {folder}/")
+
     try:
         while max_steps is None or step < max_steps:
             # 1. refill the activation buffer when it runs dry. Its only state is the two generators,
@@ -197,12 +252,22 @@ def train(cfg, on_step=None):
                     if step == 0 and not cfg.resume:
                         for s in saes:  # act_scale and b_dec (geometric median) from the first fill (paper)
                             s.init_from_data(buffer[:2**14])
+                if step == 0:
+                    take_snapshots()  # --snapshots 0: the SAE as initialised, the analysis' noise control
             # 2. one optimizer step per dictionary size, on this process's slice of the batch
             j = (step % steps_per_fill) * cfg.batch_size
             x = buffer[j + rank * per_rank: j + (rank + 1) * per_rank]
+            l1_coeff = cfg.l1_coeff
+            if cfg.recipe == "2024":  # this step's L1 coefficient and learning rate (the end of this file)
+                if warm_up is None and budget.settled:
+                    warm_up = (step, max_steps)
+                l1_coeff *= l1_warmup(step - warm_up[0], warm_up[1]) if warm_up else 0.0
+                if max_steps:  # (the optimizer's lr is checkpointed, so a resumed run holds it too)
+                    for o in opts:
+                        o.param_groups[0]["lr"] = min(o.param_groups[0]["lr"], cfg.lr * lr_decay(step, max_steps))
             for i, (s, o) in enumerate(zip(saes, opts)):
                 with watch("SAE steps"):
-                    stats = sae_step(s, o, x, cfg, ddp, world)
+                    stats = sae_step(s, o, x, cfg, ddp, world, l1_coeff)
                 if not math.isfinite(stats["loss"]):
                     raise UserError(f"SAE F{sizes[i]} loss became {stats['loss']} at step {step}; the last good "
                                     f"checkpoint ({paths[i]}) is kept: lower --lr and rerun with --resume")
@@ -217,7 +282,8 @@ def train(cfg, on_step=None):
             if on_step is not None:
                 on_step(step)
             # 4. resample dead features (the paper: at 25k/50k/75k/100k of 1M steps; here the same fractions)
-            if resample_due(step, max_steps, n_resamples, last_resample, not budget or budget.settled, bool(budget)):
+            if cfg.recipe == "paper" and resample_due(step, max_steps, n_resamples, last_resample,
+                                                      not budget or budget.settled, bool(budget)):
                 n_resamples, last_resample = n_resamples + 1, step
                 for i, (s, o) in enumerate(zip(saes, opts)):
                     with watch("resampling"):
@@ -234,7 +300,9 @@ def train(cfg, on_step=None):
                                          **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")},
                                          "train_loss": stats["loss"]})
                     logs[i].log(histories[i][-1])
-            # 6. progress line, for the largest size
+            # 6. the --snapshots this step reached
+            take_snapshots()
+            # 7. progress line, for the largest size
             if progress.due() or step == max_steps:
                 now = time.time()
                 rate = (step - step_last) / max(now - t_last, 1e-9)
@@ -262,6 +330,8 @@ def train(cfg, on_step=None):
             logs[i].log(histories[i][-1])
         ckpts = save("final")
     print(f"trained {len(sizes)} SAE(s) for {step} steps in {fmt_eta(elapsed)}; checkpoints in {run_dir}/")
+    if snapshots:
+        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots)} activations: the run ended at {seen:,}")
     stepping = watch.seconds.get("SAE steps", 0.0)
     if stepping > 0:  # the stage's speed against its step's: what harvesting, evaluating and saving cost
         print(f"{watch.line()}; {(seen - seen0) / stepping:,.0f} activations/s in the steps, "
@@ -305,14 +375,14 @@ def resample_due(step, max_steps, done, last, settled, by_time):
             and (not by_time or step - last >= sae_lib.dead_window(max_steps)))
 
 
-def sae_step(s, opt, x, cfg, ddp, world):
-    """One optimizer step. Under DDP each process has a slice of the batch: average the gradients
-    (linear, so the decoder-gradient projection commutes with it), then step."""
+def sae_step(s, opt, x, cfg, ddp, world, l1_coeff):
+    """One optimizer step, with this step's L1 coefficient. Under DDP each process has a slice of the
+    batch: average the gradients (linear, so the decoder-gradient projection commutes with it), then step."""
     if not ddp:
-        stats = sae_fused.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False)
+        stats = sae_fused.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False, l1_coeff=l1_coeff)
     else:
         opt.zero_grad(set_to_none=True)
-        stats = sae_fused.fused_grads(s, x, bf16=None if cfg.bf16 else False)
+        stats = sae_fused.fused_grads(s, x, bf16=None if cfg.bf16 else False, l1_coeff=l1_coeff)
         for p in s.parameters():
             dist.all_reduce(p.grad)
             p.grad /= world
@@ -320,6 +390,46 @@ def sae_step(s, opt, x, cfg, ddp, world):
         opt.step()
         sae_lib.normalize_decoder(s)
     return {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# --recipe 2024: Anthropic's April 2024 update of their SAE training, adapted to this code. The
+# update drops the pre-encoder bias (its encoder reads x, not x - b_dec); we keep it, and b_dec at
+# the geometric median, so that one SAE module (sae.py) serves both recipes: a recipe is how the SAE
+# starts and is trained, never what it is, and every later stage reads both alike.
+#
+# The decoder stays unit-norm (sae.py's constraint). The update lets the decoder norms float and
+# weights each feature's L1 term by its decoder norm, sum_i f_i ||d_i||. With ||d_i|| = 1 that
+# penalty is ours, and the norm the update frees is absorbed by our encoder, which is unconstrained:
+# divide d_i by c, multiply encoder row i and b_enc[i] by c, and f_i ||d_i||, the reconstruction and
+# the loss are unchanged. So both parametrise the same family of SAEs with the same loss; only the
+# optimiser's path through it differs.
+
+INIT_SCALE_2024 = 0.01
+
+
+@torch.no_grad()
+def init_2024(s):
+    """The update's initialisation: the decoder's rows random unit directions (as sae.SAE makes them),
+    the encoder their transpose, b_enc = 0. The update starts the decoder norms at 0.1 with W_enc =
+    W_dec^T: feature i reads 0.1 u_i . x and writes 0.1 u_i (u_i a unit direction). Moved into our
+    unit decoder (the feature carries the norm: 0.1 f_i, as above) it reads 0.1 * 0.1 u_i . x, so
+    INIT_SCALE_2024 = 0.01 = 0.1^2 starts the very SAE the update starts. Its reconstruction starts
+    near b_dec: with x_bar = x - b_dec, sum_i ReLU(0.01 u_i . x_bar) u_i is about 0.01 F / (2 d_in)
+    x_bar, 0.04 x_bar at 8x."""
+    s.W_enc.copy_(INIT_SCALE_2024 * s.W_dec)
+    s.b_enc.zero_()
+
+
+def l1_warmup(step, total):
+    """The L1 coefficient's factor at a step (0-based, the step about to be taken) of a run of total
+    steps (the update): from 0 linearly to 1 over the first 5%, then 1."""
+    return min(1.0, step / (0.05 * total))
+
+
+def lr_decay(step, total):
+    """The learning rate's factor (the update): 1, then linearly to 0 over the last 20% of the steps."""
+    return min(1.0, (total - step) / (0.2 * total))
 
 
 if __name__ == "__main__":

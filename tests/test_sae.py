@@ -77,6 +77,23 @@ def test_fused_equals_autograd(case):
         assert (out["fired"] == N).all()
 
 
+def test_a_scheduled_l1_coeff_replaces_the_configs():
+    """train_sae.py --recipe 2024 warms the L1 coefficient up: the step takes this step's value,
+    the fused step and autograd agree on it, and the config's own value is left alone."""
+    sae, x = make_sae(300, 48, 200, bias=-0.5)
+    ref, g_ref = grads(sae, x, reference_grads, l1_coeff=0.0)
+    out, g = grads(sae, x, fused_grads, bf16=False, dense_above=2.0, l1_coeff=0.0)
+    torch.testing.assert_close(out["loss"], out["mse"])  # no penalty at the warm-up's start
+    torch.testing.assert_close(ref["loss"], out["loss"], rtol=1e-5, atol=1e-6)
+    for n in PARAMS:
+        torch.testing.assert_close(g[n], g_ref[n], rtol=1e-4, atol=1e-5 * (g_ref[n].abs().max().item() + 1e-12))
+    half, g_half = grads(sae, x, fused_grads, bf16=False, dense_above=2.0, l1_coeff=1.5e-3)
+    torch.testing.assert_close(half["loss"], half["mse"] + 1.5e-3 * half["l1"])
+    full, g_full = grads(sae, x, fused_grads, bf16=False, dense_above=2.0)  # None: the config's 3e-3
+    torch.testing.assert_close(full["loss"], full["mse"] + 3e-3 * full["l1"])
+    assert sae.cfg.l1_coeff == 3e-3 and not torch.allclose(g_half["b_enc"], g_full["b_enc"])
+
+
 @pytest.mark.parametrize("act", ["relu", "topk"])
 def test_bf16_encoder_close_to_autograd(act):
     """bf16 only picks the active set (the values are recomputed in float32), so the result is

@@ -114,7 +114,8 @@ LM_FLAGS = ["--max-minutes nan", "--max-minutes inf", "--max-minutes -1", "--max
 SAE_FLAGS = ["--max-minutes nan", "--max-minutes inf", "--max-minutes -1", "--max-activations -1", "--lr nan",
              "--lr 0", "--l1-coeff nan", "--l1-coeff inf", "--l1-coeff -1", "--batch-size 0", "--buffer-size 10",
              "--eval-every 0", "--eval-activations 0", "--ckpt-minutes nan", "--ckpt-minutes -1",
-             "--n-features 0", "--sweep 0 512", "--activation gelu", "--k 0", "--k 5000"]
+             "--n-features 0", "--sweep 0 512", "--activation gelu", "--k 0", "--k 5000", "--recipe 2023",
+             "--snapshots 1e6"]
 
 
 @pytest.mark.parametrize("cls,flag", [(train_lm.TrainConfig, f) for f in LM_FLAGS] +

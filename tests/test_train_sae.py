@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import data
+import measured
 import sae as sae_lib
 import train_sae
 from common import UserError
@@ -52,6 +53,55 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
     assert whole["history"] == resumed["history"]
 
 
+def test_2024_schedules_at_given_steps():
+    """The L1 coefficient warms up over the first 5% of the steps, the learning rate decays to 0 over
+    the last 20% (Anthropic's April 2024 update), as factors of --l1-coeff and --lr."""
+    total = 1000
+    steps = [0, 25, 50, 500, 800, 900, 1000]  # 0, 2.5%, 5%, 50%, 80%, 90%, 100%
+    assert [train_sae.l1_warmup(s, total) for s in steps] == pytest.approx([0, 0.5, 1, 1, 1, 1, 1])
+    assert [train_sae.lr_decay(s, total) for s in steps] == pytest.approx([1, 1, 1, 1, 1, 0.5, 0])
+
+
+@pytest.mark.parametrize("recipe,activation", [("paper", "relu"), ("2024", "relu"), ("2024", "topk")])
+def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, recipe, activation):
+    """What each step receives, watched from the inside: the SAE as the first step finds it, then
+    every step's L1 coefficient and learning rate. 64 features are forced dead before the first
+    step: the paper's recipe resamples them (its schedule at 40 steps: steps 1-4), 2024 never does."""
+    seen, resampled, real_step, real_resample = [], [], train_sae.sae_step, train_sae.resample
+
+    def watch(s, o, x, cfg, ddp, world, l1_coeff):
+        if not seen:
+            first.update({n: getattr(s, n).detach().clone() for n in ("W_enc", "W_dec", "b_enc", "b_dec")})
+            with torch.no_grad():
+                s.b_enc[:64] = -1e4
+        seen.append((l1_coeff, o.param_groups[0]["lr"]))
+        return real_step(s, o, x, cfg, ddp, world, l1_coeff)
+
+    first = {}
+    monkeypatch.setattr(train_sae, "sae_step", watch)
+    monkeypatch.setattr(train_sae, "resample", lambda *a: resampled.append(a[4]) or real_resample(*a))
+    ckpt = train_sae.train(sae_config(tiny_lm, sae_dir=f"sae_{recipe}_{activation}", recipe=recipe,
+                                      activation=activation, max_activations=40 * 1024))[0]
+    assert ckpt["config"]["recipe"] == recipe and len(seen) == 40
+    l1s, lrs = zip(*seen)
+    torch.testing.assert_close(first["W_dec"].norm(dim=1), torch.ones(1024))
+    assert (first["b_dec"] != 0).any()  # b_dec at the geometric median before the first step, both recipes
+    b_enc = ckpt["sae"]["b_enc"][:64]
+    if recipe == "paper":
+        assert not torch.equal(first["W_enc"], 0.01 * first["W_dec"]) and (first["b_enc"] != 0).any()
+        assert set(l1s) == {3e-3} and set(lrs) == {1e-3}
+        assert resampled == [1, 2, 3, 4] and [h["step"] for h in ckpt["history"] if "resampled" in h] == [1, 2, 3, 4]
+        assert next(h for h in ckpt["history"] if "resampled" in h)["resampled"] >= 64
+        assert (b_enc > -1.0).all()  # re-aimed at an input, bias reset to 0
+        return
+    assert torch.equal(first["W_enc"], 0.01 * first["W_dec"]) and (first["b_enc"] == 0).all()
+    if activation == "relu":  # 5% of 40 steps: 0, then 1/2, then the whole coefficient
+        assert l1s == pytest.approx([0, 1.5e-3] + [3e-3] * 38)
+    assert lrs == pytest.approx([1e-3] * 33 + [1e-3 * (40 - s) / 8 for s in range(33, 40)])  # 20%: steps 32-39
+    assert resampled == [] and not any("resampled" in h for h in ckpt["history"])
+    assert (b_enc == -1e4).all()  # dead from the first step, and kept dead: nothing resamples them
+
+
 def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     ckpts = train_sae.train(sae_config(tiny_lm, sae_dir="sae_sizes", sweep=[256, 512], max_activations=8 * 1024))
     assert [c["sae_config"]["n_features"] for c in ckpts] == [256, 512]
@@ -64,6 +114,61 @@ def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     assert all(s >= 0 for s in split.values()) and split["SAE steps"] > 0
 
 
+def test_2024_kill_resume_is_exact(tiny_lm):
+    """The existing kill-and-resume test under --recipe 2024: its schedules are functions of the step
+    and the run's length, so a resumed run continues them exactly."""
+    snapshots = ["10240", "20480"]  # steps 10 (before the crash, taken again after it) and 20
+    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024", snapshots=snapshots))[0]
+    with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots),
+                        on_step=crash_at(13))
+    with pytest.raises(UserError, match="--recipe paper: .* was trained with --recipe 2024"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", resume=True))
+    resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots,
+                                         resume=True))[0]
+    assert resumed["step"] == whole["step"] == 24
+    for k, v in whole["sae"].items():
+        assert torch.equal(v, resumed["sae"][k]), k
+    assert whole["history"] == resumed["history"]
+    lr = [c["optimizer"]["param_groups"][0]["lr"] for c in (whole, resumed)]
+    assert lr[0] == lr[1] == pytest.approx(1e-3 * 1 / 4.8)  # the last step (23 of 24) of the decay
+    for n in snapshots:
+        a, b = (torch.load(os.path.join(tiny_lm, f"sae_2024_{run}_at{n}", "F1024", "ckpt.pt"), weights_only=False)
+                for run in ("whole", "crash"))
+        assert a["seen"] == b["seen"] == int(n) and a["history"] == b["history"]
+        assert all(torch.equal(v, b["sae"][k]) for k, v in a["sae"].items())
+
+
+def test_snapshots_keep_the_sae_as_it_was(tiny_lm, capsys):
+    """--snapshots: a copy of the checkpoints at the step where seen reaches each count, in a sibling
+    folder analyze.py reads with --sae-dir; 0 is the SAE as initialised, before any step. Under the
+    2024 recipe, and a sweep: every size is kept."""
+    with pytest.raises(Crash):  # the same run, whose last checkpoint is the one at step 8
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap_ref", recipe="2024", sweep=[256, 512]),
+                        on_step=crash_at(9))
+    train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap", recipe="2024", sweep=[256, 512],
+                               snapshots=["8192", "0", "5000", "1000000"]))
+    assert "no snapshot at 1,000,000 activations: the run ended at 24,576" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(tiny_lm, "sae_snap_at1000000"))
+    for n in (256, 512):
+        snap = {c: sae_lib.load_sae(os.path.join(tiny_lm, f"sae_snap_at{c}", f"F{n}", "ckpt.pt"))
+                for c in (0, 5000, 8192)}
+        assert [(s[1]["seen"], s[1]["step"], s[1]["status"], s[1]["final"]) for s in snap.values()] == [
+            (0, 0, "snapshot", False), (5120, 5, "snapshot", False), (8192, 8, "snapshot", False)]
+        sae0, ckpt0 = snap[0]  # the 2024 initialisation, b_dec and act_scale already from the first fill
+        assert torch.equal(sae0.W_enc, 0.01 * sae0.W_dec) and (sae0.b_enc == 0).all() and ckpt0["history"] == []
+        torch.testing.assert_close(sae0.W_dec.norm(dim=1), torch.ones(n))
+        assert sae0.act_scale != 1 and (sae0.b_dec != 0).any()
+        ref = torch.load(os.path.join(tiny_lm, "sae_snap_ref", f"F{n}", "ckpt.pt"), weights_only=False)
+        assert ref["step"] == 8 and ref["history"] == snap[8192][1]["history"]
+        for k, v in ref["sae"].items():
+            assert torch.equal(v, snap[8192][1]["sae"][k]), k
+    run = measured.load_run(measured.AnalyzeConfig(out=tiny_lm, sae_dir="sae_snap_at0", device="cpu"))
+    assert list(run.saes) == [256, 512] and run.saes[512].ckpt["seen"] == 0
+    with pytest.raises(UserError, match="--snapshots copy"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap_at8192", recipe="2024", sweep=[256, 512], resume=True))
+
+
 def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
     with pytest.raises(UserError, match="train_lm.py"):
         train_sae.train(sae_config(tiny_lm, lm_dir="no_such_lm"))
@@ -71,6 +176,8 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
         train_sae.train(sae_config(tiny_lm, l1_coeff=-1.0))
     with pytest.raises(UserError, match="--buffer-size"):
         train_sae.train(sae_config(tiny_lm, buffer_size=10))
+    with pytest.raises(UserError, match="^--recipe 2023 must be paper or 2024$"):
+        train_sae.train(sae_config(tiny_lm, recipe="2023"))
     train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_untrained", random_init_only=True))
     train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="--overwrite"):  # a finished run is not replaced silently
