@@ -357,8 +357,10 @@ def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, ddp):
     """Resample one SAE's dead features (silent for the paper's window, or since the start if
     shorter) from a sample of the buffer; returns how many. Resets their counters in place."""
     dead = since_fired >= min(sae_lib.dead_window(max_steps), step)
-    sample = buffer[:min(len(buffer), 100 * batch_size)]
-    n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fused.squared_errors(s, sample))
+    n_dead = 0
+    if dead.any():  # the errors of ~400k inputs cost as much as 100 steps: only when there is work
+        sample = buffer[:min(len(buffer), 100 * batch_size)]
+        n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fused.squared_errors(s, sample))
     if ddp:  # every rank resampled from its own inputs; rank 0's choice wins
         for p in (s.W_enc, s.W_dec, s.b_enc):
             dist.broadcast(p.data, 0)
