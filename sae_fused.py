@@ -170,3 +170,31 @@ def squared_errors(sae, x, batch_size=8192):
     """(N,) each input's squared reconstruction error in normalised units, through the sparse
     forward pass: what sae.resample_dead samples from (the paper: ~800k inputs, so speed matters)."""
     return torch.cat([sparse_forward(sae, xb)[-1].pow(2).sum(1) for xb in x.split(batch_size)])
+
+
+@torch.no_grad()
+def evaluate(sae, x, batch_size=8192, dense_above=0.1):
+    """sae.evaluate's metrics (the same dict) through the sparse forward pass, in float32 so that
+    L0 and dead counts are exact: the training loop's held-out metrics, which through the dense
+    forward took a fifth of a CPU run (2.6x faster on a CPU). A batch where f is denser than
+    dense_above (early in training) goes through the dense forward instead."""
+    sae.check(x)
+    F = sae.cfg.n_features
+    sq_err, fired, l0 = 0.0, torch.zeros(F, device=x.device), 0.0
+    for xb in x.split(batch_size):
+        fwd = sparse_forward(sae, xb, bf16=False, dense_above=dense_above)
+        if fwd is None:
+            x_hat, f = sae(xb)
+            sq_err += ((x_hat - xb) * sae.act_scale).float().pow(2).sum().item()
+            active = (f > 0).sum(0)
+        else:
+            _, _, _, cols, f, e = fwd
+            sq_err += e.pow(2).sum().item()
+            active = torch.bincount(cols[f > 0], minlength=F)   # (topk keeps entries that are 0)
+        fired += active
+        l0 += active.sum().item()
+    x_n = x.float() * sae.act_scale
+    density = fired / len(x)
+    return dict(mse=sq_err / x.numel(), fvu=sq_err / (x_n - x_n.mean(0)).pow(2).sum().item(),
+                l0=l0 / len(x), dead_frac=(density == 0).float().mean().item(),
+                dense_frac=(density > 0.1).float().mean().item(), density=density)

@@ -182,6 +182,7 @@ def train(cfg, on_step=None):
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
     val_acts = held_out(cfg.eval_activations)
+    evaluate = sae_fused.evaluate if cfg.fused else sae_lib.evaluate   # the same metrics, the first faster
     if master:
         print(f"config: {flat_dict(cfg)}")
         print(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes {sizes}; "
@@ -295,7 +296,7 @@ def train(cfg, on_step=None):
             if step % cfg.eval_every == 0 or step == max_steps:
                 for i, s in enumerate(saes):
                     with watch("held-out metrics"):
-                        m = sae_lib.evaluate(s, val_acts)
+                        m = evaluate(s, val_acts)
                     histories[i].append({"step": step, "activations": seen,
                                          **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")},
                                          "train_loss": stats["loss"]})
@@ -322,7 +323,7 @@ def train(cfg, on_step=None):
         return None
     with watch("held-out metrics"):
         final_acts = held_out(4 * cfg.eval_activations)
-        finals = [sae_lib.evaluate(s, final_acts) for s in saes]
+        finals = [evaluate(s, final_acts) for s in saes]
     with watch("checkpoints"):
         for i, m in enumerate(finals):
             histories[i].append({"final": True, "step": step, "activations": seen, "held_out": len(final_acts),

@@ -281,3 +281,24 @@ def test_wrong_width_is_one_line_error():
         with pytest.raises(ValueError, match="d_in") as e:
             call(x)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("activation,shift", [("relu", -2.0), ("relu", 0.5), ("topk", 0.0)])
+def test_sparse_evaluate_equals_the_plain_one(activation, shift):
+    """sae_fused.evaluate (the training loop's held-out metrics) gives sae.evaluate's numbers on
+    fresh random inputs: sparse (shift -2), dense enough to take the dense fallback (+0.5), TopK."""
+    from sae_fused import evaluate as sparse_evaluate
+    torch.manual_seed(7)
+    sae = SAE(SAEConfig(d_in=48, n_features=384, activation=activation, k=8))
+    x = torch.randn(3000, 48) * 3 + 1
+    sae.init_from_data(x)
+    with torch.no_grad():
+        sae.b_enc += shift
+        sae.b_enc[:20] = -1e4   # some features never fire: dead_frac must agree
+    plain, sparse = evaluate(sae, x, batch_size=700), sparse_evaluate(sae, x, batch_size=700)
+    for k in ("mse", "fvu"):
+        assert sparse[k] == pytest.approx(plain[k], rel=1e-5)
+    for k in ("l0", "dead_frac", "dense_frac"):
+        assert sparse[k] == pytest.approx(plain[k], abs=1e-3)
+    assert round(plain["dead_frac"] * 384) >= 20
+    assert (sparse["density"] - plain["density"]).abs().max() <= 2 / len(x)
