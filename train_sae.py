@@ -56,8 +56,9 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     activation: str = arg(sae_lib.SAEConfig.activation, "relu (the paper: ReLU + L1 penalty) or topk (Gao et al. 2024)")
     l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient, in the SAE's normalised units (relu)")
     k: int = arg(sae_lib.SAEConfig.k, "active features per activation (topk)")
-    recipe: str = arg("paper", "how the SAE starts and is trained: paper (Bricken et al. 2023) or 2024 "
-                      "(Anthropic's April 2024 update: tied initialisation, L1 warm-up, LR decay, no resampling)")
+    recipe: str = arg("2024", "how the SAE starts and is trained: 2024 (Anthropic's April 2024 update: tied "
+                      "initialisation, L1 warm-up, LR decay, no resampling; the default: on our runs it leaves no "
+                      "dead features, see the README) or paper (Bricken et al. 2023, the reference)")
     lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe: annealing did not help), or its peak (2024)")
     batch_size: int = arg(4096, "activations per step (the paper: 8,192)")
     buffer_size: int = arg(2**18, "activations per buffer fill (2^18 x 512 floats = 512 MB)")

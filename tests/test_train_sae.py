@@ -123,7 +123,7 @@ def test_2024_kill_resume_is_exact(tiny_lm):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots),
                         on_step=crash_at(13))
     with pytest.raises(UserError, match="--recipe paper: .* was trained with --recipe 2024"):
-        train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", resume=True))
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="paper", resume=True))
     resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots,
                                          resume=True))[0]
     assert resumed["step"] == whole["step"] == 24
