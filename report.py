@@ -252,7 +252,8 @@ def precision_recall_markdown(s):
         lines.append(f"| {s['names'][j]} | {100 * s['base_rate'][j]:.2g}% | " + " | ".join(cells) + " |")
     never = [name for j, name in enumerate(s["names"]) if j not in s["held"]]
     if never:
-        lines.append(f"\nLeft out: {', '.join(never)}, which hold on none of these tokens (no unit can match them).")
+        verb = "holds" if len(never) == 1 else "hold"
+        lines.append(f"\nLeft out: {', '.join(never)}, which {verb} on none of these tokens (no unit can match them).")
     return "\n".join(lines)
 
 
