@@ -237,6 +237,12 @@ def evaluate(sae, x, batch_size=8192):
         active = f > 0
         fired += active.sum(0)
         l0 += active.sum().item()
+    return metrics(sae, x, sq_err, fired, l0)
+
+
+def metrics(sae, x, sq_err, fired, l0):
+    """evaluate's dict from its sums over the inputs x: squared error (normalised units), (F,)
+    firing counts, active features in all."""
     x_n = x.float() * sae.act_scale
     density = fired / len(x)
     return dict(mse=sq_err / x.numel(), fvu=sq_err / (x_n - x_n.mean(0)).pow(2).sum().item(),

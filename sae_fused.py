@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from common import fast_bf16
-from sae import normalize_decoder, reference_grads, remove_parallel_grad
+from sae import metrics, normalize_decoder, reference_grads, remove_parallel_grad
 
 # torch's notes that CSR support is "beta" and that invariant checks are off (tests turn them on)
 warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
@@ -176,7 +176,7 @@ def squared_errors(sae, x, batch_size=8192):
 def evaluate(sae, x, batch_size=8192, dense_above=0.1):
     """sae.evaluate's metrics (the same dict) through the sparse forward pass, in float32 so that
     L0 and dead counts are exact: the training loop's held-out metrics, which through the dense
-    forward took a fifth of a CPU run (2.6x faster on a CPU). A batch where f is denser than
+    forward took 15% of a CPU run (this is 2.6x faster at F=4096 on one core). A batch where f is denser than
     dense_above (early in training) goes through the dense forward instead."""
     sae.check(x)
     F = sae.cfg.n_features
@@ -193,8 +193,4 @@ def evaluate(sae, x, batch_size=8192, dense_above=0.1):
             active = torch.bincount(cols[f > 0], minlength=F)   # (topk keeps entries that are 0)
         fired += active
         l0 += active.sum().item()
-    x_n = x.float() * sae.act_scale
-    density = fired / len(x)
-    return dict(mse=sq_err / x.numel(), fvu=sq_err / (x_n - x_n.mean(0)).pow(2).sum().item(),
-                l0=l0 / len(x), dead_frac=(density == 0).float().mean().item(),
-                dense_frac=(density > 0.1).float().mean().item(), density=density)
+    return metrics(sae, x, sq_err, fired, l0)
