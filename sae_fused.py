@@ -176,8 +176,8 @@ def squared_errors(sae, x, batch_size=8192):
 def evaluate(sae, x, batch_size=8192, dense_above=0.1):
     """sae.evaluate's metrics (the same dict) through the sparse forward pass, in float32 so that
     L0 and dead counts are exact: the training loop's held-out metrics, which through the dense
-    forward took 15% of a CPU run (this is 2.6x faster at F=4096 on one core). A batch where f is denser than
-    dense_above (early in training) goes through the dense forward instead."""
+    forward took 15% of a CPU run (this is 2.6x faster at F=4096 on one core). A batch where f is
+    denser than dense_above (early in training) goes through the dense forward instead."""
     sae.check(x)
     F = sae.cfg.n_features
     sq_err, fired, l0 = 0.0, torch.zeros(F, device=x.device), 0.0
