@@ -293,6 +293,8 @@ def sae_state_note(ckpt):
     final flag of older checkpoints)."""
     if ckpt.get("status") == "crashed":
         return "; **not final: training crashed**"
+    if ckpt.get("status") == "snapshot":
+        return "; a `--snapshots` copy of the run at this point of its training"
     if ckpt.get("status", "final" if ckpt.get("final", True) else "running") != "final":
         return "; **not final: training was still running**"
     return ""

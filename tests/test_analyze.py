@@ -412,6 +412,7 @@ def test_report_wording_follows_the_numbers():
     assert "crashed" in report.sae_state_note({"final": False, "status": "crashed"})
     assert "still running" in report.sae_state_note({"final": False})
     assert "still running" in report.sae_state_note({"final": False, "status": "running"})
+    assert "snapshots" in report.sae_state_note({"final": False, "status": "snapshot"})
 
 
 def test_no_import_cycles_among_the_projects_modules():
