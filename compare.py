@@ -81,7 +81,8 @@ def run_stages(cfg):
     n_features = a_sae["sae_config"]["n_features"]
     lm_cfg = recipe(train_lm.TrainConfig, a_lm["config"], out=cfg.out, device=cfg.device)
     sae_cfg = recipe(train_sae.SAETrainConfig, a_sae["config"], out=cfg.out, device=cfg.device, sweep=[],
-                     snapshots=[], n_features=n_features, max_activations=a_sae["seen"])
+                     snapshots=[], n_features=n_features, max_activations=a_sae["seen"],
+                     recipe=a_sae["config"].get("recipe", "paper"))  # (runs from before --recipe: the paper's)
     a_tokens = a_lm["step"] * lm_cfg.batch_size * lm_cfg.model.block_size
     stage("model B", os.path.join(cfg.out, "lm_b", "ckpt.pt"), train_lm.train,
           dataclasses.replace(lm_cfg, lm_dir="lm_b", seed=cfg.seed_b, max_tokens=a_tokens))

@@ -16,6 +16,7 @@ import dataclasses
 import glob
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -154,7 +155,7 @@ def measure_key(cfg, run):
     return dict(lm=run.fingerprint, saes=saes, n_tokens=run.n_tokens, context=cfg.context,
                 k=(cfg.explain_contexts, cfg.score_top), proxies=interp.PREDICATES,
                 tokenizer=run.meta["tokenizer_hash"], corpus=run.meta.get("corpus_hash"),
-                format=interp.MEASURE_FORMAT)
+                format=interp.MEASURE_FORMAT, python=sys.version.split()[0].rsplit(".", 1)[0])  # (its keywords)
 
 
 def load_or_measure(cfg, run):

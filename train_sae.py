@@ -181,6 +181,8 @@ def train(cfg, on_step=None):
     # down to it. A run of known length (--max-activations, or resumed: the checkpoint's max_steps)
     # follows both schedules exactly, the warm-up counted from step 0.
     warm_up = (0, max_steps) if budget is None else None  # (from step, over 5% of a length)
+    if cfg.resume and ckpts[0].get("warm_up") is not None:  # where the interrupted run's warm-up began
+        warm_up = tuple(ckpts[0]["warm_up"])
 
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
@@ -207,6 +209,7 @@ def train(cfg, on_step=None):
                  "shuffle_rng": shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
                  "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
                  "time_split": watch.split(),  # this session's seconds per phase (Stopwatch)
+                 "warm_up": warm_up,  # --recipe 2024: (the step its L1 warm-up began, the length it spans)
                  "history": histories[i]}
             atomic_save(c, os.path.join(folder, f"F{sizes[i]}", "ckpt.pt"))
             out.append(c)
@@ -266,7 +269,7 @@ def train(cfg, on_step=None):
                 if warm_up is None and budget.settled:
                     warm_up = (step, max_steps)
                 l1_coeff *= l1_warmup(step - warm_up[0], warm_up[1]) if warm_up else 0.0
-                if max_steps:  # (the optimizer's lr is checkpointed, so a resumed run holds it too)
+                if max_steps and (budget is None or budget.settled):  # (the lr is checkpointed: a resume holds it)
                     for o in opts:
                         o.param_groups[0]["lr"] = min(o.param_groups[0]["lr"], cfg.lr * lr_decay(step, max_steps))
             for i, (s, o) in enumerate(zip(saes, opts)):
@@ -334,6 +337,9 @@ def train(cfg, on_step=None):
             logs[i].log(histories[i][-1])
         ckpts = save("final")
     print(f"trained {len(sizes)} SAE(s) for {step} steps in {fmt_eta(elapsed)}; checkpoints in {run_dir}/")
+    if cfg.recipe == "2024" and warm_up is None:
+        print("warning: the time budget's estimate never settled, so the L1 penalty never warmed up and the SAE "
+              "is dense: give it more --max-minutes, or a fixed --max-activations")
     if snapshots:
         print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots)} activations: the run ended at {seen:,}")
     stepping = watch.seconds.get("SAE steps", 0.0)
