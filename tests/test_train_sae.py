@@ -102,6 +102,43 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
     assert (b_enc == -1e4).all()  # dead from the first step, and kept dead: nothing resamples them
 
 
+def test_2024_warm_up_under_a_time_budget_survives_a_resume(tiny_lm, monkeypatch):
+    """Under --max-minutes the L1 warm-up begins where the time estimate settles (here, step 7 of an
+    estimated 40: 5% is 2 steps, 7-8), and a resume inside it goes on from where it began, not from
+    step 0. The clock is replaced by a fixed estimate so that both runs see the same schedule."""
+    class SettlesAtStep7:
+        settled = False
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def estimate(self, step, max_steps):
+            self.settled = step >= 7
+            return 40 if self.settled else None
+
+    def run(sae_dir, on_step=None, **kw):
+        """The run's checkpoints and the L1 coefficient each of its steps received."""
+        l1s = []
+        monkeypatch.setattr(train_sae, "sae_step", lambda *a: l1s.append(a[-1]) or real_step(*a))
+        cfg = sae_config(tiny_lm, sae_dir=sae_dir, recipe="2024", max_activations=0, max_minutes=1.0, **kw)
+        try:
+            return train_sae.train(cfg, on_step=on_step), l1s
+        finally:
+            monkeypatch.setattr(train_sae, "sae_step", real_step)
+
+    real_step = train_sae.sae_step
+    monkeypatch.setattr(train_sae, "Budget", SettlesAtStep7)
+    whole, l1_whole = run("sae_budget_whole")
+    assert whole[0]["step"] == 40 and tuple(whole[0]["warm_up"]) == (7, 40)
+    assert l1_whole[:10] == pytest.approx([0] * 8 + [1.5e-3, 3e-3])  # the warm-up: steps 7 and 8
+    with pytest.raises(Crash):  # dies at step 13: the checkpoint at step 8, inside the warm-up, survives
+        run("sae_budget_crash", on_step=crash_at(13))
+    resumed, l1_resumed = run("sae_budget_crash", resume=True)
+    assert l1_resumed == pytest.approx(l1_whole[8:])
+    for k, v in whole[0]["sae"].items():
+        assert torch.equal(v, resumed[0]["sae"][k]), k
+
+
 def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     ckpts = train_sae.train(sae_config(tiny_lm, sae_dir="sae_sizes", sweep=[256, 512], max_activations=8 * 1024))
     assert [c["sae_config"]["n_features"] for c in ckpts] == [256, 512]
