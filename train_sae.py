@@ -147,16 +147,7 @@ def train(cfg, on_step=None):
     if cfg.resume:
         ckpts = [load_checkpoint(p, "SAE checkpoint to resume", "start without --resume") for p in paths]
         for i, (s, o, c) in enumerate(zip(saes, opts, ckpts)):
-            if c["lm_fingerprint"] != lm_id:
-                raise UserError(f"{paths[i]} was trained on another LM than {cfg.out}/{cfg.lm_dir}: "
-                                "start a new --sae-dir")
-            trained_with = c["config"].get("recipe", "paper")  # (checkpoints from before --recipe: paper)
-            if trained_with != cfg.recipe:
-                raise UserError(f"--recipe {cfg.recipe}: {paths[i]} was trained with --recipe {trained_with}; "
-                                "resume it with that one")
-            if c.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
-                raise UserError(f"{paths[i]} is a --snapshots copy, not a run to resume: "
-                                "resume the run's own --sae-dir")
+            check_resumable(c, paths[i], lm_id, cfg)
             s.load_state_dict(c["sae"])
             o.load_state_dict(c["optimizer"])
             since_fired[i], histories[i] = c["since_fired"].to(device), c["history"]
@@ -171,16 +162,8 @@ def train(cfg, on_step=None):
     # no step count yet: time every buffer cycle from step 10 on (one harvest included)
     budget = Budget(cfg.max_minutes, t_run, start=10, span=steps_per_fill, once=False, per_step=cfg.batch_size,
                     unit="activations", device=device, quiet=not master) if max_steps is None else None
-    # --recipe 2024's schedules are fractions of max_steps. Under a time budget that is an estimate, at
-    # first several times too low, and the warm-up's 5% would be over at the first estimate (one
-    # buffer cycle in). So, as the resampling schedule does, the warm-up waits for the estimate to
-    # settle (the L1 coefficient stays 0 until then), then ramps over 5% of that estimate, from that
-    # step and fixed then (settled, it still grows by some 10%: the coefficient must not fall back).
-    # The LR decay (the last 20%) reads the estimate of the moment and never raises the rate again:
-    # if the estimate grows once the decay has begun, the rate holds until the schedule comes back
-    # down to it. A run of known length (--max-activations, or resumed: the checkpoint's max_steps)
-    # follows both schedules exactly, the warm-up counted from step 0.
-    warm_up = (0, max_steps) if budget is None else None  # (from step, over 5% of a length)
+    # --recipe 2024's L1 warm-up: (from step, over 5% of a length); under a time budget schedule_2024 sets it
+    warm_up = (0, max_steps) if budget is None else None
     if cfg.resume and ckpts[0].get("warm_up") is not None:  # where the interrupted run's warm-up began
         warm_up = tuple(ckpts[0]["warm_up"])
 
@@ -266,12 +249,8 @@ def train(cfg, on_step=None):
             x = buffer[j + rank * per_rank: j + (rank + 1) * per_rank]
             l1_coeff = cfg.l1_coeff
             if cfg.recipe == "2024":  # this step's L1 coefficient and learning rate (the end of this file)
-                if warm_up is None and budget.settled:
-                    warm_up = (step, max_steps)
-                l1_coeff *= l1_warmup(step - warm_up[0], warm_up[1]) if warm_up else 0.0
-                if max_steps and (budget is None or budget.settled):  # (the lr is checkpointed: a resume holds it)
-                    for o in opts:
-                        o.param_groups[0]["lr"] = min(o.param_groups[0]["lr"], cfg.lr * lr_decay(step, max_steps))
+                l1_factor, warm_up = schedule_2024(step, max_steps, budget, warm_up, opts, cfg.lr)
+                l1_coeff *= l1_factor
             for i, (s, o) in enumerate(zip(saes, opts)):
                 with watch("SAE steps"):
                     stats = sae_step(s, o, x, cfg, ddp, world, l1_coeff)
@@ -351,6 +330,18 @@ def train(cfg, on_step=None):
         print(f"F{n}: L0 {f['l0']:.1f} | FVU {f['fvu']:.3f} | dead {100 * f['dead_frac']:.1f}% | "
               f"{seen / 1e6:.1f}M activations")
     return ckpts
+
+
+def check_resumable(ckpt, path, lm_id, cfg):
+    """A checkpoint this run may go on from: made on this LM, with this recipe, by a run (not a copy)."""
+    if ckpt["lm_fingerprint"] != lm_id:
+        raise UserError(f"{path} was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new --sae-dir")
+    trained_with = ckpt["config"].get("recipe", "paper")  # (checkpoints from before --recipe: paper)
+    if trained_with != cfg.recipe:
+        raise UserError(f"--recipe {cfg.recipe}: {path} was trained with --recipe {trained_with}; "
+                        "resume it with that one")
+    if ckpt.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
+        raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own --sae-dir")
 
 
 def progress_line(step, max_steps, rate, batch_size, n, history, since_fired):
@@ -442,6 +433,27 @@ def l1_warmup(step, total):
 def lr_decay(step, total):
     """The learning rate's factor (the update): 1, then linearly to 0 over the last 20% of the steps."""
     return min(1.0, (total - step) / (0.2 * total))
+
+
+def schedule_2024(step, max_steps, budget, warm_up, opts, lr):
+    """Both schedules at this step: sets the optimizers' learning rate; returns the L1 coefficient's
+    factor and warm_up, (the step the warm-up began, the run length it is 5% of).
+
+    They are fractions of max_steps. Under a time budget that is an estimate, at first several times
+    too low, and the warm-up's 5% would be over at the first estimate (one buffer cycle in). So, as
+    the resampling schedule does, the warm-up waits for the estimate to settle (the factor stays 0
+    until then), then ramps over 5% of that estimate, from that step, and is fixed then (settled, the
+    estimate still grows by some 10%: the coefficient must not fall back). The LR decay (the last
+    20%) reads the estimate of the moment and never raises the rate again: if the estimate grows once
+    the decay has begun, the rate holds until the schedule comes back down to it. A run of known
+    length (--max-activations, or resumed: the checkpoint's max_steps and warm_up) follows both
+    exactly."""
+    if warm_up is None and budget.settled:
+        warm_up = (step, max_steps)
+    if max_steps and (budget is None or budget.settled):  # (the lr is checkpointed: a resume holds it)
+        for o in opts:
+            o.param_groups[0]["lr"] = min(o.param_groups[0]["lr"], lr * lr_decay(step, max_steps))
+    return (l1_warmup(step - warm_up[0], warm_up[1]) if warm_up else 0.0), warm_up
 
 
 if __name__ == "__main__":
