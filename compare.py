@@ -30,8 +30,8 @@ import data
 import interp
 import train_lm
 import train_sae
-from common import (Progress, UserError, arg, atomic_write_text, fmt_eta, from_dict, load_checkpoint, parse_config,
-                    pick_device, run_main)
+from common import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
+                    parse_config, pick_device, run_main)
 from interp import MIN_ACTIVE
 from matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from measured import AnalyzeConfig
@@ -46,8 +46,8 @@ class CompareConfig:
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed_b: int = arg(1, "model B's seed (model A's is the main run's)")
     sizes: list = arg([512, 1024, 2048, 4096], "dictionary sizes of the sweep (more on a GPU, e.g. ... 16384)")
-    sweep_minutes: float = arg(10.0, "wall-clock budget of the sweep (all sizes train on the same activations)")
-    sweep_activations: int = arg(0, "activation budget of the sweep instead of --sweep-minutes (0: the minutes)")
+    sweep_activations: int = arg(0, "activations every size of the sweep trains on (0: as many as the main SAE saw)")
+    sweep_minutes: float = arg(0.0, "a wall-clock budget for the sweep instead of --sweep-activations (0: none)")
     tokens: int = arg(0, "held-out tokens to match units on and to analyse the control (0: the whole split)")
     pairs: int = arg(8, "matched A/B feature pairs shown, sampled at random from the alive features")
     families: int = arg(4, "feature families shown: the clearest splits")
@@ -78,6 +78,10 @@ def run_stages(cfg):
                         "(python train_lm.py --resume, then python train_sae.py --resume)")
     if any(int(n) < 1 for n in cfg.sizes) or len(cfg.sizes) < 2:
         raise UserError(f"--sizes {cfg.sizes}: give at least two positive dictionary sizes")
+    if not (finite(cfg.sweep_minutes) and cfg.sweep_minutes >= 0):
+        raise UserError(f"--sweep-minutes {cfg.sweep_minutes}: give a number of minutes >= 0 (0: --sweep-activations)")
+    if cfg.sweep_activations < 0:
+        raise UserError(f"--sweep-activations {cfg.sweep_activations}: give a count >= 0 (0: the main SAE's)")
     n_features = a_sae["sae_config"]["n_features"]
     lm_cfg = recipe(train_lm.TrainConfig, a_lm["config"], out=cfg.out, device=cfg.device)
     sae_cfg = recipe(train_sae.SAETrainConfig, a_sae["config"], out=cfg.out, device=cfg.device, sweep=[],
@@ -92,10 +96,16 @@ def run_stages(cfg):
         stage(f"SAE F{n_features} on {lm_dir}", os.path.join(cfg.out, sae_dir, f"F{n_features}", "ckpt.pt"),
               train_sae.train, dataclasses.replace(sae_cfg, lm_dir=lm_dir, sae_dir=sae_dir))
     sizes = sorted({int(n) for n in cfg.sizes})
+    # By default every size sees as many activations as the main SAE, so the sweep's largest is a
+    # second SAE on model A comparable with the main one. A time budget shared by the sizes buys
+    # few: 10 minutes gave 2.1M activations with the 2024 recipe, whose first hundreds of steps are
+    # dense (the L1 penalty warms up from 0) and cost each size its full dense price.
+    by_time = cfg.sweep_minutes > 0 and not cfg.sweep_activations
+    sweep_budget = dict(max_minutes=cfg.sweep_minutes if by_time else sae_cfg.max_minutes,
+                        max_activations=0 if by_time else cfg.sweep_activations or a_sae["seen"])
     for n in sizes:  # a sweep is done when every size is
         stage(f"sweep {sizes}", os.path.join(cfg.out, "sae_sweep", f"F{n}", "ckpt.pt"), train_sae.train,
-              dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes,
-                                  max_minutes=cfg.sweep_minutes, max_activations=cfg.sweep_activations))
+              dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes, **sweep_budget))
     return dict(n_features=n_features, sizes=sizes)
 
 

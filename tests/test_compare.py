@@ -150,6 +150,25 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
 
 
+def test_the_sweep_sees_the_main_saes_activations_unless_told_otherwise(tiny_sae, monkeypatch):
+    """Each stage's run as compare.py would start it: the sweep trains every size on as many
+    activations as the main SAE saw, or on --sweep-activations, or for --sweep-minutes."""
+    runs = {}
+    monkeypatch.setattr(compare, "stage", lambda name, path, train, run_cfg: runs.__setitem__(name, run_cfg))
+    main_seen = torch.load(compare.main_sae_path(tiny_sae), weights_only=False)["seen"]
+    for flags, (minutes, activations) in (({}, (None, main_seen)), ({"sweep_activations": 5000}, (None, 5000)),
+                                          ({"sweep_minutes": 2.5}, (2.5, 0))):
+        runs.clear()
+        compare.run_stages(compare.CompareConfig(out=tiny_sae, sizes=[64, 128], **flags))
+        sweep = runs["sweep [64, 128]"]
+        assert sweep.sweep == [64, 128] and sweep.max_activations == activations
+        assert minutes is None or sweep.max_minutes == minutes
+        assert runs["SAE F1024 on lm_b"].max_activations == main_seen
+    for flag, value in (("sweep_minutes", float("nan")), ("sweep_minutes", -1.0), ("sweep_activations", -5)):
+        with pytest.raises(UserError, match=f"^--{flag.replace('_', '-')} "):
+            compare.run_stages(compare.CompareConfig(out=tiny_sae, **{flag: value}))
+
+
 def test_missing_main_run_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match="train_lm.py"):
         compare.run_stages(compare.CompareConfig(out=str(tmp_path)))
