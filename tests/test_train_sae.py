@@ -103,18 +103,19 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
 
 
 def test_2024_warm_up_under_a_time_budget_survives_a_resume(tiny_lm, monkeypatch):
-    """Under --max-minutes the L1 warm-up begins where the time estimate settles (here, step 7 of an
-    estimated 40: 5% is 2 steps, 7-8), and a resume inside it goes on from where it began, not from
-    step 0. The clock is replaced by a fixed estimate so that both runs see the same schedule."""
-    class SettlesAtStep7:
+    """Under --max-minutes the L1 warm-up begins at the first estimate of the run's length (here, step
+    7: 40 steps, so 5% is 2 steps, 7-8), before the estimate settles (step 16), and a resume inside it
+    goes on from where it began, not from step 0. The clock is replaced by fixed estimates so that
+    both runs see the same schedule."""
+    class FirstEstimateAtStep7:
         settled = False
 
         def __init__(self, *args, **kwargs):
             pass
 
         def estimate(self, step, max_steps):
-            self.settled = step >= 7
-            return 40 if self.settled else None
+            self.settled = step >= 16
+            return 40 if step >= 7 else None
 
     def run(sae_dir, on_step=None, **kw):
         """The run's checkpoints and the L1 coefficient each of its steps received."""
@@ -127,7 +128,7 @@ def test_2024_warm_up_under_a_time_budget_survives_a_resume(tiny_lm, monkeypatch
             monkeypatch.setattr(train_sae, "sae_step", real_step)
 
     real_step = train_sae.sae_step
-    monkeypatch.setattr(train_sae, "Budget", SettlesAtStep7)
+    monkeypatch.setattr(train_sae, "Budget", FirstEstimateAtStep7)
     whole, l1_whole = run("sae_budget_whole")
     assert whole[0]["step"] == 40 and tuple(whole[0]["warm_up"]) == (7, 40)
     assert l1_whole[:10] == pytest.approx([0] * 8 + [1.5e-3, 3e-3])  # the warm-up: steps 7 and 8
