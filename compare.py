@@ -1,7 +1,7 @@
 """compare.py: the paper's last two results: features are universal across seeds, and the number of
 features is a knob (a larger dictionary splits features into finer ones).
 
-    python compare.py                  # after the main run: about 50 minutes on a 2-core CPU
+    python compare.py                  # after the main run: about 80 minutes on a 2-core CPU
     python compare.py --out /tmp/run   # another run's outputs; interrupted? run it again, it resumes
 
 It needs the main run (data.py, train_lm.py, train_sae.py) in --out and adds, each stage skipped
