@@ -98,8 +98,8 @@ def run_stages(cfg):
     sizes = sorted({int(n) for n in cfg.sizes})
     # By default every size sees as many activations as the main SAE, so the sweep's largest is a
     # second SAE on model A comparable with the main one. A time budget shared by the sizes buys
-    # few: 10 minutes gave 2.1M activations with the 2024 recipe, whose first hundreds of steps are
-    # dense (the L1 penalty warms up from 0) and cost each size its full dense price.
+    # few: a fresh 2024-recipe SAE is dense until its L1 penalty has warmed up, and every size pays
+    # that dense price (10 minutes once gave each 2.1M activations, at FVU 0.11 to 0.18).
     by_time = cfg.sweep_minutes > 0 and not cfg.sweep_activations
     sweep_budget = dict(max_minutes=cfg.sweep_minutes if by_time else sae_cfg.max_minutes,
                         max_activations=0 if by_time else cfg.sweep_activations or a_sae["seen"])
