@@ -3,8 +3,8 @@
     python analyze.py                  # everything: writes out/analysis/report.md and its figures
     python analyze.py interp           # one step: losses, density, interp or specificity
     python analyze.py --out /tmp/run   # another run's outputs
-    python analyze.py browse           # only the feature browser (browser.py; its flags: browse --help)
-    python analyze.py steer --feature N --value V --prompt "..."   # steering (steer.py)
+    python analyze.py browse           # only the feature browser (lab/browser.py; its flags: browse --help)
+    python analyze.py steer --feature N --value V --prompt "..."   # steering (lab/steer.py)
 
 Reads the LM (<out>/<lm-dir>/), every SAE checkpoint (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out
 tokens (<out>/data/val.bin), and measures, in the paper's terms:
@@ -12,7 +12,7 @@ tokens (<out>/data/val.bin), and measures, in the paper's terms:
   1. reconstruction: MSE, FVU, L0, dead and dense features, and the loss recovered when the SAE's
      reconstruction replaces the MLP activations, against zero- and mean-ablating them;
   2. feature density: the histogram of log10 firing frequencies, dead and ultralow features;
-  3. interpretability, features versus neurons: a lexical explain-then-simulate score (interp.py);
+  3. interpretability, features versus neurons: a lexical explain-then-simulate score (lab/interp.py);
   4. activation specificity: the features and neurons that detect each context predicate (inside a
      comment, base64, a URL, ...): precision and recall, the specialists' union, Pearson r.
 
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-import browser
+from lab import browser
 import data
-import interp
-import steer
-from common import UserError, fmt_eta, parse_config, run_main
-from interp import MIN_ACTIVE, SIZES
-from measured import AnalyzeConfig, load_or_measure, load_run, save_units
-from report import (interp_markdown, losses_markdown, precision_recall_markdown, specificity_markdown,
+from lab import interp
+from lab import steer
+from lab.plumbing import UserError, fmt_eta, parse_config, run_main
+from lab.interp import MIN_ACTIVE, SIZES
+from lab.measured import AnalyzeConfig, load_or_measure, load_run, save_units
+from lab.report import (interp_markdown, losses_markdown, precision_recall_markdown, specificity_markdown,
                     write_report, write_summary)
 
 STEPS = ["all", "losses", "density", "interp", "specificity", "browse", "steer"]

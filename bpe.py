@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 import regex
 import tiktoken
 
-from common import UserError, atomic_write_text
+from lab.plumbing import UserError, atomic_write_text
 
 # GPT-4's (cl100k) pre-tokenisation: BPE merges never cross these pieces (words, 1-3 digit
 # numbers, punctuation runs, whitespace), which keeps tokens meaningful and training cheap.

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import bpe
-from common import UserError, arg, atomic_write_text, fmt_eta, parse_config, run_main
+from lab.plumbing import UserError, arg, atomic_write_text, fmt_eta, parse_config, run_main
 
 SNIFF = 8192          # bytes: a file is text if these have no NUL byte and are UTF-8 (as git and grep decide)
 PIECE = 1 << 20       # characters: documents are read, hashed and encoded in pieces of at most this

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from common import UserError, arg, load_checkpoint, require
+from lab.plumbing import UserError, arg, load_checkpoint, require
 
 
 @dataclasses.dataclass

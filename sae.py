@@ -19,7 +19,7 @@ Loss, in normalised units x_n = x * act_scale:
 
 This file is the paper, in order: the module, the decoder-norm constraint, the gradient by
 autograd (the readable reference), dead-feature resampling, evaluation. The fast training step,
-whose backward pass is derived by hand and touches only the active features, is sae_fused.py.
+whose backward pass is derived by hand and touches only the active features, is lab/sae_fast.py.
 """
 import math
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from common import UserError, load_checkpoint
+from lab.plumbing import UserError, load_checkpoint
 
 
 @dataclass
@@ -199,7 +199,7 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
     Each dead feature is re-aimed at one input, picked with probability proportional to the square
     of its reconstruction loss; the encoder row and bias are reset so the new feature fires only
     weakly at first. sq_errors (N,): each input's squared error, if already computed (the training
-    loop uses sae_fused.squared_errors, faster). Returns how many features were resampled."""
+    loop uses lab/sae_fast.squared_errors, faster). Returns how many features were resampled."""
     sae.check(x)
     idx = dead.nonzero().squeeze(1)
     if len(idx) == 0:

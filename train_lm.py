@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from common import (Budget, Progress, UserError, arg, atomic_save, fast_bf16, finite, flat_dict, fmt_eta,
+from lab.plumbing import (Budget, Progress, UserError, arg, atomic_save, fast_bf16, finite, flat_dict, fmt_eta,
                     load_checkpoint, mark_crashed, parse_config, refuse_to_replace, require, rng_state,
                     run_main, set_rng_state, setup_processes, warn_if_repeating)
 from model import ModelConfig, Transformer, flops_per_token
@@ -44,7 +44,7 @@ class TrainConfig:
     grad_clip: float = arg(1.0, "clip the gradient norm to this (0: off)")
     eval_every: int = arg(250, "steps between validation losses")
     ckpt_every: int = arg(500, "steps between checkpoints")
-    bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see bench.py)")
+    bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see lab/bench.py)")
     random_init_only: bool = arg(False, "save the untrained model and stop (the paper's random-weights control)")
 
     def __post_init__(self):

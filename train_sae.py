@@ -28,8 +28,8 @@ import torch.distributed as dist
 
 import data
 import sae as sae_lib
-import sae_fused
-from common import (Budget, Progress, Stopwatch, UserError, arg, atomic_save, finite, flat_dict, fmt_eta, load_checkpoint,
+from lab import sae_fast
+from lab.plumbing import (Budget, Progress, Stopwatch, UserError, arg, atomic_save, finite, flat_dict, fmt_eta, load_checkpoint,
                     mark_crashed, parse_config, refuse_to_replace, require, run_main, setup_processes,
                     warn_if_repeating)
 from model import harvest, lm_fingerprint, load_lm
@@ -170,7 +170,7 @@ def train(cfg, on_step=None):
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
     val_acts = held_out(cfg.eval_activations)
-    evaluate = sae_fused.evaluate if cfg.fused else sae_lib.evaluate   # the same metrics, the first faster
+    evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate   # the same metrics, the first faster
     if master:
         print(f"config: {flat_dict(cfg)}")
         print(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes {sizes}; "
@@ -361,7 +361,7 @@ def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, ddp):
     n_dead = 0
     if dead.any():  # the errors of ~400k inputs cost as much as 100 steps: only when there is work
         sample = buffer[:min(len(buffer), 100 * batch_size)]
-        n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fused.squared_errors(s, sample))
+        n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fast.squared_errors(s, sample))
     if ddp:  # every rank resampled from its own inputs; rank 0's choice wins
         for p in (s.W_enc, s.W_dec, s.b_enc):
             dist.broadcast(p.data, 0)
@@ -382,10 +382,10 @@ def sae_step(s, opt, x, cfg, ddp, world, l1_coeff):
     """One optimizer step, with this step's L1 coefficient. Under DDP each process has a slice of the
     batch: average the gradients (linear, so the decoder-gradient projection commutes with it), then step."""
     if not ddp:
-        stats = sae_fused.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False, l1_coeff=l1_coeff)
+        stats = sae_fast.train_step(s, opt, x, fused=cfg.fused, bf16=None if cfg.bf16 else False, l1_coeff=l1_coeff)
     else:
         opt.zero_grad(set_to_none=True)
-        stats = sae_fused.fused_grads(s, x, bf16=None if cfg.bf16 else False, l1_coeff=l1_coeff)
+        stats = sae_fast.fused_grads(s, x, bf16=None if cfg.bf16 else False, l1_coeff=l1_coeff)
         for p in s.parameters():
             dist.all_reduce(p.grad)
             p.grad /= world

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
-from common import from_dict  # noqa: E402
+from lab.plumbing import from_dict  # noqa: E402
 import train_lm  # noqa: E402
 
 STDLIB = sysconfig.get_paths()["stdlib"]

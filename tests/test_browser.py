@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import analyze
-import browser
-import measured
-import report
+from lab import browser
+from lab import measured
+from lab import report
 import sae as sae_lib
-from common import UserError
+from lab.plumbing import UserError
 from model import ModelConfig, Transformer, logit_effects, residual_scale
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import compare
+from lab import compare
 import data
-import matching
+from lab import matching
 import sae as sae_lib
 import train_lm
-from common import UserError
+from lab.plumbing import UserError
 from model import ModelConfig, Transformer, load_lm
 from sae import load_sae
 

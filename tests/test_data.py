@@ -12,7 +12,7 @@ import tiktoken.load
 
 import bpe
 import data
-from common import UserError
+from lab.plumbing import UserError
 
 
 def random_unicode(rng, n):
@@ -286,10 +286,11 @@ def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path)
         bpe.named_encoding("no_such_encoding")
 
 
-@pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "compare.py", "bench.py"])
+@pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "-m lab.compare",
+                                    "-m lab.bench"])
 def test_every_script_documents_its_flags(script):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True)
-    assert out.returncode == 0 and "--out" in out.stdout or script == "bench.py" and "--quick" in out.stdout
+    out = subprocess.run([sys.executable, *script.split(), "--help"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and "--out" in out.stdout or script == "-m lab.bench" and "--quick" in out.stdout

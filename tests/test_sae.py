@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sae import (SAE, SAEConfig, dead_window, evaluate, geometric_median, make_optimizer,
                  normalize_decoder, reference_grads, resample_dead, resample_schedule)
-from sae_fused import fused_grads, train_step
+from lab.sae_fast import fused_grads, train_step
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
@@ -287,7 +287,7 @@ def test_wrong_width_is_one_line_error():
 def test_sparse_evaluate_equals_the_plain_one(activation, shift):
     """sae_fused.evaluate (the training loop's held-out metrics) gives sae.evaluate's numbers on
     fresh random inputs: sparse (shift -2), dense enough to take the dense fallback (+0.5), TopK."""
-    from sae_fused import evaluate as sparse_evaluate
+    from lab.sae_fast import evaluate as sparse_evaluate
     torch.manual_seed(7)
     sae = SAE(SAEConfig(d_in=48, n_features=384, activation=activation, k=8))
     x = torch.randn(3000, 48) * 3 + 1

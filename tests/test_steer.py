@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import analyze
-import measured
+from lab import measured
 import sae as sae_lib
-import steer
-from common import UserError
+from lab import steer
+from lab.plumbing import UserError
 from model import ModelConfig, Transformer, logit_effects, residual_scale
 
 

@@ -7,7 +7,7 @@ import torch
 
 import train_lm
 import train_sae
-from common import UserError, parse_config, run_main
+from lab.plumbing import UserError, parse_config, run_main
 from tests.conftest import tiny_lm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

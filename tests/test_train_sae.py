@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import data
-import measured
+from lab import measured
 import sae as sae_lib
 import train_sae
-from common import UserError
+from lab.plumbing import UserError
 import train_lm
 from tests.conftest import tiny_lm_config
 from tests.test_train_lm import Crash, crash_at

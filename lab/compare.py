@@ -1,8 +1,8 @@
-"""compare.py: the paper's last two results: features are universal across seeds, and the number of
+"""lab/compare.py: the paper's last two results: features are universal across seeds, and the number of
 features is a knob (a larger dictionary splits features into finer ones).
 
-    python compare.py                  # after the main run: about 80 minutes on a 2-core CPU
-    python compare.py --out /tmp/run   # another run's outputs; interrupted? run it again, it resumes
+    python -m lab.compare                  # after the main run: about 80 minutes on a 2-core CPU
+    python -m lab.compare --out /tmp/run   # another run's outputs; interrupted? run it again, it resumes
 
 It needs the main run (data.py, train_lm.py, train_sae.py) in --out and adds, each stage skipped
 when its checkpoint is final and resumed when it was interrupted:
@@ -13,7 +13,7 @@ when its checkpoint is final and resumed when it was interrupted:
   4. a sweep of dictionary sizes on model A, all on the same activations (sae_sweep/F<n>/)
   5. the measurements, in <out>/compare/: report.md, universality.png, control.png, knob.png
 
-Matching units between two sets (universality and splitting; the metrics are in matching.py) is
+Matching units between two sets (universality and splitting; the metrics are in lab/matching.py) is
 one streamed pass over held-out tokens through both LMs and every SAE.
 """
 import dataclasses
@@ -27,16 +27,16 @@ from matplotlib.figure import Figure
 
 import analyze
 import data
-import interp
+from lab import interp
 import train_lm
 import train_sae
-from common import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
+from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
                     parse_config, pick_device, run_main)
-from interp import MIN_ACTIVE
-from matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
-from measured import AnalyzeConfig
+from lab.interp import MIN_ACTIVE
+from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
+from lab.measured import AnalyzeConfig
 from model import lm_fingerprint, load_lm
-from report import shown, token_text
+from lab.report import shown, token_text
 from sae import load_sae
 
 
@@ -524,7 +524,7 @@ def runs_table(cfg, dirs):
     rows = []
     for name, lm_dir, sae_dir in (("model A", "lm", "sae"), ("model B", "lm_b", "sae_b"),
                                   ("random weights", "lm_random", "sae_random")):
-        lm = load_checkpoint(os.path.join(cfg.out, lm_dir, "ckpt.pt"), "LM checkpoint", "rerun python compare.py")
+        lm = load_checkpoint(os.path.join(cfg.out, lm_dir, "ckpt.pt"), "LM checkpoint", "rerun python -m lab.compare")
         tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
         val = next((h["val_loss"] for h in reversed(lm["history"]) if "val_loss" in h), None)
         rows.append(f"| {name} LM (seed {lm['config']['seed']}) | {lm_dir}/ | {millions(tokens)} tokens, "
@@ -535,7 +535,7 @@ def runs_table(cfg, dirs):
 
 
 def sae_row(out, folder, name):
-    c = load_checkpoint(os.path.join(out, folder, "ckpt.pt"), "SAE checkpoint", "rerun python compare.py")
+    c = load_checkpoint(os.path.join(out, folder, "ckpt.pt"), "SAE checkpoint", "rerun python -m lab.compare")
     f = c["history"][-1]
     return (f"| {name} | {folder}/ | {millions(c['seen'])} activations, {fmt_eta(c['elapsed'])} | "
             f"L0 {f['l0']:.1f}, FVU {f['fvu']:.3f}, dead {100 * f['dead_frac']:.1f}% |")

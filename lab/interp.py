@@ -1,4 +1,4 @@
-"""interp.py: measuring units (MLP neurons or SAE features) on held-out text.
+"""lab/interp.py: measuring units (MLP neurons or SAE features) on held-out text.
 
 A "unit" is one column of an activation matrix (tokens, units): one of the 512 neurons, one SAE
 feature, or a neuron of another model. Everything here takes activations in token order from any

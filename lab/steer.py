@@ -1,4 +1,4 @@
-"""steer.py: turn a feature on and watch the model change.
+"""lab/steer.py: turn a feature on and watch the model change.
 
     python analyze.py steer --feature 3383 --value 30 --prompt "import os"  # one prompt, steered and not
     python analyze.py steer                                                 # the effect, measured on many prompts
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 import data
-from common import UserError, arg, parse_config, run_main
-from measured import AnalyzeConfig, load_or_measure, load_run, load_units
+from lab.plumbing import UserError, arg, parse_config, run_main
+from lab.measured import AnalyzeConfig, load_or_measure, load_run, load_units
 from model import logit_effects, residual_scale
-from report import pattern, token_text, visible
+from lab.report import pattern, token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
 # multiple of it barely moves the model, which says little about the feature.

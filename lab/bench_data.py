@@ -1,7 +1,7 @@
-"""bench_data.py: how fast does data.py tokenize a corpus of realistic size, in how much memory?
+"""lab/bench_data.py: how fast does data.py tokenize a corpus of realistic size, in how much memory?
 
-    python bench_data.py             # 1 GB of text: about 2 minutes on 2 cores
-    python bench_data.py --mb 300    # a smaller one; compare the peaks: they should not grow
+    python -m lab.bench_data             # 1 GB of text: about 2 minutes on 2 cores
+    python -m lab.bench_data --mb 300    # a smaller one; compare the peaks: they should not grow
 
 A benchmark, not a test. It writes a corpus made of the standard library's text into a temporary
 folder (the files in turn as a .txt file, a line of a .jsonl, a line of a .jsonl.gz; the whole

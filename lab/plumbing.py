@@ -1,4 +1,4 @@
-"""common.py: the small plumbing every script shares.
+"""lab/plumbing.py: the small plumbing every script shares.
 
 Flags generated from a config dataclass, one-line errors for bad input, atomic checkpoints,
 device choice, and a progress printer that also appends to log.jsonl. Nothing here is about the
@@ -163,7 +163,7 @@ def setup_processes(device_name):
 
 def fast_bf16(device):
     """Is a bf16 matmul much faster than float32 here? On CUDA, and on CPUs with AMX or
-    AVX512-BF16 (bench_sae.py: 8x on a 2-core Xeon with AMX); elsewhere bf16 is emulated, slower."""
+    AVX512-BF16 (lab/bench_sae.py: 8x on a 2-core Xeon with AMX); elsewhere bf16 is emulated, slower."""
     device = torch.device(device)
     if device.type == "cuda":
         return True

@@ -1,4 +1,4 @@
-"""browser.py: one self-contained HTML page to browse features and neurons, as in the paper's interface.
+"""lab/browser.py: one self-contained HTML page to browse features and neurons, as in the paper's interface.
 
     python analyze.py browse                              # writes out/analysis/browser.html
     python analyze.py browse --features 12 40 --neurons 7 # only these units: analysis/browser_selected.html
@@ -35,11 +35,11 @@ import time
 import numpy as np
 import torch
 
-import interp
-from common import UserError, arg, atomic_write_text, parse_config, run_main
-from measured import AnalyzeConfig, load_or_measure, load_run, load_units
+from lab import interp
+from lab.plumbing import UserError, arg, atomic_write_text, parse_config, run_main
+from lab.measured import AnalyzeConfig, load_or_measure, load_run, load_units
 from model import logit_effects, residual_scale
-from report import pattern, visible
+from lab.report import pattern, visible
 
 
 @dataclasses.dataclass

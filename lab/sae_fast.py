@@ -1,17 +1,17 @@
-"""sae_fused.py: the SAE's training step, fast. The maths is sae.py's; this file is speed.
+"""lab/sae_fast.py: the SAE's training step, fast. The maths is sae.py's; this file is speed.
 
 sae.py trains by autograd: sae.loss(x).backward(). That spends 12*d*F FLOPs per input, almost all
 of them on zeros, because after the ReLU only a few dozen of the F features are active. Here the
 backward pass is derived by hand (below, beside the code) so that only the encoder product is
 dense and everything else touches the active features only. tests/test_sae.py checks that it
-equals sae.reference_grads on random inputs (dead features, all features active, TopK); bench.py
-(through bench_sae.py) times it against the autograd step.
+equals sae.reference_grads on random inputs (dead features, all features active, TopK); lab/bench.py
+(through lab/bench_sae.py) times it against the autograd step.
 """
 import warnings
 
 import torch
 
-from common import fast_bf16
+from lab.plumbing import fast_bf16
 from sae import metrics, normalize_decoder, reference_grads, remove_parallel_grad
 
 # torch's notes that CSR support is "beta" and that invariant checks are off (tests turn them on)

@@ -1,4 +1,4 @@
-"""matching.py: matching the units of one set to another's (compare.py's universality and splitting).
+"""lab/matching.py: matching the units of one set to another's (lab/compare.py's universality and splitting).
 
 Each unit of one set (an SAE's features, or a transformer's neurons) is matched to its best partner
 in another: by the Pearson correlation of their activations over the same tokens, or by the cosine

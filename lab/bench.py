@@ -1,7 +1,7 @@
-"""bench.py: how fast are the hot loops, against a plain reference measured in the same run?
+"""lab/bench.py: how fast are the hot loops, against a plain reference measured in the same run?
 
-    python bench.py            # a few minutes on a 2-core CPU
-    python bench.py --quick    # fewer, shorter cases
+    python -m lab.bench            # a few minutes on a 2-core CPU
+    python -m lab.bench --quick    # fewer, shorter cases
 
 Speed is science here: the number of activations the SAE sees in ten minutes decides whether the
 paper's results show up on a laptop. Timed tests would be flaky on shared machines, so speed lives
@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from bench_sae import bench_sae, gemm_rates, speedup, time_steps
+from lab.bench_sae import bench_sae, gemm_rates, speedup, time_steps
 from model import ModelConfig, Transformer, flops_per_token
 
 

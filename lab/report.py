@@ -1,4 +1,4 @@
-"""report.py: report.md, the analysis written out beside the paper's numbers.
+"""lab/report.py: report.md, the analysis written out beside the paper's numbers.
 
 analyze.py measures; this file only formats: a one-screen summary table (ours beside the paper's),
 then one section per measurement with its table and figure. Token text is made visible (whitespace
@@ -8,9 +8,9 @@ import dataclasses
 import json
 import os
 
-import interp
-from common import atomic_write_text, fmt_eta
-from interp import MIN_ACTIVE, SIZES
+from lab import interp
+from lab.plumbing import atomic_write_text, fmt_eta
+from lab.interp import MIN_ACTIVE, SIZES
 
 # The paper's numbers (docs/paper.md) that ours are printed beside.
 PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6)",

@@ -1,8 +1,8 @@
 """
 Speed of one SAE training step (sae.py): the autograd reference against the fused sparse step,
 fp32 and with a bf16 encoder product, at F = 4096 and 16384 features, d = 512, batch 4096, L0 ~32.
-A benchmark, not a test: `python bench_sae.py` prints a table and, last, the headline speedup.
-bench.py imports bench_sae() and gemm_gflops().
+A benchmark, not a test: `python -m lab.bench_sae` prints a table and, last, the headline speedup.
+lab/bench.py imports bench_sae() and gemm_gflops().
 
 FLOP floors per activation (d inputs, F features, L0 active features):
   dense  12*d*F: the autograd step's six GEMMs (encoder, decoder, and two backward each)
@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from common import fast_bf16
+from lab.plumbing import fast_bf16
 from sae import SAE, SAEConfig, make_optimizer
-from sae_fused import train_step
+from lab.sae_fast import train_step
 
 
 def gemm_gflops(dtype=torch.float32, m=4096, k=512, n=4096, seconds=1.0, device="cpu"):

@@ -1,4 +1,4 @@
-"""measured.py: what every analysis step reads: the run (the LM, its SAEs, the held-out tokens) and
+"""lab/measured.py: what every analysis step reads: the run (the LM, its SAEs, the held-out tokens) and
 the streaming measurement of their units, cached in <analysis>/measure.pt.
 
     cfg = AnalyzeConfig(out="out")
@@ -6,7 +6,7 @@ the streaming measurement of their units, cached in <analysis>/measure.pt.
     m = load_or_measure(cfg, run)   # Measurement: {source: interp.UnitStats}, the predicates, the halves
     units = load_units(cfg, run)    # units.json: every scored unit's explanation (analyze.py's interp step)
 
-analyze.py, browser.py and steer.py build on this file; it imports none of them.
+analyze.py, lab/browser.py and lab/steer.py build on this file; it imports none of them.
 
 Where tensors live: the LM, the SAEs and every pass over tokens are on run.device; what a pass is
 reduced to (the per-unit statistics, unit indices, maxima, logit effects once computed) is on the
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 import data
-import interp
-from common import Progress, UserError, arg, atomic_save, atomic_write_text, fmt_eta, pick_device
+from lab import interp
+from lab.plumbing import Progress, UserError, arg, atomic_save, atomic_write_text, fmt_eta, pick_device
 from model import Transformer, lm_fingerprint, load_lm
-from report import describe
+from lab.report import describe
 from sae import SAE, load_sae
 
 

@@ -1,0 +1,1 @@
+"""The lab: everything beside the paper's method (see the README's reading order)."""
