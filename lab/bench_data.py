@@ -21,6 +21,7 @@ import time
 from collections import Counter
 
 import data
+from lab.corpus import PIECE, documents
 
 
 def make_corpus(folder, mb):
@@ -33,7 +34,7 @@ def make_corpus(folder, mb):
         os.makedirs(part)
         with open(os.path.join(part, "docs.jsonl"), "w") as jl, \
                 gzip.open(os.path.join(part, "docs.jsonl.gz"), "wt") as gz:
-            for i, (name, ps, _) in enumerate(data.documents(stdlib, Counter(), data.PIECE)):
+            for i, (name, ps, _) in enumerate(documents(stdlib, Counter(), PIECE)):
                 text = "".join(ps)
                 if i % 3 == 0:
                     with open(os.path.join(part, name.replace(os.sep, "_") + ".txt"), "w") as f:

@@ -1,3 +1,4 @@
+import collections
 import gzip
 import hashlib
 import io
@@ -10,8 +11,8 @@ import pytest
 
 import tiktoken.load
 
-import bpe
 import data
+import lab.corpus
 from lab.plumbing import UserError
 
 
@@ -33,11 +34,11 @@ def random_unicode(rng, n):
 def small_ranks():
     texts = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
              for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["日本語のテキスト。 Ελληνικά 😀😀 العربية"]
-    return bpe.train_bpe(texts, 600)
+    return data.train_bpe(texts, 600)
 
 
 def test_bpe_round_trips_any_unicode(small_ranks):
-    enc = bpe.make_encoding(small_ranks)
+    enc = data.make_encoding(small_ranks)
     rng = random.Random(0)
     samples = ["", " ", "\n\n\t", "def f(x):\n    return x  # ok", "😀👍🏽 mixed عربى and 中文 and ελληνικά"]
     samples += [random_unicode(rng, rng.randint(1, 200)) for _ in range(300)]
@@ -52,14 +53,14 @@ def test_bpe_round_trips_any_unicode(small_ranks):
 def test_bpe_training_is_deterministic(small_ranks):
     texts = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
              for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["日本語のテキスト。 Ελληνικά 😀😀 العربية"]
-    assert bpe.train_bpe(texts, 600) == small_ranks
+    assert data.train_bpe(texts, 600) == small_ranks
     assert sorted(small_ranks.values()) == list(range(599))  # 256 bytes + merges, no gaps
 
 
 def test_rank_file_round_trip(small_ranks, tmp_path):
     path = str(tmp_path / "t.tiktoken")
-    bpe.save_ranks(small_ranks, path)
-    assert bpe.load_ranks(path) == small_ranks
+    data.save_ranks(small_ranks, path)
+    assert data.load_ranks(path) == small_ranks
 
 
 def test_split_is_stable_and_about_the_fraction():
@@ -83,11 +84,11 @@ def test_prepare_shards_and_reuse(tiny_data, capsys):
     assert len(text) > 200
 
 
-def read_documents(paths, size=data.PIECE):
+def read_documents(paths, size=lab.corpus.PIECE):
     """[(name, text)] and the skip counts, as the corpus passes see them."""
-    stats = data.Counter()
+    stats = collections.Counter()
     files = data.corpus_files(data.DataConfig(data=[str(p) for p in paths]))
-    return [(name, "".join(ps)) for name, ps, _ in data.documents(files, stats, size)], stats
+    return [(name, "".join(ps)) for name, ps, _ in lab.corpus.documents(files, stats, size)], stats
 
 
 def test_user_files_txt_jsonl_gz(tmp_path):
@@ -128,7 +129,7 @@ def test_text_is_told_by_content_not_extension(tmp_path):
 def test_pieces_encode_to_the_tokens_of_the_whole_text(small_ranks):
     # documents are read and encoded in pieces, cut where the tokenizer's pre-tokens never
     # cross: the tokens are exactly those of the whole text
-    enc = bpe.make_encoding(small_ranks)
+    enc = data.make_encoding(small_ranks)
     rng = random.Random(1)
     seps = ["\n", "\r\n", "\n\n", "\n    ", " \n", "\n\t", "\n\x1c", "\u2028", " ", "  ", ".\n", "\n\n\n  x"]
     code = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
@@ -136,7 +137,7 @@ def test_pieces_encode_to_the_tokens_of_the_whole_text(small_ranks):
     noise = ["".join(random_unicode(rng, rng.randint(0, 40)) + rng.choice(seps) for _ in range(300)) for _ in range(20)]
     for texts, size in ((code, 1000), (code, 20000), (noise, 300), (noise, 3000), (["ab" * 1000], 300)):
         for text in texts:
-            ps = list(data.pieces(io.StringIO(text), size, "t"))
+            ps = list(lab.corpus.pieces(io.StringIO(text), size, "t"))
             assert "".join(ps) == text and all(0 < len(p) <= size for p in ps)
             if text != "ab" * 1000:  # a blob with no point to cut at is cut anywhere
                 assert [t for p in ps for t in enc.encode_ordinary(p)] == enc.encode_ordinary(text)
@@ -163,7 +164,7 @@ def encode_chunk_and_note_pid(chunk):
     return ORIGINAL_ENCODE_CHUNK(chunk)
 
 
-ORIGINAL_ENCODE_CHUNK = data.encode_chunk
+ORIGINAL_ENCODE_CHUNK = lab.corpus.encode_chunk
 
 
 def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatch):
@@ -178,9 +179,9 @@ def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatc
             for j, para in enumerate(text.split("\n\n")[:40]):
                 f.write(json.dumps({"text": para, "id": j}) + "\n")
     # small pieces and chunks: documents are cut into many pieces and the pool gets many tasks
-    monkeypatch.setattr(data, "PIECE", 2000)
-    monkeypatch.setattr(data, "CHUNK", 5000)
-    monkeypatch.setattr(data, "encode_chunk", encode_chunk_and_note_pid)
+    monkeypatch.setattr(lab.corpus, "PIECE", 2000)
+    monkeypatch.setattr(lab.corpus, "CHUNK", 5000)
+    monkeypatch.setattr(lab.corpus, "encode_chunk", encode_chunk_and_note_pid)
     monkeypatch.setenv("ENCODE_PIDS", str(tmp_path / "pids"))
     meta = data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(corpus)], vocab_size=400, val_fraction=0.2))
     pids = open(tmp_path / "pids").read().split()
@@ -189,10 +190,10 @@ def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatc
     docs = reference_documents(corpus)
     train = [text for name, text in docs if not data.is_validation(name, 0.2)]
     val = [text for name, text in docs if data.is_validation(name, 0.2)]
-    ranks = bpe.train_bpe(train, 400)
-    enc = bpe.make_encoding(ranks)
+    ranks = data.train_bpe(train, 400)
+    enc = data.make_encoding(ranks)
     out = tmp_path / "o" / "data"
-    assert bpe.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
+    assert data.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
     for split, texts in (("train", train), ("val", val)):
         ids = [enc.encode_ordinary(doc) for doc in texts]  # today's format: an end-of-text before every document
         expected = np.fromiter((t for doc in ids for t in [enc.eot_token, *doc]), dtype=np.uint16)
@@ -281,9 +282,9 @@ def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: forces a download
     monkeypatch.setattr(tiktoken.load, "read_file", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
     with pytest.raises(UserError, match="offline"):
-        bpe.named_encoding("gpt2")
+        data.named_encoding("gpt2")
     with pytest.raises(UserError, match="unknown"):
-        bpe.named_encoding("no_such_encoding")
+        data.named_encoding("no_such_encoding")
 
 
 @pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "-m lab.compare",
