@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+from lab.fused_ce import unembed_cross_entropy
 from lab.plumbing import UserError, arg, load_checkpoint, require
 
 
@@ -118,15 +119,13 @@ class Transformer(nn.Module):
 
         mlp_hook(layer, acts) -> acts, if given, sees each layer's MLP activations after the
         nonlinearity and returns what the layer uses instead (the same tensor to only read).
-        logits=False (training): return (None, loss), computed by unembed_cross_entropy without
-        ever holding the (B*T, vocab) logits."""
+        logits=False (training): return (None, loss), computed by lab/fused_ce.py."""
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if mlp_hook is None else (lambda h, i=i: mlp_hook(i, h)))
         x = self.ln_f(x)
-        if not logits:
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-            return None, UnembedCrossEntropy.apply(x.flatten(0, 1), self.unembed.weight, targets.flatten(), dtype)
+        if not logits:  # the same loss, without the (B*T, vocab) logits: the fastest step on a CPU
+            return None, unembed_cross_entropy(x, self.unembed.weight, targets)
         out = self.unembed(x)
         loss = None if targets is None else F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
         return out, loss
@@ -158,48 +157,6 @@ class Transformer(nn.Module):
         return idx
 
 
-class UnembedCrossEntropy(torch.autograd.Function):
-    """mean CE(h @ W.T, targets), and its gradients, a chunk of rows at a time.
-
-    With a 4,096-token vocabulary the (B*T, vocab) logits are the largest tensor of the whole
-    step: materialising them, casting them to float32, their log-softmax and its backward cost
-    more than all the other layers together on a CPU. Here each chunk's logits live in cache only:
-    the forward pass already computes the gradients (softmax - onehot) / N, and backward just
-    scales them. The matmuls run in `dtype` (bf16 under autocast), the softmax in float32."""
-
-    @staticmethod
-    def forward(ctx, h, W, targets, dtype, chunk=512):
-        N = h.shape[0]
-        hc, Wc = h.to(dtype), W.to(dtype)
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
-        grad_W = torch.zeros(W.shape, dtype=torch.float32, device=h.device)
-        for s in range(0, N, chunk):
-            rows, t = hc[s:s + chunk], targets[s:s + chunk]
-            logits = (rows @ Wc.T).float()
-            lse = logits.logsumexp(1)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            p = torch.exp_(logits - lse[:, None])   # softmax, in place
-            p[torch.arange(len(t), device=p.device), t] -= 1
-            p = (p / N).to(dtype)
-            grad_h[s:s + chunk] = p @ Wc
-            grad_W += p.T @ rows
-        ctx.save_for_backward(grad_h.to(h.dtype), grad_W.to(W.dtype))
-        return loss / N
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_W = ctx.saved_tensors
-        return grad_h * grad_loss, grad_W * grad_loss, None, None, None
-
-
-def flops_per_token(cfg):
-    """Forward+backward matmul FLOPs per token (6 per weight, plus attention's scores)."""
-    d, L = cfg.d_model, cfg.n_layer
-    weights = L * (4 * d * d + 2 * d * cfg.d_mlp) + d * cfg.vocab_size
-    return 6 * weights + L * 6 * cfg.block_size * d  # QK^T and AV: 2*T*d each, forward, x3 with backward
-
-
 # ----------------------------------------------------------------------------------------------
 # Tokens -> MLP activations: what the SAE is trained on and what the analysis measures
 
@@ -224,39 +181,6 @@ def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"
         ids.append(w.flatten())
     positions = torch.from_numpy(starts[:, None] + np.arange(T)[None]).flatten()
     return torch.cat(acts)[:count], torch.cat(ids)[:count], positions[:count]
-
-
-# ----------------------------------------------------------------------------------------------
-# Logit effects (the paper's "logit weights": a direction in the MLP's activations through the
-# MLP's output weights and the unembedding, "the final layer norm linearised")
-
-
-@torch.no_grad()
-def logit_effects(model, directions, scale):
-    """(U, vocab): the change of every output logit per unit of activation along each direction
-    (U, d_mlp) of the last MLP's activations. The MLP adds mlp_out(d) to the residual stream; ln_f
-    subtracts its mean, divides by the stream's scale and multiplies by its gain; unembed maps that
-    to logits. Linearised: the division is by `scale`, the harmonic mean of the scale over held-out
-    tokens (residual_scale), which makes this the token-averaged derivative of the logits, except
-    for the small change the direction itself makes to each token's scale, which is dropped. The
-    bias of mlp_out and ln_f's bias do not depend on the unit, and neither does a shift of all
-    logits, which the softmax ignores."""
-    r = directions.to(model.unembed.weight) @ model.blocks[-1].mlp_out.weight.T  # (U, d_model): into the stream
-    r = r - r.mean(1, keepdim=True)
-    return (r * model.ln_f.weight / scale) @ model.unembed.weight.T
-
-
-@torch.no_grad()
-def residual_scale(model, tokens, n_windows=32):
-    """The harmonic mean over held-out tokens of ln_f's divisor sqrt(var(x) + eps), x the residual
-    stream entering ln_f (n_windows LM windows spread evenly over tokens)."""
-    T = model.cfg.block_size
-    starts = np.linspace(0, len(tokens) - T, n_windows).astype(np.int64)
-    x = model.embed(data.windows(tokens, starts, T, model.unembed.weight.device))
-    for block in model.blocks:
-        x = block(x)
-    sigma = (x.var(-1, unbiased=False) + model.ln_f.eps).sqrt()
-    return (1 / (1 / sigma).mean()).item()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ Loss, in normalised units x_n = x * act_scale:
     l1  = mean over the batch of sum_i f_i
     loss = mse + l1_coeff * l1     (relu; the paper)      loss = mse     (topk; Gao et al. 2024)
 
-This file is the paper, in order: the module, the decoder-norm constraint, the gradient by
-autograd (the readable reference), dead-feature resampling, evaluation. The fast training step,
-whose backward pass is derived by hand and touches only the active features, is lab/sae_fast.py.
+This file is the paper, in order: the module, the decoder-norm constraint, the training step with
+its gradient by autograd (the readable reference), dead-feature resampling, evaluation. The same
+gradient derived by hand, touching only the active features, is lab/sae_fast.py's fused_grads:
+train_step takes either (train_sae.py --fused, the default, picks the fast one).
 """
 import math
 from dataclasses import dataclass
@@ -34,9 +35,8 @@ from lab.plumbing import UserError, load_checkpoint
 class SAEConfig:
     d_in: int = 512          # width of the activations (the paper: 512 MLP neurons)
     n_features: int = 4096   # dictionary size (the paper's A/1: 8x the neurons)
-    # relu only. On synthetic superposition data (1024 directions in 512 dims, ~7 active) 3e-3
-    # gave L0 14 and FVU 0.06 at 2048 features; 1e-3: L0 62; 1e-2: collapse (FVU 0.95).
-    # train_sae.py's --l1-coeff defaults to this one.
+    # relu only, in the normalised units below: the sparsity/reconstruction trade-off (too high and
+    # the SAE collapses to the mean). train_sae.py's --l1-coeff defaults to this one.
     l1_coeff: float = 3e-3
     activation: str = "relu" # "relu" (the paper: ReLU + L1) or "topk" (Gao et al. 2024: k largest, no L1)
     k: int = 32              # topk only: active features per input
@@ -161,8 +161,23 @@ def make_optimizer(sae, lr):
     return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
 
 
+def train_step(sae, opt, x, l1_coeff=None, grads=None, sync=None):
+    """One optimizer step on the batch x (N, d_in): the gradients (grads: reference_grads below, or
+    lab/sae_fast.py's fused_grads, which gives the same numbers faster), their parallel part removed,
+    averaged over the processes under DDP (sync), then Adam, then the dictionary renormalised.
+    l1_coeff: this step's, where a schedule changes it (else cfg's). Returns the grads' dict of
+    statistics: loss, mse, l1, l0 and fired, each feature's count of active inputs."""
+    stats = (grads or reference_grads)(sae, x, l1_coeff)
+    if sync is not None:
+        sync(sae, stats)
+    opt.step()
+    normalize_decoder(sae)
+    return stats
+
+
 def reference_grads(sae, x, l1_coeff=None):
-    """The gradients by autograd: sae.loss(x, l1_coeff).backward(), then remove_parallel_grad."""
+    """The gradients by autograd: sae.loss(x, l1_coeff).backward(), then remove_parallel_grad.
+    Every .grad is overwritten, so there is nothing to zero first."""
     for p in sae.parameters():
         p.grad = None
     with torch.enable_grad():
@@ -199,7 +214,7 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
     Each dead feature is re-aimed at one input, picked with probability proportional to the square
     of its reconstruction loss; the encoder row and bias are reset so the new feature fires only
     weakly at first. sq_errors (N,): each input's squared error, if already computed (the training
-    loop uses lab/sae_fast.squared_errors, faster). Returns how many features were resampled."""
+    loop uses lab/sae_fast.py's squared_errors, faster). Returns how many features were resampled."""
     sae.check(x)
     idx = dead.nonzero().squeeze(1)
     if len(idx) == 0:

@@ -1,13 +1,15 @@
 """train_lm.py: train the one-layer transformer from scratch on the token shards.
 
-    python train_lm.py                                   # CPU, about 12 minutes
-    python train_lm.py --device cuda --max-minutes 60    # one GPU, bf16 autocast
-    torchrun --nproc_per_node 4 train_lm.py --device cuda # several GPUs (DDP; gloo on CPU)
+    python train_lm.py                                     # 20M tokens: about 12 minutes on 2 CPU cores
+    python train_lm.py --device cuda --max-tokens 200000000  # one GPU, bf16 autocast
+    torchrun --nproc_per_node 4 train_lm.py --device cuda   # several GPUs (DDP; gloo on CPU)
 
-AdamW with linear warmup and cosine decay, gradient clipping, periodic validation loss, atomic
-checkpoints with everything needed to continue exactly (--resume). The last line printed holds
-the model's validation loss beside a count-based bigram model's, e.g. `val loss 3.10 | bigram 4.42`:
-a transformer that cannot beat bigram counts has learned nothing worth decomposing.
+AdamW with linear warmup and cosine decay, gradient clipping, a validation loss every few hundred
+steps, checkpoints that --resume continues exactly. The length of the run is a count of tokens, so
+every machine trains the same model; --max-minutes turns a time budget into such a count once,
+from a short timed start. The last line holds the model's validation loss beside a count-based
+bigram model's, e.g. `val loss 3.40 | bigram 4.61`: a transformer that cannot beat bigram counts
+has learned nothing worth decomposing.
 """
 import dataclasses
 import math
@@ -19,49 +21,48 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from lab.plumbing import (Budget, Progress, UserError, arg, atomic_save, fast_bf16, finite, flat_dict, fmt_eta,
-                    load_checkpoint, mark_crashed, parse_config, refuse_to_replace, require, rng_state,
-                    run_main, set_rng_state, setup_processes, warn_if_repeating)
-from model import ModelConfig, Transformer, flops_per_token
+from lab.plumbing import (Progress, UserError, arg, atomic_save, broadcast_int, copy_for_timing, fast_bf16, finite,
+                          flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace,
+                          require, rng_state, run_main, set_rng_state, setup_processes, timed_steps,
+                          warn_if_repeating)
+from model import ModelConfig, Transformer
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    out: str = arg("out", "artifact root: reads <out>/data/, writes <out>/lm/")
+    out: str = arg("out", "artifact root: reads <out>/data/, writes <out>/<lm-dir>/")
     lm_dir: str = arg("lm", "this run's folder under --out (e.g. lm_b for a second seed)")
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed: int = arg(0, "seed for the weights and the order of the batches")
-    max_minutes: float = arg(12.0, "wall-clock budget: sets the number of steps from the measured speed")
-    max_tokens: int = arg(0, "token budget instead of --max-minutes (0: use the minutes)")
+    max_tokens: int = arg(20_000_000, "tokens to train on (0: save the untrained model, the paper's "
+                          "random-weights control)")
+    max_minutes: float = arg(0.0, "a time budget instead of --max-tokens: the count that fits, timed once at the "
+                             "start (0: use --max-tokens)")
     resume: bool = arg(False, "continue the run in <out>/<lm-dir>/ exactly where it stopped")
     overwrite: bool = arg(False, "replace a finished run in <out>/<lm-dir>/ (else refused)")
     batch_size: int = arg(32, "sequences per step, over all processes")
     model: ModelConfig = arg(ModelConfig(), "the transformer; its fields are flags of their own (--d-model ...)")
     lr: float = arg(3e-3, "peak learning rate")
-    min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak")
     warmup_steps: int = arg(100, "linear warmup steps")
-    weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)")
-    grad_clip: float = arg(1.0, "clip the gradient norm to this (0: off)")
-    eval_every: int = arg(250, "steps between validation losses")
-    ckpt_every: int = arg(500, "steps between checkpoints")
     bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see lab/bench.py)")
-    random_init_only: bool = arg(False, "save the untrained model and stop (the paper's random-weights control)")
+    # set by programs (the tests, lab/compare.py), not on the command line
+    min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", flag=False)
+    weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", flag=False)
+    grad_clip: float = arg(1.0, "clip the gradient norm to this (0: off)", flag=False)
+    eval_every: int = arg(250, "steps between validation losses", flag=False)
+    ckpt_every: int = arg(500, "steps between checkpoints", flag=False)
 
     def __post_init__(self):
-        require(finite(self.max_minutes) and self.max_minutes > 0, f"--max-minutes {self.max_minutes}",
-                "must be a positive number of minutes")
-        require(self.max_tokens >= 0, f"--max-tokens {self.max_tokens}", "must be >= 0 (0: use --max-minutes)")
+        require(self.max_tokens >= 0, f"--max-tokens {self.max_tokens}", "must be >= 0 (0: the untrained model)")
+        require(finite(self.max_minutes) and self.max_minutes >= 0, f"--max-minutes {self.max_minutes}",
+                "must be a number of minutes >= 0 (0: use --max-tokens)")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size}", "must be at least 1")
         require(finite(self.lr) and self.lr > 0, f"--lr {self.lr}", "must be a positive number")
-        require(finite(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, f"--min-lr-frac {self.min_lr_frac}",
-                "must lie in 0..1")
         require(self.warmup_steps >= 0, f"--warmup-steps {self.warmup_steps}", "must be >= 0")
-        require(finite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay {self.weight_decay}",
-                "must be a number >= 0")
-        require(finite(self.grad_clip) and self.grad_clip >= 0, f"--grad-clip {self.grad_clip}",
-                "must be a number >= 0 (0: off)")
-        require(self.eval_every >= 1, f"--eval-every {self.eval_every}", "must be at least 1")
-        require(self.ckpt_every >= 1, f"--ckpt-every {self.ckpt_every}", "must be at least 1")
+        require(finite(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, "min_lr_frac", "must lie in 0..1")
+        require(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
+        require(self.eval_every >= 1 and self.ckpt_every >= 1, "eval_every and ckpt_every", "must be at least 1")
 
 
 def lr_at(step, cfg, max_steps):
@@ -72,14 +73,40 @@ def lr_at(step, cfg, max_steps):
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def make_optimizer(model, cfg):
+    """AdamW; weight decay on the matrices only (not on biases, gains and embeddings' ... vectors)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+
+
+def train_step(net, opt, batch, lr, cfg, autocast):
+    """One optimizer step on one batch (x, y); returns the loss. Under DDP, net averages the
+    processes' gradients in backward."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast:
+        _, loss = net(*batch, logits=False)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    if not torch.isfinite(loss):
+        raise UserError(f"the loss became {loss.item()}; the last good checkpoint is kept: lower --lr and rerun "
+                        "with --resume")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint dict. on_step(step) runs after each
     optimizer step (the tests use it to simulate a crash)."""
-    # setup: processes, data, model, optimizer
+    # 1. set-up: processes, data, model, optimizer
     t_run = time.time()
     ddp, rank, world, device = setup_processes(cfg.device)
     require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
-    master = rank == 0
+    master, per_rank = rank == 0, cfg.batch_size // world
     data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.lm_dir)
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     meta = data.load_meta(data_dir)
@@ -88,20 +115,18 @@ def train(cfg, on_step=None):
     refuse_to_replace([ckpt_path], cfg, "--lm-dir")
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=True)
+    opt = make_optimizer(model, cfg)
     batches = torch.Generator().manual_seed(cfg.seed)  # the order of the training windows
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16 and fast_bf16(device))
+    net = DistributedDataParallel(model) if ddp else model
     tokens_per_step = cfg.batch_size * mcfg.block_size
-    warn_overfitting = lambda max_steps: master and warn_if_repeating(
-        max_steps * tokens_per_step, len(train_tokens), "training tokens",
-        "overfitting; the validation loss will stop improving",
-        "give data.py more --data, or lower --max-minutes/--max-tokens")
 
-    # resume: the weights, the optimizer, both random streams and the run's length
-    step, max_steps, elapsed, history = 0, None, 0.0, []
+    def next_batch(generator):  # this process's share of a batch (every process draws the same windows)
+        x, y = data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, generator, device)
+        return x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
+
+    # 2. the run's length in steps: resumed from the checkpoint, a count of tokens, or a timed start
+    step, history, elapsed = 0, [], 0.0
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, "LM checkpoint to resume",
                                "start without --resume, or point --out/--lm-dir at the run")
@@ -113,112 +138,73 @@ def train(cfg, on_step=None):
         batches.set_state(ckpt["batch_rng"])
         set_rng_state(ckpt["rng"])
         step, max_steps, elapsed, history = ckpt["step"], ckpt["max_steps"], ckpt["elapsed"], ckpt["history"]
-        if master:
-            print(f"resuming {ckpt_path} at step {step} of {max_steps}")
-    elif master and os.path.exists(ckpt_path) and not cfg.random_init_only:
-        print(f"note: starting over; {ckpt_path} will be replaced at the first checkpoint (use --resume to continue it)")
-    if cfg.max_tokens:
+    elif cfg.max_minutes:
+        twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        max_steps = broadcast_int(timed_steps(cfg.max_minutes, lambda: train_step(
+            twin, twin_opt, next_batch(g), cfg.lr, cfg, autocast)), device)
+    else:
         max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
-    # no step count yet: time steps 10-40 (past the warm-up) once, then fix it
-    budget = Budget(cfg.max_minutes, t_run, start=10, span=30, once=True, per_step=tokens_per_step,
-                    unit="tokens", device=device, quiet=not master) if max_steps is None else None
     if master:
         print(f"config: {flat_dict(cfg)}")
-        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-              f"{flops_per_token(mcfg) / 1e6:.1f} MFLOP per training token; {world} process(es) on {device}")
-    if max_steps:
-        warn_overfitting(max_steps)
+        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {world} process(es) "
+              f"on {device}; " + (f"resuming {ckpt_path} at step {step} of " if cfg.resume else "")
+              + f"{max_steps} steps of {tokens_per_step:,} tokens ({max_steps * tokens_per_step / 1e6:.1f}M)")
+        warn_if_repeating(max_steps * tokens_per_step, len(train_tokens), "tokens", "overfitting; the validation "
+                          "loss will stop improving", "give data.py more --data, or lower --max-tokens")
 
-    def save(status):
-        """status: "running" (periodic), "final"; mark_crashed turns the last one into "crashed"."""
-        if not master:
-            return
-        ckpt = {"config": flat_dict(cfg), "model_config": dataclasses.asdict(mcfg),
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "max_steps": max_steps, "elapsed": elapsed, "history": history,
-                "batch_rng": batches.get_state(), "rng": rng_state(),
-                "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final"}
-        atomic_save(ckpt, ckpt_path)
+    def save(status, **final):
+        """status: "running" (periodic), "final"; a crash relabels the last one "crashed"."""
+        ckpt = {"config": flat_dict(cfg), "model_config": dataclasses.asdict(mcfg), "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "step": step, "max_steps": max_steps, "elapsed": elapsed,
+                "history": history, "batch_rng": batches.get_state(), "rng": rng_state(),
+                "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final", **final}
+        if master:
+            atomic_save(ckpt, ckpt_path)
         return ckpt
 
-    if cfg.random_init_only:  # the paper's control: an SAE on a transformer that never learned
-        max_steps = 0
-        return save("final")
-
-    # the training loop
-    net = DistributedDataParallel(model) if ddp else model
-    use_amp = cfg.bf16 and fast_bf16(device)
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_amp)
-    progress = Progress(os.path.join(run_dir, "log.jsonl") if master else None, append=cfg.resume,
-                        quiet=not master)
-    per_rank = cfg.batch_size // world
+    # 3. the training loop
+    progress = Progress(os.path.join(run_dir, "log.jsonl") if master else None, append=cfg.resume, quiet=not master)
     if step == 0:  # the untrained model's loss starts the curve
         history.append({"step": 0, "val_loss": evaluate(model, val_tokens, device), "tokens": 0})
         progress.log(history[-1])
-    t_start, t_last, step_last = time.time(), time.time(), step
-    try:
-        while max_steps is None or step < max_steps:
-            # 1. this process's share of the batch (every process draws the same windows)
-            x, y = data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, batches, device)
-            x, y = x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
-            # 2. one optimizer step (DDP averages the processes' gradients in backward)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg, max_steps or 10**9)
-            with autocast:
-                _, loss = net(x, y, logits=False)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint "
-                                f"({ckpt_path}) is kept: lower --lr and rerun with --resume")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    t_start = t_last = time.time()
+    step_last = step
+    with labelled_crash([ckpt_path] if master else [], since=0 if cfg.resume else t_run):
+        while step < max_steps:
+            # a. one optimizer step on a fresh batch
+            loss = train_step(net, opt, next_batch(batches), lr_at(step, cfg, max_steps), cfg, autocast)
             step += 1
-            # 3. a time budget becomes a step count once the speed is measured
-            if max_steps is None:
-                max_steps = budget.estimate(step, max_steps)
-                if max_steps is not None:
-                    warn_overfitting(max_steps)
             if on_step is not None:
                 on_step(step)
-            # 4. validation loss
+            # b. the validation loss, every eval_every steps
             if step % cfg.eval_every == 0 or step == max_steps:
-                record = {"step": step, "train_loss": loss.item(), "val_loss": evaluate(model, val_tokens, device),
-                          "lr": opt.param_groups[0]["lr"], "tokens": step * tokens_per_step}
-                history.append(record)
-                progress.log(record)
-            # 5. progress line (val only once there is one after step 0: the untrained loss is no news)
+                history.append({"step": step, "train_loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                                "val_loss": evaluate(model, val_tokens, device), "tokens": step * tokens_per_step})
+                progress.log(history[-1])
+            # c. a progress line every few seconds (val only once there is one after step 0)
             if progress.due() or step == max_steps:
-                now = time.time()
-                rate = (step - step_last) / (now - t_last)
-                t_last, step_last = now, step
-                val = f"{history[-1]['val_loss']:.3f}" if history and history[-1]["step"] > 0 else "-"
-                eta = fmt_eta((max_steps - step) / rate) if max_steps else "?"
-                progress.say(f"step {step}/{max_steps or '?'} | loss {loss.item():.3f} | val {val} | "
-                             f"{rate * tokens_per_step:,.0f} tok/s | ETA {eta}")
-            # 6. checkpoint
-            if step % cfg.ckpt_every == 0 or step == max_steps:
+                rate, t_last, step_last = (step - step_last) / (time.time() - t_last), time.time(), step
+                val = f"{history[-1]['val_loss']:.3f}" if history[-1]["step"] > 0 else "-"
+                progress.say(f"step {step}/{max_steps} | loss {loss.item():.3f} | val {val} | "
+                             f"{rate * tokens_per_step:,.0f} tok/s | ETA {fmt_eta((max_steps - step) / rate)}")
+            # d. a checkpoint every ckpt_every steps
+            if step % cfg.ckpt_every == 0 and step < max_steps:
                 elapsed, t_start = elapsed + time.time() - t_start, time.time()
-                save("final" if step == max_steps else "running")
-    except Exception as e:  # keep the last checkpoint's weights, labelled (Ctrl-C is no crash: resume it)
-        if master:
-            mark_crashed([ckpt_path], e, since=0 if cfg.resume else t_run)
-        raise
+                save("running")
 
-    # final evaluation: a longer validation loss, beside the bigram baseline
+    # 4. the final evaluation: a longer validation loss, beside the bigram baseline
+    elapsed += time.time() - t_start
     if ddp:
         torch.distributed.destroy_process_group()
     if not master:
         return None
-    final_val = evaluate(model, val_tokens, device, max_tokens=10**6)
+    val_loss = evaluate(model, val_tokens, device, max_tokens=10**6)
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
-    ckpt = save("final")
-    ckpt["val_loss"], ckpt["bigram_loss"] = final_val, bigram
-    atomic_save(ckpt, ckpt_path)
+    ckpt = save("final", val_loss=val_loss, bigram_loss=bigram)
     print(f"trained {step} steps ({step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(elapsed)}; "
           f"checkpoint {ckpt_path}")
-    print(f"val loss {final_val:.3f} | bigram {bigram:.3f}")
+    print(f"val loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
 
 

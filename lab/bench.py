@@ -13,7 +13,14 @@ import argparse
 import torch
 
 from lab.bench_sae import bench_sae, gemm_rates, speedup, time_steps
-from model import ModelConfig, Transformer, flops_per_token
+from model import ModelConfig, Transformer
+
+
+def flops_per_token(cfg):
+    """Forward+backward matmul FLOPs per token (6 per weight, plus attention's scores)."""
+    d, L = cfg.d_model, cfg.n_layer
+    weights = L * (4 * d * d + 2 * d * cfg.d_mlp) + d * cfg.vocab_size
+    return 6 * weights + L * 6 * cfg.block_size * d  # QK^T and AV: 2*T*d each, forward, x3 with backward
 
 
 def lm_step(batch_size=32, block_size=128, plain=False):

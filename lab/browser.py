@@ -38,8 +38,8 @@ import torch
 from lab import interp
 from lab.plumbing import UserError, arg, atomic_write_text, parse_config, run_main
 from lab.measured import AnalyzeConfig, load_or_measure, load_run, load_units
-from model import logit_effects, residual_scale
 from lab.report import pattern, visible
+from lab.steer import logit_effects, residual_scale
 
 
 @dataclasses.dataclass
@@ -133,7 +133,7 @@ def choose_units(cfg, stats):
 
 
 # ----------------------------------------------------------------------------------------------
-# Logit effects (model.logit_effects) of each unit's direction
+# Logit effects (lab/steer.py's logit_effects) of each unit's direction
 
 
 def unit_directions(model, sae):

@@ -83,15 +83,15 @@ def run_stages(cfg):
     if cfg.sweep_activations < 0:
         raise UserError(f"--sweep-activations {cfg.sweep_activations}: give a count >= 0 (0: the main SAE's)")
     n_features = a_sae["sae_config"]["n_features"]
-    lm_cfg = recipe(train_lm.TrainConfig, a_lm["config"], out=cfg.out, device=cfg.device)
+    lm_cfg = recipe(train_lm.TrainConfig, a_lm["config"], out=cfg.out, device=cfg.device, max_minutes=0)
     sae_cfg = recipe(train_sae.SAETrainConfig, a_sae["config"], out=cfg.out, device=cfg.device, sweep=[],
-                     snapshots=[], n_features=n_features, max_activations=a_sae["seen"],
+                     snapshots=[], n_features=n_features, max_activations=a_sae["seen"], max_minutes=0,
                      recipe=a_sae["config"].get("recipe", "paper"))  # (runs from before --recipe: the paper's)
     a_tokens = a_lm["step"] * lm_cfg.batch_size * lm_cfg.model.block_size
     stage("model B", os.path.join(cfg.out, "lm_b", "ckpt.pt"), train_lm.train,
           dataclasses.replace(lm_cfg, lm_dir="lm_b", seed=cfg.seed_b, max_tokens=a_tokens))
     stage("random-weights control", os.path.join(cfg.out, "lm_random", "ckpt.pt"), train_lm.train,
-          dataclasses.replace(lm_cfg, lm_dir="lm_random", random_init_only=True))
+          dataclasses.replace(lm_cfg, lm_dir="lm_random", max_tokens=0))
     for lm_dir, sae_dir in (("lm_b", "sae_b"), ("lm_random", "sae_random")):
         stage(f"SAE F{n_features} on {lm_dir}", os.path.join(cfg.out, sae_dir, f"F{n_features}", "ckpt.pt"),
               train_sae.train, dataclasses.replace(sae_cfg, lm_dir=lm_dir, sae_dir=sae_dir))
@@ -99,10 +99,10 @@ def run_stages(cfg):
     # By default every size sees as many activations as the main SAE, so the sweep's largest is a
     # second SAE on model A comparable with the main one. A time budget shared by the sizes buys
     # few: a fresh 2024-recipe SAE is dense until its L1 penalty has warmed up, and every size pays
-    # that dense price (10 minutes once gave each 2.1M activations, at FVU 0.11 to 0.18).
+    # that dense price.
     by_time = cfg.sweep_minutes > 0 and not cfg.sweep_activations
-    sweep_budget = dict(max_minutes=cfg.sweep_minutes if by_time else sae_cfg.max_minutes,
-                        max_activations=0 if by_time else cfg.sweep_activations or a_sae["seen"])
+    sweep_budget = dict(max_minutes=cfg.sweep_minutes if by_time else 0.0,
+                        max_activations=cfg.sweep_activations or a_sae["seen"])
     for n in sizes:  # a sweep is done when every size is
         stage(f"sweep {sizes}", os.path.join(cfg.out, "sae_sweep", f"F{n}", "ckpt.pt"), train_sae.train,
               dataclasses.replace(sae_cfg, sae_dir="sae_sweep", n_features=sizes[-1], sweep=sizes, **sweep_budget))

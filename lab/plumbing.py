@@ -6,6 +6,7 @@ science; it lives here so the scripts can be about the science.
 """
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -184,44 +185,6 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@dataclasses.dataclass
-class Budget:
-    """--max-minutes turned into a step count, from the measured speed. From step `start` on (past
-    the warm-up) the steps are timed in spans of `span`; at the end of a span, max_steps = the steps
-    done + what the time left buys at that span's speed. The LM estimates once (its speed is steady);
-    the SAE after every span (a buffer cycle): its sparse step speeds up severalfold as L0 falls, so
-    a first estimate alone would stop it minutes early. Both choices were measured."""
-    minutes: float
-    t_run: float          # when the run started: setup and harvesting spend the budget too
-    start: int
-    span: int
-    once: bool
-    per_step: int         # tokens or activations per step, for the printed line
-    unit: str
-    device: str
-    quiet: bool = False
-    settled: bool = False  # the last estimate grew by less than 10%: the run will not get much longer
-    t_span: float = None
-
-    def estimate(self, step, max_steps):
-        """Called after every step; returns max_steps, re-estimated where a span ends."""
-        if (self.once and max_steps is not None) or step < self.start or (step - self.start) % self.span:
-            return max_steps
-        now, previous = time.time(), max_steps
-        if self.t_span is not None:
-            rate = self.span / (now - self.t_span)
-            max_steps = broadcast_int(step + max(0, int((60 * self.minutes - (now - self.t_run)) * rate)),
-                                      self.device)
-            self.settled = self.settled or (previous is not None and max_steps <= 1.1 * previous)
-            if previous is None and not self.quiet:
-                print(f"budget: {self.minutes} min at {rate * self.per_step:,.0f} {self.unit}/s -> "
-                      f"{'' if self.once else 'about '}{max_steps} steps, "
-                      f"{max_steps * self.per_step / 1e6:.1f}M {self.unit}"
-                      + ("" if self.once else " (re-estimated as the speed changes)"), flush=True)
-        self.t_span = now
-        return max_steps
-
-
 def broadcast_int(n, device):
     """Rank 0's n on every process (under DDP every rank must agree on the length of the run)."""
     if not torch.distributed.is_initialized():
@@ -264,6 +227,39 @@ def mark_crashed(paths, error, since):
                 atomic_save(ckpt, path)
         except Exception:  # an unreadable checkpoint must not hide the error that stopped the run
             pass
+
+
+
+def copy_for_timing(model, make_optimizer):
+    """A copy of the model and a fresh optimizer on it, for timed_steps: timing never moves the run."""
+    twin = copy.deepcopy(model)
+    return twin, make_optimizer(twin)
+
+
+def timed_steps(minutes, step, n=20, skip=3):
+    """--max-minutes as a step count, fixed once before the run starts: time n calls of step() (after
+    `skip` untimed ones, which pay for first allocations) and return how many fit in the minutes. The
+    run then has a known length, as with a count, and its schedules never change under it."""
+    for _ in range(skip):
+        step()
+    t = time.time()
+    for _ in range(n):
+        step()
+    seconds = (time.time() - t) / n
+    count = max(1, int(60 * minutes / seconds))
+    print(f"timed start: {seconds * 1000:.0f} ms per step, so {minutes:g} minutes -> {count} steps", flush=True)
+    return count
+
+
+@contextlib.contextmanager
+def labelled_crash(paths, since):
+    """Around a training loop: an exception labels the run's last checkpoint "crashed" (mark_crashed)
+    and goes on; Ctrl-C is no crash (the checkpoint stays resumable)."""
+    try:
+        yield
+    except Exception as e:
+        mark_crashed(paths, e, since)
+        raise
 
 
 class Stopwatch:

@@ -12,20 +12,19 @@ import warnings
 import torch
 
 from lab.plumbing import fast_bf16
-from sae import metrics, normalize_decoder, reference_grads, remove_parallel_grad
+import sae as sae_lib
+from sae import metrics, reference_grads, remove_parallel_grad
 
 # torch's notes that CSR support is "beta" and that invariant checks are off (tests turn them on)
 warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
 
 
 def train_step(sae, opt, x, fused=True, bf16=None, l1_coeff=None):
-    """One optimizer step on batch x (N, d_in). Returns fused_grads' dict (0-dim tensors, so a GPU
-    step never waits for the host; call .item() when logging). Both paths overwrite every .grad,
-    so there is nothing to zero. l1_coeff: this step's, where a schedule changes it (else cfg's)."""
-    out = fused_grads(sae, x, bf16=bf16, l1_coeff=l1_coeff) if fused else reference_grads(sae, x, l1_coeff)
-    opt.step()
-    normalize_decoder(sae)
-    return out
+    """sae.train_step through fused_grads (or, fused=False, the autograd reference): what the tests
+    and the benchmark call. Returns the dict of 0-dim tensors (a GPU step never waits for the host;
+    call .item() when logging)."""
+    grads = (lambda s, x, l1: fused_grads(s, x, l1, bf16=bf16)) if fused else reference_grads
+    return sae_lib.train_step(sae, opt, x, l1_coeff, grads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,7 +56,7 @@ def train_step(sae, opt, x, fused=True, bf16=None, l1_coeff=None):
 # one per block of features for the transposed products (it is not written: no GPU to test on).
 
 @torch.no_grad()
-def fused_grads(sae, x, bf16=None, chunk=1024, dense_above=0.1, l1_coeff=None):
+def fused_grads(sae, x, l1_coeff=None, bf16=None, chunk=1024, dense_above=0.1):
     """Fill .grad of W_enc, b_enc, W_dec, b_dec with the gradient of sae.loss(x), derived by hand
     and exploiting the sparsity of f, including remove_parallel_grad. No autograd graph.
     bf16: run the dense encoder product in bfloat16 to pick the active features, then recompute

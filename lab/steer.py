@@ -27,7 +27,6 @@ from matplotlib.figure import Figure
 import data
 from lab.plumbing import UserError, arg, parse_config, run_main
 from lab.measured import AnalyzeConfig, load_or_measure, load_run, load_units
-from model import logit_effects, residual_scale
 from lab.report import pattern, token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
@@ -80,6 +79,39 @@ def generate(model, ids, cfg, hook=None):
 @torch.no_grad()
 def next_token_probs(model, ids, hook=None):
     return F.softmax(model(ids[:, -model.cfg.block_size:], mlp_hook=hook)[0][0, -1].float(), -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logit effects (the paper's "logit weights": a direction in the MLP's activations through the
+# MLP's output weights and the unembedding, "the final layer norm linearised")
+
+
+@torch.no_grad()
+def logit_effects(model, directions, scale):
+    """(U, vocab): the change of every output logit per unit of activation along each direction
+    (U, d_mlp) of the last MLP's activations. The MLP adds mlp_out(d) to the residual stream; ln_f
+    subtracts its mean, divides by the stream's scale and multiplies by its gain; unembed maps that
+    to logits. Linearised: the division is by `scale`, the harmonic mean of the scale over held-out
+    tokens (residual_scale), which makes this the token-averaged derivative of the logits, except
+    for the small change the direction itself makes to each token's scale, which is dropped. The
+    bias of mlp_out and ln_f's bias do not depend on the unit, and neither does a shift of all
+    logits, which the softmax ignores."""
+    r = directions.to(model.unembed.weight) @ model.blocks[-1].mlp_out.weight.T  # (U, d_model): into the stream
+    r = r - r.mean(1, keepdim=True)
+    return (r * model.ln_f.weight / scale) @ model.unembed.weight.T
+
+
+@torch.no_grad()
+def residual_scale(model, tokens, n_windows=32):
+    """The harmonic mean over held-out tokens of ln_f's divisor sqrt(var(x) + eps), x the residual
+    stream entering ln_f (n_windows LM windows spread evenly over tokens)."""
+    T = model.cfg.block_size
+    starts = np.linspace(0, len(tokens) - T, n_windows).astype(np.int64)
+    x = model.embed(data.windows(tokens, starts, T, model.unembed.weight.device))
+    for block in model.blocks:
+        x = block(x)
+    sigma = (x.var(-1, unbiased=False) + model.ln_f.eps).sqrt()
+    return (1 / (1 / sigma).mean()).item()
 
 
 # ----------------------------------------------------------------------------------------------

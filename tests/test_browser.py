@@ -15,7 +15,8 @@ from lab import measured
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError
-from model import ModelConfig, Transformer, logit_effects, residual_scale
+from lab.steer import logit_effects, residual_scale
+from model import ModelConfig, Transformer
 
 
 def toy_model(seed=0):

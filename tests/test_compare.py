@@ -157,7 +157,7 @@ def test_the_sweep_sees_the_main_saes_activations_unless_told_otherwise(tiny_sae
     monkeypatch.setattr(compare, "stage", lambda name, path, train, run_cfg: runs.__setitem__(name, run_cfg))
     main_seen = torch.load(compare.main_sae_path(tiny_sae), weights_only=False)["seen"]
     for flags, (minutes, activations) in (({}, (None, main_seen)), ({"sweep_activations": 5000}, (None, 5000)),
-                                          ({"sweep_minutes": 2.5}, (2.5, 0))):
+                                          ({"sweep_minutes": 2.5}, (2.5, main_seen))):
         runs.clear()
         compare.run_stages(compare.CompareConfig(out=tiny_sae, sizes=[64, 128], **flags))
         sweep = runs["sweep [64, 128]"]

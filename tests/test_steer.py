@@ -9,7 +9,8 @@ from lab import measured
 import sae as sae_lib
 from lab import steer
 from lab.plumbing import UserError
-from model import ModelConfig, Transformer, logit_effects, residual_scale
+from lab.steer import logit_effects, residual_scale
+from model import ModelConfig, Transformer
 
 
 @pytest.fixture(scope="module")

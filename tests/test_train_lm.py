@@ -7,6 +7,7 @@ import torch
 
 import train_lm
 import train_sae
+from lab import plumbing
 from lab.plumbing import UserError, parse_config, run_main
 from tests.conftest import tiny_lm_config
 
@@ -107,15 +108,13 @@ def test_bigram_baseline_on_a_known_case():
     assert train_lm.bigram_loss(toks, toks[:300], 3) < 0.01
 
 
-LM_FLAGS = ["--max-minutes nan", "--max-minutes inf", "--max-minutes -1", "--max-minutes 0", "--max-tokens -1",
+LM_FLAGS = ["--max-minutes nan", "--max-minutes inf", "--max-minutes -1", "--max-tokens -1",
             "--lr nan", "--lr 0", "--lr inf", "--batch-size 0", "--block-size 0", "--n-head 0", "--d-mlp 0",
-            "--activation tanh", "--min-lr-frac 2", "--grad-clip nan", "--weight-decay -1",
-            "--eval-every 0", "--ckpt-every 0", "--warmup-steps -1"]
-SAE_FLAGS = ["--max-minutes nan", "--max-minutes inf", "--max-minutes -1", "--max-activations -1", "--lr nan",
-             "--lr 0", "--l1-coeff nan", "--l1-coeff inf", "--l1-coeff -1", "--batch-size 0", "--buffer-size 10",
-             "--eval-every 0", "--eval-activations 0", "--ckpt-minutes nan", "--ckpt-minutes -1",
-             "--n-features 0", "--sweep 0 512", "--activation gelu", "--k 0", "--k 5000", "--recipe 2023",
-             "--snapshots 1e6"]
+            "--activation tanh", "--warmup-steps -1"]
+SAE_FLAGS = ["--max-minutes nan", "--max-minutes inf", "--max-minutes -1", "--max-activations -1",
+             "--max-activations 0", "--lr nan", "--lr 0", "--l1-coeff nan", "--l1-coeff inf", "--l1-coeff -1",
+             "--batch-size 0", "--n-features 0", "--sweep 0 512", "--activation gelu", "--k 0", "--k 5000",
+             "--recipe 2023", "--snapshots 1e6"]
 
 
 @pytest.mark.parametrize("cls,flag", [(train_lm.TrainConfig, f) for f in LM_FLAGS] +
@@ -126,6 +125,37 @@ def test_each_bad_flag_is_refused_up_front_by_name(cls, flag, capsys):
         run_main(lambda: parse_config(cls, argv))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: {flag.split()[0]} "), err
+
+
+@pytest.mark.parametrize("cls,field,value", [(train_lm.TrainConfig, f, v) for f, v in (
+    ("min_lr_frac", 2.0), ("grad_clip", float("nan")), ("weight_decay", -1.0), ("eval_every", 0), ("ckpt_every", 0))]
+    + [(train_sae.SAETrainConfig, f, v) for f, v in (("buffer_size", 10), ("eval_every", 0), ("eval_activations", 0),
+                                                      ("ckpt_minutes", float("nan")), ("ckpt_minutes", -1.0))])
+def test_each_bad_setting_of_a_program_is_refused_by_name(cls, field, value):
+    """The settings that are not flags (the tests and lab/compare.py set them) are checked as flags are."""
+    with pytest.raises(UserError, match=field):
+        cls(**{field: value})
+
+
+def test_a_time_budget_becomes_a_count_once_from_a_timed_start(monkeypatch):
+    """timed_steps times the calls after its first few and fits them into the minutes."""
+    calls = []
+    monkeypatch.setattr(plumbing.time, "time", lambda: 0.5 * len(calls))  # every call to step takes 0.5 s
+    assert plumbing.timed_steps(1.0, lambda: calls.append(1), n=4, skip=2) == 120 and len(calls) == 6
+
+
+def test_a_timed_start_leaves_the_run_as_a_count_would(tiny_data, monkeypatch):
+    """--max-minutes: the timed start runs on a copy of the model and optimizer with batches of its own,
+    so the run it sizes is the very run of that many steps (here the timer is replaced by 20 steps)."""
+    timed = []
+    monkeypatch.setattr(train_lm, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and timed.append(1)
+                        or 20)
+    kw = dict(batch_size=8, block_size=32, eval_every=10, ckpt_every=10)
+    budget = train_lm.train(tiny_lm_config(tiny_data, lm_dir="lm_minutes", max_minutes=5.0, **kw))
+    count = train_lm.train(tiny_lm_config(tiny_data, lm_dir="lm_count", max_tokens=20 * 8 * 32, **kw))
+    assert timed and budget["max_steps"] == count["max_steps"] == 20
+    for k, v in count["model"].items():
+        assert torch.equal(v, budget["model"][k]), k
 
 
 def test_a_finished_run_is_not_replaced_silently(tiny_lm):

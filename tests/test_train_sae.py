@@ -102,44 +102,6 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
     assert (b_enc == -1e4).all()  # dead from the first step, and kept dead: nothing resamples them
 
 
-def test_2024_warm_up_under_a_time_budget_survives_a_resume(tiny_lm, monkeypatch):
-    """Under --max-minutes the L1 warm-up begins at the first estimate of the run's length (here, step
-    7: 40 steps, so 5% is 2 steps, 7-8), before the estimate settles (step 16), and a resume inside it
-    goes on from where it began, not from step 0. The clock is replaced by fixed estimates so that
-    both runs see the same schedule."""
-    class FirstEstimateAtStep7:
-        settled = False
-
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def estimate(self, step, max_steps):
-            self.settled = step >= 16
-            return 40 if step >= 7 else None
-
-    def run(sae_dir, on_step=None, **kw):
-        """The run's checkpoints and the L1 coefficient each of its steps received."""
-        l1s = []
-        monkeypatch.setattr(train_sae, "sae_step", lambda *a: l1s.append(a[-1]) or real_step(*a))
-        cfg = sae_config(tiny_lm, sae_dir=sae_dir, recipe="2024", max_activations=0, max_minutes=1.0, **kw)
-        try:
-            return train_sae.train(cfg, on_step=on_step), l1s
-        finally:
-            monkeypatch.setattr(train_sae, "sae_step", real_step)
-
-    real_step = train_sae.sae_step
-    monkeypatch.setattr(train_sae, "Budget", FirstEstimateAtStep7)
-    whole, l1_whole = run("sae_budget_whole")
-    assert whole[0]["step"] == 40 and tuple(whole[0]["warm_up"]) == (7, 40)
-    assert l1_whole[:10] == pytest.approx([0] * 8 + [1.5e-3, 3e-3])  # the warm-up: steps 7 and 8
-    with pytest.raises(Crash):  # dies at step 13: the checkpoint at step 8, inside the warm-up, survives
-        run("sae_budget_crash", on_step=crash_at(13))
-    resumed, l1_resumed = run("sae_budget_crash", resume=True)
-    assert l1_resumed == pytest.approx(l1_whole[8:])
-    for k, v in whole[0]["sae"].items():
-        assert torch.equal(v, resumed[0]["sae"][k]), k
-
-
 def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     ckpts = train_sae.train(sae_config(tiny_lm, sae_dir="sae_sizes", sweep=[256, 512], max_activations=8 * 1024))
     assert [c["sae_config"]["n_features"] for c in ckpts] == [256, 512]
@@ -212,11 +174,11 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
         train_sae.train(sae_config(tiny_lm, lm_dir="no_such_lm"))
     with pytest.raises(UserError, match="--l1-coeff"):
         train_sae.train(sae_config(tiny_lm, l1_coeff=-1.0))
-    with pytest.raises(UserError, match="--buffer-size"):
+    with pytest.raises(UserError, match="buffer_size"):
         train_sae.train(sae_config(tiny_lm, buffer_size=10))
     with pytest.raises(UserError, match="^--recipe 2023 must be paper or 2024$"):
         train_sae.train(sae_config(tiny_lm, recipe="2023"))
-    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_untrained", random_init_only=True))
+    train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_untrained", max_tokens=0))
     train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="--overwrite"):  # a finished run is not replaced silently
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
@@ -224,26 +186,18 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_untrained"))
 
 
-def test_resampling_waits_for_a_time_budget_to_settle():
-    """The default run's budget first estimates ~800 steps and ends near 5,600 (L0 falls, the
-    sparse step speeds up): the schedule must not fire while the estimate is still growing."""
-    T = 5642
-    fixed = []
-    for step in range(1, T + 1):
-        if train_sae.resample_due(step, T, len(fixed), fixed[-1] if fixed else 0, True, False):
-            fixed.append(step)
-    assert fixed == sae_lib.resample_schedule(T)   # a known length: exactly the paper's schedule
-    fired, done, last, estimate, settled = [], 0, 0, None, False
-    for step in range(1, T + 1):
-        if step >= 74 and (step - 74) % 64 == 0:         # re-estimated every buffer cycle
-            previous, estimate = estimate, min(T, 776 if estimate is None else int(estimate * 1.5))
-            settled = settled or (previous is not None and estimate <= 1.1 * previous)
-        if train_sae.resample_due(step, estimate, done, last, settled, True):
-            fired.append(step)
-            done, last = done + 1, step
-    first_settled = 74 + 64 * 6                          # 776 * 1.5^5 > T: the 7th estimate repeats T
-    assert len(fired) == 4 and fired[0] == first_settled
-    assert all(b - a >= sae_lib.dead_window(T) for a, b in zip(fired, fired[1:]))
+def test_a_timed_start_leaves_the_sae_run_as_a_count_would(tiny_lm, monkeypatch):
+    """--max-minutes: the timed start steps copies of the SAEs on activations of its own, so the run it
+    sizes is the very run of that many steps (here the timer is replaced by 16 steps)."""
+    timed = []
+    monkeypatch.setattr(train_sae, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and
+                        timed.append(1) or 16)
+    budget = train_sae.train(sae_config(tiny_lm, sae_dir="sae_minutes", max_minutes=5.0, recipe="2024"))[0]
+    count = train_sae.train(sae_config(tiny_lm, sae_dir="sae_count", max_activations=16 * 1024, recipe="2024"))[0]
+    assert timed and budget["max_steps"] == count["max_steps"] == 16
+    for k, v in count["sae"].items():
+        assert torch.equal(v, budget["sae"][k]), k
+    assert budget["history"] == count["history"]
 
 
 def test_many_passes_over_the_activations_are_announced(tiny_lm, capsys):
