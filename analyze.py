@@ -1,81 +1,189 @@
 """analyze.py: the paper's evidence, measured on held-out text: are features better units than neurons?
 
-    python analyze.py                  # everything: writes out/analysis/report.md and its figures
+    python analyze.py                  # everything: out/analysis/report.md, its figures, the feature browser
     python analyze.py interp           # one step: losses, density, interp or specificity
-    python analyze.py --out /tmp/run   # another run's outputs
-    python analyze.py browse           # only the feature browser (lab/browser.py; its flags: browse --help)
-    python analyze.py steer --feature N --value V --prompt "..."   # steering (lab/steer.py)
+    python analyze.py browse --features 12 40    # the feature browser for some units (lab/browser.py)
+    python analyze.py steer --feature N --value V --prompt "..."   # steer the model (lab/steer.py)
 
-Reads the LM (<out>/<lm-dir>/), every SAE checkpoint (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out
-tokens (<out>/data/val.bin), and measures, in the paper's terms:
+Reads the LM, every SAE (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out tokens, and measures, in the
+paper's terms:
 
-  1. reconstruction: MSE, FVU, L0, dead and dense features, and the loss recovered when the SAE's
-     reconstruction replaces the MLP activations, against zero- and mean-ablating them;
-  2. feature density: the histogram of log10 firing frequencies, dead and ultralow features;
-  3. interpretability, features versus neurons: a lexical explain-then-simulate score (lab/interp.py);
-  4. activation specificity: the features and neurons that detect each context predicate (inside a
-     comment, base64, a URL, ...): precision and recall, the specialists' union, Pearson r.
+  1. reconstruction, and the loss recovered when the SAE's reconstruction replaces the MLP's activations;
+  2. feature density: how often each feature fires, the dead ones and an ultralow-density cluster;
+  3. features versus neurons: a lexical explain-then-simulate interpretability score, the same for both.
 
-One streaming pass (interp.measure) reduces a million tokens of activations to counts, sums and
-running top-k contexts; it is cached in analysis/measure.pt, so a single step reruns in seconds.
+First, one streaming pass (lab/measure.py) reduces every held-out token's activations to per-unit
+counts, sums and top-activating contexts (cached in analysis/measure.pt). Around the evidence, the lab
+adds one call each: activation specificity, the feature browser, the steering table and the report.
 """
 import dataclasses
+import glob
+import json
 import os
 import sys
 import time
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from lab import browser
 import data
-from lab import interp
-from lab import steer
-from lab.plumbing import UserError, fmt_eta, parse_config, run_main
-from lab.interp import MIN_ACTIVE, SIZES
-from lab.measured import AnalyzeConfig, load_or_measure, load_run, save_units
-from lab.report import (interp_markdown, losses_markdown, precision_recall_markdown, specificity_markdown,
-                    write_report, write_summary)
+from lab import browser, report, specificity, steer
+from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure
+from lab.predicates import PREDICATES
+from lab.plumbing import UserError, arg, atomic_write_text, fmt_eta, parse_config, parse_configs, pick_device, run_main
+from model import harvest, lm_fingerprint, load_lm
+from sae import load_sae
 
-STEPS = ["all", "losses", "density", "interp", "specificity", "browse", "steer"]
+SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
+SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
+STEPS = ["all", "losses", "density", "interp", "specificity"]
+TOOLS = {"browse": browser, "steer": steer}
+
+
+@dataclasses.dataclass
+class AnalyzeConfig:
+    out: str = arg("out", "artifact root: reads data/, <lm-dir>/, <sae-dir>/F*/; writes <analysis-dir>/")
+    lm_dir: str = arg("lm", "the LM whose neurons the SAEs decomposed")
+    sae_dir: str = arg("sae", "folder of SAE checkpoints under --out (every F<n>/ckpt.pt is analysed)")
+    analysis_dir: str = arg("analysis", "this analysis' folder under --out (e.g. analysis_b for model B)")
+    n_features: int = arg(0, "the dictionary analysed in detail (steps 3-4); 0: the largest found")
+    device: str = arg("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = arg(0, "seed for the sampled units, the random contexts and the bootstrap")
+    tokens: int = arg(0, "held-out tokens to analyse (0: the whole validation split)")
+    n_units: int = arg(512, "units of each kind compared on interpretability (at most the alive ones)")
+    max_entries: int = arg(5, "rows in an explanation table, the same for features and neurons: a "
+                           "handful of patterns, about what a one-sentence explanation names")
+    explain: str = arg("contexts", "what an explanation row may name: tokens (token patterns only) or contexts "
+                       "(token patterns and the context predicates of lab/predicates.py)")
+    remeasure: bool = arg(False, "redo the streaming pass even when analysis/measure.pt matches")
+    # set by programs (the tests, lab/compare.py), not on the command line
+    loss_tokens: int = arg(2**17, "held-out tokens for the losses and the reconstruction error", flag=False)
+    context: int = arg(32, "tokens per context (must divide the LM's context length)", flag=False)
+    explain_contexts: int = arg(40, "top contexts (explain half) an explanation is read from", flag=False)
+    score_top: int = arg(20, "top contexts (score half) an explanation is scored on", flag=False)
+    score_random: int = arg(20, "random contexts (score half) it is also scored on", flag=False)
+    bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals", flag=False)
+
+    def __post_init__(self):
+        if self.explain not in ("tokens", "contexts"):
+            raise UserError(f"--explain {self.explain}: use tokens or contexts")
+        for name in ("n_units", "explain_contexts", "score_top", "max_entries", "bootstrap", "loss_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     step = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
+    if step in TOOLS:  # the lab's two tools, with flags of their own (python analyze.py browse --help)
+        tool = TOOLS[step]
+        cfg, tool_cfg = parse_configs([AnalyzeConfig, tool.Config], argv, tool.__doc__.split("\n\n")[0])
+        run = load_run(cfg)
+        return tool.main(tool_cfg, run, lambda: (load_or_measure(cfg, run), load_units(cfg, run)))
     if step not in STEPS:
-        raise UserError(f"unknown step {step!r}: use one of {', '.join(STEPS)} (or none: all)")
-    if step in ("browse", "steer"):  # their own flags
-        return (browser if step == "browse" else steer).main(argv)
+        raise UserError(f"unknown step {step!r}: use one of {', '.join(STEPS + list(TOOLS))} (or none: all)")
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "
-                       f"[{'|'.join(STEPS)}] [flags]; no step: all of them and the report.")
+                       f"[{'|'.join(STEPS + list(TOOLS))}] [flags]; no step: all of them and the report.")
     analyze(cfg, step)
 
 
 def analyze(cfg, step="all"):
-    """Run one step (or all and the report); returns the results dict."""
+    """Run one step (or all of them and the report); returns the results dict."""
     t0 = time.time()
     run = load_run(cfg)
-    os.makedirs(run.dir, exist_ok=True)
-    res = {"measure": load_or_measure(cfg, run)}
+    m = load_or_measure(cfg, run)
+    res = {"measure": m}
     if step in ("all", "losses"):
-        res["losses"] = reconstruction(cfg, run, res["measure"])
+        res["losses"] = reconstruction(cfg, run, m)
     if step in ("all", "density"):
-        res["density"] = density(cfg, run, res["measure"])
+        res["density"] = density(run, m)
     if step in ("all", "interp"):
-        res["interp"] = interpretability(cfg, run, res["measure"], res.get("density"))
+        res["interp"] = interpretability(cfg, run, m, res.get("density"))
     if step in ("all", "specificity"):
-        res["specificity"] = specificity(cfg, run, res["measure"])
-    if step == "all":  # both read units.json, written by the interp step
-        res["browser"] = browser.write_browser(browser.BrowseConfig(**dataclasses.asdict(cfg)), run, res["measure"])
-        res["steering"] = steer.measure_steering(steer.SteerConfig(**dataclasses.asdict(cfg)), run, res["measure"])
-    res["seconds"] = time.time() - t0
-    if step == "all":
-        path = write_report(cfg, run, res)
-        write_summary(run, res)
-        print(f"report: {path} ({fmt_eta(res['seconds'])})")
+        res["specificity"] = specificity.specificity(run, m)
+    if step == "all":  # the lab's edges: the browser and the steering table read the interp step's units
+        units = load_units(cfg, run)
+        res["browser"] = browser.write_browser(browser.Config(), run, m, units)
+        res["steering"] = steer.measure_steering(steer.Config(), run, m, units)
+        res["seconds"] = time.time() - t0
+        print(f"report: {report.write_report(cfg, run, res)} ({fmt_eta(res['seconds'])})")
     return res
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: the LM, every SAE trained on it, the held-out tokens
+
+
+@dataclasses.dataclass
+class LoadedSAE:
+    sae: object
+    ckpt: dict   # train_sae.py's checkpoint: config, seen, step, final (or status), history, ...
+    path: str
+
+
+@dataclasses.dataclass
+class Run:
+    """The LM, every SAE trained on it, the held-out tokens and the settings every step shares."""
+    model: object         # model.Transformer
+    lm_ckpt: dict
+    fingerprint: str      # model.lm_fingerprint of the LM
+    saes: dict            # {n_features: LoadedSAE}, smallest first
+    main: int             # the dictionary analysed in detail (--n-features)
+    tokens: np.ndarray    # the first n_tokens held-out tokens, int64
+    n_tokens: int         # whole LM windows
+    meta: dict            # data.py's meta.json
+    enc: object           # the tokenizer
+    device: str
+    batch: int            # tokens per batch of the streaming passes
+    dir: str              # this analysis' folder
+    context: int          # tokens per context (AnalyzeConfig.context)
+    seed: int
+
+    @property
+    def main_sae(self):
+        return self.saes[self.main].sae
+
+    @property
+    def main_name(self):
+        """The main SAE's name in the measurement and in units.json, e.g. F4096."""
+        return f"F{self.main}"
+
+
+def load_run(cfg):
+    """The Run of cfg: loads everything on cfg.device and checks the flags against it."""
+    device = pick_device(cfg.device)
+    data_dir = os.path.join(cfg.out, "data")
+    meta = data.load_meta(data_dir)
+    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
+    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
+                        "retrain it (python train_lm.py) after python data.py")
+    paths = glob.glob(os.path.join(cfg.out, cfg.sae_dir, "F*", "ckpt.pt"))
+    if not paths:
+        raise UserError(f"no SAE checkpoints in {os.path.join(cfg.out, cfg.sae_dir)}/F*/: "
+                        f"run python train_sae.py --out {cfg.out} first")
+    fingerprint, saes = lm_fingerprint(lm_ckpt), {}
+    for path in paths:
+        sae, ckpt = load_sae(path, device)
+        if ckpt["lm_fingerprint"] != fingerprint:
+            raise UserError(f"{path} decomposed another LM than {cfg.out}/{cfg.lm_dir}: retrain it "
+                            "(python train_sae.py) or pass the matching --lm-dir/--sae-dir")
+        saes[sae.cfg.n_features] = LoadedSAE(sae=sae, ckpt=ckpt, path=path)
+    main_n = cfg.n_features or max(saes)
+    if main_n not in saes:
+        raise UserError(f"--n-features {cfg.n_features}: no such SAE; found {sorted(saes)}")
+    T = model.cfg.block_size
+    tokens = data.load_tokens(data_dir, "val")
+    n_tokens = (min(cfg.tokens or len(tokens), len(tokens)) // T) * T
+    if n_tokens < 2 * T:
+        raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
+    if T % cfg.context or cfg.context < 2:
+        raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
+    return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
+               tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
+               enc=data.load_tokenizer(data_dir), device=device,
+               batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
+               dir=os.path.join(cfg.out, cfg.analysis_dir), context=cfg.context, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,9 +213,9 @@ def recovered(ablated, replaced, clean):
 
 def reconstruction(cfg, run, m):
     """Per SAE: MSE and FVU (on the loss windows), L0, dead and dense fractions (all held-out tokens),
-    losses with its reconstruction spliced in, and the loss recovered against both ablations."""
-    n = run.n_tokens
-    neurons = m.stats["neurons"]
+    the loss with its reconstruction spliced in, and the loss recovered against both ablations: the
+    MLP zero-ablated (the paper's) and mean-ablated (every neuron at its held-out mean)."""
+    n, neurons = run.n_tokens, m.stats["neurons"]
     mean = (neurons.sum / n).float().to(run.device)
     moments = {"n": 0, "sum": 0.0, "sumsq": 0.0}
     errors = {k: 0.0 for k in run.saes}
@@ -133,14 +241,15 @@ def reconstruction(cfg, run, m):
     rows = [dict(name="neurons", units=d_mlp, mse=0.0, fvu=0.0, loss=loss["clean"], rec_zero=1.0, rec_mean=1.0,
                  **firing(neurons, n))]
     for k, s in run.saes.items():
-        scale2 = s.sae.act_scale.item() ** 2
         rows.append(dict(name=f"F{k}", units=k, mse=errors[k] / (moments["n"] * d_mlp),
-                         fvu=errors[k] / (scale2 * spread), loss=loss[k],
+                         fvu=errors[k] / (s.sae.act_scale.item() ** 2 * spread), loss=loss[k],
                          rec_zero=recovered(loss["zero"], loss[k], loss["clean"]),
                          rec_mean=recovered(loss["mean"], loss[k], loss["clean"]), **firing(m.stats[f"F{k}"], n)))
-    out = dict(rows=rows, clean=loss["clean"], zero=loss["zero"], mean=loss["mean"], loss_tokens=moments["n"])
-    print(losses_markdown(out))
-    return out
+        print(f"losses: F{k} spliced in: {loss[k]:.4f} (clean {loss['clean']:.4f}, MLP zero-ablated "
+              f"{loss['zero']:.4f}, mean-ablated {loss['mean']:.4f}): {100 * rows[-1]['rec_zero']:.1f}% of the loss "
+              f"recovered ({100 * rows[-1]['rec_mean']:.1f}% against mean ablation); FVU {rows[-1]['fvu']:.3f}, "
+              f"L0 {rows[-1]['l0']:.1f}")
+    return dict(rows=rows, clean=loss["clean"], zero=loss["zero"], mean=loss["mean"], loss_tokens=moments["n"])
 
 
 def firing(s, n):
@@ -152,42 +261,52 @@ def firing(s, n):
 # 2. Feature density (the paper's histogram of log10 densities; its ultralow-density cluster)
 
 
-def density(cfg, run, m):
+def density(run, m):
     """Per SAE: densities, dead count and the ultralow cluster; writes density.png."""
-    n = run.n_tokens
     out = {}
     for k, s in run.saes.items():
-        d = (m.stats[f"F{k}"].fired.double() / n).numpy()
-        cluster = interp.ultralow_cluster(d)
-        sae = s.sae
-        cos = torch.nn.functional.cosine_similarity(sae.W_enc, sae.W_dec, dim=1).detach().cpu().numpy()
+        d = (m.stats[f"F{k}"].fired.double() / run.n_tokens).numpy()
+        cluster = ultralow_cluster(d)
+        cos = torch.nn.functional.cosine_similarity(s.sae.W_enc, s.sae.W_dec, dim=1).detach().cpu().numpy()
         members = cluster["members"] if cluster else np.zeros(len(d), bool)
         out[k] = dict(density=d, dead=int((d == 0).sum()), cluster=cluster,
                       cos_low=float(cos[members].mean()) if members.any() else None,
                       cos_high=float(cos[(d > 0) & ~members].mean()))
         note = (f"ultralow cluster of {members.sum()} below density {cluster['threshold']:.1e}"
                 if cluster else "no separate ultralow-density cluster")
-        print(f"F{k}: {out[k]['dead']} dead of {k} on {n:,} held-out tokens; {note}")
-    plot_density(out, n, os.path.join(run.dir, "density.png"))
+        print(f"density: F{k}: {out[k]['dead']} dead of {k} on {run.n_tokens:,} held-out tokens; {note}")
+    report.plot_density(out, run.n_tokens, os.path.join(run.dir, "density.png"))
     return out
 
 
-def plot_density(out, n, path):
-    fig = Figure(figsize=(4.5 * len(out), 3.4))
-    axes = fig.subplots(1, len(out), squeeze=False)
-    bins = np.arange(np.floor(np.log10(1 / n)) - 0.25, 0.25, 0.125)
-    for ax, (k, r) in zip(axes[0], out.items()):
-        d = r["density"]
-        ax.hist(np.log10(d[d > 0]), bins=bins, color="tab:blue")
-        if r["cluster"]:
-            ax.hist(np.log10(d[r["cluster"]["members"]]), bins=bins, color="tab:orange",
-                    label=f"ultralow cluster: {r['cluster']['members'].sum()}")
-            ax.legend(loc="upper left", fontsize=8)
-        ax.set_title(f"F{k}: {k - r['dead']:,} alive, {r['dead']:,} dead (never fired)", fontsize=9)
-        ax.set_xlabel(f"log10 feature density ({n:,} held-out tokens)")
-    axes[0][0].set_ylabel("features")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
+    """The paper's ultralow-density cluster, if the alive features' log10 densities are bimodal: a
+    mixture of two Gaussians fitted by EM, accepted when the mixture really has two modes (between
+    the two means it dips below half the lower mode's height: a skewed single mode fits two
+    Gaussians too, but without a dip), the modes are at least min_gap decades apart (the paper's
+    cluster sits orders of magnitude below the rest) and the lower one holds at least min_share of
+    the features. Returns dict(threshold, members, dip) or None."""
+    alive = density > 0
+    x = np.log10(density[alive])
+    if len(x) < 20:
+        return None
+    mu, sd, w = np.percentile(x, [10, 90]), np.full(2, x.std() / 2 + 1e-3), np.full(2, 0.5)
+    mixture = lambda t: w / sd * np.exp(-0.5 * ((np.asarray(t)[:, None] - mu) / sd) ** 2)  # (len(t), 2)
+    for _ in range(300):
+        p = mixture(x) + 1e-300
+        r = p / p.sum(1, keepdims=True)
+        w = r.mean(0)
+        mu = (r * x[:, None]).sum(0) / r.sum(0)
+        sd = np.sqrt((r * (x[:, None] - mu) ** 2).sum(0) / r.sum(0)).clip(min=0.05)
+    low = int(np.argmin(mu))
+    pdf = mixture(np.linspace(mu.min(), mu.max(), 200)).sum(1)
+    dip = pdf.min() / pdf[:pdf.argmin() + 1].max()   # 1: no valley between the means
+    members_alive = r[:, low] > 0.5
+    if dip > 0.5 or mu.max() - mu.min() < min_gap or members_alive.mean() < min_share:
+        return None
+    members = np.zeros(len(density), bool)
+    members[np.flatnonzero(alive)[members_alive]] = True
+    return dict(threshold=float(10 ** x[members_alive].max()), members=members, dip=float(dip))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,19 +316,17 @@ def plot_density(out, n, path):
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron and feature of the main SAE; compare a random sample of the same
     size of each kind; writes interp.png and units.json (every unit's explanation and score)."""
-    name = run.main_name
-    stats = {"neurons": m.stats["neurons"], "features": m.stats[name]}
-    ultralow = (dens or {}).get(run.main, {}).get("cluster") or interp.ultralow_cluster(
+    stats = {"neurons": m.stats["neurons"], "features": m.stats[run.main_name]}
+    ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
         (stats["features"].fired.double() / run.n_tokens).numpy())
     rng = np.random.default_rng(cfg.seed)
     # the random SCORE-half contexts every unit is also scored on, recomputed for all units at once
     ctx = cfg.context
-    score_ctx = np.flatnonzero(m.halves[::ctx] == interp.SCORE)
+    score_ctx = np.flatnonzero(m.halves[::ctx] == SCORE)
     pool_ids = np.sort(rng.choice(score_ctx, min(len(score_ctx), 5 * cfg.score_random), replace=False))
-    pool_acts = interp.context_acts(run.model, run.tokens, pool_ids, ctx,
-                                    {"neurons": lambda h: h, "features": run.main_sae.encode})
-    tokens = run.tokens
-    prev = np.concatenate([[run.meta["eot"]], tokens[:-1]])
+    pool_acts = context_acts(run.model, run.tokens, pool_ids, ctx, {"neurons": lambda h: h,
+                                                                     "features": run.main_sae.encode})
+    prev = np.concatenate([[run.meta["eot"]], run.tokens[:-1]])
     # the predicates a row may name, the same for every unit ("tokens": none, token patterns only)
     labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]
     units, results = {}, {}
@@ -219,9 +336,11 @@ def interpretability(cfg, run, m, dens=None):
             ok &= torch.from_numpy(~ultralow["members"])
         units[kind] = ok.nonzero().squeeze(1).numpy()
         t0 = time.time()
-        results[kind] = interp.score_units(units[kind], s, dict(ctx=pool_ids, acts=pool_acts[kind]), tokens, prev,
-                                           labels, run.meta["vocab_size"], ctx, cfg.score_top, cfg.score_random,
-                                           cfg.max_entries, SIZES, cfg.seed)
+        results[kind] = score_units(units[kind], s, dict(ctx=pool_ids, acts=pool_acts[kind]), run.tokens, prev,
+                                    labels, run.meta["vocab_size"], ctx, cfg.score_top, cfg.score_random,
+                                    cfg.max_entries, SIZES, cfg.seed)
+        for r in results[kind]:  # the table in words, for the report, the browser and units.json
+            r["rows"], r["otherwise"] = describe(r["explanation"], run.enc, run.meta["vocab_size"])
         print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
     n = min(cfg.n_units, *(len(u) for u in units.values()))
     if n == 0:
@@ -229,15 +348,22 @@ def interpretability(cfg, run, m, dens=None):
     sample = {kind: sorted(rng.choice(len(r), n, replace=False)) for kind, r in results.items()}
     compare = {kind: [results[kind][i] for i in idx] for kind, idx in sample.items()}
     summary = summarize(compare, cfg)
-    summary["by_density"] = interp.by_density(results, stats, run.n_tokens)
-    plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
+    summary["by_density"] = by_density(results, stats, run.n_tokens)
+    report.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     save_units(run, stats, results)
-    print(interp_markdown(summary))
-    return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain)
+    d = summary["median_diff"]
+    print(f"interp: median score, features {summary['features']['all']['median']:.3f} vs neurons "
+          f"{summary['neurons']['all']['median']:.3f}: {d['value']:+.3f} [95% CI {d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+          f" ({n} of each, {cfg.max_entries}-row explanations)")
+    return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,
+                single_token_share=SINGLE_TOKEN_SHARE)
 
 
 def summarize(compare, cfg):
-    """Means and medians with bootstrap intervals, overall and without single-token units."""
+    """Means and medians with bootstrap intervals, overall and without single-token units, and the
+    medians' difference, features minus neurons, at every explanation length."""
+    ci = lambda x, stat=np.median: bootstrap(x, stat, cfg.bootstrap, cfg.seed)
+    diff = lambda a, b: median_difference(a, b, cfg.bootstrap, cfg.seed)
     out = {}
     for kind, rs in compare.items():
         scores = np.array([r["score"] for r in rs])
@@ -245,157 +371,232 @@ def summarize(compare, cfg):
         row = dict(n=len(scores), single=int(single.sum()))
         for part, x in (("all", scores), ("multi", scores[~single])):
             if len(x):
-                row[part] = dict(mean=float(x.mean()), median=float(np.median(x)),
-                                 mean_ci=interp.bootstrap(x, np.mean, cfg.bootstrap, cfg.seed),
-                                 median_ci=interp.bootstrap(x, np.median, cfg.bootstrap, cfg.seed))
+                row[part] = dict(mean=float(x.mean()), median=float(np.median(x)), mean_ci=ci(x, np.mean),
+                                 median_ci=ci(x))
         out[kind] = row
     scores = lambda kind, e=None: np.array([r["score"] if e is None else r["by_size"][e] for r in compare[kind]])
-    out["median_diff"] = interp.median_difference(scores("features"), scores("neurons"), cfg.bootstrap, cfg.seed)
+    out["median_diff"] = diff(scores("features"), scores("neurons"))
     multi = {kind: np.array([r["score"] for r in rs if not r["single_token"]]) for kind, rs in compare.items()}
-    out["median_diff_multi"] = (interp.median_difference(multi["features"], multi["neurons"], cfg.bootstrap, cfg.seed)
-                                if len(multi["features"]) and len(multi["neurons"]) else None)
+    out["median_diff_multi"] = diff(multi["features"], multi["neurons"]) if all(map(len, multi.values())) else None
     # the same comparison with explanations of every length: a long enough table lists a
     # polysemantic unit's meanings one by one, so the gap should shrink as tables grow
     out["by_size"] = {e: {**{kind: float(np.median(scores(kind, e))) for kind in compare},
-                          **{kind + "_ci": interp.bootstrap(scores(kind, e), np.median, cfg.bootstrap, cfg.seed)
-                             for kind in compare},
-                          "diff": interp.median_difference(scores("features", e), scores("neurons", e), cfg.bootstrap,
-                                                           cfg.seed)} for e in SIZES}
+                          **{kind + "_ci": ci(scores(kind, e)) for kind in compare},
+                          "diff": diff(scores("features", e), scores("neurons", e))} for e in SIZES}
     return out
-
-
-def plot_interp(compare, summary, max_entries, path):
-    fig = Figure(figsize=(11, 7.6))
-    axes = fig.subplots(2, 2)
-    axes = axes.ravel()
-    bins = np.linspace(-0.2, 1, 25)
-    for ax, part in zip(axes, ("all", "multi")):
-        for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
-            x = [r["score"] for r in compare[kind] if part == "all" or not r["single_token"]]
-            ax.hist(x, bins=bins, histtype="step", linewidth=2, color=color, label=f"{kind} (n={len(x)})")
-            if x:
-                ax.axvline(np.median(x), color=color, linestyle="--", linewidth=1)
-        ax.set_title("all sampled units" if part == "all" else "without single-token units", fontsize=10)
-        ax.set_xlabel(f"simulation score (Pearson r), {max_entries}-row explanations; dashed: median", fontsize=9)
-        ax.legend(fontsize=8, loc="upper left")
-        ax.set_ylabel("units")
-    ax = axes[2]
-    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
-        med = np.array([summary["by_size"][e][kind] for e in SIZES])
-        ci = np.array([summary["by_size"][e][kind + "_ci"] for e in SIZES]).T
-        ax.errorbar(SIZES, med, yerr=[med - ci[0], ci[1] - med], color=color, marker="o", capsize=3, label=kind)
-    ax.axvline(max_entries, color="gray", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xticks(SIZES, [str(e) for e in SIZES])
-    ax.set_xlabel("rows in the explanation table")
-    ax.set_ylabel("median score (95% CI)")
-    ax.set_title("longer explanations: neurons catch up?", fontsize=10)
-    ax.legend(fontsize=8)
-    ax = axes[3]
-    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
-        rows = [r for r in summary["by_density"] if r[kind][0] >= 5]
-        ax.plot([np.sqrt(r["lo"] * r["hi"]) for r in rows], [r[kind][1] for r in rows], color=color, marker="o",
-                label=kind)
-    ax.set_xscale("log")
-    ax.set_xlabel("density (decade bins with at least 5 units)")
-    ax.set_ylabel("median score, all scored units")
-    ax.set_title("the same density, the same score?", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. Activation specificity (the paper: Arabic, base64, DNA features against per-token proxies)
 
 
 @torch.no_grad()
-def specificity(cfg, run, m):
-    """For each context predicate (interp.PREDICATES) that holds on some held-out token, which units
-    detect it, in two views. The paper's: precision (of the tokens where a unit fires, the share where
-    the predicate holds) and recall (of those where it holds, the share where the unit fires) of the
-    best unit by F1, and of the union of the specialists (units that fire mostly on it: precision at
-    least interp.SPECIALIST, on at least MIN_ACTIVE tokens), as several features may split a property
-    that one broad neuron covers alone. And Pearson's: the unit whose activation correlates most with
-    the predicate, with the share of its activation where it holds. The union needs a second pass over
-    the specialists (and the plotted units) only; writes specificity.png."""
-    labels = m.proxies
-    P = labels.shape[1]
-    base_rate = labels.mean(0)
-    held = [j for j in range(P) if base_rate[j] > 0]
-    # a predicate that never holds (a corpus without Python has no docstrings) has no unit to show;
-    # the figure keeps to the 6 commonest, one row each
-    plotted = sorted(held, key=lambda j: -base_rate[j])[:6]
-    best, f1, members = {}, {}, {}
-    for kind, name in (("features", run.main_name), ("neurons", "neurons")):
-        s = m.stats[name]
-        r = interp.proxy_correlations(s)
-        idx = r.argmax(0)
-        best[kind] = dict(units=idx.numpy(), r=r.max(0).values.numpy(),
-                          mass=(s.proxy_sum[idx, torch.arange(P)] / s.sum[idx].clamp_min(1e-30)).numpy())
-        f1[kind] = interp.best_f1(s)
-        members[kind] = interp.specialists(s)
-    union, acts, specialists = {}, {}, {}
-    if held:
-        plotted_units = {kind: torch.from_numpy(b["units"][plotted]) for kind, b in best.items()}
-        union, acts = second_pass(run, labels, plotted_units, members)
-    for kind, counts in union.items():
-        fired, hit = counts.double().numpy()
-        specialists[kind] = dict(count=members[kind].sum(0).numpy(), recall=hit / np.maximum(labels.sum(0), 1),
-                                 precision=np.where(fired > 0, hit / np.maximum(fired, 1), np.nan))  # NaN: none fired
-    out = dict(names=interp.PREDICATES, base_rate=base_rate, held=held, plotted=plotted, best=best, f1=f1,
-               specialists=specialists)
-    if plotted:
-        plot_specificity(acts, labels, best, plotted, os.path.join(run.dir, "specificity.png"))
-    print(specificity_markdown(out))
-    print(precision_recall_markdown(out))
+def context_acts(model, tokens, ids, ctx, sources):
+    """{name: (len(ids), ctx, U)}: the activations at the given contexts, each recomputed inside
+    its own LM window (the same numbers the streaming pass saw)."""
+    T = model.cfg.block_size
+    windows = np.unique(ids * ctx // T)
+    h = torch.cat([harvest(model, tokens[w * T:(w + 1) * T], T, device=model.unembed.weight.device)[0]
+                   for w in windows])
+    rows = torch.from_numpy((np.searchsorted(windows, ids * ctx // T) * T + ids * ctx % T)[:, None]
+                            + np.arange(ctx))
+    return {name: fn(h)[rows.to(h.device)].float().cpu() for name, fn in sources.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The lexical explain-then-simulate score (the paper's automated interpretability, made offline).
+# The paper asks Claude to explain a unit from its activating examples and to predict activations
+# on other examples from the explanation alone, then correlates prediction and truth. With no
+# language model at hand, an "explanation" is the most a short lookup table can say: up to
+# max_entries rows, each a (previous token, token) pattern, a token pattern or a context predicate
+# (PREDICATES: "inside a comment", "base64", ...; the paper's explanations are sentences about
+# contexts, and a table of tokens alone would favour single-token detectors), with the mean
+# activation of the tokens it matches, plus one "anything else" value. The table's size is the same
+# for every kind of unit, so a polysemantic unit is penalised exactly as much as it is hard to
+# summarise. Rows are keys: prev * vocab + token for a pair (below vocab**2), vocab**2 + token for a
+# token, context_key(p) for predicate p (after both). labels: (m, P) bool, which predicates hold on
+# each token; with P = 0 columns, rows are token patterns only (AnalyzeConfig.explain = "tokens").
+
+
+def context_key(p, vocab):
+    """The explanation key of predicate p (an index into PREDICATES)."""
+    return vocab * (vocab + 1) + p
+
+
+def explain(prev, cur, labels, acts, max_entries, vocab):
+    """Explain a unit from tokens (prev, cur) with predicate labels and activations acts. Rows are
+    chosen greedily, each time the pattern that most reduces the squared error of the simulation
+    (sum of residuals over the tokens it matches, squared, over their count), so a pattern that an
+    earlier row already predicts well is not spent a row on. A token counts towards its pair key, its
+    token key and every predicate that holds on it. A row's value is the mean activation of the tokens
+    it explains (match's precedence); everything else gets the mean of the tokens no row matches.
+    Returns table()'s dict plus order, the patterns in the order chosen: table(order[:e], ...) is the
+    best explanation of e rows."""
+    acts = np.asarray(acts, np.float64)
+    held, p = np.nonzero(labels)                                  # each (token, predicate) that holds
+    owner = np.concatenate([np.arange(len(cur)), np.arange(len(cur)), held])   # the token behind each candidate
+    keys, inverse = np.unique(np.concatenate([prev * vocab + cur, vocab * vocab + cur, context_key(p, vocab)]),
+                              return_inverse=True)
+    count = np.bincount(inverse)
+    order = np.zeros(0, np.int64)
+    expl = table(order, prev, cur, labels, acts, vocab)
+    for _ in range(max_entries):
+        residual = (acts - simulate(expl, prev, cur, labels, vocab))[owner]
+        gain = np.bincount(inverse, residual) ** 2 / count
+        gain[np.isin(keys, order)] = -1
+        if len(gain) == 0 or gain.max() <= 1e-12:
+            break
+        order = np.append(order, keys[gain.argmax()])
+        expl = table(order, prev, cur, labels, acts, vocab)
+    return dict(expl, order=order)
+
+
+def table(keys, prev, cur, labels, acts, vocab):
+    """The explanation with rows keys: each row's value is the mean activation of the tokens it
+    matches; a row that matches nothing (every match taken by a row of higher precedence) is dropped."""
+    keys = np.sort(keys)
+    row = match(keys, prev, cur, labels, vocab)
+    counts = np.bincount(row + 1, minlength=len(keys) + 1)      # slot 0: "anything else"
+    sums = np.bincount(row + 1, acts, minlength=len(keys) + 1)
+    kept = counts[1:] > 0
+    default = sums[0] / counts[0] if counts[0] else 0.0
+    return dict(keys=keys[kept], values=sums[1:][kept] / counts[1:][kept], counts=counts[1:][kept],
+                default=float(default))
+
+
+def match(keys, prev, cur, labels, vocab):
+    """For each token, the index into sorted keys of the row that explains it, or -1. When several
+    rows match, the most specific wins: a (prev, token) row, then a token row, then a predicate row,
+    and among predicates the one earlier in PREDICATES (so the order of PREDICATES is part of the
+    explanation's meaning: "inside a comment" before "a URL")."""
+    row = np.full(len(cur), -1)
+    if len(keys) == 0:
+        return row
+    base = context_key(0, vocab)
+    for i in np.flatnonzero(keys >= base)[::-1]:                 # predicate rows, the earliest written last
+        row[labels[:, keys[i] - base]] = i
+    for k in (vocab * vocab + cur, prev * vocab + cur):          # token rows, then (prev, token) rows win
+        i = np.searchsorted(keys, k).clip(max=len(keys) - 1)
+        hit = keys[i] == k
+        row[hit] = i[hit]
+    return row
+
+
+def simulate(expl, prev, cur, labels, vocab):
+    """The activations an explanation predicts for tokens (prev, cur) with predicate labels."""
+    row = match(expl["keys"], prev, cur, labels, vocab)
+    return np.append(expl["values"], expl["default"])[row]     # row -1: the "anything else" value
+
+
+def score_units(units, stats, pool, tokens, prev_tokens, labels, vocab, ctx, n_top, n_random, max_entries,
+                sizes=(), seed=0):
+    """Explain each unit from its top contexts in the EXPLAIN half, simulate it on n_top top
+    contexts and n_random random contexts of the SCORE half (the paper's "top-and-random"
+    scoring), and return per unit: score (Pearson r), explanation (at most max_entries rows),
+    by_size {e: r with the explanation cut to e rows, for e in sizes}, and single_token (one
+    token carries SINGLE_TOKEN_SHARE of the activation in the explanation contexts: the paper
+    reports those separately, as a random-weights model has many and they are trivial to simulate).
+    stats: the units' UnitStats; pool: dict(ctx (Q,) ids of random SCORE-half contexts, acts (Q, ctx,
+    U)); tokens and prev_tokens: numpy arrays of each held-out token and of the one before it;
+    labels: (n_tokens, P) bool, the predicates an explanation may name on each held-out token (P = 0:
+    token patterns only). Every unit, feature or neuron, is explained from the same labels."""
+    top_e, top_s = stats.top[EXPLAIN], stats.top[SCORE]
+    positions = lambda ids: (np.asarray(ids)[:, None] * ctx + np.arange(ctx)).ravel()
+    out = []
+    for u in units:
+        keep = top_e.val[u] > 0
+        pos = positions(top_e.ctx[u][keep])
+        prev_e, cur_e, lab_e, a_e = prev_tokens[pos], tokens[pos], labels[pos], top_e.acts[u][keep].numpy().ravel()
+        longest = explain(prev_e, cur_e, lab_e, a_e, max([max_entries, *sizes]), vocab)
+        cut = lambda e: table(longest["order"][:e], prev_e, cur_e, lab_e, a_e, vocab)
+        share = np.bincount(cur_e, weights=a_e).max() / a_e.sum() if a_e.sum() > 0 else 0.0
+        keep = top_s.val[u] > 0
+        ids_top = top_s.ctx[u][keep][:n_top].numpy()
+        free = np.flatnonzero(~np.isin(pool["ctx"], ids_top))       # random contexts not in the top ones
+        pick = np.random.default_rng([seed, int(u)]).choice(free, min(n_random, len(free)), replace=False)
+        truth = np.concatenate([top_s.acts[u][keep][:n_top].numpy().ravel(),
+                                pool["acts"][pick, :, u].numpy().ravel()])
+        pos = positions(np.concatenate([ids_top, pool["ctx"][pick]]))
+        score = lambda expl: pearson(simulate(expl, prev_tokens[pos], tokens[pos], labels[pos], vocab), truth)
+        expl = cut(max_entries)
+        out.append(dict(unit=int(u), score=score(expl), explanation=expl, by_size={e: score(cut(e)) for e in sizes},
+                        single_token=bool(share >= SINGLE_TOKEN_SHARE)))
     return out
 
 
-def second_pass(run, labels, plotted_units, members):
-    """Stream the held-out tokens through the units that specificity needs, and only them: per kind,
-    (2, P) union counts of its specialists (interp.union_counts) and the activations (n_tokens,
-    len(plotted)) of plotted_units, one unit per plotted predicate."""
-    need = {kind: torch.unique(torch.cat([plotted_units[kind], members[kind].any(1).nonzero().squeeze(1)]))
-            for kind in members}
-    column = {kind: torch.searchsorted(need[kind], plotted_units[kind]) for kind in need}
-    sets = {kind: members[kind][need[kind]] for kind in need}      # each predicate's specialists among them
-    neurons = need["neurons"].to(run.device)
-    chosen = {"neurons": lambda h: h[:, neurons], "features": interp.select_encoder(run.main_sae, need["features"])}
-    union = {kind: torch.zeros(2, labels.shape[1], dtype=torch.long) for kind in chosen}
-    acts = {kind: [] for kind in chosen}
-    labels_t = torch.from_numpy(labels)
-    for start, a in interp.stream(run.model, run.tokens, run.n_tokens, chosen, run.batch):
-        for kind, x in a.items():
-            x = x.float().cpu()
-            union[kind] += interp.union_counts(x, labels_t[start:start + len(x)], sets[kind])
-            acts[kind].append(x[:, column[kind]])
-    return union, {kind: torch.cat(v).numpy() for kind, v in acts.items()}
+def bootstrap(x, stat, n=1000, seed=0):
+    """95% percentile interval of stat(x) over n resamples of x with replacement."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x)
+    vals = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n)]
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
-def plot_specificity(acts, labels, best, plotted, path):
-    """One row per plotted predicate: the activations of its best unit by Pearson r (acts: one column
-    per plotted predicate) where the predicate holds and where it does not."""
-    fig = Figure(figsize=(9, 2.4 * len(plotted)))
-    axes = fig.subplots(len(plotted), 2, squeeze=False)
-    for row, j in enumerate(plotted):
-        name = interp.PREDICATES[j]
-        for col, kind in enumerate(("features", "neurons")):
-            ax, a = axes[row][col], acts[kind][:, row]
-            bins = np.linspace(0, max(a.max(), 1e-6), 40)
-            on = a > 0
-            ax.hist([a[on & labels[:, j]], a[on & ~labels[:, j]]], bins=bins, histtype="step", linewidth=1.5,
-                    color=["tab:green", "tab:gray"], label=[f"{name}", f"not {name}"])
-            ax.set_yscale("log")
-            b = best[kind]
-            ax.set_title(f"{kind[:-1]} #{b['units'][j]}: r={b['r'][j]:.2f} with '{name}', "
-                         f"{100 * b['mass'][j]:.0f}% of its activation there", fontsize=9)
-            ax.legend(fontsize=7)
-        axes[row][0].set_ylabel("tokens")
-    for ax in axes[-1]:
-        ax.set_xlabel("activation (tokens where > 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+def median_difference(a, b, n=1000, seed=0):
+    """median(a) - median(b) and its 95% bootstrap interval (a and b resampled independently)."""
+    rng = np.random.default_rng(seed)
+    diffs = [np.median(rng.choice(a, len(a))) - np.median(rng.choice(b, len(b))) for _ in range(n)]
+    return dict(value=float(np.median(a) - np.median(b)),
+                ci=(float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))))
+
+
+def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
+    """Median score of every scored unit per decade of density: units that fire rarely leave few
+    examples to explain from, so density alone moves the score; comparing kinds within a decade
+    takes that out."""
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        row = dict(lo=lo, hi=hi)
+        for kind, rs in results.items():
+            d = stats[kind].fired.double().numpy() / n_tokens
+            x = [r["score"] for r in rs if lo <= d[r["unit"]] < hi]
+            row[kind] = (len(x), float(np.median(x)) if x else None)
+        out.append(row)
+    return out
+
+
+def pearson(a, b):
+    """Pearson correlation of two 1-D arrays; 0 where either is constant (no information)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def describe(expl, enc, vocab):
+    """An explanation table as rows of readable patterns, strongest first: a (previous token, token)
+    pattern, a token pattern (prev None) or a context predicate (context: its name; prev and token None)."""
+    text = lambda t: enc.decode_single_token_bytes(int(t)).decode("utf-8", "replace")
+    rows = []
+    for key, value, count in zip(expl["keys"].tolist(), expl["values"], expl["counts"]):
+        if key >= context_key(0, vocab):
+            row = dict(prev=None, token=None, context=PREDICATES[key - context_key(0, vocab)])
+        else:
+            prev, cur = divmod(key, vocab)
+            row = dict(prev=None if prev == vocab else text(prev), token=text(cur), context=None)
+        rows.append(dict(row, value=round(float(value), 4), count=int(count)))
+    return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
+
+
+def save_units(run, stats, results):
+    """units.json: every scored unit's density, score, single-token flag and explanation in words (for
+    the browser, the steering table and readers). stats: {kind: UnitStats}; results: score_units'."""
+    out = {"n_tokens": run.n_tokens, "sae": run.main_name}
+    for kind, rs in results.items():
+        out[kind] = [dict(unit=r["unit"], density=float(stats[kind].fired[r["unit"]]) / run.n_tokens,
+                          score=round(r["score"], 4), single_token=r["single_token"], explanation=r["rows"],
+                          otherwise=r["otherwise"]) for r in rs]
+    atomic_write_text(json.dumps(out), os.path.join(run.dir, "units.json"))
+
+
+def load_units(cfg, run):
+    """units.json, checked to describe this run's main SAE on these tokens."""
+    path = os.path.join(run.dir, "units.json")
+    if not os.path.exists(path):
+        raise UserError(f"no {path}: run python analyze.py interp --out {cfg.out} first")
+    units = json.load(open(path))
+    if units["sae"] != run.main_name or units["n_tokens"] != run.n_tokens:
+        raise UserError(f"{path} describes {units['sae']} on {units['n_tokens']:,} tokens, not {run.main_name} on "
+                        f"{run.n_tokens:,}: rerun python analyze.py interp with the same flags")
+    return units
 
 
 if __name__ == "__main__":

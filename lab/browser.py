@@ -35,15 +35,14 @@ import time
 import numpy as np
 import torch
 
-from lab import interp
-from lab.plumbing import UserError, arg, atomic_write_text, parse_config, run_main
-from lab.measured import AnalyzeConfig, load_or_measure, load_run, load_units
+from lab import measure
+from lab.plumbing import UserError, arg, atomic_write_text
 from lab.report import pattern, visible
 from lab.steer import logit_effects, residual_scale
 
 
 @dataclasses.dataclass
-class BrowseConfig(AnalyzeConfig):
+class Config:
     features: list = arg([], "feature indices to put on pages (none given, and no --neurons: every unit that fires)")
     neurons: list = arg([], "neuron indices to put on pages")
     top_contexts: int = arg(8, "top-activating contexts per unit (from analysis/measure.pt)")
@@ -60,17 +59,17 @@ class BrowseConfig(AnalyzeConfig):
                         "--features or --neurons are given, so the full page is never overwritten by a few units)")
 
 
-def main(argv=None):
-    cfg = parse_config(BrowseConfig, argv, description=__doc__.split("\n\n")[0])
+def main(cfg, run, measured):
+    """python analyze.py browse: the page for the units asked (measured() gives the streaming
+    pass's Measurement and units.json, analyze.py's)."""
     check_config(cfg)
-    run = load_run(cfg)
-    write_browser(cfg, run, load_or_measure(cfg, run))
+    write_browser(cfg, run, *measured())
 
 
-def write_browser(cfg, run, m):
-    """Write the page (page_path); returns dict(path, bytes, units, report): the report's lines."""
+def write_browser(cfg, run, m, units):
+    """Write the page (page_path); returns dict(path, bytes, units, report): the report's lines.
+    run: analyze.Run; m: lab/measure.py's Measurement; units: analyze.py's units.json."""
     t0 = time.time()
-    units = load_units(cfg, run)
     stats = {"features": m.stats[run.main_name], "neurons": m.stats["neurons"]}
     chosen = choose_units(cfg, stats)
     maxima = {kind: s.max_activation()[chosen[kind]] for kind, s in stats.items()}
@@ -184,23 +183,23 @@ def sample_pool(cfg, run, chosen, maxima):
     """Run the chosen units over random held-out LM windows (pool_tokens in all). Per kind:
     hist (U, bins) counts of the nonzero activations in equal bins of (0, max]; and per interval
     (equal fractions of the max, by each context's peak) up to interval_contexts contexts drawn
-    uniformly at random: each (context, unit) gets a random priority and interp.update_top keeps
+    uniformly at random: each (context, unit) gets a random priority and measure.update_top keeps
     the largest priorities, a streaming sample without replacement. Contexts are cut inside the
     windows as in measure.pt, so each one's activations are those the streaming pass saw."""
-    T, ctx, K = run.model.cfg.block_size, cfg.context, cfg.intervals
-    rng = np.random.default_rng(cfg.seed)
+    T, ctx, K = run.model.cfg.block_size, run.context, cfg.intervals
+    rng = np.random.default_rng(run.seed)
     n_windows = run.n_tokens // T
     pick = np.sort(rng.choice(n_windows, min(n_windows, max(1, cfg.pool_tokens // T)), replace=False))
     tokens = run.tokens.reshape(-1, T)[pick].ravel()
     neurons = chosen["neurons"].to(run.device)
-    sources = {"features": interp.select_encoder(run.main_sae, chosen["features"]), "neurons": lambda h: h[:, neurons]}
+    sources = {"features": measure.select_encoder(run.main_sae, chosen["features"]), "neurons": lambda h: h[:, neurons]}
     sources = {kind: fn for kind, fn in sources.items() if len(chosen[kind])}
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(run.seed)
     out = {kind: dict(hist=torch.zeros(len(idx), cfg.bins, dtype=torch.long),
                       # one running "top-k" per interval, ranked by random priority (interp's running top-k)
-                      tops=[interp.new_top(len(idx), cfg.interval_contexts, ctx) for _ in range(K)])
+                      tops=[measure.new_top(len(idx), cfg.interval_contexts, ctx) for _ in range(K)])
            for kind, idx in chosen.items()}
-    for start, acts in interp.stream(run.model, tokens, len(tokens), sources, run.batch):
+    for start, acts in measure.stream(run.model, tokens, len(tokens), sources, run.batch):
         ids = torch.arange(start // ctx, (start + len(next(iter(acts.values())))) // ctx)
         for kind, a in acts.items():
             a, mx, o = a.float().cpu(), maxima[kind].clamp_min(1e-12), out[kind]
@@ -212,17 +211,17 @@ def sample_pool(cfg, run, chosen, maxima):
             interval = (cmax / mx * K).ceil().long().clamp(1, K) - 1
             priority = torch.rand(cmax.shape, generator=g).masked_fill_(cmax <= 0, -float("inf"))
             for i in range(K):
-                interp.update_top(o["tops"][i], priority.masked_fill(interval != i, -float("inf")), ids, cacts)
+                measure.update_top(o["tops"][i], priority.masked_fill(interval != i, -float("inf")), ids, cacts)
     for o in out.values():
         for top in o["tops"]:
-            interp.sort_top(top)
+            measure.sort_top(top)
     return dict(tokens=tokens, **out)
 
 
 def unit_pool(pool, kind, j):
     """The j-th chosen unit's share of the pool: its histogram, its interval samples, the pool's tokens."""
     return dict(hist=pool[kind]["hist"][j], tokens=pool["tokens"],
-                tops=[interp.TopContexts(val=t.val[j], ctx=t.ctx[j], acts=t.acts[j]) for t in pool[kind]["tops"]])
+                tops=[measure.TopContexts(val=t.val[j], ctx=t.ctx[j], acts=t.acts[j]) for t in pool[kind]["tops"]])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +230,7 @@ def unit_pool(pool, kind, j):
 
 def page(cfg, run, s, u, mx, density, pool, effects):
     """One unit's page data; contexts as example() writes them."""
-    ctx = cfg.context
+    ctx = run.context
     tops = [(v, c, a) for t in s.top for v, c, a in zip(t.val[u].tolist(), t.ctx[u].tolist(), t.acts[u]) if v > 0]   # (a unit that fires in few contexts has slots holding contexts where it is 0)
     tops.sort(key=lambda t: -t[0])
     top = [example(cfg, run.tokens[c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops[:cfg.top_contexts]]
@@ -296,10 +295,11 @@ def render(cfg, run, pages, rows, scale, pool_tokens):
     # and & as JSON's \u escapes (and /, so no token sequence can even look like a URL to a reader).
     for c in "<>&/":
         data = data.replace(c, f"\\u{ord(c):04x}")
-    notes = NOTES.format(n_tokens=run.n_tokens, pool=pool_tokens, scale=scale, ctx=cfg.context,
+    notes = NOTES.format(n_tokens=run.n_tokens, pool=pool_tokens, scale=scale, ctx=run.context,
                          intervals=cfg.intervals, sae=f"F{run.main}",
                          before=cfg.before, after=cfg.after)
-    return (HEAD.replace("TITLE", html.escape(f"Feature browser: {cfg.out}")) + notes + CONTROLS
+    out = os.path.dirname(os.path.normpath(run.dir))  # the run: <out>/<analysis-dir>
+    return (HEAD.replace("TITLE", html.escape(f"Feature browser: {out}")) + notes + CONTROLS
             + "\n".join(rows) + "</tbody></table></div>\n<div id=\"unit\"></div>\n"
             + f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n</body></html>\n')
 
@@ -542,6 +542,3 @@ filter();
 show();
 """
 
-
-if __name__ == "__main__":
-    run_main(main)

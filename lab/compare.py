@@ -27,14 +27,12 @@ from matplotlib.figure import Figure
 
 import analyze
 import data
-from lab import interp
 import train_lm
 import train_sae
 from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
                     parse_config, pick_device, run_main)
-from lab.interp import MIN_ACTIVE
+from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
-from lab.measured import AnalyzeConfig
 from model import lm_fingerprint, load_lm
 from lab.report import shown, token_text
 from sae import load_sae
@@ -200,8 +198,8 @@ def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
     a_sum, a_sumsq = 0.0, 0.0
     progress, t0 = Progress(None), time.time()
     batch = max(1, 4096 // lm_a.cfg.block_size) * lm_a.cfg.block_size
-    streams = zip(interp.stream(lm_a, tokens, n, {"h": lambda h: h}, batch),
-                  interp.stream(lm_b, tokens, n, {"h": lambda h: h}, batch))
+    streams = zip(stream(lm_a, tokens, n, {"h": lambda h: h}, batch),
+                  stream(lm_b, tokens, n, {"h": lambda h: h}, batch))
     for (start, a), (_, b) in streams:
         a, b = a["h"], b["h"]
         ids = torch.from_numpy(tokens[start:start + len(a)]).to(device)
@@ -255,7 +253,7 @@ def control(cfg, dirs):
     model (each in its own folder under compare/, so the main analysis is left as it was)."""
     out = {}
     for name, lm_dir, sae_dir in (("A", "lm", "sae"), ("random", "lm_random", "sae_random")):
-        acfg = AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
+        acfg = analyze.AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
                                      analysis_dir=os.path.join("compare", f"analysis_{name}"), device=cfg.device,
                                      tokens=cfg.tokens, seed=cfg.seed)
         res = analyze.analyze(acfg, "interp")

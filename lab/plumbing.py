@@ -62,20 +62,28 @@ def flag_fields(cls):
 
 def parse_config(cls, argv=None, description=None):
     """Build an argparse parser from a dataclass's fields, parse argv, return an instance."""
+    return parse_configs([cls], argv, description)[0]
+
+
+def parse_configs(classes, argv=None, description=None):
+    """One command line for several config dataclasses (analyze.py's step and a lab tool's own
+    flags): one instance of each, every flag given to the class that has it."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for _, f in flag_fields(cls):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        name = "--" + f.name.replace("_", "-")
-        help = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if isinstance(default, bool):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
-        elif isinstance(default, list):
-            parser.add_argument(name, nargs="*", default=default, help=help)
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(name, type=kind, default=default, help=help)
-    return from_dict(cls, vars(parser.parse_args(argv)))
+    for cls in classes:
+        for _, f in flag_fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            name = "--" + f.name.replace("_", "-")
+            help = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+            if isinstance(default, bool):
+                parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
+            elif isinstance(default, list):
+                parser.add_argument(name, nargs="*", default=default, help=help)
+            else:
+                kind = type(default) if default is not None else str
+                parser.add_argument(name, type=kind, default=default, help=help)
+    values = vars(parser.parse_args(argv))
+    return [from_dict(cls, values) for cls in classes]
 
 
 def from_dict(cls, values):

@@ -1,16 +1,20 @@
 """lab/report.py: report.md, the analysis written out beside the paper's numbers.
 
 analyze.py measures; this file only formats: a one-screen summary table (ours beside the paper's),
-then one section per measurement with its table and figure. Token text is made visible (whitespace
-spelled out) and safe inside markdown tables.
+then one section per measurement with its table and figure (drawn here too), and summary.json.
+Token text is made visible (whitespace spelled out) and safe inside markdown tables.
 """
 import dataclasses
 import json
 import os
 
-from lab import interp
+import numpy as np
+from matplotlib.figure import Figure
+
+from lab.measure import MIN_ACTIVE
 from lab.plumbing import atomic_write_text, fmt_eta
-from lab.interp import MIN_ACTIVE, SIZES
+from lab.predicates import PREDICATE_HELP
+from lab.specificity import SPECIALIST, precision_recall_markdown, specificity_markdown
 
 # The paper's numbers (docs/paper.md) that ours are printed beside.
 PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6)",
@@ -24,19 +28,19 @@ EXPLAINS = {"tokens": "a (previous token, token) pattern or a token pattern",
 
 
 def write_report(cfg, run, res):
-    """report.md: a one-screen summary beside the paper's numbers, then each measurement.
-    run: measured.Run; res: analyze.analyze's results."""
+    """report.md: a one-screen summary beside the paper's numbers, then each measurement, and
+    summary.json beside it. run: analyze.Run; res: analyze.analyze's results."""
     n, main = run.n_tokens, run.main
     lm, sae_ckpt = run.lm_ckpt, run.saes[main].ckpt
     row = next(r for r in res["losses"]["rows"] if r["name"] == f"F{main}")
     dens, it, sp = res["density"][main], res["interp"]["summary"], res["specificity"]
     cluster = dens["cluster"]
     lm_tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
-    bf = sp["best"]["features"]
     took = fmt_eta(res["measure"].seconds)
     pass_note = (f"reusing the streaming pass cached in {cfg.analysis_dir}/measure.pt, {took} when it ran"
                  if res["measure"].reused else f"the streaming pass: {took}")
     f_med, n_med = it["features"]["all"]["median"], it["neurons"]["all"]["median"]
+    longest = max(it["by_size"])
     diff = it["median_diff"]
     ultralow = f"{cluster['members'].sum():,} features" if cluster else "none found"
     L = [f"# Towards Monosemanticity, reproduced: analysis of `{cfg.out}`", "",
@@ -62,9 +66,9 @@ def write_report(cfg, run, res):
          f"| interpretability: median score, features vs neurons ({cfg.max_entries}-row explanations, "
          f"`--explain {res['interp']['explain']}`) | "
          f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
-         f"| the same with 1-row / {SIZES[-1]}-row explanations | " + " / ".join(
+         f"| the same with 1-row / {longest}-row explanations | " + " / ".join(
              f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
-             f"({signed(it['by_size'][e]['diff'])})" for e in (1, SIZES[-1]))
+             f"({signed(it['by_size'][e]['diff'])})" for e in (1, longest))
          + " | (the paper's explanations are a sentence) |",
          f"| best proxy match (Pearson r) | {best_proxy(sp)} | {PAPER['specificity']} |",
          "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
@@ -103,7 +107,7 @@ def write_report(cfg, run, res):
           f"(active on at least {MIN_ACTIVE} tokens, in both halves"
           f"{', outside the ultralow cluster' if cluster else ''}), "
           f"same table size for both. Single-token units (one token carries "
-          f"{100 * interp.SINGLE_TOKEN_SHARE:.0f}% of the activation in their explanation contexts) are trivial to "
+          f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their explanation contexts) are trivial to "
           "simulate; the paper reports them separately, and so do we.", "",
           *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a table of "
              "tokens alone would favour single-token detectors. So a row may also name one of the context predicates "
@@ -120,11 +124,11 @@ def write_report(cfg, run, res):
           "![interpretability](interp.png)", "",
           "Examples (the best, a median and the worst scored of each kind in the sample); "
           "`a → b` is the pattern 'token b after token a', ⟨comment⟩ a context predicate:", ""]
-    L += examples_markdown(res["interp"]["compare"], run)
+    L += examples_markdown(res["interp"]["compare"])
     L += ["", "Every alive unit's explanation and score: `units.json`.", "",
           "## 4. Activation specificity", "",
           "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
-          "are a fixed vocabulary of context predicates (`interp.PREDICATES`), declared before any score was seen and "
+          "are a fixed vocabulary of context predicates (`lab/predicates.py`), declared before any score was seen and "
           "not tuned to the results: the Python ones come from Python's own tokenizer run on every held-out document "
           "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
           "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
@@ -133,7 +137,7 @@ def write_report(cfg, run, res):
           "(activation > 0), the share where the predicate holds (precision), and of the tokens where the predicate "
           "holds, the share where the unit fires (recall). For each predicate, the best feature and the best neuron by "
           "F1 (the harmonic mean of the two); then the specialists, every unit that fires mostly on the predicate "
-          f"(precision at least {interp.SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
+          f"(precision at least {SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
           "precision and recall of their union (a token counts when any specialist fires on it). Several features "
           "that split a property between them each have a low recall, their union a high one; a neuron that fires on "
           "a predicate and on much else is no specialist at all.", "",
@@ -151,6 +155,7 @@ def write_report(cfg, run, res):
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run.dir, "report.md")
     atomic_write_text("\n".join(L), path)
+    write_summary(run, res)
     return path
 
 
@@ -205,6 +210,7 @@ def losses_markdown(r):
 
 
 def interp_markdown(s):
+    sizes = list(s["by_size"])
     lines = ["| units | n | single-token | mean score [95% CI] | median score [95% CI] | "
              "median, without single-token |", "| --- | --- | --- | --- | --- | --- |"]
     for kind in ("features", "neurons"):
@@ -216,13 +222,13 @@ def interp_markdown(s):
     d, multi = s["median_diff"], s["median_diff_multi"]
     lines += [f"\nMedian score, features minus neurons: {signed(d)}; without single-token units: "
               + (signed(multi) if multi else "- (one kind has none left)") + ".",
-              "", "| explanation rows |" + "".join(f" {e} |" for e in SIZES),
-              "| --- |" + " --- |" * len(SIZES)]
+              "", "| explanation rows |" + "".join(f" {e} |" for e in sizes),
+              "| --- |" + " --- |" * len(sizes)]
     for kind in ("features", "neurons"):
-        lines.append(f"| median score, {kind} |" + "".join(f" {s['by_size'][e][kind]:.3f} |" for e in SIZES))
+        lines.append(f"| median score, {kind} |" + "".join(f" {s['by_size'][e][kind]:.3f} |" for e in sizes))
     lines.append("| features minus neurons [95% CI] |" + "".join(
         f" {s['by_size'][e]['diff']['value']:+.3f} [{s['by_size'][e]['diff']['ci'][0]:+.2f}, "
-        f"{s['by_size'][e]['diff']['ci'][1]:+.2f}] |" for e in SIZES))
+        f"{s['by_size'][e]['diff']['ci'][1]:+.2f}] |" for e in sizes))
     cell = lambda c: f"{c[1]:.3f} (n={c[0]})" if c[0] else "-"
     lines += ["", "| density (all scored units) | features: median score | neurons: median score |",
               "| --- | --- | --- |"]
@@ -233,41 +239,7 @@ def interp_markdown(s):
 
 def predicates_markdown():
     """The context predicates and their definitions, in their order of precedence."""
-    return [f"- `{name}`: {help}" for name, help in interp.PREDICATE_HELP.items()]
-
-
-def precision_recall_markdown(s):
-    """The precision/recall table of analyze.specificity: per predicate that holds, the best unit
-    by F1 and the specialists' union of each kind, as precision / recall."""
-    lines = ["| predicate | tokens where it holds | best feature (F1): precision / recall | specialist features: "
-             "count, their union's precision / recall | best neuron (F1): precision / recall | specialist neurons: "
-             "count, their union's precision / recall |", "| --- | --- | --- | --- | --- | --- |"]
-    pair = lambda p, r: f"{p:.2f} / {r:.2f}"
-    for j in s["held"]:
-        cells = []
-        for kind in ("features", "neurons"):
-            b, u = s["f1"][kind], s["specialists"][kind]
-            cells += [f"#{b['units'][j]}: {pair(b['precision'][j], b['recall'][j])}",
-                      f"{u['count'][j]}: {pair(u['precision'][j], u['recall'][j])}" if u["count"][j] else "none"]
-        lines.append(f"| {s['names'][j]} | {100 * s['base_rate'][j]:.2g}% | " + " | ".join(cells) + " |")
-    never = [name for j, name in enumerate(s["names"]) if j not in s["held"]]
-    if never:
-        verb = "holds" if len(never) == 1 else "hold"
-        lines.append(f"\nLeft out: {', '.join(never)}, which {verb} on none of these tokens (no unit can match them).")
-    return "\n".join(lines)
-
-
-def specificity_markdown(s):
-    """The Pearson table of analyze.specificity's results, for the predicates that hold."""
-    lines = ["| predicate | tokens where it holds | best feature: r, activation on it | "
-             "best neuron: r, activation on it |", "| --- | --- | --- | --- |"]
-    f, nr = s["best"]["features"], s["best"]["neurons"]
-    for j in s["held"]:
-        name = s["names"][j]
-        lines.append(f"| {name} | {100 * s['base_rate'][j]:.2g}% | "
-                     f"#{f['units'][j]}: {f['r'][j]:.2f}, {100 * f['mass'][j]:.0f}% | "
-                     f"#{nr['units'][j]}: {nr['r'][j]:.2f}, {100 * nr['mass'][j]:.0f}% |")
-    return "\n".join(lines)
+    return [f"- `{name}`: {help}" for name, help in PREDICATE_HELP.items()]
 
 
 def best_proxy(s):
@@ -300,31 +272,16 @@ def sae_state_note(ckpt):
     return ""
 
 
-def examples_markdown(compare, run):
-    vocab = run.meta["vocab_size"]
+def examples_markdown(compare):
     lines = []
     for kind, rs in compare.items():
         ranked = sorted(rs, key=lambda r: -r["score"])
         for label, r in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
-            rows, default = describe(r["explanation"], run.enc, vocab)
+            rows, default = r["rows"], r["otherwise"]
             table = "; ".join(f"{pattern(x, shown)}: {x['value']:.2f}" for x in rows[:5])
             lines.append(f"- {kind[:-1]} #{r['unit']} ({label}, score {r['score']:.2f}"
                          f"{', single-token' if r['single_token'] else ''}): {table}; otherwise {default:.2f}")
     return lines
-
-
-def describe(expl, enc, vocab):
-    """An explanation table as rows of readable patterns, strongest first: a (previous token, token)
-    pattern, a token pattern (prev None) or a context predicate (context: its name; prev and token None)."""
-    rows = []
-    for key, value, count in zip(expl["keys"].tolist(), expl["values"], expl["counts"]):
-        if key >= interp.context_key(0, vocab):
-            row = dict(prev=None, token=None, context=interp.PREDICATES[key - interp.context_key(0, vocab)])
-        else:
-            prev, cur = divmod(key, vocab)
-            row = dict(prev=None if prev == vocab else token_text(enc, prev), token=token_text(enc, cur), context=None)
-        rows.append(dict(row, value=round(float(value), 4), count=int(count)))
-    return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
 
 
 def pattern(row, token, arrow=" → "):
@@ -356,3 +313,67 @@ def shown(text):
     """A token's text, visible in markdown: whitespace spelled out, backticks kept inside code."""
     text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t").replace("`", "'")
     return "`" + text.replace("|", "\\|") + "`"  # a bare | would end a markdown table cell
+
+
+# ----------------------------------------------------------------------------------------------
+# The figures
+
+
+def plot_density(out, n, path):
+    fig = Figure(figsize=(4.5 * len(out), 3.4))
+    axes = fig.subplots(1, len(out), squeeze=False)
+    bins = np.arange(np.floor(np.log10(1 / n)) - 0.25, 0.25, 0.125)
+    for ax, (k, r) in zip(axes[0], out.items()):
+        d = r["density"]
+        ax.hist(np.log10(d[d > 0]), bins=bins, color="tab:blue")
+        if r["cluster"]:
+            ax.hist(np.log10(d[r["cluster"]["members"]]), bins=bins, color="tab:orange",
+                    label=f"ultralow cluster: {r['cluster']['members'].sum()}")
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_title(f"F{k}: {k - r['dead']:,} alive, {r['dead']:,} dead (never fired)", fontsize=9)
+        ax.set_xlabel(f"log10 feature density ({n:,} held-out tokens)")
+    axes[0][0].set_ylabel("features")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_interp(compare, summary, max_entries, path):
+    fig = Figure(figsize=(11, 7.6))
+    axes = fig.subplots(2, 2)
+    axes = axes.ravel()
+    bins = np.linspace(-0.2, 1, 25)
+    for ax, part in zip(axes, ("all", "multi")):
+        for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
+            x = [r["score"] for r in compare[kind] if part == "all" or not r["single_token"]]
+            ax.hist(x, bins=bins, histtype="step", linewidth=2, color=color, label=f"{kind} (n={len(x)})")
+            if x:
+                ax.axvline(np.median(x), color=color, linestyle="--", linewidth=1)
+        ax.set_title("all sampled units" if part == "all" else "without single-token units", fontsize=10)
+        ax.set_xlabel(f"simulation score (Pearson r), {max_entries}-row explanations; dashed: median", fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_ylabel("units")
+    ax = axes[2]
+    sizes = list(summary["by_size"])
+    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
+        med = np.array([summary["by_size"][e][kind] for e in sizes])
+        ci = np.array([summary["by_size"][e][kind + "_ci"] for e in sizes]).T
+        ax.errorbar(sizes, med, yerr=[med - ci[0], ci[1] - med], color=color, marker="o", capsize=3, label=kind)
+    ax.axvline(max_entries, color="gray", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(e) for e in sizes])
+    ax.set_xlabel("rows in the explanation table")
+    ax.set_ylabel("median score (95% CI)")
+    ax.set_title("longer explanations: neurons catch up?", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[3]
+    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
+        rows = [r for r in summary["by_density"] if r[kind][0] >= 5]
+        ax.plot([np.sqrt(r["lo"] * r["hi"]) for r in rows], [r[kind][1] for r in rows], color=color, marker="o",
+                label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("density (decade bins with at least 5 units)")
+    ax.set_ylabel("median score, all scored units")
+    ax.set_title("the same density, the same score?", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

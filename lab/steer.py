@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 import data
-from lab.plumbing import UserError, arg, parse_config, run_main
-from lab.measured import AnalyzeConfig, load_or_measure, load_run, load_units
+from lab.plumbing import UserError, arg
 from lab.report import pattern, token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
@@ -36,7 +35,7 @@ DEFAULT_PROMPT = "def "
 
 
 @dataclasses.dataclass
-class SteerConfig(AnalyzeConfig):
+class Config:
     feature: int = arg(-1, "the feature to steer on --prompt (-1: measure a few features' effect on many prompts)")
     value: float = arg(0.0, "V: add V times the feature's direction, in its activation units (0: no change)")
     prompt: str = arg(None, f"the text to continue, with --feature (default: {DEFAULT_PROMPT!r})")
@@ -50,17 +49,17 @@ class SteerConfig(AnalyzeConfig):
     effect_tokens: int = arg(5, "a feature's top logit-effect tokens whose probability is measured")
 
 
-def main(argv=None):
-    cfg = parse_config(SteerConfig, argv, description=__doc__.split("\n\n")[0])
+def main(cfg, run, measured):
+    """python analyze.py steer: one prompt steered (--feature), or the measurement on many prompts
+    (measured() gives the streaming pass's Measurement and units.json, analyze.py's)."""
     if cfg.feature < 0 and cfg.prompt is not None:   # (else the prompt would be silently ignored)
         raise UserError("--prompt needs --feature N (a feature number from the browser or report.md)")
     if cfg.feature < 0 and cfg.value != 0:
         raise UserError("--value needs --feature N (a feature number from the browser or report.md)")
-    run = load_run(cfg)
     if cfg.feature >= 0:
         print(demo(cfg, run))
     else:
-        res = measure_steering(cfg, run, load_or_measure(cfg, run))
+        res = measure_steering(cfg, run, *measured())
         print("\n".join(res["report"]))
 
 
@@ -70,9 +69,9 @@ def steering_hook(sae, feature, value, layer):
     return lambda i, h: h + add if i == layer else h
 
 
-def generate(model, ids, cfg, hook=None):
+def generate(model, ids, cfg, seed, hook=None):
     """A sampled continuation; the generator is seeded afresh, so runs differ only by the hook."""
-    g = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    g = torch.Generator(device=ids.device).manual_seed(seed)
     return model.generate(ids, cfg.new_tokens, cfg.temperature, cfg.top_k or None, generator=g, mlp_hook=hook)
 
 
@@ -145,8 +144,8 @@ def demo(cfg, run):
     lines = [f"feature {cfg.feature} of {run.main_name}: steering value {cfg.value:+g} (its activation on the prompt "
              f"peaks at {on_prompt:.3g}); its direction raises "
              + ", ".join(f"{show(t)} {v:+.2f}" for v, t in zip(*effects.topk(5))) + " logits per unit (linearised)",
-             f"\n--- unsteered (seed {cfg.seed})", text(generate(model, ids, cfg)),
-             f"\n--- steered (seed {cfg.seed})", text(generate(model, ids, cfg, hook)),
+             f"\n--- unsteered (seed {run.seed})", text(generate(model, ids, cfg, run.seed)),
+             f"\n--- steered (seed {run.seed})", text(generate(model, ids, cfg, run.seed, hook)),
              "\n--- largest next-token probability changes after the prompt"]
     p0, p1 = p0.cpu(), p1.cpu()
     change = p1 - p0
@@ -160,21 +159,20 @@ def demo(cfg, run):
 
 
 @torch.no_grad()
-def measure_steering(cfg, run, m):
+def measure_steering(cfg, run, m, units):
     """For a few of the best-scoring features: the mean probability, over every position of
     steer_prompts held-out contexts, of the feature's top (and bottom) logit-effect tokens, at
     steering values from 0 to steer_scale times its largest held-out activation; writes steering.png."""
     if cfg.steer_features < 1 or cfg.steer_prompts < 1 or cfg.effect_tokens < 1 or cfg.steer_scale <= 0:
         raise UserError("--steer-features, --steer-prompts, --effect-tokens and --steer-scale must be positive")
     model, sae = run.model, run.main_sae
-    units = load_units(cfg, run)
     effects = logit_effects(model, sae.directions(), residual_scale(model, run.tokens))   # on the model's device
     features = choose_features(units["features"], effects, cfg.steer_features)
     maxima = m.stats[run.main_name].max_activation()
-    rng = np.random.default_rng(cfg.seed)
-    ctx = rng.choice(run.n_tokens // cfg.context, min(cfg.steer_prompts, run.n_tokens // cfg.context),
+    rng = np.random.default_rng(run.seed)
+    ctx = rng.choice(run.n_tokens // run.context, min(cfg.steer_prompts, run.n_tokens // run.context),
                      replace=False)
-    x = data.windows(run.tokens, ctx * cfg.context, cfg.context, run.device)
+    x = data.windows(run.tokens, ctx * run.context, run.context, run.device)
     fractions = np.linspace(0, cfg.steer_scale, 9)
     rows = []
     for f, r in features:
@@ -191,7 +189,7 @@ def measure_steering(cfg, run, m):
     path = os.path.join(run.dir, "steering.png")
     plot_steering(rows, fractions, path)
     out = dict(rows=rows, fractions=fractions, positions=x.numel(), prompts=len(x))
-    out["report"] = report_lines(cfg, out, run.enc)
+    out["report"] = report_lines(cfg, out, run.enc, run.context)
     return out
 
 
@@ -233,7 +231,7 @@ def change(p):
     return f"{p[0]:.3g} → {p[-1]:.3g} ({ratio})"
 
 
-def report_lines(cfg, res, enc):
+def report_lines(cfg, res, enc, context):
     # a token in a markdown table cell: line breaks drawn, and no ` or | to end the code span or the cell
     cell = lambda text: "`" + visible(text).replace("`", "'").replace("|", "\\|") + "`"
     tokens = lambda ids: " ".join(cell(token_text(enc, t)) for t in ids)
@@ -245,7 +243,7 @@ def report_lines(cfg, res, enc):
          f"(the browser's 'logits raised most'), with V = {cfg.steer_scale:g} times the feature's largest held-out "
          f"activation: the probability of its {cfg.effect_tokens} top logit-effect tokens (and of its "
          f"{cfg.effect_tokens} bottom ones), averaged over every next-token prediction of {res['prompts']} random "
-         f"held-out contexts of {cfg.context} tokens ({res['positions']:,} positions). Try one yourself: "
+         f"held-out contexts of {context} tokens ({res['positions']:,} positions). Try one yourself: "
          "`python analyze.py steer --feature N --value V --prompt \"...\"`.", "",
          "A position where the probability rose may have risen by little: the ratio steered / unsteered of the mean "
          "probability says by how much.", "",
@@ -258,6 +256,3 @@ def report_lines(cfg, res, enc):
                  f"{tokens(r['up'])} | {change(r['p_up'])} | {100 * r['raised']:.0f}% | {change(r['p_down'])} |")
     return L + ["", "![steering](steering.png)", ""]
 
-
-if __name__ == "__main__":
-    run_main(main)

@@ -12,8 +12,7 @@ import torch
 
 import analyze
 import data
-from lab import interp
-from lab import measured
+from lab import measure, predicates, specificity
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError
@@ -25,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def small_config(out, **kw):
     base = dict(out=out, device="cpu", tokens=16384, loss_tokens=4096, n_units=64, bootstrap=100)
     base.update(kw)
-    return measured.AnalyzeConfig(**base)
+    return analyze.AnalyzeConfig(**base)
 
 
 def synthetic_tokens(n, vocab, eot, doc_len=300, seed=0):
@@ -44,9 +43,9 @@ def test_measure_counts_sums_and_top_contexts_exactly():
     g = torch.Generator().manual_seed(0)
     acts = torch.rand(N, U, generator=g) * (torch.rand(N, U, generator=g) < 0.2)
     acts[:, 0] = (torch.arange(N) % 2 == 0).float()  # fires on every other token
-    halves = interp.window_halves(N, 64)
+    halves = measure.window_halves(N, 64)
     proxies = torch.rand(N, 2, generator=g).numpy() < 0.3
-    s = interp.measure(batches_of(acts, 128), N, halves, proxies, ctx, k=(5, 3))["u"]
+    s = measure.measure(batches_of(acts, 128), N, halves, proxies, ctx, k=(5, 3))["u"]
     assert s.fired[0].item() / N == 0.5
     assert torch.equal(s.fired, (acts > 0).sum(0))
     assert torch.allclose(s.sum, acts.double().sum(0))
@@ -55,7 +54,7 @@ def test_measure_counts_sums_and_top_contexts_exactly():
     assert torch.equal(s.fired_half[1], (acts[torch.from_numpy(halves) == 1] > 0).sum(0))
     contexts = acts.view(-1, ctx, U)
     ctx_half = torch.from_numpy(halves[::ctx])
-    for h, k in ((interp.EXPLAIN, 5), (interp.SCORE, 3)):
+    for h, k in ((measure.EXPLAIN, 5), (measure.SCORE, 3)):
         top = s.top[h]
         for u in range(U):
             best = contexts[ctx_half == h, :, u].amax(1).sort(descending=True).values[:k]
@@ -69,12 +68,12 @@ def test_measure_counts_sums_and_top_contexts_exactly():
 def score_synthetic(acts, tokens, eot, vocab, ctx=16, labels=None, max_entries=10, sizes=()):
     N = len(tokens)
     labels = np.zeros((N, 0), bool) if labels is None else labels
-    halves = interp.window_halves(N, 64)
-    s = interp.measure(batches_of(acts, 512), N, halves, np.zeros((N, 1), bool), ctx, k=(40, 20))["u"]
-    score_ctx = np.flatnonzero(halves[::ctx] == interp.SCORE)
+    halves = measure.window_halves(N, 64)
+    s = measure.measure(batches_of(acts, 512), N, halves, np.zeros((N, 1), bool), ctx, k=(40, 20))["u"]
+    score_ctx = np.flatnonzero(halves[::ctx] == measure.SCORE)
     pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
     prev = np.concatenate([[eot], tokens[:-1]])
-    return interp.score_units(range(acts.shape[1]), s, pool, tokens, prev, labels, vocab + 1, ctx, n_top=20,
+    return analyze.score_units(range(acts.shape[1]), s, pool, tokens, prev, labels, vocab + 1, ctx, n_top=20,
                               n_random=20, max_entries=max_entries, sizes=sizes)
 
 
@@ -102,12 +101,12 @@ def test_explanation_prefers_the_specific_pattern_and_respects_max_entries():
     cur = np.array([7, 7, 7, 7, 8, 8, 9, 6])
     acts = np.array([3.0, 0.0, 3.0, 0.0, 1.0, 1.0, 0.0, 0.5])
     none = np.zeros((len(cur), 0), bool)
-    expl = interp.explain(prev, cur, none, acts, max_entries=2, vocab=vocab)
-    pred = interp.simulate(expl, prev, cur, none, vocab)
+    expl = analyze.explain(prev, cur, none, acts, max_entries=2, vocab=vocab)
+    pred = analyze.simulate(expl, prev, cur, none, vocab)
     assert len(expl["keys"]) == 2
     assert pred[0] == 3.0 and pred[1] < 3.0  # "7 after 1" fires, "7 after 2" does not
-    assert interp.pearson(pred, acts) > 0.9
-    assert interp.pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction carries no information
+    assert analyze.pearson(pred, acts) > 0.9
+    assert analyze.pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction carries no information
 
 
 def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
@@ -116,16 +115,16 @@ def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
     vocab, eot = 200, 200
     tokens = synthetic_tokens(16384, vocab, eot)
     rng = np.random.default_rng(2)
-    labels = np.zeros((len(tokens), len(interp.PREDICATES)), bool)
+    labels = np.zeros((len(tokens), len(predicates.PREDICATES)), bool)
     for start in rng.choice(len(tokens) - 12, 700, replace=False):   # comments of 3 to 11 tokens
-        labels[start:start + rng.integers(3, 12), interp.PREDICATES.index("comment")] = True
-    labels[:, interp.PREDICATES.index("string")] = rng.random(len(tokens)) < 0.3   # a predicate beside the point
-    acts = torch.from_numpy(1.0 * labels[:, [interp.PREDICATES.index("comment")]]).float()
+        labels[start:start + rng.integers(3, 12), predicates.PREDICATES.index("comment")] = True
+    labels[:, predicates.PREDICATES.index("string")] = rng.random(len(tokens)) < 0.3   # a predicate beside the point
+    acts = torch.from_numpy(1.0 * labels[:, [predicates.PREDICATES.index("comment")]]).float()
     (contexts,) = score_synthetic(acts, tokens, eot, vocab, labels=labels, max_entries=5, sizes=(1,))
     (token_only,) = score_synthetic(acts, tokens, eot, vocab, labels=labels[:, :0], max_entries=5)
-    comment = interp.context_key(interp.PREDICATES.index("comment"), vocab + 1)
+    comment = analyze.context_key(predicates.PREDICATES.index("comment"), vocab + 1)
     prev = np.concatenate([[eot], tokens[:-1]])
-    assert interp.explain(prev, tokens, labels, acts[:, 0].numpy(), 5, vocab + 1)["order"][0] == comment
+    assert analyze.explain(prev, tokens, labels, acts[:, 0].numpy(), 5, vocab + 1)["order"][0] == comment
     assert contexts["score"] > 0.99 and contexts["by_size"][1] > 0.99   # the comment row alone scores it
     assert comment in contexts["explanation"]["keys"] and not contexts["single_token"]
     assert token_only["score"] < 0.5 and len(token_only["explanation"]["keys"]) == 5
@@ -133,18 +132,18 @@ def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
 
 def test_pair_rows_override_token_rows_override_predicate_rows():
     vocab = 10
-    ctx = lambda p: interp.context_key(p, vocab)
+    ctx = lambda p: analyze.context_key(p, vocab)
     keys = np.array([1 * vocab + 7, vocab * vocab + 7, ctx(0), ctx(2)])   # 7 after 1; 7; predicate 0; predicate 2
     prev = np.array([1, 2, 2, 2, 2, 3])
     cur = np.array([7, 7, 8, 8, 8, 9])
     labels = np.array([[1, 0, 1], [1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 0, 0]], bool)
     # pair row on the first token, token row on the second (predicates 0 and 2 hold on both), predicate 0
     # over predicate 2 on the third; predicate 2 alone on the fourth; predicate 1 is no row; nothing on the last
-    assert interp.match(keys, prev, cur, labels, vocab).tolist() == [0, 1, 2, 3, -1, -1]
+    assert analyze.match(keys, prev, cur, labels, vocab).tolist() == [0, 1, 2, 3, -1, -1]
     acts = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
     for chosen in (keys, keys[::-1]):   # whichever row was chosen first
-        expl = interp.table(chosen, prev, cur, labels, acts, vocab)
-        assert interp.simulate(expl, prev, cur, labels, vocab).tolist() == [5.0, 4.0, 3.0, 2.0, 0.5, 0.5]
+        expl = analyze.table(chosen, prev, cur, labels, acts, vocab)
+        assert analyze.simulate(expl, prev, cur, labels, vocab).tolist() == [5.0, 4.0, 3.0, 2.0, 0.5, 0.5]
 
 
 def test_context_labels_read_python_and_skip_other_text(tiny_data):
@@ -152,14 +151,14 @@ def test_context_labels_read_python_and_skip_other_text(tiny_data):
     enc = data.load_tokenizer(os.path.join(tiny_data, "data"))
     code = 'def f(x):\n    """Doc."""\n    return "s" + 0x1F  # note\n'
     ids = [enc.eot_token] + enc.encode_ordinary(code) + [enc.eot_token] + enc.encode_ordinary("it's 42 (")
-    labels = interp.context_labels(np.array(ids), len(ids), enc, enc.eot_token)
+    labels = predicates.context_labels(np.array(ids), len(ids), enc, enc.eot_token)
     text = {p: "".join(enc.decode([i]) for i, row in zip(ids, labels) if row[j])
-            for j, p in enumerate(interp.PREDICATES)}
+            for j, p in enumerate(predicates.PREDICATES)}
     assert text["docstring"].strip() == '"""Doc."""' and text["comment"].strip() == "# note"
     assert text["string"].strip() == '"s"' and text["number"].replace(" ", "") == "0x1F42"
     assert text["keyword"].split() == ["def", "return"] and "f" in text["identifier"] and "x" in text["identifier"]
     second = len(ids) - len(enc.encode_ordinary("it's 42 ("))
-    python = [interp.PREDICATES.index(p) for p in ("comment", "docstring", "string", "identifier", "keyword")]
+    python = [predicates.PREDICATES.index(p) for p in ("comment", "docstring", "string", "identifier", "keyword")]
     assert not labels[second:, python].any()  # the second document is not Python: no Python labels
 
 
@@ -173,9 +172,9 @@ class CharEncoding:
 def labelled_runs(doc):
     """{predicate: the runs of consecutive characters of doc on which it holds}."""
     ids = [0] + [ord(c) for c in doc]   # 0 (NUL) ends the previous document
-    labels = interp.context_labels(np.array(ids), len(ids), CharEncoding(), 0)[1:]
+    labels = predicates.context_labels(np.array(ids), len(ids), CharEncoding(), 0)[1:]
     out = {}
-    for j, name in enumerate(interp.PREDICATES):
+    for j, name in enumerate(predicates.PREDICATES):
         edges = np.diff(np.concatenate([[0], labels[:, j].astype(int), [0]]))
         out[name] = [doc[a:b] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
     return out
@@ -215,8 +214,8 @@ PREDICATE_CASES = [  # a document and the runs of each predicate on it; every pr
 
 @pytest.mark.parametrize("doc,expected", PREDICATE_CASES)
 def test_each_predicate_holds_exactly_where_it_should(doc, expected):
-    assert set(expected) <= set(interp.PREDICATES)
-    assert labelled_runs(doc) == {name: expected.get(name, []) for name in interp.PREDICATES}
+    assert set(expected) <= set(predicates.PREDICATES)
+    assert labelled_runs(doc) == {name: expected.get(name, []) for name in predicates.PREDICATES}
 
 
 def test_precision_recall_and_the_specialists_union():
@@ -230,20 +229,20 @@ def test_precision_recall_and_the_specialists_union():
     fires[:100, 0] = fires[100:200, 1] = True          # each half of the predicate
     fires[:600, 2] = True                              # all of it, and 400 tokens more
     fires[150:160, 3] = fires[300:310, 3] = True       # 10 on it, 10 off it
-    fires[:interp.MIN_ACTIVE - 1, 4] = True            # only on it, but on too few tokens
+    fires[:measure.MIN_ACTIVE - 1, 4] = True            # only on it, but on too few tokens
     acts = torch.from_numpy(fires * np.linspace(1, 2, N)[:, None]).float()
-    s = interp.measure(batches_of(acts, 128), N, interp.window_halves(N, 64), labels, 16, k=(2, 2))["u"]
-    assert s.proxy_fired[:, 0].tolist() == [100, 100, 200, 10, interp.MIN_ACTIVE - 1]
-    precision, recall = interp.precision_recall(s)
+    s = measure.measure(batches_of(acts, 128), N, measure.window_halves(N, 64), labels, 16, k=(2, 2))["u"]
+    assert s.proxy_fired[:, 0].tolist() == [100, 100, 200, 10, measure.MIN_ACTIVE - 1]
+    precision, recall = specificity.precision_recall(s)
     assert precision[:, 0].tolist() == [1.0, 1.0, 200 / 600, 0.5, 1.0]
-    assert recall[:, 0].tolist() == [0.5, 0.5, 1.0, 10 / 200, (interp.MIN_ACTIVE - 1) / 200]
+    assert recall[:, 0].tolist() == [0.5, 0.5, 1.0, 10 / 200, (measure.MIN_ACTIVE - 1) / 200]
     assert precision[:, 1].sum() == recall[:, 1].sum() == 0
-    best = interp.best_f1(s)
+    best = specificity.best_f1(s)
     assert best["units"][0] == 0 and best["f1"][0] == pytest.approx(2 / 3)   # F1 0.5 for the broad unit
     assert (best["precision"][0], best["recall"][0]) == (1.0, 0.5)
-    members = interp.specialists(s)
+    members = specificity.specialists(s)
     assert members[:, 0].tolist() == [True, True, False, True, False] and not members[:, 1].any()
-    union = sum(interp.union_counts(a["u"], torch.from_numpy(labels[start:start + len(a["u"])]), members)
+    union = sum(specificity.union_counts(a["u"], torch.from_numpy(labels[start:start + len(a["u"])]), members)
                 for start, a in batches_of(acts, 100))
     assert union.tolist() == [[210, 0], [200, 0]]      # fired on 0-199 and 300-309: precision 200/210, recall 1
 
@@ -252,13 +251,13 @@ def test_ultralow_cluster_is_found_only_when_there_is_one():
     rng = np.random.default_rng(0)
     main = 10 ** rng.normal(-2.5, 0.4, 900)
     low = 10 ** rng.normal(-5.5, 0.2, 100)
-    found = interp.ultralow_cluster(np.concatenate([main, low, np.zeros(20)]))
+    found = analyze.ultralow_cluster(np.concatenate([main, low, np.zeros(20)]))
     assert found is not None and abs(found["members"].sum() - 100) <= 3 and not found["members"][-20:].any()
-    assert interp.ultralow_cluster(np.concatenate([main, np.zeros(20)])) is None
+    assert analyze.ultralow_cluster(np.concatenate([main, np.zeros(20)])) is None
     dense_pair = 10 ** np.concatenate([rng.normal(-1, 0.1, 500), rng.normal(-0.5, 0.1, 500)])
-    assert interp.ultralow_cluster(dense_pair) is None  # two modes, but not orders of magnitude apart
+    assert analyze.ultralow_cluster(dense_pair) is None  # two modes, but not orders of magnitude apart
     skewed = 10 ** np.concatenate([rng.normal(-3.8, 0.9, 2200), rng.normal(-2.2, 0.55, 1900)])
-    assert interp.ultralow_cluster(skewed) is None  # one mode with a long low tail (our default run's shape)
+    assert analyze.ultralow_cluster(skewed) is None  # one mode with a long low tail (our default run's shape)
 
 
 def identity_sae_checkpoint(out, sae_dir):
@@ -308,21 +307,21 @@ def test_report_builds_end_to_end(tiny_sae):
     rec = res["losses"]["rows"][1]
     assert rec["loss"] < res["losses"]["zero"] and 0 < rec["fvu"] < 1
     sp = res["specificity"]
-    assert sp["base_rate"][interp.PREDICATES.index("number")] > 0 and 0 < len(sp["plotted"]) <= 6
+    assert sp["base_rate"][predicates.PREDICATES.index("number")] > 0 and 0 < len(sp["plotted"]) <= 6
     for j in sp["held"]:   # a specialists' union covers at least what its best member covers
         for kind in ("features", "neurons"):
             u, f = sp["specialists"][kind], sp["f1"][kind]
             assert 0 <= u["recall"][j] <= 1 and (u["count"][j] == 0) == np.isnan(u["precision"][j])
-            if u["count"][j] and f["precision"][j] >= interp.SPECIALIST:
+            if u["count"][j] and f["precision"][j] >= specificity.SPECIALIST:
                 assert u["recall"][j] >= f["recall"][j] - 1e-12
     assert "| predicate | tokens where it holds | best feature (F1)" in report
     assert "`--explain contexts`" in report
     with pytest.raises(UserError, match="--explain"):
         analyze.analyze(dataclasses.replace(cfg, explain="words"), "density")
     # the random contexts, recomputed window by window, are the streaming pass's own activations
-    run = measured.load_run(cfg)
+    run = analyze.load_run(cfg)
     model, s = run.model, run.saes[1024].sae
-    again = interp.context_acts(model, run.tokens, np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
+    again = analyze.context_acts(model, run.tokens, np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
     acts = s.encode(harvest(model, run.tokens, 160 * 32)[0])
     assert torch.allclose(again, acts.view(-1, 32, 1024)[[0, 5, 130]], atol=1e-5)
     # a step on its own reuses the streaming pass
@@ -338,11 +337,11 @@ def test_report_builds_end_to_end(tiny_sae):
     assert summary["interpretability"]["without_single_token"]["features_median"] == it["features"]["multi"]["median"]
     assert summary["interpretability"]["explain"] == "contexts" and "number" in summary["specificity"]
     number = summary["specificity"]["number"]
-    j = interp.PREDICATES.index("number")
+    j = predicates.PREDICATES.index("number")
     assert number["best_feature"]["unit"] == sp["f1"]["features"]["units"][j]
     assert number["specialist_neurons"]["count"] == sp["specialists"]["neurons"]["count"][j]
     rows = [r for kind in ("features", "neurons") for u in units[kind] for r in u["explanation"]]
-    assert all((r["context"] in interp.PREDICATES) == (r["token"] is None) for r in rows)
+    assert all((r["context"] in predicates.PREDICATES) == (r["token"] is None) for r in rows)
     assert any(r["context"] for r in rows)   # some units are explained by a context (47 rows of 7,554 here)
     assert all(isinstance(r[k], (int, float)) for r in res["losses"]["rows"] for k in ("l0", "mse", "fvu", "loss"))
 
@@ -379,7 +378,7 @@ def test_the_whole_analysis_runs_on_cuda(tiny_sae):
 
 def test_report_wording_follows_the_numbers():
     # a predicate that never holds (no Python in the corpus) is left out, and said to be
-    names, P = interp.PREDICATES, len(interp.PREDICATES)
+    names, P = predicates.PREDICATES, len(predicates.PREDICATES)
     j = names.index("number")
     on = np.arange(P) == j
     best = dict(units=np.arange(P), r=0.4 * on, mass=0.5 * on)
@@ -388,9 +387,9 @@ def test_report_wording_follows_the_numbers():
     neurons = dict(count=0 * on, precision=np.full(P, np.nan), recall=0.0 * on)   # no specialist neuron
     s = dict(names=names, base_rate=0.02 * on, best=dict(features=best, neurons=best), held=[j],
              f1=dict(features=f1, neurons=f1), specialists=dict(features=features, neurons=neurons))
-    table = report.specificity_markdown(s)
+    table = specificity.specificity_markdown(s)
     assert "| number |" in table and "| comment |" not in table and "#0: 0.00" not in table
-    pr = report.precision_recall_markdown(s)
+    pr = specificity.precision_recall_markdown(s)
     assert f"| number | 2% | #{j}: 0.90 / 0.25 | 3: 0.80 / 0.95 | #{j}: 0.90 / 0.25 | none |" in pr
     assert "Left out: comment, docstring, string, identifier," in pr and "| comment |" not in pr
     summary = json.loads(json.dumps(report.specificity_summary(s), allow_nan=False))

@@ -1,3 +1,4 @@
+import dataclasses
 import html.parser
 import json
 import os
@@ -11,7 +12,7 @@ import torch
 
 import analyze
 from lab import browser
-from lab import measured
+from lab import measure
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError
@@ -80,11 +81,22 @@ def test_logit_effects_match_the_models_own_average_derivative():
 @pytest.fixture(scope="module")
 def analysed(tiny_sae):
     """analysis/measure.pt and units.json of the tiny run (analyze.py's interp step), in their own folder."""
-    cfg = browser.BrowseConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse",
-                               n_units=32, bootstrap=10, pool_tokens=4096)
+    cfg = analyze.AnalyzeConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse",
+                                n_units=32, bootstrap=10)
     if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):   # (test_steer.py's too)
         analyze.analyze(cfg, "interp")
     return cfg
+
+
+def browse(**kw):
+    """The browser's own settings, its pool small for speed."""
+    return browser.Config(**{"pool_tokens": 4096, **kw})
+
+
+def measured(cfg):
+    """The run, its streaming pass and units.json, as analyze.py hands them to the browser."""
+    run = analyze.load_run(cfg)
+    return run, measure.load_or_measure(cfg, run), analyze.load_units(cfg, run)
 
 
 class Page(html.parser.HTMLParser):
@@ -118,13 +130,12 @@ class Page(html.parser.HTMLParser):
 
 
 def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
-    run = measured.load_run(analysed)
-    m = measured.load_or_measure(analysed, run)
+    run, m, units = measured(analysed)
     # three features that fired and two neurons, whether they fired or not (checked both ways below)
     alive = m.stats["F1024"].fired.nonzero().squeeze(1).tolist()
     f1, f2, f3 = alive[0], alive[len(alive) // 2], alive[-1]
-    cfg = browser.BrowseConfig(**{**vars(analysed), "features": [str(f) for f in (f1, f2, f3)], "neurons": ["0", "511"]})
-    out = browser.write_browser(cfg, run, m)
+    cfg = browse(features=[str(f) for f in (f1, f2, f3)], neurons=["0", "511"])
+    out = browser.write_browser(cfg, run, m, units)
     assert out["path"] == os.path.join(run.dir, "browser_selected.html")   # the full page is left alone
     text = open(out["path"], encoding="utf-8").read()
     assert out["bytes"] == os.path.getsize(out["path"]) < 5e6
@@ -171,7 +182,7 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     c, acts = top[half].ctx[f1, 0].item(), top[half].acts[f1, 0]
     p = int(acts.argmax())
     lo, hi = max(0, p - cfg.before), p + cfg.after + 1
-    assert data["units"][f"f{f1}"]["top"][0] == [run.tokens[c * cfg.context:(c + 1) * cfg.context][lo:hi].tolist(),
+    assert data["units"][f"f{f1}"]["top"][0] == [run.tokens[c * run.context:(c + 1) * run.context][lo:hi].tolist(),
                                               (100 * acts / acts.max()).round().int().tolist()[lo:hi], p - lo]
     # the links between the bases: the decoder's largest weights and cosines (checked in detail below)
     W = run.main_sae.W_dec.detach()
@@ -200,32 +211,29 @@ def test_index_rows_escape_token_text():
 
 def test_bad_flags_and_missing_inputs_are_one_line_errors(analysed, tmp_path):
     with pytest.raises(UserError, match="--features"):
-        browser.main(["--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
+        analyze.main(["browse", "--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
                       "--device", "cpu", "--features", "x"])
     with pytest.raises(UserError, match="0..1023"):
-        browser.main(["--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
+        analyze.main(["browse", "--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
                       "--device", "cpu", "--features", "1024"])
     with pytest.raises(UserError, match="--top-contexts"):
-        browser.main(["--out", analysed.out, "--top-contexts", "0"])
-    only = browser.BrowseConfig(**{**vars(analysed), "neurons": ["4"]})   # one kind only: no features
-    run = measured.load_run(only)
-    written = browser.write_browser(only, run, measured.load_or_measure(only, run))
+        analyze.main(["browse", "--out", analysed.out, "--top-contexts", "0"])
+    written = browser.write_browser(browse(neurons=["4"]), *measured(analysed))   # one kind only: no features
     assert written["units"] == {"features": 0, "neurons": 1}
-    cfg = browser.BrowseConfig(**{**vars(analysed), "analysis_dir": "analysis_no_units"})
-    run = measured.load_run(cfg)
+    cfg = dataclasses.replace(analysed, analysis_dir="analysis_no_units")
+    run = analyze.load_run(cfg)
     with pytest.raises(UserError, match="analyze.py interp"):
-        measured.load_units(cfg, run)
+        analyze.load_units(cfg, run)
 
 
 def test_html_flag_writes_the_page_elsewhere_and_outputs_are_plain_cpu_values(analysed, tmp_path):
     path = str(tmp_path / "page.html")
-    browser.main(["--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
+    analyze.main(["browse", "--out", analysed.out, "--analysis-dir", analysed.analysis_dir, "--tokens", "8192",
                   "--device", "cpu", "--pool-tokens", "4096", "--neurons", "3", "--html", path])
     assert os.path.getsize(path) > 0
     # every number a page holds is a plain int or float, never a tensor (on any device)
-    cfg = browser.BrowseConfig(**{**vars(analysed), "features": ["1"], "neurons": ["3"]})
-    run = measured.load_run(cfg)
-    m = measured.load_or_measure(cfg, run)
+    cfg = browse(features=["1"], neurons=["3"])
+    run, m, _ = measured(analysed)
     stats = {"features": m.stats["F1024"], "neurons": m.stats["neurons"]}
     chosen = browser.choose_units(cfg, stats)
     maxima = {kind: s.max_activation()[chosen[kind]] for kind, s in stats.items()}
@@ -268,7 +276,7 @@ def test_decoder_links_are_the_decoders_largest_weights_and_cosines():
 
 
 def test_contexts_are_cut_around_their_peak():
-    cfg = browser.BrowseConfig(before=4, after=2)
+    cfg = browser.Config(before=4, after=2)
     tokens = np.arange(100, 132)
     for p in (0, 2, 10, 30, 31):
         acts = torch.zeros(32)
@@ -345,14 +353,12 @@ def test_page_works_in_a_headless_browser(analysed, tmp_path):
     binary = chromium()
     if binary is None:
         pytest.skip("no chromium or chrome on PATH (apt-get install chromium)")
-    run = measured.load_run(analysed)
-    m = measured.load_or_measure(analysed, run)
+    run, m, units = measured(analysed)
     alive = m.stats["F1024"].fired.nonzero().squeeze(1).tolist()
     f1, f2 = alive[len(alive) // 3], alive[2 * len(alive) // 3]
     assert f2 not in (0, 511)
-    cfg = browser.BrowseConfig(**{**vars(analysed), "features": [str(f1), str(f2)], "neurons": ["0", "511"],
-                                  "html": str(tmp_path / "page.html")})
-    text = open(browser.write_browser(cfg, run, m)["path"], encoding="utf-8").read()
+    cfg = browse(features=[str(f1), str(f2)], neurons=["0", "511"], html=str(tmp_path / "page.html"))
+    text = open(browser.write_browser(cfg, run, m, units)["path"], encoding="utf-8").read()
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", PROBE.replace("@F", str(f2)) + "</body>"), encoding="utf-8")
     dom, log = headless(binary, probe.as_uri() + f"#f{f1}", "--dump-dom")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import analyze
-from lab import measured
+from lab import measure
 import sae as sae_lib
 from lab import steer
 from lab.plumbing import UserError
@@ -16,8 +16,8 @@ from model import ModelConfig, Transformer
 @pytest.fixture(scope="module")
 def analysed(tiny_sae):
     """analysis/measure.pt and units.json of the tiny run, shared with test_browser.py."""
-    cfg = steer.SteerConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse", n_units=32,
-                            bootstrap=10)
+    cfg = analyze.AnalyzeConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse", n_units=32,
+                                bootstrap=10)
     if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):
         analyze.analyze(cfg, "interp")
     return cfg
@@ -28,12 +28,12 @@ def test_value_zero_reproduces_the_unsteered_generation_exactly():
     model = Transformer(ModelConfig(vocab_size=60, block_size=16, n_head=2, d_model=32, d_mlp=64)).eval()
     sae = sae_lib.SAE(sae_lib.SAEConfig(d_in=64, n_features=128))
     sae.act_scale.fill_(2.5)
-    cfg = steer.SteerConfig(new_tokens=30, temperature=1.0, top_k=0, seed=3)
+    cfg = steer.Config(new_tokens=30, temperature=1.0, top_k=0)
     ids = torch.tensor([[1, 2, 3]])
-    plain = steer.generate(model, ids, cfg)
-    assert torch.equal(steer.generate(model, ids, cfg, steer.steering_hook(sae, 7, 0.0, 0)), plain)
-    assert torch.equal(steer.generate(model, ids, cfg), plain)   # the same seed, the same sample
-    assert not torch.equal(steer.generate(model, ids, cfg, steer.steering_hook(sae, 7, 500.0, 0)), plain)
+    plain = steer.generate(model, ids, cfg, 3)
+    assert torch.equal(steer.generate(model, ids, cfg, 3, steer.steering_hook(sae, 7, 0.0, 0)), plain)
+    assert torch.equal(steer.generate(model, ids, cfg, 3), plain)   # the same seed, the same sample
+    assert not torch.equal(steer.generate(model, ids, cfg, 3, steer.steering_hook(sae, 7, 500.0, 0)), plain)
     # what is added: value times the decoder row, in the MLP's units, at every position
     h = torch.rand(2, 5, 64)
     added = steer.steering_hook(sae, 7, 4.0, 0)(0, h) - h
@@ -42,10 +42,10 @@ def test_value_zero_reproduces_the_unsteered_generation_exactly():
 
 
 def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
-    run = measured.load_run(analysed)
+    run = analyze.load_run(analysed)
     model, sae = run.model, run.main_sae
     effects = logit_effects(model, sae.directions(), residual_scale(model, run.tokens))
-    m = measured.load_or_measure(analysed, run)
+    m = measure.load_or_measure(analysed, run)
     largest = m.stats["F1024"].max_activation()
     x = torch.from_numpy(run.tokens[:8 * 64].reshape(8, 64))
     for f in (0, 2, 100, 500):
@@ -53,8 +53,8 @@ def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
         p = lambda v: torch.softmax(model(x, mlp_hook=steer.steering_hook(sae, f, v, 0))[0], -1)[..., top].mean()
         assert p(30 * v) > 2 * p(0.0) and p(30 * v) > p(3 * v) > p(0.0)
     # the report's measurement: every chosen feature's top tokens rise, its bottom ones fall
-    res = steer.measure_steering(analysed, run, m)
-    assert len(res["rows"]) == analysed.steer_features and res["positions"] == 50 * analysed.context
+    res = steer.measure_steering(steer.Config(), run, m, analyze.load_units(analysed, run))
+    assert len(res["rows"]) == steer.Config().steer_features and res["positions"] == 50 * analysed.context
     assert len({r["up"][0] for r in res["rows"]}) == len(res["rows"])   # distinct top tokens
     for r in res["rows"]:
         assert r["p_up"][-1] > r["p_up"][0] and r["p_down"][-1] < r["p_down"][0]
@@ -74,20 +74,20 @@ def test_the_report_gives_the_size_of_the_change():
 def test_the_command_line_prints_both_generations(analysed, capsys):
     flags = ["--out", analysed.out, "--tokens", "8192", "--analysis-dir", analysed.analysis_dir, "--device", "cpu",
              "--prompt", 'def f(x):\n    return "<&>"', "--new-tokens", "12", "--feature", "5"]
-    steer.main(flags + ["--value", "0"])
+    analyze.main(["steer"] + flags + ["--value", "0"])
     text = capsys.readouterr().out
     unsteered = text.split("--- unsteered")[1].split("--- steered")[0].split("\n", 1)[1]
     steered = text.split("--- steered")[1].split("--- largest")[0].split("\n", 1)[1]
     assert unsteered == steered and unsteered.startswith('def f(x):\n    return "<&>"')
-    steer.main(flags + ["--value", "40"])
+    analyze.main(["steer"] + flags + ["--value", "40"])
     assert "(+" in capsys.readouterr().out
     with pytest.raises(UserError, match="0..1023"):
-        steer.main(flags[:-1] + ["1024"])
+        analyze.main(["steer"] + flags[:-1] + ["1024"])
     for bad in ("nan", "inf"):
         with pytest.raises(UserError, match="--value .*finite"):
-            steer.main(flags + ["--value", bad])
+            analyze.main(["steer"] + flags + ["--value", bad])
     with pytest.raises(UserError, match="--value 1e\\+30 is too large"):
-        steer.main(flags + ["--value", "1e30"])
+        analyze.main(["steer"] + flags + ["--value", "1e30"])
     # a prompt without a feature would be ignored (the many-prompt measurement runs instead)
     with pytest.raises(UserError, match="--prompt needs --feature N"):
-        steer.main(["--out", analysed.out, "--prompt", "import os"])
+        analyze.main(["steer", "--out", analysed.out, "--prompt", "import os"])
