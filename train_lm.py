@@ -99,113 +99,126 @@ def train_step(net, opt, batch, lr, cfg, autocast):
     return loss
 
 
+@dataclasses.dataclass
+class State:
+    """What a checkpoint holds and --resume restores, beside the config."""
+    model: Transformer
+    opt: torch.optim.Optimizer
+    batches: torch.Generator          # the order of the training windows
+    step: int = 0
+    max_steps: int = 0
+    elapsed: float = 0.0              # seconds in the training loop, over all sessions
+    history: list = dataclasses.field(default_factory=list)   # the validation losses
+
+
 def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint dict. on_step(step) runs after each
     optimizer step (the tests use it to simulate a crash)."""
-    # 1. set-up: processes, data, model, optimizer
+    # 1. set-up: processes, data, the model and its optimizer, the run's length
     t_run = time.time()
     ddp, rank, world, device = setup_processes(cfg.device)
     require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
-    master, per_rank = rank == 0, cfg.batch_size // world
     data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.lm_dir)
-    ckpt_path = os.path.join(run_dir, "ckpt.pt")
-    meta = data.load_meta(data_dir)
+    ckpt_path, meta = os.path.join(run_dir, "ckpt.pt"), data.load_meta(data_dir)
     train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
     refuse_to_replace([ckpt_path], cfg, "--lm-dir")
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
-    opt = make_optimizer(model, cfg)
-    batches = torch.Generator().manual_seed(cfg.seed)  # the order of the training windows
+    st = State(model, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed))
+    net = DistributedDataParallel(model) if ddp else model   # DDP: averages the processes' gradients
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16 and fast_bf16(device))
-    net = DistributedDataParallel(model) if ddp else model
-    tokens_per_step = cfg.batch_size * mcfg.block_size
+    per_rank, tokens_per_step = cfg.batch_size // world, cfg.batch_size * mcfg.block_size
 
     def next_batch(generator):  # this process's share of a batch (every process draws the same windows)
         x, y = data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, generator, device)
         return x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
 
-    # 2. the run's length in steps: resumed from the checkpoint, a count of tokens, or a timed start
-    step, history, elapsed = 0, [], 0.0
     if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, "LM checkpoint to resume",
-                               "start without --resume, or point --out/--lm-dir at the run")
-        if ckpt["model_config"] != dataclasses.asdict(mcfg) or ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-            raise UserError(f"{ckpt_path} was trained with another model config or tokenizer; "
-                            "use the same flags and data, or a new --lm-dir")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        batches.set_state(ckpt["batch_rng"])
-        set_rng_state(ckpt["rng"])
-        step, max_steps, elapsed, history = ckpt["step"], ckpt["max_steps"], ckpt["elapsed"], ckpt["history"]
-    elif cfg.max_minutes:
+        resume(st, ckpt_path, mcfg, meta)
+    elif cfg.max_minutes:  # time a few steps on a copy, with batches of its own: the run is untouched
         twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
         g = torch.Generator().manual_seed(cfg.seed + 1)
-        max_steps = broadcast_int(timed_steps(cfg.max_minutes, lambda: train_step(
+        st.max_steps = broadcast_int(timed_steps(cfg.max_minutes, lambda: train_step(
             twin, twin_opt, next_batch(g), cfg.lr, cfg, autocast)), device)
     else:
-        max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
-    if master:
+        st.max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
+    if rank == 0:
         print(f"config: {flat_dict(cfg)}")
-        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {world} process(es) "
-              f"on {device}; " + (f"resuming {ckpt_path} at step {step} of " if cfg.resume else "")
-              + f"{max_steps} steps of {tokens_per_step:,} tokens ({max_steps * tokens_per_step / 1e6:.1f}M)")
-        warn_if_repeating(max_steps * tokens_per_step, len(train_tokens), "tokens", "overfitting; the validation "
-                          "loss will stop improving", "give data.py more --data, or lower --max-tokens")
+        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {world} process(es) on "
+              f"{device}; " + (f"resuming {ckpt_path} at step {st.step} of " if cfg.resume else "")
+              + f"{st.max_steps} steps of {tokens_per_step:,} tokens ({st.max_steps * tokens_per_step / 1e6:.1f}M)")
+        warn_if_repeating(st.max_steps * tokens_per_step, len(train_tokens), "tokens", "overfitting; the "
+                          "validation loss will stop improving", "give data.py more --data, or lower --max-tokens")
+    save = lambda status, **final: rank == 0 and save_checkpoint(st, cfg, mcfg, meta, ckpt_path, status, **final)
 
-    def save(status, **final):
-        """status: "running" (periodic), "final"; a crash relabels the last one "crashed"."""
-        ckpt = {"config": flat_dict(cfg), "model_config": dataclasses.asdict(mcfg), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "step": step, "max_steps": max_steps, "elapsed": elapsed,
-                "history": history, "batch_rng": batches.get_state(), "rng": rng_state(),
-                "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final", **final}
-        if master:
-            atomic_save(ckpt, ckpt_path)
-        return ckpt
-
-    # 3. the training loop
-    progress = Progress(os.path.join(run_dir, "log.jsonl") if master else None, append=cfg.resume, quiet=not master)
-    if step == 0:  # the untrained model's loss starts the curve
-        history.append({"step": 0, "val_loss": evaluate(model, val_tokens, device), "tokens": 0})
-        progress.log(history[-1])
+    # 2. the training loop
+    progress = Progress(os.path.join(run_dir, "log.jsonl") if rank == 0 else None, append=cfg.resume,
+                        quiet=rank != 0)
+    if st.step == 0:  # the untrained model's loss starts the curve
+        st.history.append({"step": 0, "val_loss": evaluate(model, val_tokens, device), "tokens": 0})
+        progress.log(st.history[-1])
     t_start = t_last = time.time()
-    step_last = step
-    with labelled_crash([ckpt_path] if master else [], since=0 if cfg.resume else t_run):
-        while step < max_steps:
+    step_last = st.step
+    with labelled_crash([ckpt_path] if rank == 0 else [], since=0 if cfg.resume else t_run):
+        while st.step < st.max_steps:
             # a. one optimizer step on a fresh batch
-            loss = train_step(net, opt, next_batch(batches), lr_at(step, cfg, max_steps), cfg, autocast)
-            step += 1
+            loss = train_step(net, st.opt, next_batch(st.batches), lr_at(st.step, cfg, st.max_steps), cfg, autocast)
+            st.step += 1
             if on_step is not None:
-                on_step(step)
+                on_step(st.step)
             # b. the validation loss, every eval_every steps
-            if step % cfg.eval_every == 0 or step == max_steps:
-                history.append({"step": step, "train_loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                                "val_loss": evaluate(model, val_tokens, device), "tokens": step * tokens_per_step})
-                progress.log(history[-1])
+            if st.step % cfg.eval_every == 0 or st.step == st.max_steps:
+                st.history.append({"step": st.step, "train_loss": loss.item(), "lr": st.opt.param_groups[0]["lr"],
+                                   "val_loss": evaluate(model, val_tokens, device), "tokens": st.step * tokens_per_step})
+                progress.log(st.history[-1])
             # c. a progress line every few seconds (val only once there is one after step 0)
-            if progress.due() or step == max_steps:
-                rate, t_last, step_last = (step - step_last) / (time.time() - t_last), time.time(), step
-                val = f"{history[-1]['val_loss']:.3f}" if history[-1]["step"] > 0 else "-"
-                progress.say(f"step {step}/{max_steps} | loss {loss.item():.3f} | val {val} | "
-                             f"{rate * tokens_per_step:,.0f} tok/s | ETA {fmt_eta((max_steps - step) / rate)}")
+            if progress.due() or st.step == st.max_steps:
+                rate, t_last, step_last = (st.step - step_last) / (time.time() - t_last), time.time(), st.step
+                val = f"{st.history[-1]['val_loss']:.3f}" if st.history[-1]["step"] > 0 else "-"
+                progress.say(f"step {st.step}/{st.max_steps} | loss {loss.item():.3f} | val {val} | "
+                             f"{rate * tokens_per_step:,.0f} tok/s | ETA {fmt_eta((st.max_steps - st.step) / rate)}")
             # d. a checkpoint every ckpt_every steps
-            if step % cfg.ckpt_every == 0 and step < max_steps:
-                elapsed, t_start = elapsed + time.time() - t_start, time.time()
+            if st.step % cfg.ckpt_every == 0 and st.step < st.max_steps:
+                st.elapsed, t_start = st.elapsed + time.time() - t_start, time.time()
                 save("running")
 
-    # 4. the final evaluation: a longer validation loss, beside the bigram baseline
-    elapsed += time.time() - t_start
+    # 3. the final evaluation: a longer validation loss, beside the bigram baseline
+    st.elapsed += time.time() - t_start
     if ddp:
         torch.distributed.destroy_process_group()
-    if not master:
+    if rank != 0:
         return None
     val_loss = evaluate(model, val_tokens, device, max_tokens=10**6)
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
     ckpt = save("final", val_loss=val_loss, bigram_loss=bigram)
-    print(f"trained {step} steps ({step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(elapsed)}; "
+    print(f"trained {st.step} steps ({st.step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(st.elapsed)}; "
           f"checkpoint {ckpt_path}")
     print(f"val loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
+
+
+def save_checkpoint(st, cfg, mcfg, meta, path, status, **final):
+    """status: "running" (periodic) or "final"; a crash relabels the last one "crashed"."""
+    ckpt = {"config": flat_dict(cfg), "model_config": dataclasses.asdict(mcfg), "model": st.model.state_dict(),
+            "optimizer": st.opt.state_dict(), "step": st.step, "max_steps": st.max_steps, "elapsed": st.elapsed,
+            "history": st.history, "batch_rng": st.batches.get_state(), "rng": rng_state(),
+            "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final", **final}
+    atomic_save(ckpt, path)
+    return ckpt
+
+
+def resume(st, path, mcfg, meta):
+    """Restore st from the checkpoint at path: the weights, the optimizer, both random streams, the run."""
+    ckpt = load_checkpoint(path, "LM checkpoint to resume", "start without --resume, or point --out/--lm-dir at the run")
+    if ckpt["model_config"] != dataclasses.asdict(mcfg) or ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{path} was trained with another model config or tokenizer; "
+                        "use the same flags and data, or a new --lm-dir")
+    st.model.load_state_dict(ckpt["model"])
+    st.opt.load_state_dict(ckpt["optimizer"])
+    st.batches.set_state(ckpt["batch_rng"])
+    set_rng_state(ckpt["rng"])
+    st.step, st.max_steps, st.elapsed, st.history = ckpt["step"], ckpt["max_steps"], ckpt["elapsed"], ckpt["history"]
 
 
 @torch.no_grad()

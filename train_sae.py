@@ -6,16 +6,12 @@
     python train_sae.py --recipe paper                   # the paper's recipe (resampling) instead of 2024's
     python train_sae.py --snapshots 0 1000000            # also keep the SAE as it was at 0 and 1M activations
 
-The LM runs over random windows of the training split and its MLP activations after the ReLU fill
-a shuffled buffer; the SAE trains on batches drawn from it without replacement, and the buffer is
-refilled from the LM when it runs dry, so a run sees far more activations than fit in memory (the
-paper: 8 billion activations from 40 million contexts; repeated data makes dead features). The
-default recipe, Anthropic's 2024 update (the end of this file), starts the encoder as the decoder's
-transpose, warms the L1 penalty up, decays the learning rate and never resamples; --recipe paper
-resamples dead features on the paper's schedule, scaled to the length of the run. Writes
-<out>/<sae-dir>/F<n>/ckpt.pt and log.jsonl; the last line holds the held-out metrics, e.g.
-`F4096: L0 34.6 | FVU 0.040 | dead 0.0% | 12.0M activations`. A snapshot at <count> activations goes
-in <out>/<sae-dir>_at<count>/F<n>/ckpt.pt, a folder analyze.py reads with --sae-dir <sae-dir>_at<count>.
+The LM runs over random windows of the training split; its MLP activations after the ReLU fill a
+shuffled buffer that the SAE trains on and that is refilled when it runs dry, so the SAE sees far
+more activations than fit in memory and never the same twice (the paper: 8 billion activations;
+repeated data makes dead features). Writes <out>/<sae-dir>/F<n>/ckpt.pt and log.jsonl, and a
+snapshot at <count> activations in <out>/<sae-dir>_at<count>/F<n>/ (analyze.py --sae-dir reads it).
+The last line holds the held-out metrics: `F4096: L0 34.6 | FVU 0.040 | dead 0.0% | 12.0M activations`.
 """
 import dataclasses
 import functools
@@ -105,183 +101,205 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
             raise UserError(str(e).replace("SAEConfig: ", "--").replace("_", "-", 1)) from None
 
 
+@dataclasses.dataclass
+class State:
+    """What the checkpoints hold and --resume restores (a list entry per dictionary size)."""
+    saes: list
+    opts: list
+    windows: torch.Generator          # which contexts fill the buffer
+    shuffle: torch.Generator          # the order inside a fill
+    since_fired: list                 # (F,) steps each feature has been silent
+    histories: list                   # the held-out metrics, and the resamplings
+    step: int = 0
+    max_steps: int = 0
+    seen: int = 0                     # activations trained on
+    elapsed: float = 0.0              # seconds in the training loop, over all sessions
+
+
 def train(cfg, on_step=None):
     """Train one SAE per dictionary size on the same stream of activations; returns their checkpoints.
     on_step(step) runs after each step (the tests use it to simulate a crash)."""
     # 1. set-up: processes, the LM whose activations we decompose, one SAE and optimizer per size
     t_run, watch = time.time(), Stopwatch()  # the watch: where this session's time goes
-    sizes = cfg.sizes
     ddp, rank, world, device = setup_processes(cfg.device)
     require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
-    master, per_rank = rank == 0, cfg.batch_size // world
-    data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.sae_dir)
-    meta = data.load_meta(data_dir)
-    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
-    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
-                        "retrain the LM (python train_lm.py) after python data.py")
-    lm_id = lm_fingerprint(lm_ckpt)
-    train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
+    run_dir, sizes = os.path.join(cfg.out, cfg.sae_dir), cfg.sizes
     paths = [os.path.join(run_dir, f"F{n}", "ckpt.pt") for n in sizes]
+    model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
+    lm_id = lm_fingerprint(lm_ckpt)
     refuse_to_replace(paths, cfg, "--sae-dir")
-    torch.manual_seed(cfg.seed)
-    saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(device) for n in sizes]
-    if cfg.recipe == "2024":
-        for s in saes:
-            init_2024(s)
-    opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
-    windows = torch.Generator().manual_seed(cfg.seed + 1)  # which contexts fill the buffer
-    shuffle = torch.Generator().manual_seed(cfg.seed + 2)  # the order inside a fill
-    steps_per_fill = cfg.buffer_size // cfg.batch_size
-    since_fired = [torch.zeros(n, dtype=torch.long, device=device) for n in sizes]  # steps each feature was silent
-    histories = [[] for _ in sizes]
-
-    # 2. the run's length in steps: resumed from the checkpoints, a count of activations, or a timed start
-    step, seen, elapsed = 0, 0, 0.0
+    st = start(cfg, model.cfg.d_mlp, device)
     if cfg.resume:
-        ckpts = [load_checkpoint(p, "SAE checkpoint to resume", "start without --resume") for p in paths]
-        for i, c in enumerate(ckpts):
-            check_resumable(c, paths[i], lm_id, cfg)
-            saes[i].load_state_dict(c["sae"])
-            opts[i].load_state_dict(c["optimizer"])
-            since_fired[i], histories[i] = c["since_fired"].to(device), c["history"]
-        windows.set_state(ckpts[0]["windows_rng"])
-        shuffle.set_state(ckpts[0]["shuffle_rng"])
-        step, max_steps, seen, elapsed = (ckpts[0][k] for k in ("step", "max_steps", "seen", "elapsed"))
+        resume(st, cfg, paths, lm_id, device)
     elif cfg.max_minutes:
-        max_steps = broadcast_int(timed_start(cfg, model, train_tokens, saes, device), device)
+        st.max_steps = broadcast_int(timed_start(cfg, model, train_tokens, st.saes, device), device)
     else:
-        max_steps = math.ceil(cfg.max_activations / cfg.batch_size)
-
+        st.max_steps = math.ceil(cfg.max_activations / cfg.batch_size)
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
     val_acts = held_out(cfg.eval_activations)
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate   # the same metrics, the first faster
-    if master:
-        print(f"config: {flat_dict(cfg)}")
-        print(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes {sizes}; "
-              f"held-out set {len(val_acts):,} activations; {world} process(es) on {device}")
-        print(f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}")
-        print(("resuming " + run_dir + f" at step {step} of " if cfg.resume else "")
-              + f"{max_steps} steps of {cfg.batch_size:,} activations ({max_steps * cfg.batch_size / 1e6:.1f}M)")
-        warn_if_repeating(max_steps * cfg.batch_size, len(train_tokens), "tokens' activations",
-                          "the paper: repeating data makes dead features", "give data.py more --data, or lower "
-                          "--max-activations")
+    if rank == 0:
+        announce(cfg, lm_ckpt, model.cfg.d_mlp, st, len(val_acts), f"{world} process(es) on {device}", len(train_tokens))
 
-    def save(status, folder=run_dir):
-        """status: "running" (periodic), "final"; a crash relabels the last one "crashed".
-        "snapshot": a copy in another folder (--snapshots), the run's state at that step."""
-        if not master:
-            return None
-        out = []
-        for i, (s, o) in enumerate(zip(saes, opts)):
-            c = {"config": flat_dict(cfg), "sae_config": dataclasses.asdict(s.cfg), "sae": s.state_dict(),
-                 "optimizer": o.state_dict(), "step": step, "max_steps": max_steps, "seen": seen,
-                 "elapsed": elapsed, "since_fired": since_fired[i], "windows_rng": windows.get_state(),
-                 "shuffle_rng": shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
-                 "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
-                 "time_split": watch.split(), "history": histories[i]}
-            atomic_save(c, os.path.join(folder, f"F{sizes[i]}", "ckpt.pt"))
-            out.append(c)
-        return out
+    def save(status, folder=run_dir):  # the checkpoints, and the time they account for
+        nonlocal t_start
+        st.elapsed, t_start = st.elapsed + time.time() - t_start, time.time()
+        with watch("checkpoints"):
+            return rank == 0 and save_checkpoints(st, cfg, folder, status, lm_id, meta, watch.split())
 
-    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > seen)
-
-    def take_snapshots():
-        """A copy of the checkpoints for each --snapshots count that seen has reached, in a sibling
-        folder <sae-dir>_at<count>/ (analyze.py reads it with --sae-dir), taken at that very step."""
-        nonlocal elapsed, t_start
-        while snapshots and snapshots[0] <= seen:
+    def take_snapshots():  # --snapshots: a copy of the checkpoints at the step the run reaches each count
+        while snapshots and snapshots[0] <= st.seen:
             folder = f"{os.path.normpath(run_dir)}_at{snapshots.pop(0)}"
-            elapsed, t_start = elapsed + time.time() - t_start, time.time()
-            with watch("checkpoints"):
-                save("snapshot", folder)
-            progress.say(f"step {step}: snapshot of {seen:,} activations in {folder}/")
+            save("snapshot", folder)
+            progress.say(f"step {st.step}: snapshot of {st.seen:,} activations in {folder}/")
 
-    # 3. the training loop
-    logs = [Progress(os.path.join(run_dir, f"F{n}", "log.jsonl") if master else None, append=cfg.resume,
+    # 2. the training loop
+    logs = [Progress(os.path.join(run_dir, f"F{n}", "log.jsonl") if rank == 0 else None, append=cfg.resume,
                      quiet=True) for n in sizes]
-    progress = Progress(None, quiet=not master)
+    progress = Progress(None, quiet=rank != 0)
+    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > st.seen)
+    steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // world
     t_start = t_last = t_saved = time.time()
-    step0 = step_last = step
-    seen0 = seen
-    with labelled_crash(paths if master else [], since=0 if cfg.resume else t_run):
-        while step < max_steps:
+    step_last, seen0 = st.step, st.seen
+    with labelled_crash(paths if rank == 0 else [], since=0 if cfg.resume else t_run):
+        while st.step < st.max_steps:
             # a. refill the activation buffer when it runs dry. Its only state is the two generators,
             # so a fill boundary is where we checkpoint (the 512 MB buffer is never saved) and resume.
-            if step % steps_per_fill == 0:
-                if step > step0 and time.time() - t_saved >= 60 * cfg.ckpt_minutes:
-                    elapsed, t_start, t_saved = elapsed + time.time() - t_start, time.time(), time.time()
-                    with watch("checkpoints"):
-                        save("running")
+            if st.step % steps_per_fill == 0:
+                if st.seen > seen0 and time.time() - t_saved >= 60 * cfg.ckpt_minutes:
+                    save("running")
+                    t_saved = time.time()
                 with watch("harvest"):
-                    buffer = harvest(model, train_tokens, cfg.buffer_size, windows, device=device)[0]
-                    buffer = buffer[torch.randperm(len(buffer), generator=shuffle).to(device)]
-                if step == 0:
-                    for s in saes:  # act_scale and b_dec (geometric median) from the first fill (paper)
+                    buffer = harvest(model, train_tokens, cfg.buffer_size, st.windows, device=device)[0]
+                    buffer = buffer[torch.randperm(len(buffer), generator=st.shuffle).to(device)]
+                if st.step == 0:
+                    for s in st.saes:  # act_scale, and b_dec at the geometric median (paper), from the first fill
                         s.init_from_data(buffer[:2**14])
                     take_snapshots()  # --snapshots 0: the SAE as initialised, the analysis' noise control
             # b. one optimizer step per dictionary size, on this process's slice of the batch
-            j = (step % steps_per_fill) * cfg.batch_size
-            x = buffer[j + rank * per_rank: j + (rank + 1) * per_rank]
-            l1_coeff = cfg.l1_coeff * (schedule_2024(step, max_steps, opts, cfg.lr) if cfg.recipe == "2024" else 1)
-            for i, (s, o) in enumerate(zip(saes, opts)):
+            j = (st.step % steps_per_fill) * cfg.batch_size + rank * per_rank
+            x, l1_coeff = buffer[j:j + per_rank], cfg.l1_coeff
+            if cfg.recipe == "2024":  # the schedules: the L1 coefficient warms up, the learning rate decays
+                l1_coeff *= schedule_2024(st.step, st.max_steps, st.opts, cfg.lr)
+            for i, (s, o) in enumerate(zip(st.saes, st.opts)):
                 with watch("SAE steps"):
                     stats = sae_step(s, o, x, cfg, ddp, world, l1_coeff)
-                if not math.isfinite(stats["loss"]):
-                    raise UserError(f"SAE F{sizes[i]} loss became {stats['loss']} at step {step}; the last good "
-                                    f"checkpoint ({paths[i]}) is kept: lower --lr and rerun with --resume")
-                since_fired[i] = torch.where(stats["fired"] > 0, 0, since_fired[i] + 1)
-            step, seen = step + 1, seen + cfg.batch_size
+                st.since_fired[i] = torch.where(stats["fired"] > 0, 0, st.since_fired[i] + 1)
+            st.step, st.seen = st.step + 1, st.seen + cfg.batch_size
             if on_step is not None:
-                on_step(step)
-            # c. resample dead features (--recipe paper: at 2.5/5/7.5/10% of the run, as at 25k..100k of its 1M)
-            if cfg.recipe == "paper" and step in sae_lib.resample_schedule(max_steps):
-                for i, (s, o) in enumerate(zip(saes, opts)):
-                    with watch("resampling"):
-                        n_dead = resample(s, o, since_fired[i], buffer, step, max_steps, cfg.batch_size, ddp)
-                    histories[i].append({"step": step, "resampled": n_dead})
-                    logs[i].log(histories[i][-1])
-                    progress.say(f"step {step}: resampled {n_dead} dead features of F{sizes[i]}")
-            # d. held-out metrics every eval_every steps
-            if step % cfg.eval_every == 0 or step == max_steps:
-                for i, s in enumerate(saes):
+                on_step(st.step)
+            # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
+            if cfg.recipe == "paper" and st.step in sae_lib.resample_schedule(st.max_steps):
+                with watch("resampling"):
+                    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
+                        n_dead = resample(s, o, st.since_fired[i], buffer, st.step, st.max_steps, cfg.batch_size, ddp)
+                        st.histories[i].append({"step": st.step, "resampled": n_dead})
+                        logs[i].log(st.histories[i][-1])
+                        progress.say(f"step {st.step}: resampled {n_dead} dead features of F{sizes[i]}")
+            # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
+            if st.step % cfg.eval_every == 0 or st.step == st.max_steps:
+                for i, s in enumerate(st.saes):
                     with watch("held-out metrics"):
                         m = evaluate(s, val_acts)
-                    histories[i].append({"step": step, "activations": seen, **pick(m), "train_loss": stats["loss"]})
-                    logs[i].log(histories[i][-1])
-            # e. the --snapshots this step reached, and a progress line every few seconds (the largest size)
+                    st.histories[i].append({"step": st.step, "activations": st.seen, **pick(m),
+                                            "train_loss": stats["loss"]})
+                    logs[i].log(st.histories[i][-1])
             take_snapshots()
-            if progress.due() or step == max_steps:
-                rate, t_last, step_last = (step - step_last) / max(time.time() - t_last, 1e-9), time.time(), step
-                progress.say(progress_line(step, max_steps, rate, cfg.batch_size, sizes[-1], histories[-1],
-                                           since_fired[-1]))
+            if progress.due() or st.step == st.max_steps:
+                rate, t_last, step_last = (st.step - step_last) / max(time.time() - t_last, 1e-9), time.time(), st.step
+                progress.say(progress_line(st, rate, cfg.batch_size, sizes[-1]))
 
-    # 4. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
-    elapsed += time.time() - t_start
+    # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
     if ddp:
         dist.destroy_process_group()
-    if not master:
+    if rank != 0:
         return None
     with watch("held-out metrics"):
         final_acts = held_out(4 * cfg.eval_activations)
-        for i, s in enumerate(saes):
-            histories[i].append({"final": True, "step": step, "activations": seen, "held_out": len(final_acts),
-                                 **pick(evaluate(s, final_acts))})
-            logs[i].log(histories[i][-1])
-    with watch("checkpoints"):
-        ckpts = save("final")
-    print(f"trained {len(sizes)} SAE(s) for {step} steps in {fmt_eta(elapsed)}; checkpoints in {run_dir}/")
-    if snapshots:
-        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots)} activations: the run ended at {seen:,}")
-    stepping = watch.seconds.get("SAE steps", 0.0)
-    if stepping > 0:  # the stage's speed against its step's: what harvesting, evaluating and saving cost
-        print(f"{watch.line()}; {(seen - seen0) / stepping:,.0f} activations/s in the steps, "
-              f"{(seen - seen0) / sum(watch.split().values()):,.0f} over the whole stage")
-    for n, h in zip(sizes, histories):
-        print(f"F{n}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead {100 * h[-1]['dead_frac']:.1f}% | "
-              f"{seen / 1e6:.1f}M activations")
+        for s, h, log in zip(st.saes, st.histories, logs):
+            h.append({"final": True, "step": st.step, "activations": st.seen, "held_out": len(final_acts),
+                      **pick(evaluate(s, final_acts))})
+            log.log(h[-1])
+    ckpts = save("final")
+    print_summary(st, run_dir, snapshots, watch, st.seen - seen0)
     return ckpts
+
+
+def print_summary(st, run_dir, snapshots_left, watch, activations):
+    """The stage's last lines: where the time went, and each SAE's held-out metrics."""
+    print(f"trained {len(st.saes)} SAE(s) for {st.step} steps in {fmt_eta(st.elapsed)}; checkpoints in {run_dir}/")
+    if snapshots_left:
+        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots_left)} activations: the run ended at "
+              f"{st.seen:,}")
+    stepping = max(watch.seconds.get("SAE steps", 0.0), 1e-9)   # the stage's speed beside its steps'
+    print(f"{watch.line()}; {activations / stepping:,.0f} activations/s in the steps, "
+          f"{activations / sum(watch.split().values()):,.0f} over the whole stage")
+    for s, h in zip(st.saes, st.histories):
+        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
+              f"{100 * h[-1]['dead_frac']:.1f}% | {st.seen / 1e6:.1f}M activations")
+
+
+def announce(cfg, lm_ckpt, d_mlp, st, n_val, processes, n_train):
+    """The run's first lines: the config, the LM, the recipe, the length (and a warning if it repeats data)."""
+    print(f"config: {flat_dict(cfg)}\nLM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {d_mlp} neurons); SAE sizes "
+          f"{cfg.sizes}; held-out set {n_val:,} activations; {processes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}")
+    print((f"resuming {cfg.out}/{cfg.sae_dir} at step {st.step} of " if cfg.resume else "")
+          + f"{st.max_steps} steps of {cfg.batch_size:,} activations ({st.max_steps * cfg.batch_size / 1e6:.1f}M)")
+    warn_if_repeating(st.max_steps * cfg.batch_size, n_train, "tokens' activations", "the paper: repeating data "
+                      "makes dead features", "give data.py more --data, or lower --max-activations")
+
+
+def load_inputs(cfg, device):
+    """The LM whose activations we decompose, its checkpoint, and the token shards it was trained on."""
+    data_dir = os.path.join(cfg.out, "data")
+    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
+    meta = data.load_meta(data_dir)
+    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
+                        "retrain the LM (python train_lm.py) after python data.py")
+    return model, lm_ckpt, meta, data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
+
+
+def start(cfg, d_mlp, device):
+    """A fresh State: one SAE and optimizer per size (--recipe 2024: its initialisation), the streams."""
+    torch.manual_seed(cfg.seed)
+    saes = [sae_lib.SAE(cfg.sae_config(d_mlp, n)).to(device) for n in cfg.sizes]
+    for s in saes if cfg.recipe == "2024" else []:
+        init_2024(s)
+    return State(saes, [sae_lib.make_optimizer(s, cfg.lr) for s in saes], torch.Generator().manual_seed(cfg.seed + 1),
+                 torch.Generator().manual_seed(cfg.seed + 2),
+                 [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in cfg.sizes])
+
+
+def save_checkpoints(st, cfg, folder, status, lm_id, meta, time_split):
+    """One checkpoint per size in folder/F<n>/. status: "running" (periodic), "final", or "snapshot"
+    (a copy in another folder, --snapshots); a crash relabels the last one "crashed"."""
+    out = []
+    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
+        c = {"config": flat_dict(cfg), "sae_config": dataclasses.asdict(s.cfg), "sae": s.state_dict(),
+             "optimizer": o.state_dict(), "step": st.step, "max_steps": st.max_steps, "seen": st.seen,
+             "elapsed": st.elapsed, "since_fired": st.since_fired[i], "windows_rng": st.windows.get_state(),
+             "shuffle_rng": st.shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
+             "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
+             "time_split": time_split, "history": st.histories[i]}
+        atomic_save(c, os.path.join(folder, f"F{s.cfg.n_features}", "ckpt.pt"))
+        out.append(c)
+    return out
+
+
+def resume(st, cfg, paths, lm_id, device):
+    """Restore st from the checkpoints: the SAEs, their optimizers, the dead-feature counters, both
+    random streams and the run's length."""
+    ckpts = [load_checkpoint(p, "SAE checkpoint to resume", "start without --resume") for p in paths]
+    for i, c in enumerate(ckpts):
+        check_resumable(c, paths[i], lm_id, cfg)
+        st.saes[i].load_state_dict(c["sae"])
+        st.opts[i].load_state_dict(c["optimizer"])
+        st.since_fired[i], st.histories[i] = c["since_fired"].to(device), c["history"]
+    st.windows.set_state(ckpts[0]["windows_rng"])
+    st.shuffle.set_state(ckpts[0]["shuffle_rng"])
+    st.step, st.max_steps, st.seen, st.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "seen", "elapsed"))
 
 
 def sae_step(s, opt, x, cfg, ddp, world, l1_coeff):
@@ -292,7 +310,11 @@ def sae_step(s, opt, x, cfg, ddp, world, l1_coeff):
     grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
     sync = functools.partial(average_grads, world=world) if ddp else None
     stats = sae_lib.train_step(s, opt, x, l1_coeff, grads, sync)
-    return {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
+    stats = {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
+    if not math.isfinite(stats["loss"]):
+        raise UserError(f"SAE F{s.cfg.n_features}: the loss became {stats['loss']}; the last good checkpoint is "
+                        "kept: lower --lr and rerun with --resume")
+    return stats
 
 
 def average_grads(s, stats, world):
@@ -337,14 +359,15 @@ def timed_start(cfg, model, tokens, saes, device):
     return timed_steps(cfg.max_minutes, step)
 
 
-def progress_line(step, max_steps, rate, batch_size, n, history, since_fired):
-    """`step 800/2930 | F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1% | 20,000 act/s | ETA 3m10s`."""
-    last = next((h for h in reversed(history) if "mse" in h), None)
+def progress_line(st, rate, batch_size, n):
+    """`step 800/2930 | F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1% | 20,000 act/s | ETA 3m10s`, for the
+    largest size."""
+    last = next((h for h in reversed(st.histories[-1]) if "mse" in h), None)
     # dead here: silent for the whole resampling window in training (held-out sets are small)
-    dead = (since_fired >= sae_lib.dead_window(max_steps)).float().mean().item()
+    dead = (st.since_fired[-1] >= sae_lib.dead_window(st.max_steps)).float().mean().item()
     metrics = f" | F{n}: held-out MSE {last['mse']:.4f} L0 {last['l0']:.1f} | dead {100 * dead:.1f}%" if last else ""
-    return (f"step {step}/{max_steps}{metrics} | {rate * batch_size:,.0f} act/s | "
-            f"ETA {fmt_eta((max_steps - step) / max(rate, 1e-9))}")
+    return (f"step {st.step}/{st.max_steps}{metrics} | {rate * batch_size:,.0f} act/s | "
+            f"ETA {fmt_eta((st.max_steps - st.step) / max(rate, 1e-9))}")
 
 
 def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, ddp):
@@ -363,30 +386,19 @@ def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, ddp):
 
 
 # ----------------------------------------------------------------------------------------------
-# --recipe 2024: Anthropic's April 2024 update of their SAE training, adapted to this code. The
-# update drops the pre-encoder bias (its encoder reads x, not x - b_dec); we keep it, and b_dec at
-# the geometric median, so that one SAE module (sae.py) serves both recipes: a recipe is how the SAE
-# starts and is trained, never what it is, and every later stage reads both alike.
-#
-# The decoder stays unit-norm (sae.py's constraint). The update lets the decoder norms float and
-# weights each feature's L1 term by its decoder norm, sum_i f_i ||d_i||. With ||d_i|| = 1 that
-# penalty is ours, and the norm the update frees is absorbed by our encoder, which is unconstrained:
-# divide d_i by c, multiply encoder row i and b_enc[i] by c, and f_i ||d_i||, the reconstruction and
-# the loss are unchanged. So both parametrise the same family of SAEs with the same loss; only the
-# optimiser's path through it differs.
+# --recipe 2024: Anthropic's April 2024 update of their SAE training. It drops the pre-encoder bias
+# and lets the decoder norms float, weighting each feature's L1 term by its norm; we keep sae.py's
+# module as it is (pre-encoder bias, unit-norm decoder), so a recipe is how one SAE starts and is
+# trained, never what it is. The two parametrise the same SAEs with the same loss: divide a decoder
+# row by c and multiply its encoder row and bias by c, and nothing changes but the optimiser's path.
 
 INIT_SCALE_2024 = 0.01
 
 
 @torch.no_grad()
 def init_2024(s):
-    """The update's initialisation: the decoder's rows random unit directions (as sae.SAE makes them),
-    the encoder their transpose, b_enc = 0. The update starts the decoder norms at 0.1 with W_enc =
-    W_dec^T: feature i reads 0.1 u_i . x and writes 0.1 u_i (u_i a unit direction). Moved into our
-    unit decoder (the feature carries the norm: 0.1 f_i, as above) it reads 0.1 * 0.1 u_i . x, so
-    INIT_SCALE_2024 = 0.01 = 0.1^2 starts the very SAE the update starts. Its reconstruction starts
-    near b_dec: with x_bar = x - b_dec, sum_i ReLU(0.01 u_i . x_bar) u_i is about 0.01 F / (2 d_in)
-    x_bar, 0.04 x_bar at 8x."""
+    """The update's start: encoder = decoder^T and b_enc = 0, with decoder norms 0.1. In our unit
+    decoder the feature carries that 0.1 (as above), so it reads 0.1 * 0.1 u_i . x: INIT_SCALE_2024."""
     s.W_enc.copy_(INIT_SCALE_2024 * s.W_dec)
     s.b_enc.zero_()
 
