@@ -17,8 +17,6 @@ counts, sums and top-activating contexts (cached in analysis/measure.pt). Around
 adds one call each: activation specificity, the feature browser, the steering table and the report.
 """
 import dataclasses
-import glob
-import json
 import os
 import sys
 import time
@@ -28,11 +26,10 @@ import torch
 
 import data
 from lab import browser, report, specificity, steer
-from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure
+from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure, load_run
 from lab.predicates import PREDICATES
-from lab.plumbing import UserError, arg, atomic_write_text, fmt_eta, parse_config, parse_configs, pick_device, run_main
-from model import harvest, lm_fingerprint, load_lm
-from sae import load_sae
+from lab.plumbing import UserError, arg, fmt_eta, parse_config, parse_configs, run_main
+from model import harvest
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -79,7 +76,7 @@ def main(argv=None):
         tool = TOOLS[step]
         cfg, tool_cfg = parse_configs([AnalyzeConfig, tool.Config], argv, tool.__doc__.split("\n\n")[0])
         run = load_run(cfg)
-        return tool.main(tool_cfg, run, lambda: (load_or_measure(cfg, run), load_units(cfg, run)))
+        return tool.main(tool_cfg, run, lambda: (load_or_measure(cfg, run), report.load_units(cfg, run)))
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}: use one of {', '.join(STEPS + list(TOOLS))} (or none: all)")
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "
@@ -102,88 +99,12 @@ def analyze(cfg, step="all"):
     if step in ("all", "specificity"):
         res["specificity"] = specificity.specificity(run, m)
     if step == "all":  # the lab's edges: the browser and the steering table read the interp step's units
-        units = load_units(cfg, run)
+        units = report.load_units(cfg, run)
         res["browser"] = browser.write_browser(browser.Config(), run, m, units)
         res["steering"] = steer.measure_steering(steer.Config(), run, m, units)
         res["seconds"] = time.time() - t0
         print(f"report: {report.write_report(cfg, run, res)} ({fmt_eta(res['seconds'])})")
     return res
-
-
-# ----------------------------------------------------------------------------------------------
-# The run: the LM, every SAE trained on it, the held-out tokens
-
-
-@dataclasses.dataclass
-class LoadedSAE:
-    sae: object
-    ckpt: dict   # train_sae.py's checkpoint: config, seen, step, final (or status), history, ...
-    path: str
-
-
-@dataclasses.dataclass
-class Run:
-    """The LM, every SAE trained on it, the held-out tokens and the settings every step shares."""
-    model: object         # model.Transformer
-    lm_ckpt: dict
-    fingerprint: str      # model.lm_fingerprint of the LM
-    saes: dict            # {n_features: LoadedSAE}, smallest first
-    main: int             # the dictionary analysed in detail (--n-features)
-    tokens: np.ndarray    # the first n_tokens held-out tokens, int64
-    n_tokens: int         # whole LM windows
-    meta: dict            # data.py's meta.json
-    enc: object           # the tokenizer
-    device: str
-    batch: int            # tokens per batch of the streaming passes
-    dir: str              # this analysis' folder
-    context: int          # tokens per context (AnalyzeConfig.context)
-    seed: int
-
-    @property
-    def main_sae(self):
-        return self.saes[self.main].sae
-
-    @property
-    def main_name(self):
-        """The main SAE's name in the measurement and in units.json, e.g. F4096."""
-        return f"F{self.main}"
-
-
-def load_run(cfg):
-    """The Run of cfg: loads everything on cfg.device and checks the flags against it."""
-    device = pick_device(cfg.device)
-    data_dir = os.path.join(cfg.out, "data")
-    meta = data.load_meta(data_dir)
-    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
-    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
-                        "retrain it (python train_lm.py) after python data.py")
-    paths = glob.glob(os.path.join(cfg.out, cfg.sae_dir, "F*", "ckpt.pt"))
-    if not paths:
-        raise UserError(f"no SAE checkpoints in {os.path.join(cfg.out, cfg.sae_dir)}/F*/: "
-                        f"run python train_sae.py --out {cfg.out} first")
-    fingerprint, saes = lm_fingerprint(lm_ckpt), {}
-    for path in paths:
-        sae, ckpt = load_sae(path, device)
-        if ckpt["lm_fingerprint"] != fingerprint:
-            raise UserError(f"{path} decomposed another LM than {cfg.out}/{cfg.lm_dir}: retrain it "
-                            "(python train_sae.py) or pass the matching --lm-dir/--sae-dir")
-        saes[sae.cfg.n_features] = LoadedSAE(sae=sae, ckpt=ckpt, path=path)
-    main_n = cfg.n_features or max(saes)
-    if main_n not in saes:
-        raise UserError(f"--n-features {cfg.n_features}: no such SAE; found {sorted(saes)}")
-    T = model.cfg.block_size
-    tokens = data.load_tokens(data_dir, "val")
-    n_tokens = (min(cfg.tokens or len(tokens), len(tokens)) // T) * T
-    if n_tokens < 2 * T:
-        raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
-    if T % cfg.context or cfg.context < 2:
-        raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
-    return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
-               tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
-               enc=data.load_tokenizer(data_dir), device=device,
-               batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
-               dir=os.path.join(cfg.out, cfg.analysis_dir), context=cfg.context, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +271,7 @@ def interpretability(cfg, run, m, dens=None):
     summary = summarize(compare, cfg)
     summary["by_density"] = by_density(results, stats, run.n_tokens)
     report.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
-    save_units(run, stats, results)
+    report.save_units(run, stats, results)
     d = summary["median_diff"]
     print(f"interp: median score, features {summary['features']['all']['median']:.3f} vs neurons "
           f"{summary['neurons']['all']['median']:.3f}: {d['value']:+.3f} [95% CI {d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
@@ -574,29 +495,6 @@ def describe(expl, enc, vocab):
             row = dict(prev=None if prev == vocab else text(prev), token=text(cur), context=None)
         rows.append(dict(row, value=round(float(value), 4), count=int(count)))
     return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
-
-
-def save_units(run, stats, results):
-    """units.json: every scored unit's density, score, single-token flag and explanation in words (for
-    the browser, the steering table and readers). stats: {kind: UnitStats}; results: score_units'."""
-    out = {"n_tokens": run.n_tokens, "sae": run.main_name}
-    for kind, rs in results.items():
-        out[kind] = [dict(unit=r["unit"], density=float(stats[kind].fired[r["unit"]]) / run.n_tokens,
-                          score=round(r["score"], 4), single_token=r["single_token"], explanation=r["rows"],
-                          otherwise=r["otherwise"]) for r in rs]
-    atomic_write_text(json.dumps(out), os.path.join(run.dir, "units.json"))
-
-
-def load_units(cfg, run):
-    """units.json, checked to describe this run's main SAE on these tokens."""
-    path = os.path.join(run.dir, "units.json")
-    if not os.path.exists(path):
-        raise UserError(f"no {path}: run python analyze.py interp --out {cfg.out} first")
-    units = json.load(open(path))
-    if units["sae"] != run.main_name or units["n_tokens"] != run.n_tokens:
-        raise UserError(f"{path} describes {units['sae']} on {units['n_tokens']:,} tokens, not {run.main_name} on "
-                        f"{run.n_tokens:,}: rerun python analyze.py interp with the same flags")
-    return units
 
 
 if __name__ == "__main__":

@@ -85,14 +85,8 @@ def prepare(cfg):
     if old:
         print(f"data: --overwrite: inputs changed since {meta_path} was written; rebuilding tokenizer and shards")
 
-    # Split by document name when that gives a sensible split. Otherwise (a few large documents;
-    # the commonest is one book as one .txt) cut every document into blocks of about a thousandth
-    # of the corpus (4k-64k characters, at a line break) and hold out blocks by "name#block".
-    block, share = 0, scan["val_characters"] / scan["characters"]
-    if scan["documents"] < MIN_DOCUMENTS or not cfg.val_fraction / 4 <= share <= 0.5:
-        block = min(65536, max(4096, scan["characters"] // 1000))
-        print(f"data: {scan['documents']:,} document(s), {share:.0%} of the text held out by name: "
-              f"splitting them into blocks of up to {block:,} characters, held out by name#block instead")
+    # split by document name, or (a few large documents: one book as one .txt) by blocks of text
+    block = corpus.block_size(scan, cfg.val_fraction, MIN_DOCUMENTS)
     os.makedirs(data_dir, exist_ok=True)
     # Remove the old meta first: a crash mid-way then leaves no meta.json claiming the old shards
     # go with a new tokenizer.
@@ -245,21 +239,9 @@ def make_encoding(ranks, name="bpe"):
                              special_tokens={EOT: max(ranks.values()) + 1})
 
 
-def named_encoding(name):
-    """One of tiktoken's own encodings (gpt2, cl100k_base, ...); it downloads its file once."""
-    try:
-        return tiktoken.get_encoding(name)
-    except ValueError:
-        raise UserError(f"--tokenizer {name}: unknown; use 'bpe' or one of {tiktoken.list_encoding_names()}") from None
-    except Exception as e:
-        raise UserError(f"--tokenizer {name}: tiktoken could not load it offline ({type(e).__name__}); "
-                        "run once with network (or set TIKTOKEN_CACHE_DIR to a folder holding its file), "
-                        "or use the default --tokenizer bpe") from None
-
-
 def open_tokenizer(tokenizer, path):
     """The tiktoken Encoding of --tokenizer: ours from its rank file at path, or tiktoken's own by name."""
-    return make_encoding(load_ranks(path)) if tokenizer == "bpe" else named_encoding(tokenizer)
+    return make_encoding(load_ranks(path)) if tokenizer == "bpe" else corpus.named_encoding(tokenizer)
 
 
 # tiktoken's rank-file format: one "base64(token bytes) rank" per line. Written and read here

@@ -157,7 +157,7 @@ def normalize_decoder(sae):
 
 def make_optimizer(sae, lr):
     """Plain Adam, as in the paper (which does not state its betas: we use PyTorch's 0.9, 0.999).
-    fused=True is the same arithmetic in one kernel (5x faster than foreach on this CPU)."""
+    fused=True is the same arithmetic in one kernel."""
     return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
 
 
@@ -201,8 +201,8 @@ def resample_schedule(total_steps):
 
 def dead_window(total_steps):
     """How many recent steps a feature must have been silent for to count as dead. The paper: 12,500
-    of 1M steps (1.25%), ~100M activations. At our run lengths (10k-30k steps) 1.25% is 125-375
-    steps, too few to tell a rare feature from a dead one, so use at least 250 steps (~1M
+    of 1M steps (1.25%), ~100M activations. At our run lengths (a few thousand steps) 1.25% is a
+    few dozen steps, too few to tell a rare feature from a dead one, so use at least 250 steps (~1M
     activations at batch 4096), but never more than the 2.5% between two resamples, so each
     resample looks at a window no earlier resample has touched."""
     return max(1, round(max(0.0125 * total_steps, min(250, 0.025 * total_steps))))

@@ -128,13 +128,7 @@ def train(cfg, on_step=None):
     model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
     lm_id = lm_fingerprint(lm_ckpt)
     refuse_to_replace(paths, cfg, "--sae-dir")
-    st = start(cfg, model.cfg.d_mlp, device)
-    if cfg.resume:
-        resume(st, cfg, paths, lm_id, device)
-    elif cfg.max_minutes:
-        st.max_steps = broadcast_int(timed_start(cfg, model, train_tokens, st.saes, device), device)
-    else:
-        st.max_steps = math.ceil(cfg.max_activations / cfg.batch_size)
+    st = start(cfg, model, train_tokens, paths, lm_id, device)
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
     val_acts = held_out(cfg.eval_activations)
@@ -261,15 +255,24 @@ def load_inputs(cfg, device):
     return model, lm_ckpt, meta, data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
 
 
-def start(cfg, d_mlp, device):
-    """A fresh State: one SAE and optimizer per size (--recipe 2024: its initialisation), the streams."""
+def start(cfg, model, train_tokens, paths, lm_id, device):
+    """The State the loop starts from: one SAE and optimizer per size (--recipe 2024: its start), the
+    two random streams, and the run's length: resumed from the checkpoints, a count of activations,
+    or a count timed at the start (--max-minutes)."""
     torch.manual_seed(cfg.seed)
-    saes = [sae_lib.SAE(cfg.sae_config(d_mlp, n)).to(device) for n in cfg.sizes]
+    saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(device) for n in cfg.sizes]
     for s in saes if cfg.recipe == "2024" else []:
         init_2024(s)
-    return State(saes, [sae_lib.make_optimizer(s, cfg.lr) for s in saes], torch.Generator().manual_seed(cfg.seed + 1),
-                 torch.Generator().manual_seed(cfg.seed + 2),
-                 [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in cfg.sizes])
+    st = State(saes, [sae_lib.make_optimizer(s, cfg.lr) for s in saes], torch.Generator().manual_seed(cfg.seed + 1),
+               torch.Generator().manual_seed(cfg.seed + 2),
+               [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in cfg.sizes])
+    if cfg.resume:
+        resume(st, cfg, paths, lm_id, device)
+    elif cfg.max_minutes:
+        st.max_steps = broadcast_int(timed_start(cfg, model, train_tokens, saes, device), device)
+    else:
+        st.max_steps = math.ceil(cfg.max_activations / cfg.batch_size)
+    return st
 
 
 def save_checkpoints(st, cfg, folder, status, lm_id, meta, time_split):

@@ -23,6 +23,7 @@ import zlib
 from collections import Counter, deque
 
 import numpy as np
+import tiktoken
 
 from lab.plumbing import UserError, fmt_eta
 
@@ -66,6 +67,19 @@ def scan_corpus(files, held_out, patterns):
           f"in {time.time() - t0:.1f} s")
     return {"hash": h.hexdigest(), "documents": n, "characters": chars, "val_characters": val_chars,
             "skipped": dict(stats), "bytes": total}
+
+
+def block_size(scan, fraction, min_documents):
+    """0 to split by document name, when that gives a sensible split. Otherwise (a few large documents;
+    the commonest is one book as one .txt) the size of the blocks every document is cut into, about a
+    thousandth of the corpus (4k-64k characters, at a line break), held out by "name#block"."""
+    share = scan["val_characters"] / scan["characters"]
+    if scan["documents"] >= min_documents and fraction / 4 <= share <= 0.5:
+        return 0
+    block = min(65536, max(4096, scan["characters"] // 1000))
+    print(f"data: {scan['documents']:,} document(s), {share:.0%} of the text held out by name: "
+          f"splitting them into blocks of up to {block:,} characters, held out by name#block instead")
+    return block
 
 
 def documents_or_blocks(files, block):
@@ -332,3 +346,15 @@ def changed_inputs(old, want, name, overwrite, meta_path):
         raise UserError(f"{meta_path} was made from other inputs: {'; '.join(what)}; add --overwrite to rebuild "
                         "it (the LM and SAEs trained on it will no longer match) or use another --out")
     return changed
+
+
+def named_encoding(name):
+    """One of tiktoken's own encodings (gpt2, cl100k_base, ...); it downloads its file once."""
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError:
+        raise UserError(f"--tokenizer {name}: unknown; use 'bpe' or one of {tiktoken.list_encoding_names()}") from None
+    except Exception as e:
+        raise UserError(f"--tokenizer {name}: tiktoken could not load it offline ({type(e).__name__}); "
+                        "run once with network (or set TIKTOKEN_CACHE_DIR to a folder holding its file), "
+                        "or use the default --tokenizer bpe") from None

@@ -3,6 +3,7 @@
 A million held-out tokens of 4,096 features do not fit in memory as a dense matrix, so each batch of
 LM windows is reduced to counts, sums and a running top-k of contexts per unit, then thrown away:
 
+    run = load_run(cfg)             # Run: the LM and every SAE on cfg.device, the held-out tokens
     m = load_or_measure(cfg, run)   # Measurement: {"neurons" or "F<n>": UnitStats}, the labels, the halves
     m.stats["F4096"].fired          # (U,) held-out tokens on which each feature fires: its density
     m.stats["F4096"].top[EXPLAIN]   # TopContexts: each unit's top-activating contexts in one half
@@ -22,6 +23,7 @@ Where tensors live: the LM, the SAEs and every pass over tokens are on run.devic
 reduced to (the per-unit statistics) is on the CPU, handed over with one .cpu().
 """
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -29,13 +31,95 @@ import time
 import numpy as np
 import torch
 
+import data
 from lab import predicates
-from lab.plumbing import Progress, atomic_save, fmt_eta
-from model import harvest, lm_fingerprint
+from lab.plumbing import Progress, UserError, atomic_save, fmt_eta, pick_device
+from model import harvest, lm_fingerprint, load_lm
+from sae import load_sae
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
 MEASURE_FORMAT = 5        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained, scored or a specialist
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: the LM, every SAE trained on it, the held-out tokens (cfg: analyze.AnalyzeConfig)
+
+
+@dataclasses.dataclass
+class LoadedSAE:
+    sae: object
+    ckpt: dict   # train_sae.py's checkpoint: config, seen, step, final (or status), history, ...
+    path: str
+
+
+@dataclasses.dataclass
+class Run:
+    """The LM, every SAE trained on it, the held-out tokens and the settings every step shares."""
+    model: object         # model.Transformer
+    lm_ckpt: dict
+    fingerprint: str      # model.lm_fingerprint of the LM
+    saes: dict            # {n_features: LoadedSAE}, smallest first
+    main: int             # the dictionary analysed in detail (--n-features)
+    tokens: np.ndarray    # the first n_tokens held-out tokens, int64
+    n_tokens: int         # whole LM windows
+    meta: dict            # data.py's meta.json
+    enc: object           # the tokenizer
+    device: str
+    batch: int            # tokens per batch of the streaming passes
+    dir: str              # this analysis' folder
+    context: int          # tokens per context (AnalyzeConfig.context)
+    seed: int
+
+    @property
+    def main_sae(self):
+        return self.saes[self.main].sae
+
+    @property
+    def main_name(self):
+        """The main SAE's name in the measurement and in units.json, e.g. F4096."""
+        return f"F{self.main}"
+
+
+def load_run(cfg):
+    """The Run of cfg: loads everything on cfg.device and checks the flags against it."""
+    device = pick_device(cfg.device)
+    data_dir = os.path.join(cfg.out, "data")
+    meta = data.load_meta(data_dir)
+    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
+    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
+                        "retrain it (python train_lm.py) after python data.py")
+    paths = glob.glob(os.path.join(cfg.out, cfg.sae_dir, "F*", "ckpt.pt"))
+    if not paths:
+        raise UserError(f"no SAE checkpoints in {os.path.join(cfg.out, cfg.sae_dir)}/F*/: "
+                        f"run python train_sae.py --out {cfg.out} first")
+    fingerprint, saes = lm_fingerprint(lm_ckpt), {}
+    for path in paths:
+        sae, ckpt = load_sae(path, device)
+        if ckpt["lm_fingerprint"] != fingerprint:
+            raise UserError(f"{path} decomposed another LM than {cfg.out}/{cfg.lm_dir}: retrain it "
+                            "(python train_sae.py) or pass the matching --lm-dir/--sae-dir")
+        saes[sae.cfg.n_features] = LoadedSAE(sae=sae, ckpt=ckpt, path=path)
+    main_n = cfg.n_features or max(saes)
+    if main_n not in saes:
+        raise UserError(f"--n-features {cfg.n_features}: no such SAE; found {sorted(saes)}")
+    T = model.cfg.block_size
+    tokens = data.load_tokens(data_dir, "val")
+    n_tokens = (min(cfg.tokens or len(tokens), len(tokens)) // T) * T
+    if n_tokens < 2 * T:
+        raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
+    if T % cfg.context or cfg.context < 2:
+        raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
+    return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
+               tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
+               enc=data.load_tokenizer(data_dir), device=device,
+               batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
+               dir=os.path.join(cfg.out, cfg.analysis_dir), context=cfg.context, seed=cfg.seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# The streaming pass
 
 
 @torch.no_grad()

@@ -172,7 +172,7 @@ def setup_processes(device_name):
 
 def fast_bf16(device):
     """Is a bf16 matmul much faster than float32 here? On CUDA, and on CPUs with AMX or
-    AVX512-BF16 (lab/bench_sae.py: 8x on a 2-core Xeon with AMX); elsewhere bf16 is emulated, slower."""
+    AVX512-BF16 (lab/bench_sae.py measures it); elsewhere bf16 is emulated, and slower."""
     device = torch.device(device)
     if device.type == "cuda":
         return True

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lab.measure import MIN_ACTIVE
-from lab.plumbing import atomic_write_text, fmt_eta
+from lab.plumbing import UserError, atomic_write_text, fmt_eta
 from lab.predicates import PREDICATE_HELP
 from lab.specificity import SPECIALIST, precision_recall_markdown, specificity_markdown
 
@@ -377,3 +377,30 @@ def plot_interp(compare, summary, max_entries, path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------------------------------------
+# units.json: every scored unit's explanation, for the browser, the steering table and readers
+
+
+def save_units(run, stats, results):
+    """units.json: every scored unit's density, score, single-token flag and explanation in words (for
+    the browser, the steering table and readers). stats: {kind: UnitStats}; results: score_units'."""
+    out = {"n_tokens": run.n_tokens, "sae": run.main_name}
+    for kind, rs in results.items():
+        out[kind] = [dict(unit=r["unit"], density=float(stats[kind].fired[r["unit"]]) / run.n_tokens,
+                          score=round(r["score"], 4), single_token=r["single_token"], explanation=r["rows"],
+                          otherwise=r["otherwise"]) for r in rs]
+    atomic_write_text(json.dumps(out), os.path.join(run.dir, "units.json"))
+
+
+def load_units(cfg, run):
+    """units.json, checked to describe this run's main SAE on these tokens."""
+    path = os.path.join(run.dir, "units.json")
+    if not os.path.exists(path):
+        raise UserError(f"no {path}: run python analyze.py interp --out {cfg.out} first")
+    units = json.load(open(path))
+    if units["sae"] != run.main_name or units["n_tokens"] != run.n_tokens:
+        raise UserError(f"{path} describes {units['sae']} on {units['n_tokens']:,} tokens, not {run.main_name} on "
+                        f"{run.n_tokens:,}: rerun python analyze.py interp with the same flags")
+    return units

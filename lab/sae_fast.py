@@ -44,16 +44,11 @@ def train_step(sae, opt, x, fused=True, bf16=None, l1_coeff=None):
 #                (b_dec enters twice: added after decoding, subtracted before encoding)
 #   then the parallel component of dW_dec is removed, as in remove_parallel_grad.
 #
-# CPU ops, chosen by measurement (2-core Xeon with AMX, N=4096, F=4096, L0~25): the sparse products
-# are CSR tensors through MKL (torch.sparse.mm 3.6 ms, sampled_addmm 3.7 ms; gather + index_add_ of
-# the (nnz, d) rows took 35-110 ms, MKL on the transposed CSR 9 ms against 6 ms for sorting by
-# feature first); the encoder runs in row chunks so the (chunk, F) pre-activations stay in cache,
-# in bf16 where that is fast (the product 3-8x faster; 800 steps on synthetic data gave the same
-# losses and held-out metrics to 1e-4). Finding the active entries then costs as much as the product.
-# On CUDA the same calls go to cuBLAS/cuSPARSE. A Triton kernel would
-# replace the torch.sparse calls in fused_grads: one program per block of rows that gathers the
-# W_dec rows of its active features to decode, forms g and the sampled products in registers, and
-# one per block of features for the transposed products (it is not written: no GPU to test on).
+# The ops, chosen by measurement (docs/speed.md has the timings): the sparse products are CSR
+# tensors (MKL on a CPU, cuSPARSE on CUDA), several times faster than gathering the (nnz, d) rows;
+# the transposed products sort the entries by feature first. The encoder runs in row chunks so the
+# (chunk, F) pre-activations stay in cache, in bf16 where that is fast; the chosen entries are then
+# recomputed in float32, so the values are exact and only which entries are active can differ.
 
 @torch.no_grad()
 def fused_grads(sae, x, l1_coeff=None, bf16=None, chunk=1024, dense_above=0.1):
@@ -62,8 +57,8 @@ def fused_grads(sae, x, l1_coeff=None, bf16=None, chunk=1024, dense_above=0.1):
     bf16: run the dense encoder product in bfloat16 to pick the active features, then recompute
     their values in float32 (None: where matmuls are fast in bf16, see fast_bf16).
     dense_above: if more than this fraction of f is active (early in training, before the L1
-    penalty has made f sparse), sparse products are slower than dense ones (measured crossover
-    10-15% on CPU): fall back to the autograd reference.
+    penalty has made f sparse), sparse products are slower than dense ones: fall back to the
+    autograd reference.
     l1_coeff: this step's (train_sae.py --recipe 2024 warms it up), else sae.cfg.l1_coeff."""
     sae.check(x)
     cfg, N, F = sae.cfg, x.shape[0], sae.cfg.n_features
@@ -131,7 +126,7 @@ def encode_sparse(sae, x_bar, bf16, chunk, dense_above):
             c = pre.topk(k, dim=1, sorted=False).indices.sort(dim=1).values.flatten()
             r = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
         else:
-            # a positive bf16 number is a positive int16 bit pattern: same test, ~2x faster on CPU
+            # a positive bf16 number is a positive int16 bit pattern: the same test, faster on a CPU
             r, c = ((pre.view(torch.int16) if bf16 else pre) > 0).nonzero().unbind(1)
         if len(c) > dense_above * pre.numel():
             return None
@@ -174,9 +169,9 @@ def squared_errors(sae, x, batch_size=8192):
 @torch.no_grad()
 def evaluate(sae, x, batch_size=8192, dense_above=0.1):
     """sae.evaluate's metrics (the same dict) through the sparse forward pass, in float32 so that
-    L0 and dead counts are exact: the training loop's held-out metrics, which through the dense
-    forward took 15% of a CPU run (this is 2.6x faster at F=4096 on one core). A batch where f is
-    denser than dense_above (early in training) goes through the dense forward instead."""
+    L0 and dead counts are exact: the training loop's held-out metrics, several times faster than
+    the dense forward. A batch where f is denser than dense_above (early in training) goes through
+    the dense forward instead."""
     sae.check(x)
     F = sae.cfg.n_features
     sq_err, fired, l0 = 0.0, torch.zeros(F, device=x.device), 0.0

@@ -96,7 +96,7 @@ def browse(**kw):
 def measured(cfg):
     """The run, its streaming pass and units.json, as analyze.py hands them to the browser."""
     run = analyze.load_run(cfg)
-    return run, measure.load_or_measure(cfg, run), analyze.load_units(cfg, run)
+    return run, measure.load_or_measure(cfg, run), report.load_units(cfg, run)
 
 
 class Page(html.parser.HTMLParser):
@@ -223,7 +223,7 @@ def test_bad_flags_and_missing_inputs_are_one_line_errors(analysed, tmp_path):
     cfg = dataclasses.replace(analysed, analysis_dir="analysis_no_units")
     run = analyze.load_run(cfg)
     with pytest.raises(UserError, match="analyze.py interp"):
-        analyze.load_units(cfg, run)
+        report.load_units(cfg, run)
 
 
 def test_html_flag_writes_the_page_elsewhere_and_outputs_are_plain_cpu_values(analysed, tmp_path):

@@ -282,9 +282,9 @@ def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: forces a download
     monkeypatch.setattr(tiktoken.load, "read_file", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
     with pytest.raises(UserError, match="offline"):
-        data.named_encoding("gpt2")
+        lab.corpus.named_encoding("gpt2")
     with pytest.raises(UserError, match="unknown"):
-        data.named_encoding("no_such_encoding")
+        lab.corpus.named_encoding("no_such_encoding")
 
 
 @pytest.mark.parametrize("script", ["data.py", "train_lm.py", "train_sae.py", "analyze.py", "-m lab.compare",
