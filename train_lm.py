@@ -117,7 +117,8 @@ def train(cfg, on_step=None):
     # 1. set-up: processes, data, the model and its optimizer, the run's length
     t_run = time.time()
     ddp, rank, world, device = setup_processes(cfg.device)
-    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
+    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
+            f"must be divisible by the {world} processes")
     data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.lm_dir)
     ckpt_path, meta = os.path.join(run_dir, "ckpt.pt"), data.load_meta(data_dir)
     train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
@@ -170,7 +171,8 @@ def train(cfg, on_step=None):
             # b. the validation loss, every eval_every steps
             if st.step % cfg.eval_every == 0 or st.step == st.max_steps:
                 st.history.append({"step": st.step, "train_loss": loss.item(), "lr": st.opt.param_groups[0]["lr"],
-                                   "val_loss": evaluate(model, val_tokens, device), "tokens": st.step * tokens_per_step})
+                                   "val_loss": evaluate(model, val_tokens, device),
+                                   "tokens": st.step * tokens_per_step})
                 progress.log(st.history[-1])
             # c. a progress line every few seconds (val only once there is one after step 0)
             if progress.due() or st.step == st.max_steps:
@@ -210,7 +212,8 @@ def save_checkpoint(st, cfg, mcfg, meta, path, status, **final):
 
 def resume(st, path, mcfg, meta):
     """Restore st from the checkpoint at path: the weights, the optimizer, both random streams, the run."""
-    ckpt = load_checkpoint(path, "LM checkpoint to resume", "start without --resume, or point --out/--lm-dir at the run")
+    ckpt = load_checkpoint(path, "LM checkpoint to resume",
+                           "start without --resume, or point --out/--lm-dir at the run")
     if ckpt["model_config"] != dataclasses.asdict(mcfg) or ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
         raise UserError(f"{path} was trained with another model config or tokenizer; "
                         "use the same flags and data, or a new --lm-dir")

@@ -11,7 +11,7 @@ shuffled buffer that the SAE trains on and that is refilled when it runs dry, so
 more activations than fit in memory and never the same twice (the paper: 8 billion activations;
 repeated data makes dead features). Writes <out>/<sae-dir>/F<n>/ckpt.pt and log.jsonl, and a
 snapshot at <count> activations in <out>/<sae-dir>_at<count>/F<n>/ (analyze.py --sae-dir reads it).
-The last line holds the held-out metrics: `F4096: L0 34.6 | FVU 0.040 | dead 0.0% | 12.0M activations`.
+The last line holds the held-out metrics: `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`.
 """
 import dataclasses
 import functools
@@ -122,7 +122,8 @@ def train(cfg, on_step=None):
     # 1. set-up: processes, the LM whose activations we decompose, one SAE and optimizer per size
     t_run, watch = time.time(), Stopwatch()  # the watch: where this session's time goes
     ddp, rank, world, device = setup_processes(cfg.device)
-    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}", f"must be divisible by the {world} processes")
+    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
+            f"must be divisible by the {world} processes")
     run_dir, sizes = os.path.join(cfg.out, cfg.sae_dir), cfg.sizes
     paths = [os.path.join(run_dir, f"F{n}", "ckpt.pt") for n in sizes]
     model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
@@ -134,7 +135,8 @@ def train(cfg, on_step=None):
     val_acts = held_out(cfg.eval_activations)
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate   # the same metrics, the first faster
     if rank == 0:
-        announce(cfg, lm_ckpt, model.cfg.d_mlp, st, len(val_acts), f"{world} process(es) on {device}", len(train_tokens))
+        announce(cfg, lm_ckpt, model.cfg.d_mlp, st, len(val_acts), f"{world} process(es) on {device}",
+                 len(train_tokens))
 
     def save(status, folder=run_dir):  # the checkpoints, and the time they account for
         nonlocal t_start

@@ -1,4 +1,4 @@
-"""lab/measure.py: one streaming pass over the held-out tokens, reduced to per-unit statistics.
+"""lab/measure.py: the run an analysis reads, and one streaming pass over its held-out tokens.
 
 A million held-out tokens of 4,096 features do not fit in memory as a dense matrix, so each batch of
 LM windows is reduced to counts, sums and a running top-k of contexts per unit, then thrown away:
@@ -279,7 +279,7 @@ class Measurement:
     """measure() over the held-out tokens, and what it was measured on."""
     key: dict             # what it depends on: a cached one is reused only when the key matches
     stats: dict           # {"neurons" or "F<n>": UnitStats}, on the CPU
-    proxies: np.ndarray   # (n_tokens, P) bool: which predicates.PREDICATES hold on each token (predicates.context_labels)
+    proxies: np.ndarray   # (n_tokens, P) bool: which predicates hold on each token (predicates.context_labels)
     halves: np.ndarray    # (n_tokens,) each token's half (window_halves)
     seconds: float        # how long the pass took when it ran
     reused: bool = False  # read from measure.pt
@@ -327,8 +327,8 @@ def load_or_measure(cfg, run):
             progress.say(f"measure: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
                          f"ETA {fmt_eta((n - done) / rate)}")
 
-    stats = measure(stream(run.model, run.tokens, n, sources(run), run.batch), n, halves,
-                           proxies, cfg.context, (cfg.explain_contexts, cfg.score_top), report)
+    stats = measure(stream(run.model, run.tokens, n, sources(run), run.batch), n, halves, proxies, cfg.context,
+                    (cfg.explain_contexts, cfg.score_top), report)
     result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, seconds=time.time() - t0)
     atomic_save(dataclasses.asdict(result), path)
     return result

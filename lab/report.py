@@ -107,7 +107,8 @@ def write_report(cfg, run, res):
           f"(active on at least {MIN_ACTIVE} tokens, in both halves"
           f"{', outside the ultralow cluster' if cluster else ''}), "
           f"same table size for both. Single-token units (one token carries "
-          f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their explanation contexts) are trivial to "
+          f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their explanation contexts) are "
+          "trivial to "
           "simulate; the paper reports them separately, and so do we.", "",
           *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a table of "
              "tokens alone would favour single-token detectors. So a row may also name one of the context predicates "
