@@ -115,16 +115,23 @@ def analyze(cfg, step="all"):
 def lm_losses(model, tokens, n_tokens, replacements, batch=32):
     """Mean next-token loss on windows spread evenly over tokens, once per replacement of the last
     layer's MLP activations: {name: fn(acts (N, d_mlp)) -> acts (N, d_mlp)}."""
-    T, last = model.cfg.block_size, len(model.blocks) - 1
+    T = model.cfg.block_size
     starts = np.linspace(0, len(tokens) - T - 1, max(1, n_tokens // T)).astype(np.int64)
     total = dict.fromkeys(replacements, 0.0)
-    device = model.unembed.weight.device
     for i in range(0, len(starts), batch):
-        w = data.windows(tokens, starts[i:i + batch], T + 1, device)
+        w = data.windows(tokens, starts[i:i + batch], T + 1, model.unembed.weight.device)
         for name, fn in replacements.items():
-            hook = lambda layer, h, fn=fn: fn(h.flatten(0, 1)).view_as(h) if layer == last else h
-            total[name] += model(w[:, :-1], w[:, 1:], mlp_hook=hook)[1].item() * len(w)
+            total[name] += lm_loss(model, w, fn).item() * len(w)
     return {name: t / len(starts) for name, t in total.items()}
+
+
+def lm_loss(model, windows, replace):
+    """The mean next-token loss on windows (B, T + 1) with the last layer's MLP activations replaced
+    by replace(acts (B*T, d_mlp)), through the model's MLP hook: the model reads windows[:, :-1]
+    and predicts windows[:, 1:]."""
+    last = len(model.blocks) - 1
+    hook = lambda layer, h: replace(h.flatten(0, 1)).view_as(h) if layer == last else h
+    return model(windows[:, :-1], windows[:, 1:], mlp_hook=hook)[1]
 
 
 def recovered(ablated, replaced, clean):
