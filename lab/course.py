@@ -377,9 +377,16 @@ CHECKS = {1: check_sae, 2: check_constraint, 3: check_median, 4: check_resamplin
 
 def check_step(step, student):
     """Run one step's checks on the functions the student has written (a stub is skipped); returns
-    the names checked. Raises Mistake at the first difference from the reference."""
-    return CHECKS[step](types.SimpleNamespace(**written(student)) if isinstance(student, types.ModuleType)
-                        else student)
+    the names checked. Raises Mistake at the first difference from the reference, or when the
+    student's code raises."""
+    try:
+        return CHECKS[step](types.SimpleNamespace(**written(student)) if isinstance(student, types.ModuleType)
+                            else student)
+    except Mistake:
+        raise
+    except Exception as e:   # the student's code failed: say how, in one line
+        hint = " (keep the stub's @torch.no_grad())" if "leaf Variable" in str(e) else ""
+        raise Mistake(f"your code raised {type(e).__name__}: {(str(e).splitlines() or [''])[0]}{hint}") from e
 
 
 # The scripts a student can run on their functions: python -m lab.course run SCRIPT --impl FILE [flags]
@@ -409,7 +416,7 @@ def check(impl, steps):
                                                       else "not written yet"))
         except Mistake as e:
             ok = False
-            print(f"step {step}, {STEPS[step]}: MISTAKE in {e}")
+            print(f"step {step}, {STEPS[step]}: MISTAKE: {e}")
     return ok
 
 

@@ -42,6 +42,13 @@ def test_each_usual_mistake_is_caught_and_named(name, wrong, words):
         course.check_step(step, types.SimpleNamespace(**{name: wrong}))
 
 
+def test_code_that_raises_is_reported_in_one_line():
+    def encode(self, x):   # W_enc not transposed
+        return self.activate((x * self.act_scale - self.b_dec) @ self.W_enc + self.b_enc)
+    with pytest.raises(course.Mistake, match="^your code raised RuntimeError: mat1 and mat2 shapes"):
+        course.check_step(1, types.SimpleNamespace(encode=encode))
+
+
 def test_a_students_functions_swapped_in_train_the_references_sae(tiny_lm, monkeypatch):
     """The solutions, swapped in where the reference's functions are, train an SAE (through the autograd
     path, so through the student's loss) to the reference's held-out metrics and loss recovered."""
