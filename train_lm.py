@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 import data
 from lab.plumbing import (Progress, UserError, arg, atomic_save, broadcast_int, copy_for_timing, fast_bf16, finite,
                           flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace,
-                          require, rng_state, run_main, set_rng_state, setup_processes, timed_steps,
+                          require, resumed_config, rng_state, run_main, set_rng_state, setup_processes, timed_steps,
                           warn_if_repeating)
 from model import ModelConfig, Transformer
 
@@ -117,10 +117,12 @@ def train(cfg, on_step=None):
     # 1. set-up: processes, data, the model and its optimizer, the run's length
     t_run = time.time()
     ddp, rank, world, device = setup_processes(cfg.device)
-    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
-            f"must be divisible by the {world} processes")
     data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.lm_dir)
     ckpt_path, meta = os.path.join(run_dir, "ckpt.pt"), data.load_meta(data_dir)
+    if cfg.resume:  # the run's own flags; one changed on this command line is refused
+        cfg = resumed_config(cfg, ckpt_path, "LM checkpoint to resume", "--lm-dir")
+    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
+            f"must be divisible by the {world} processes")
     train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
     refuse_to_replace([ckpt_path], cfg, "--lm-dir")

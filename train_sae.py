@@ -15,6 +15,7 @@ The last line holds the held-out metrics: `F4096: L0 34.7 | FVU 0.040 | dead 0.0
 """
 import dataclasses
 import functools
+import glob
 import math
 import os
 import time
@@ -27,7 +28,7 @@ import sae as sae_lib
 from lab import sae_fast
 from lab.plumbing import (Progress, Stopwatch, UserError, arg, atomic_save, broadcast_int, copy_for_timing, finite,
                           flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace, require,
-                          run_main, setup_processes, timed_steps, warn_if_repeating)
+                          resumed_config, run_main, setup_processes, timed_steps, warn_if_repeating)
 from model import harvest, lm_fingerprint, load_lm
 
 RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
@@ -122,9 +123,13 @@ def train(cfg, on_step=None):
     # 1. set-up: processes, the LM whose activations we decompose, one SAE and optimizer per size
     t_run, watch = time.time(), Stopwatch()  # the watch: where this session's time goes
     ddp, rank, world, device = setup_processes(cfg.device)
+    run_dir = os.path.join(cfg.out, cfg.sae_dir)
+    if cfg.resume:  # the run's own flags (its sizes too); one changed on this command line is refused
+        found = sorted(glob.glob(os.path.join(run_dir, "F*", "ckpt.pt"))) or [os.path.join(run_dir, "F*", "ckpt.pt")]
+        cfg = resumed_config(cfg, found[0], "SAE checkpoint to resume", "--sae-dir")
     require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
             f"must be divisible by the {world} processes")
-    run_dir, sizes = os.path.join(cfg.out, cfg.sae_dir), cfg.sizes
+    sizes = cfg.sizes
     paths = [os.path.join(run_dir, f"F{n}", "ckpt.pt") for n in sizes]
     model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
     lm_id = lm_fingerprint(lm_ckpt)
@@ -335,13 +340,9 @@ def pick(metrics):
 
 
 def check_resumable(ckpt, path, lm_id, cfg):
-    """A checkpoint this run may go on from: made on this LM, with this recipe, by a run (not a copy)."""
+    """A checkpoint this run may go on from: made on this LM, by a run (not a copy)."""
     if ckpt["lm_fingerprint"] != lm_id:
         raise UserError(f"{path} was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new --sae-dir")
-    trained_with = ckpt["config"].get("recipe", "paper")  # (checkpoints from before --recipe: paper)
-    if trained_with != cfg.recipe:
-        raise UserError(f"--recipe {cfg.recipe}: {path} was trained with --recipe {trained_with}; "
-                        "resume it with that one")
     if ckpt.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
         raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own --sae-dir")
 

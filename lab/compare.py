@@ -30,7 +30,7 @@ import data
 import train_lm
 import train_sae
 from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
-                    parse_config, pick_device, run_main)
+                    parse_config, pick_device, run_main, save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from model import lm_fingerprint, load_lm
@@ -362,7 +362,7 @@ def plot_universality(u, path):
     axes[1].set_ylabel("max correlation with model B")
     axes[1].set_title("which features are universal?", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def plot_control(c, n, path):
@@ -392,7 +392,7 @@ def plot_control(c, n, path):
     axes[1].set_title("feature density, trained vs random-weights transformer", fontsize=9)
     axes[1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def plot_knob(k, path):
@@ -411,7 +411,7 @@ def plot_knob(k, path):
     fig.suptitle(f"the knob: one LM, one stream of {millions(rows[0]['seen'])} activations, "
                  f"{len(rows)} dictionary sizes", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def write_report(cfg, dirs, res):

@@ -33,7 +33,7 @@ import torch
 
 import data
 from lab import predicates
-from lab.plumbing import Progress, UserError, atomic_save, fmt_eta, pick_device
+from lab.plumbing import Progress, UserError, atomic_save, fmt_eta, pick_device, tensor_digest
 from model import harvest, lm_fingerprint, load_lm
 from sae import load_sae
 
@@ -309,7 +309,9 @@ def load_or_measure(cfg, run):
     if os.path.exists(path) and not cfg.remeasure:
         try:
             cached = torch.load(path, weights_only=False)
-        except Exception:  # a truncated or foreign cache is only a cache: measure again
+            if cached.pop("digest", None) != tensor_digest(cached):
+                raise ValueError("damaged")
+        except Exception:  # a truncated, damaged or foreign cache is only a cache: measure again
             cached = {"key": None}
         if cached["key"] == key:
             print(f"measure: reusing {path} (--remeasure to redo)")

@@ -8,9 +8,12 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import errno
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -121,30 +124,94 @@ def run_main(main):
 
 
 def atomic_save(obj, path):
-    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written file, and
+    a failed write (a full disk) leaves no temporary file behind. A dict also carries the digest of
+    its tensors, which load_checkpoint checks: a damaged file is refused by name, never loaded."""
+    if isinstance(obj, dict):
+        obj = {**obj, "digest": tensor_digest(obj)}
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def atomic_write_text(text, path):
     """The same for a text file (reports, JSON, HTML)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, path)
+
+
+def save_figure(fig, path, dpi=110):
+    """A matplotlib figure as a PNG, written the same way (never half a figure over a good one)."""
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """A temporary path beside path to write; once written it replaces path. If the write fails, the
+    temporary file is removed and the error is one line naming the path and the fix."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:  # (an interrupt too)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # (torch.save reports a full disk as a RuntimeError)
+            raise UserError(write_error(path, e)) from None
+        raise
+
+
+def write_error(path, e):
+    """Why path could not be written, in words, with the fix."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < 2**20:
+        return f"cannot write {path}: no space left on {folder}: free some space, or choose another --out"
+    if not os.path.isdir(folder) or getattr(e, "errno", None) in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot write {path}: {folder} is a file, not a folder: choose another --out"
+    if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: {folder} is not writable: choose another --out"
+    return f"cannot write {path} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}): choose another --out"
+
+
+def tensor_digest(obj):
+    """sha256 of every tensor in a (nested) dict or list, with its key: a checkpoint's integrity check."""
+    h = hashlib.sha256()
+
+    def walk(x, key):
+        if torch.is_tensor(x):
+            h.update(key.encode())
+            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                if k != "digest":
+                    walk(x[k], f"{key}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{key}/{i}")
+    walk(obj, "")
+    return h.hexdigest()
 
 
 def load_checkpoint(path, what, fix):
-    """torch.load with a one-line error naming the file and the script that makes it."""
+    """torch.load with a one-line error naming the file and the script that makes it; a file whose
+    tensors no longer match their digest, or whose weights are not finite, is refused."""
     if not os.path.exists(path):
         raise UserError(f"no {what} at {path}: {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"cannot read {what} {path} ({type(e).__name__}): {fix}") from None
+    if isinstance(ckpt, dict) and "digest" in ckpt and tensor_digest(ckpt) != ckpt["digest"]:
+        raise UserError(f"{what} {path} is damaged (its tensors no longer match the digest saved with them): restore "
+                        f"a copy, or {fix}")
+    weights = (ckpt.get("model") or ckpt.get("sae") or {}) if isinstance(ckpt, dict) else {}
+    bad = sum(int((~torch.isfinite(w)).sum()) for w in weights.values() if torch.is_tensor(w) and w.is_floating_point())
+    if bad:
+        raise UserError(f"{what} {path} holds {bad:,} non-finite weights (NaN or inf): {fix}")
+    return ckpt
 
 
 def pick_device(name):
@@ -209,6 +276,31 @@ def warn_if_repeating(read, available, what, why, fix):
               f"times ({why}): {fix}", flush=True)
 
 
+# Flags that say where and how this session runs, not what the run computes: they may differ on --resume.
+MAY_CHANGE_ON_RESUME = {"out", "lm_dir", "sae_dir", "device", "resume", "overwrite", "snapshots", "ckpt_every",
+                        "ckpt_minutes"}
+
+
+def resumed_config(cfg, path, what, dir_flag):
+    """--resume goes on with the run as it was started: a flag left at its default takes the run's
+    value from its checkpoint at path, and a flag set to another value than the run's is refused
+    (the run would change midway, and its checkpoints would record a value it did not use)."""
+    saved = load_checkpoint(path, what, "start without --resume, or point --out at the run")["config"]
+    given, default = flat_dict(cfg), flat_dict(type(cfg)())
+    keep = {k: saved[k] for k in given if k in saved and k not in MAY_CHANGE_ON_RESUME}
+    flag = lambda k, v: f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+    changed = [k for k, v in keep.items() if given[k] != v and given[k] != default[k]]
+    if changed:
+        raise UserError(f"{', '.join(flag(k, given[k]) for k in changed)}: {path} was trained with "
+                        f"{', '.join(flag(k, keep[k]) for k in changed)}; a resumed run keeps its flags: drop "
+                        f"them, or start a new run in another {dir_flag}")
+    taken = [flag(k, v) for k, v in keep.items() if given[k] != v]
+    if taken:
+        print(f"resume: the run's own flags, as it was started: {', '.join(taken)}")
+    set_by_programs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("flag", True)}
+    return from_dict(type(cfg), {**set_by_programs, **given, **keep})
+
+
 def refuse_to_replace(paths, cfg, dir_flag):
     """A finished run is never replaced silently: starting afresh over one needs --overwrite."""
     if cfg.resume or cfg.overwrite:
@@ -233,8 +325,8 @@ def mark_crashed(paths, error, since):
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
                 ckpt.update(status="crashed", error=f"{type(error).__name__}: {error}"[:300])
                 atomic_save(ckpt, path)
-        except Exception:  # an unreadable checkpoint must not hide the error that stopped the run
-            pass
+        except Exception as e:  # an unlabelled checkpoint must not hide the error that stopped the run
+            print(f"note: could not label {path} crashed ({e}); it still reads as running", file=sys.stderr)
 
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lab.measure import MIN_ACTIVE
-from lab.plumbing import UserError, atomic_write_text, fmt_eta
+from lab.plumbing import UserError, atomic_write_text, fmt_eta, save_figure
 from lab.predicates import PREDICATE_HELP
 from lab.specificity import SPECIALIST, precision_recall_markdown, specificity_markdown
 
@@ -335,7 +335,7 @@ def plot_density(out, n, path):
         ax.set_xlabel(f"log10 feature density ({n:,} held-out tokens)")
     axes[0][0].set_ylabel("features")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def plot_interp(compare, summary, max_entries, path):
@@ -377,7 +377,7 @@ def plot_interp(compare, summary, max_entries, path):
     ax.set_title("the same density, the same score?", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from lab import measure
 from lab.measure import MIN_ACTIVE
+from lab.plumbing import save_figure
 from lab.predicates import PREDICATES
 
 SPECIALIST = 0.5          # a specialist of a predicate fires mostly on it: this share of its firing tokens or more
@@ -108,7 +109,7 @@ def plot_specificity(acts, labels, best, plotted, path):
     for ax in axes[-1]:
         ax.set_xlabel("activation (tokens where > 0)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def proxy_correlations(s):

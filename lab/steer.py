@@ -16,7 +16,6 @@ raises most. measure_steering checks that prediction on held-out contexts: the p
 gives to a feature's top logit-effect tokens, with and without steering, at every position.
 """
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 import data
-from lab.plumbing import UserError, arg
+from lab.plumbing import UserError, arg, finite, require, save_figure
 from lab.report import pattern, token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
@@ -38,7 +37,7 @@ DEFAULT_PROMPT = "def "
 class Config:
     feature: int = arg(-1, "the feature to steer on --prompt (-1: measure a few features' effect on many prompts)")
     value: float = arg(0.0, "V: add V times the feature's direction, in its activation units (0: no change)")
-    prompt: str = arg(None, f"the text to continue, with --feature (default: {DEFAULT_PROMPT!r})")
+    prompt: str = arg(DEFAULT_PROMPT, "the text to continue, with --feature")
     new_tokens: int = arg(40, "tokens to generate")
     temperature: float = arg(1.0, "sampling temperature (0: greedy)")
     top_k: int = arg(50, "sample among the k likeliest tokens (0: all)")
@@ -48,14 +47,38 @@ class Config:
     steer_scale: float = arg(4.0, "measured steering value, in multiples of each feature's largest held-out activation")
     effect_tokens: int = arg(5, "a feature's top logit-effect tokens whose probability is measured")
 
+    def __post_init__(self):  # every flag checked before the run is loaded
+        require(self.feature >= -1, f"--feature {self.feature}", "must be a feature number (the browser lists "
+                "them), or -1 to measure a few features on many prompts")
+        if self.feature < 0:  # (else they would be silently ignored)
+            require(self.prompt == DEFAULT_PROMPT, "--prompt", "needs --feature N (a feature number from the browser)")
+            require(self.value == 0, "--value", "needs --feature N (a feature number from the browser)")
+        require(finite(self.value), f"--value {self.value}", "must be a finite number (the feature's activations "
+                "on the browser's pages show its scale)")
+        require(self.new_tokens >= 1, f"--new-tokens {self.new_tokens}", "must be at least 1")
+        require(finite(self.temperature) and self.temperature >= 0, f"--temperature {self.temperature}",
+                "must be a number >= 0 (0: greedy)")
+        require(self.top_k >= 0, f"--top-k {self.top_k}", "must be >= 0 (0: all tokens)")
+        require(self.show >= 1, f"--show {self.show}", "must be at least 1")
+        for name in ("steer_features", "steer_prompts", "effect_tokens"):
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} {getattr(self, name)}", "must be at least 1")
+        require(finite(self.steer_scale) and self.steer_scale > 0, f"--steer-scale {self.steer_scale}",
+                "must be a positive number, e.g. 4")
+
+    @property
+    def figure(self):
+        """Where the measurement's figure goes: the default run's steering.png, or beside it, named by
+        the settings, when python analyze.py steer measures with flags of its own."""
+        settings = lambda c: (c.steer_features, c.steer_prompts, c.steer_scale, c.effect_tokens)
+        if settings(self) == settings(Config()):
+            return "steering.png"
+        return (f"steering_{self.steer_features}f_{self.steer_prompts}p_x{self.steer_scale:g}_"
+                f"{self.effect_tokens}t.png")
+
 
 def main(cfg, run, measured):
     """python analyze.py steer: one prompt steered (--feature), or the measurement on many prompts
     (measured() gives the streaming pass's Measurement and units.json, analyze.py's)."""
-    if cfg.feature < 0 and cfg.prompt is not None:   # (else the prompt would be silently ignored)
-        raise UserError("--prompt needs --feature N (a feature number from the browser or report.md)")
-    if cfg.feature < 0 and cfg.value != 0:
-        raise UserError("--value needs --feature N (a feature number from the browser or report.md)")
     if cfg.feature >= 0:
         print(demo(cfg, run))
     else:
@@ -123,13 +146,8 @@ def demo(cfg, run):
     model, sae, enc = run.model, run.main_sae, run.enc
     if not 0 <= cfg.feature < sae.cfg.n_features:
         raise UserError(f"--feature {cfg.feature}: {run.main_name} has features 0..{sae.cfg.n_features - 1}")
-    if cfg.new_tokens < 1 or cfg.temperature < 0 or cfg.top_k < 0:
-        raise UserError("--new-tokens must be at least 1, --temperature and --top-k at least 0")
-    if not math.isfinite(cfg.value):
-        raise UserError(f"--value {cfg.value}: give a finite number (the feature's activations on the browser's "
-                        "pages show its scale)")
-    prompt = DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt
-    ids = torch.tensor([[run.meta["eot"]] + enc.encode_ordinary(prompt)], device=run.device)
+    ids = torch.tensor([[run.meta["eot"]] + enc.encode_ordinary(cfg.prompt)], device=run.device)
+    cut = ids.shape[1] > model.cfg.block_size
     ids = ids[:, -model.cfg.block_size:]
     hook = steering_hook(sae, cfg.feature, cfg.value, len(model.blocks) - 1)
     p0, p1 = next_token_probs(model, ids), next_token_probs(model, ids, hook)
@@ -141,7 +159,8 @@ def demo(cfg, run):
     on_prompt = sae.encode(model.mlp_activations(ids)[0])[:, cfg.feature].max().item()
     show = lambda t: repr(visible(token_text(enc, t)))
     text = lambda out: enc.decode(out[0, 1:].tolist())
-    lines = [f"feature {cfg.feature} of {run.main_name}: steering value {cfg.value:+g} (its activation on the prompt "
+    lines = [f"note: the prompt is longer than the model's context; it reads the last {ids.shape[1]} tokens"] * cut
+    lines += [f"feature {cfg.feature} of {run.main_name}: steering value {cfg.value:+g} (its activation on the prompt "
              f"peaks at {on_prompt:.3g}); its direction raises "
              + ", ".join(f"{show(t)} {v:+.2f}" for v, t in zip(*effects.topk(5))) + " logits per unit (linearised)",
              f"\n--- unsteered (seed {run.seed})", text(generate(model, ids, cfg, run.seed)),
@@ -162,9 +181,7 @@ def demo(cfg, run):
 def measure_steering(cfg, run, m, units):
     """For a few of the best-scoring features: the mean probability, over every position of
     steer_prompts held-out contexts, of the feature's top (and bottom) logit-effect tokens, at
-    steering values from 0 to steer_scale times its largest held-out activation; writes steering.png."""
-    if cfg.steer_features < 1 or cfg.steer_prompts < 1 or cfg.effect_tokens < 1 or cfg.steer_scale <= 0:
-        raise UserError("--steer-features, --steer-prompts, --effect-tokens and --steer-scale must be positive")
+    steering values from 0 to steer_scale times its largest held-out activation; writes cfg.figure."""
     model, sae = run.model, run.main_sae
     effects = logit_effects(model, sae.directions(), residual_scale(model, run.tokens))   # on the model's device
     features = choose_features(units["features"], effects, cfg.steer_features)
@@ -186,8 +203,7 @@ def measure_steering(cfg, run, m, units):
         rows.append(dict(feature=f, unit=r, max=maxima[f].item(), up=up.tolist(), down=down.tolist(),
                          p_up=[p.mean().item() for p in p_up], p_down=[p.mean().item() for p in p_down],
                          raised=(p_up[-1] > p_up[0]).float().mean().item()))
-    path = os.path.join(run.dir, "steering.png")
-    plot_steering(rows, fractions, path)
+    plot_steering(rows, fractions, os.path.join(run.dir, cfg.figure))
     out = dict(rows=rows, fractions=fractions, positions=x.numel(), prompts=len(x))
     out["report"] = report_lines(cfg, out, run.enc, run.context)
     return out
@@ -222,7 +238,7 @@ def plot_steering(rows, fractions, path):
     ax.set_title("solid: its top logit-effect tokens; dashed: its bottom ones", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def change(p):
@@ -239,7 +255,7 @@ def report_lines(cfg, res, enc, context):
          "The paper: \"artificially activating a feature causes the model's behaviour to change in predictable "
          "ways\". We add V times a feature's decoder direction (divided by the SAE's act_scale, to be in the MLP's "
          "units) to the MLP activations at every position, the SAE itself not spliced in, so V = 0 is the unsteered "
-         f"model. For the {len(res['rows'])} best-scoring features of section 3 with distinct top logit-effect tokens "
+         f"model. For the {len(res['rows'])} best-scoring feature{'s' * (len(res['rows']) != 1)} of section 3 with distinct top logit-effect tokens "
          f"(the browser's 'logits raised most'), with V = {cfg.steer_scale:g} times the feature's largest held-out "
          f"activation: the probability of its {cfg.effect_tokens} top logit-effect tokens (and of its "
          f"{cfg.effect_tokens} bottom ones), averaged over every next-token prediction of {res['prompts']} random "
@@ -254,5 +270,5 @@ def report_lines(cfg, res, enc, context):
         expl = "; ".join(pattern(x, cell) for x in r["unit"]["explanation"][:2])
         L.append(f"| #{r['feature']} (score {r['unit']['score']:.2f}) | {expl} | {cfg.steer_scale * r['max']:.2f} | "
                  f"{tokens(r['up'])} | {change(r['p_up'])} | {100 * r['raised']:.0f}% | {change(r['p_down'])} |")
-    return L + ["", "![steering](steering.png)", ""]
+    return L + ["", f"![steering]({cfg.figure})", ""]
 

@@ -15,7 +15,7 @@ import data
 from lab import measure, predicates, specificity
 from lab import report
 import sae as sae_lib
-from lab.plumbing import UserError
+from lab.plumbing import UserError, atomic_save
 from model import harvest, lm_fingerprint, load_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -358,7 +358,7 @@ def test_a_copied_run_reuses_its_measurement(tiny_sae, tmp_path):
     path = os.path.join(copy, "sae", "F1024", "ckpt.pt")
     ckpt = torch.load(path, weights_only=False)
     ckpt["sae"]["b_enc"] = ckpt["sae"]["b_enc"] + 0.01
-    torch.save(ckpt, path)
+    atomic_save(ckpt, path)
     assert not analyze.analyze(dataclasses.replace(cfg, out=copy), "density")["measure"].reused
 
 

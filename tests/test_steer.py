@@ -91,3 +91,23 @@ def test_the_command_line_prints_both_generations(analysed, capsys):
     # a prompt without a feature would be ignored (the many-prompt measurement runs instead)
     with pytest.raises(UserError, match="--prompt needs --feature N"):
         analyze.main(["steer", "--out", analysed.out, "--prompt", "import os"])
+
+
+@pytest.mark.parametrize("flags", [["--feature", "-2"], ["--temperature", "nan"], ["--temperature", "-1.0"],
+                                   ["--show", "-1"], ["--top-k", "-1"], ["--new-tokens", "0"], ["--steer-scale", "nan"],
+                                   ["--steer-scale", "inf"], ["--steer-scale", "0.0"], ["--steer-prompts", "0"]])
+def test_every_bad_flag_is_refused_by_name_before_the_run_loads(flags, tmp_path):
+    with pytest.raises(UserError, match=f"^{flags[0]} {flags[1]} must be "):
+        analyze.main(["steer", "--out", str(tmp_path / "no_run_here"), *flags])
+
+
+def test_a_measurement_with_flags_of_its_own_writes_beside_the_reports_figure(analysed, capsys):
+    folder = os.path.join(analysed.out, analysed.analysis_dir)
+    flags = ["--out", analysed.out, "--tokens", "8192", "--analysis-dir", analysed.analysis_dir, "--device", "cpu"]
+    analyze.main(["steer", *flags, "--steer-prompts", "2", "--steer-features", "1"])
+    assert "For the 1 best-scoring feature of section 3" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(folder, "steering_1f_2p_x4_5t.png"))
+    assert not os.path.exists(os.path.join(folder, "steering.png"))   # the report's figure is not this one's
+    # a prompt longer than the context is cut, and the student is told
+    analyze.main(["steer", *flags, "--feature", "5", "--new-tokens", "2", "--prompt", "x = 1\n" * 400])
+    assert "note: the prompt is longer than the model's context; it reads the last 64 tokens" in capsys.readouterr().out

@@ -46,7 +46,12 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash"), on_step=crash_at(13))
     crashed = torch.load(os.path.join(tiny_lm, "sae_crash", "F1024", "ckpt.pt"), weights_only=False)
     assert crashed["step"] == 8 and crashed["status"] == "crashed" and not crashed["final"]
-    resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash", resume=True))[0]
+    with pytest.raises(UserError, match=r"^--n-features 512: .* was trained with --n-features 1024; a resumed run"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash", resume=True, n_features=512))
+    # --resume alone (every other flag at its default) goes on with the run's own flags
+    resumed = train_sae.train(train_sae.SAETrainConfig(out=tiny_lm, sae_dir="sae_crash", device="cpu", resume=True,
+                                                       buffer_size=8 * 1024, eval_activations=4096, eval_every=8))[0]
+    assert {**resumed["config"], "sae_dir": "sae_whole", "resume": False} == whole["config"]
     assert resumed["step"] == whole["step"] == 24
     for k, v in whole["sae"].items():
         assert torch.equal(v, resumed["sae"][k]), k
@@ -183,7 +188,8 @@ def test_bad_input_is_one_clear_error(tiny_lm, tmp_path):
     with pytest.raises(UserError, match="--overwrite"):  # a finished run is not replaced silently
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", max_activations=8 * 1024))
     with pytest.raises(UserError, match="another LM"):
-        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_untrained"))
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_first", resume=True, lm_dir="lm_untrained",
+                                   max_activations=8 * 1024))
 
 
 def test_a_timed_start_leaves_the_sae_run_as_a_count_would(tiny_lm, monkeypatch):

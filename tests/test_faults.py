@@ -1,0 +1,110 @@
+"""What a student's laptop throws at a run: a damaged file, a full disk, a folder that cannot be
+written. Nothing finished is lost, damage is never loaded, and each fault is one line naming the file."""
+import errno
+import os
+import shutil
+
+import pytest
+import torch
+
+import analyze
+import data
+import sae as sae_lib
+from lab import plumbing
+from lab.plumbing import UserError, atomic_save, load_checkpoint
+
+
+@pytest.fixture
+def sae_copy(tiny_sae, tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    shutil.copy(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"), path)
+    return path
+
+
+def test_a_damaged_checkpoint_is_refused_by_name(sae_copy):
+    sae_lib.load_sae(sae_copy)   # intact: loads
+    size = os.path.getsize(sae_copy)
+    with open(sae_copy, "r+b") as f:  # random bytes over the middle of the file (the weights' data)
+        f.seek(size // 2)
+        f.write(os.urandom(4096))
+    with pytest.raises(UserError, match=f"^SAE checkpoint {sae_copy} is damaged .*: restore a copy, or run python train_sae"):
+        sae_lib.load_sae(sae_copy)
+
+
+def test_non_finite_weights_are_refused_on_load(sae_copy):
+    ckpt = torch.load(sae_copy, weights_only=False)
+    ckpt["sae"]["W_dec"][3, :5] = float("nan")
+    atomic_save(ckpt, sae_copy)   # a valid digest: the NaNs were saved as they are
+    with pytest.raises(UserError, match=f"^SAE checkpoint {sae_copy} holds 5 non-finite weights"):
+        sae_lib.load_sae(sae_copy)
+
+
+def full_disk(*args, **kwargs):
+    """torch.save on a full disk: half a file written, then the error PyTorch's zip writer raises."""
+    with open(args[1], "wb") as f:
+        f.write(b"PK" + b"\0" * 1000)
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+
+def test_a_full_disk_leaves_no_temporary_file_and_one_line(tmp_path, monkeypatch):
+    path = str(tmp_path / "run" / "ckpt.pt")
+    atomic_save({"w": torch.ones(3)}, path)
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(UserError, match=f"^cannot write {path}: no space left on {tmp_path / 'run'}: free some space"):
+        atomic_save({"w": torch.zeros(3)}, path)
+    assert os.listdir(tmp_path / "run") == ["ckpt.pt"]   # no temporary file, and the good one kept
+    assert torch.equal(load_checkpoint(path, "checkpoint", "")["w"], torch.ones(3))
+
+
+def test_the_crash_label_says_when_it_cannot_be_written(tmp_path, monkeypatch, capsys):
+    path = str(tmp_path / "ckpt.pt")
+    atomic_save({"status": "running"}, path)
+    monkeypatch.setattr(torch, "save", full_disk)
+    plumbing.mark_crashed([path], RuntimeError("disk full"), since=0)
+    assert f"note: could not label {path} crashed" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_shards_written_to_a_full_disk_leave_nothing_behind(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "some text to encode. " * 200)
+    real_open = open
+
+    def failing_open(path, mode="r", *args, **kwargs):  # the shards' files take one write, then the disk is full
+        f = real_open(path, mode, *args, **kwargs)
+        if str(path).endswith(".bin.tmp"):
+            def write(b):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            f.write = write
+        return f
+    monkeypatch.setattr("builtins.open", failing_open)
+    out = str(tmp_path / "out")
+    with pytest.raises(UserError, match=r"^cannot write .*\.bin\.tmp: no space left on"):
+        data.prepare(data.DataConfig(out=out, data=[str(corpus)], vocab_size=300))
+    assert sorted(os.listdir(os.path.join(out, "data"))) == ["tokenizer.tiktoken"]
+
+
+@pytest.mark.parametrize("problem", ["a file", "read-only"])
+def test_an_out_that_cannot_be_written_is_one_line(tiny_sae, tmp_path, monkeypatch, problem):
+    out = str(tmp_path / "out")
+    shutil.copytree(tiny_sae, out, ignore=shutil.ignore_patterns("analysis*", "compare", "*_b", "*_random", "*sweep"))
+    analysis = os.path.join(out, "analysis")
+    if problem == "a file":
+        open(analysis, "w").close()
+        expected = f"^cannot write {analysis}/measure.pt: {analysis} is a file, not a folder: choose another --out"
+    else:
+        os.chmod(out, 0o555)
+        if os.geteuid() == 0:  # root writes anywhere: what the kernel tells anyone else
+            def makedirs(path, *a, **k):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            monkeypatch.setattr(os, "makedirs", makedirs)
+        expected = f"^cannot write {analysis}/measure.pt: {out} is not writable: choose another --out"
+    try:
+        with pytest.raises(UserError, match=expected):
+            analyze.analyze(analyze.AnalyzeConfig(out=out, device="cpu", tokens=4096, n_units=8, bootstrap=10),
+                            "density")
+    finally:
+        os.chmod(out, 0o755)
