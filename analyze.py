@@ -71,6 +71,8 @@ class AnalyzeConfig:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0].startswith("-") and argv[-1] in STEPS + list(TOOLS):
+        argv.insert(0, argv.pop())   # the step after the flags (python analyze.py --out X density)
     step = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
     if step in TOOLS:  # the lab's two tools, with flags of their own (python analyze.py browse --help)
         tool = TOOLS[step]

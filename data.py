@@ -97,7 +97,11 @@ def prepare(cfg):
         print(f"data: training a {cfg.vocab_size}-token BPE on up to {cfg.bpe_sample_mb:g} MB of training text ...",
               flush=True)
         sample = corpus.bpe_sample(corpus.documents_or_blocks(files, block), held_out, cfg.bpe_sample_mb)
-        save_ranks(train_bpe(sample, cfg.vocab_size), tok_path)
+        ranks = train_bpe(sample, cfg.vocab_size)
+        if len(ranks) + 1 < cfg.vocab_size:  # (+1: the end-of-text token)
+            print(f"note: the BPE stopped at {len(ranks) + 1:,} tokens, fewer than --vocab-size {cfg.vocab_size:,}: "
+                  "every word of its sample is one token by then (more, or more varied, text gives more)")
+        save_ranks(ranks, tok_path)
         tok_hash = file_sha256(tok_path)
     else:
         tok_hash = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()

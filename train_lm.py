@@ -23,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 import data
 from lab.plumbing import (Progress, UserError, arg, atomic_save, broadcast_int, copy_for_timing, fast_bf16, finite,
                           flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace,
-                          require, resumed_config, rng_state, run_main, set_rng_state, setup_processes, timed_steps,
-                          warn_if_repeating)
+                          require, require_memory, resumed_config, rng_state, run_main, set_rng_state, setup_processes,
+                          timed_steps, warn_if_repeating)
 from model import ModelConfig, Transformer
 
 
@@ -81,6 +81,16 @@ def make_optimizer(model, cfg):
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
+def memory_needed(mcfg, batch_size, value_bytes):
+    """Bytes a training step holds, roughly: the weights with their gradients and AdamW's two moments
+    (16 bytes a parameter), and what the forward pass keeps for the backward one, per token and layer
+    (values of value_bytes: 2 under bf16 autocast). Within 20% of the peak measured on CPU at batch 256."""
+    c = mcfg
+    params = (2 * c.vocab_size + c.block_size) * c.d_model + c.n_layer * (4 * c.d_model ** 2 + 2 * c.d_model * c.d_mlp)
+    per_token = c.n_layer * (16 * c.d_model + 4 * c.d_mlp + 2 * c.n_head * c.block_size) + 4 * c.d_model
+    return 16 * params + batch_size * c.block_size * per_token * value_bytes
+
+
 def train_step(net, opt, batch, lr, cfg, autocast):
     """One optimizer step on one batch (x, y); returns the loss. Under DDP, net averages the
     processes' gradients in backward."""
@@ -126,11 +136,14 @@ def train(cfg, on_step=None):
     train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
     refuse_to_replace([ckpt_path], cfg, "--lm-dir")
+    bf16 = cfg.bf16 and fast_bf16(device)
+    require_memory(memory_needed(mcfg, cfg.batch_size // world, 2 if bf16 else 4), "training this LM",
+                   "lower --batch-size, --d-mlp or --block-size", device)
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     st = State(model, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed))
     net = DistributedDataParallel(model) if ddp else model   # DDP: averages the processes' gradients
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16 and fast_bf16(device))
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     per_rank, tokens_per_step = cfg.batch_size // world, cfg.batch_size * mcfg.block_size
 
     def next_batch(generator):  # this process's share of a batch (every process draws the same windows)

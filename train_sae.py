@@ -28,7 +28,7 @@ import sae as sae_lib
 from lab import sae_fast
 from lab.plumbing import (Progress, Stopwatch, UserError, arg, atomic_save, broadcast_int, copy_for_timing, finite,
                           flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace, require,
-                          resumed_config, run_main, setup_processes, timed_steps, warn_if_repeating)
+                          require_memory, resumed_config, run_main, setup_processes, timed_steps, warn_if_repeating)
 from model import harvest, lm_fingerprint, load_lm
 
 RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
@@ -134,6 +134,8 @@ def train(cfg, on_step=None):
     model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
     lm_id = lm_fingerprint(lm_ckpt)
     refuse_to_replace(paths, cfg, "--sae-dir")
+    require_memory(memory_needed(cfg, model.cfg.d_mlp, world), "training these SAEs", "lower --n-features (or "
+                   "--sweep's sizes) or --batch-size", device)
     st = start(cfg, model, train_tokens, paths, lm_id, device)
     # held-out activations: random windows of the validation split, the same at every evaluation
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
@@ -260,6 +262,14 @@ def load_inputs(cfg, device):
         raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
                         "retrain the LM (python train_lm.py) after python data.py")
     return model, lm_ckpt, meta, data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
+
+
+def memory_needed(cfg, d_in, world):
+    """Bytes the run holds, roughly: each SAE's weights with their gradients and Adam's two moments (16
+    bytes a parameter), one step's dense (batch, features) arrays, and the activation buffer while it is
+    harvested, refilled and shuffled: six buffers' worth (the default run peaks at 3.5 GB resident on CPU)."""
+    params = sum(2 * n * d_in + n + d_in for n in cfg.sizes)
+    return 16 * params + 16 * (cfg.batch_size // world) * max(cfg.sizes) + 6 * 4 * cfg.buffer_size * d_in
 
 
 def start(cfg, model, train_tokens, paths, lm_id, device):

@@ -30,7 +30,7 @@ import data
 import train_lm
 import train_sae
 from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
-                    parse_config, pick_device, run_main, save_figure)
+                    parse_config, pick_device, require, run_main, save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from model import lm_fingerprint, load_lm
@@ -50,6 +50,19 @@ class CompareConfig:
     pairs: int = arg(8, "matched A/B feature pairs shown, sampled at random from the alive features")
     families: int = arg(4, "feature families shown: the clearest splits")
     seed: int = arg(0, "seed for the sampled pairs")
+
+    def __post_init__(self):  # checked before the hour-long stages start, not at the report
+        require(len(self.sizes) >= 2 and all(str(n).isdigit() and int(n) >= 1 for n in self.sizes),
+                f"--sizes {' '.join(map(str, self.sizes))}", "expects two or more positive dictionary sizes, e.g. "
+                "--sizes 512 1024")
+        self.sizes = [int(n) for n in self.sizes]
+        require(self.sweep_activations >= 0, f"--sweep-activations {self.sweep_activations}",
+                "must be >= 0 (0: as many as the main SAE saw)")
+        require(finite(self.sweep_minutes) and self.sweep_minutes >= 0, f"--sweep-minutes {self.sweep_minutes}",
+                "must be a number of minutes >= 0 (0: none)")
+        require(self.tokens >= 0, f"--tokens {self.tokens}", "must be >= 0 (0: the whole held-out split)")
+        require(self.pairs >= 1, f"--pairs {self.pairs}", "must be at least 1")
+        require(self.families >= 1, f"--families {self.families}", "must be at least 1")
 
 
 def main(cfg):
@@ -74,12 +87,6 @@ def run_stages(cfg):
     if not (a_lm["final"] and a_sae["final"]):
         raise UserError(f"the main run in {cfg.out} has not finished: resume it first "
                         "(python train_lm.py --resume, then python train_sae.py --resume)")
-    if any(int(n) < 1 for n in cfg.sizes) or len(cfg.sizes) < 2:
-        raise UserError(f"--sizes {cfg.sizes}: give at least two positive dictionary sizes")
-    if not (finite(cfg.sweep_minutes) and cfg.sweep_minutes >= 0):
-        raise UserError(f"--sweep-minutes {cfg.sweep_minutes}: give a number of minutes >= 0 (0: --sweep-activations)")
-    if cfg.sweep_activations < 0:
-        raise UserError(f"--sweep-activations {cfg.sweep_activations}: give a count >= 0 (0: the main SAE's)")
     n_features = a_sae["sae_config"]["n_features"]
     lm_cfg = recipe(train_lm.TrainConfig, a_lm["config"], out=cfg.out, device=cfg.device, max_minutes=0)
     sae_cfg = recipe(train_sae.SAETrainConfig, a_sae["config"], out=cfg.out, device=cfg.device, sweep=[],

@@ -214,6 +214,30 @@ def load_checkpoint(path, what, fix):
     return ckpt
 
 
+def require_memory(need, what, fix, device):
+    """Refuse a run whose estimated memory is more than the device has free, before it allocates
+    (else it swaps for minutes, or dies in an allocator traceback)."""
+    have = free_memory(device)
+    if need > have:
+        raise UserError(f"{what} needs about {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB free "
+                        f"on {device}: {fix}")
+
+
+def free_memory(device):
+    """Bytes free on device: the GPU's free memory, or the machine's available RAM (Linux), or its
+    total RAM where the system does not say what is available."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return math.inf
+
+
 def pick_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -419,5 +443,10 @@ class Progress:
 
 
 def fmt_eta(seconds):
+    """Minutes and seconds; days, or years, for the runs no one should wait for."""
     seconds = max(0, int(seconds))
+    if seconds >= 365 * 86400:
+        return f"{seconds / (365 * 86400):,.0f} years"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
     return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -164,9 +164,10 @@ def test_the_sweep_sees_the_main_saes_activations_unless_told_otherwise(tiny_sae
         assert sweep.sweep == [64, 128] and sweep.max_activations == activations
         assert minutes is None or sweep.max_minutes == minutes
         assert runs["SAE F1024 on lm_b"].max_activations == main_seen
-    for flag, value in (("sweep_minutes", float("nan")), ("sweep_minutes", -1.0), ("sweep_activations", -5)):
-        with pytest.raises(UserError, match=f"^--{flag.replace('_', '-')} "):
-            compare.run_stages(compare.CompareConfig(out=tiny_sae, **{flag: value}))
+    for flag, value in (("sweep_minutes", float("nan")), ("sweep_minutes", -1.0), ("sweep_activations", -5),
+                        ("pairs", -1), ("families", 0), ("tokens", -1), ("sizes", [512]), ("sizes", ["x", 2])):
+        with pytest.raises(UserError, match=f"^--{flag.replace('_', '-')} "):   # before any stage starts
+            compare.CompareConfig(out=tiny_sae, **{flag: value})
 
 
 def test_missing_main_run_is_a_one_line_error(tmp_path):

@@ -108,3 +108,42 @@ def test_an_out_that_cannot_be_written_is_one_line(tiny_sae, tmp_path, monkeypat
                             "density")
     finally:
         os.chmod(out, 0o755)
+
+
+def test_memory_sized_flags_are_checked_before_anything_is_allocated(tiny_lm, monkeypatch):
+    import train_lm
+    import train_sae
+    from conftest import tiny_lm_config
+    from test_train_sae import sae_config
+    for cfg in (dict(batch_size=10**8), dict(d_mlp=2 * 10**9)):
+        with pytest.raises(UserError, match=r"^training this LM needs about [\d,.]+ GiB, more than the [\d,.]+ GiB free "
+                                            r"on cpu: lower --batch-size"):
+            train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_huge", **cfg))
+    for cfg in (dict(n_features=10**9), dict(buffer_size=10**9), dict(sweep=[64, 10**9])):
+        with pytest.raises(UserError, match=r"^training these SAEs needs about [\d,.]+ GiB"):
+            train_sae.train(sae_config(tiny_lm, sae_dir="sae_huge", **cfg))
+    # the estimates are what a step holds: the tiny runs' are a few MB, and a machine with less is told
+    monkeypatch.setattr(plumbing, "free_memory", lambda device: 2**20)
+    with pytest.raises(UserError, match=r"^training this LM needs about 0.0 GiB, more than the 0.0 GiB free"):
+        train_lm.train(tiny_lm_config(tiny_lm, lm_dir="lm_huge"))
+    assert not os.path.exists(os.path.join(tiny_lm, "lm_huge")) and not os.path.exists(os.path.join(tiny_lm, "sae_huge"))
+
+
+def test_the_step_may_follow_the_flags(tmp_path):
+    with pytest.raises(UserError, match="^no token shards in"):   # density was taken as the step, not refused
+        analyze.main(["--out", str(tmp_path), "--device", "cpu", "density"])
+
+
+def test_a_smaller_vocabulary_than_asked_is_said(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i}.txt").write_text("a" * 2000)
+    meta = data.prepare(data.DataConfig(out=str(tmp_path / "out"), data=[str(corpus)], vocab_size=4096))
+    assert meta["vocab_size"] < 300
+    assert f"note: the BPE stopped at {meta['vocab_size']} tokens, fewer than --vocab-size 4,096" in capsys.readouterr().out
+
+
+def test_an_eta_no_one_should_wait_for_reads_in_days_or_years():
+    assert plumbing.fmt_eta(125) == "2m05s" and plumbing.fmt_eta(47 * 3600) == "2820m00s"
+    assert plumbing.fmt_eta(3 * 86400) == "3 days" and plumbing.fmt_eta(515e6 * 60) == "980 years"
