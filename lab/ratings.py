@@ -128,6 +128,7 @@ def unblind(key, raters, n_boot=1000, seed=0):
     totals = np.stack([r["totals"] for r in raters]).astype(float)        # (raters, cards)
     card = totals.mean(0)                                                 # a card's score: its raters' mean
     lexical = np.array([c["lexical"] for c in key["cards"]])
+    single = np.array([c["single_token"] for c in key["cards"]])   # (the paper reports these apart: trivial to read)
     top = sum(key["rubric"])
     out = dict(deck=key["deck"], raters=[r["rater"] for r in raters], cards=len(card), max=top, kinds=kinds,
                totals=totals, lexical=lexical, by_kind={})
@@ -141,10 +142,15 @@ def unblind(key, raters, n_boot=1000, seed=0):
             cards=len(x), median=float(np.median(x)), median_ci=bootstrap_ci(lambda s: np.median(s), [x], n_boot, rng),
             mean=float(x.mean()), quite=float((x > QUITE).mean()),
             distribution=np.bincount(given.astype(int), minlength=top + 1).tolist(),
-            rater_medians=[float(np.median(t[kinds == kind])) for t in totals])
-    f, n = card[kinds == "features"], card[kinds == "neurons"]
-    out["difference"] = dict(value=float(np.median(f) - np.median(n)),
-                             ci=bootstrap_ci(lambda a, b: np.median(a) - np.median(b), [f, n], n_boot, rng))
+            rater_medians=[float(np.median(t[kinds == kind])) for t in totals],
+            single_token=int(single[kinds == kind].sum()),
+            multi_median=float(np.median(x[~single[kinds == kind]])) if (~single[kinds == kind]).any() else None)
+    diff = lambda a, b: dict(value=float(np.median(a) - np.median(b)),
+                             ci=bootstrap_ci(lambda a, b: np.median(a) - np.median(b), [a, b], n_boot, rng))
+    f, n = (kinds == "features"), (kinds == "neurons")
+    out["difference"] = diff(card[f], card[n])
+    out["difference_multi"] = diff(card[f & ~single], card[n & ~single]) if (f & ~single).any() and (
+        n & ~single).any() else None
     out["agreement"] = krippendorff_alpha(totals) if len(raters) > 1 else None
     out["lexical_spearman"] = {r["rater"]: spearman(t, lexical) for r, t in zip(raters, totals)}
     if len(raters) > 1:
@@ -205,20 +211,26 @@ def markdown(res):
          f"shuffled, rated by {n_raters} rater{'s' if n_raters > 1 else ''} ({', '.join(res['raters'])}) on the rubric "
          f"of lab/rate.py (0-{res['max']}; the paper's is 0-14, a total above {QUITE} \"quite interpretable\"), then "
          "unblinded with its key (`python analyze.py ratings`). A card's score is its raters' mean total.", "",
-         "| kind | cards | median [95% CI] | mean | above 8 | per rater: median |", "| --- | --- | --- | --- | --- | --- |"]
+         "| kind | cards | median [95% CI] | mean | above 8 | per rater: median | single-token: cards; median without |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind, r in k.items():
+        multi = f"{r['multi_median']:.1f}" if r["multi_median"] is not None else "-"
         L.append(f"| {kind if kind != 'control' else 'random-weights features'} | {r['cards']} | {r['median']:.1f} "
                  f"[{r['median_ci'][0]:.1f}, {r['median_ci'][1]:.1f}] | {r['mean']:.1f} | {100 * r['quite']:.0f}% | "
-                 + ", ".join(f"{m:g}" for m in r["rater_medians"]) + " |")
+                 + ", ".join(f"{m:g}" for m in r["rater_medians"]) + f" | {r['single_token']}; {multi} |")
     alpha = res["agreement"]
     lex = "; ".join(f"{name} {rho:+.2f}" if rho is not None else f"{name}: -" for name, rho in
                     res["lexical_spearman"].items())
+    m = res["difference_multi"]
     L += ["", f"Median, features minus neurons: **{d['value']:+.1f}**, 95% CI [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] "
-          "(the paper: 12 - 0 = +12).",
+          "(the paper: 12 - 0 = +12); without single-token units: " + (
+              f"{m['value']:+.1f} [{m['ci'][0]:+.1f}, {m['ci'][1]:+.1f}]." if m else "- (one kind has none left)."),
           "Agreement between raters (Krippendorff's alpha, interval, on the totals): "
           + (f"{alpha:.2f} (1: perfect, 0: chance)." if alpha is not None else "needs two raters or more.")
           + f" Each rater against the lexical score of the same units (Spearman): {lex}.",
-          "Time per card (median): " + "; ".join(f"{name} {s:.0f} s ({res['minutes'][name]:.0f} min in all)"
+          "Single-token units (analyze.py's flag: one token carries most of the activation) are easy to read; the "
+          "table's last column leaves them out.",
+          "Time per card (median): " + "; ".join(f"{name} {s:.1f} s ({res['minutes'][name]:.1f} min in all)"
                                                  for name, s in res["seconds_per_card"].items()) + ".", ""]
     if n_raters == 1:
         L += ["One rater is not a class: these are one person's judgements, with no agreement to check them by.", ""]

@@ -1,6 +1,6 @@
 """The blind rating: the deck hides the kinds, the page works by keyboard alone in a real browser, and
 the unblinding's statistics and checks give known answers."""
-import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -46,8 +46,10 @@ def test_krippendorffs_alpha_and_spearman_on_known_values():
 
 
 def write_key(folder, kinds, deck="0123456789ab"):
-    """A deck's key as rate.py writes it: card i is unit i of its kind, its lexical score i / len."""
-    cards = [dict(id=f"c{i:03d}", kind=k, unit=i, lexical=i / len(kinds), single_token=False) for i, k in enumerate(kinds)]
+    """A deck's key as rate.py writes it: card i is unit i of its kind, its lexical score i / len; every
+    fourth card a single-token unit."""
+    cards = [dict(id=f"c{i:03d}", kind=k, unit=i, lexical=i / len(kinds), single_token=i % 4 == 0)
+             for i, k in enumerate(kinds)]
     os.makedirs(os.path.join(folder, "rate_keys"), exist_ok=True)
     with open(os.path.join(folder, "rate_keys", f"{deck}.json"), "w") as f:
         json.dump(dict(deck=deck, rubric=RUBRIC, cards=cards), f)
@@ -87,7 +89,8 @@ def test_known_answers_the_papers_raters_and_random_raters(tmp_path):
     res = unblind(tmp_path, files)
     assert {k: r["median"] for k, r in res["by_kind"].items()} == paper
     assert res["by_kind"]["features"]["median_ci"] == [12, 12] and res["by_kind"]["features"]["quite"] == 1
-    assert res["difference"] == dict(value=12.0, ci=[12.0, 12.0])
+    assert res["difference"] == res["difference_multi"] == dict(value=12.0, ci=[12.0, 12.0])
+    assert res["by_kind"]["features"]["single_token"] == 10 and res["by_kind"]["neurons"]["single_token"] == 0
     assert res["agreement"] == 1.0
     assert res["by_kind"]["neurons"]["distribution"] == [40] + [0] * 14   # 2 raters x 20 cards, all 0
     assert res["seconds_per_card"] == {"rater 0": 12.5, "rater 1": 12.5}
@@ -230,9 +233,10 @@ class Chromium:
         cmd_r, self.cmd_w = os.pipe()
         self.reply_r, reply_w = os.pipe()
 
-        def fds():   # the child's fds 3 and 4
-            os.dup2(cmd_r, 3)
-            os.dup2(reply_w, 4)
+        def fds():   # the child's fds 3 and 4 (copied above 10 first: a pipe may already be fd 3 or 4)
+            r, w = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(reply_w, fcntl.F_DUPFD, 10)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
         self.proc = subprocess.Popen([binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                       f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
