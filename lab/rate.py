@@ -299,7 +299,9 @@ function token(t) {
   });
   return s;
 }
-function shade(s, pct) { if (pct > 0) s.style.background = 'rgba(255, 110, 0, ' + Math.min(1, pct / 100).toFixed(2) + ')'; }
+function shade(s, pct) {
+  if (pct > 0) s.style.background = 'rgba(255, 110, 0, ' + Math.min(1, pct / 100).toFixed(2) + ')';
+}
 function context([ids, pct, peak]) {
   const div = el('div', 'ctx');
   ids.forEach((t, j) => {
@@ -321,7 +323,8 @@ function showCard() {
     q.appendChild(el('div', 'opts', levels.map((l, k) => k + ': ' + l).join(' · ')));
     rubric.appendChild(q);
   });
-  rubric.appendChild(el('div', 'keys', 'digit: answer the highlighted question · ↑ ↓: question · → next card · ← previous'));
+  rubric.appendChild(el('div', 'keys',
+      'digit: answer the highlighted question · ↑ ↓: question · → next card · ← previous'));
   rubric.appendChild(el('div', '', '')).id = 'note';
   const done = D.cards.filter(rated).length;
   $('progress').textContent = 'Card ' + (S.pos + 1) + ' of ' + D.cards.length + ' · ' + done + ' rated';
@@ -348,7 +351,8 @@ function finish() {
   const box = $('done');
   if (!S.downloaded) download();   // the first time the end is reached; D downloads it again
   box.replaceChildren(el('p', '', 'All ' + D.cards.length + ' cards rated, ' + S.rater + '. Your ratings were ' +
-      'downloaded as ' + fileName() + ': hand that file in. D (or Enter) downloads it again; ← goes back to the last card.'));
+      'downloaded as ' + fileName() + ': hand that file in. D (or Enter) downloads it again; ' +
+      '← goes back to the last card.'));
   const secs = Object.values(S.ms).reduce((a, b) => a + b, 0) / 1000;
   box.appendChild(el('p', 'keys', 'Time on the cards: ' + Math.round(secs / 60) + ' min, ' +
       (secs / D.cards.length).toFixed(0) + ' s a card.'));
@@ -416,13 +420,20 @@ document.addEventListener('keydown', e => {
     showCard();
   } else if (e.key === 'ArrowRight') {
     if (rated(c)) move(S.pos + 1);
-    else { S.q = S.scores[c.id] ? S.scores[c.id].indexOf(null) : 0; showCard(); note('Answer all three questions first.'); }
+    else {
+      S.q = S.scores[c.id] ? S.scores[c.id].indexOf(null) : 0;
+      showCard();
+      note('Answer all three questions first.');
+    }
   } else if (e.key === 'ArrowLeft') {
     move(S.pos - 1);
   } else return;
   e.preventDefault();
 });
-document.addEventListener('visibilitychange', () => { if (document.hidden) flush(); else if (shownAt !== null) shownAt = performance.now(); });
+document.addEventListener('visibilitychange', () => {  // time away from the page is not time on the card
+  if (document.hidden) flush();
+  else if (shownAt !== null) shownAt = performance.now();
+});
 window.addEventListener('pagehide', flush);
 render();
 """

@@ -211,7 +211,8 @@ def markdown(res):
          f"shuffled, rated by {n_raters} rater{'s' if n_raters > 1 else ''} ({', '.join(res['raters'])}) on the rubric "
          f"of lab/rate.py (0-{res['max']}; the paper's is 0-14, a total above {QUITE} \"quite interpretable\"), then "
          "unblinded with its key (`python analyze.py ratings`). A card's score is its raters' mean total.", "",
-         "| kind | cards | median [95% CI] | mean | above 8 | per rater: median | single-token: cards; median without |",
+         "| kind | cards | median [95% CI] | mean | above 8 | per rater: median "
+         "| single-token: cards; median without |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind, r in k.items():
         multi = f"{r['multi_median']:.1f}" if r["multi_median"] is not None else "-"

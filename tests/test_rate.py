@@ -41,7 +41,8 @@ def test_krippendorffs_alpha_and_spearman_on_known_values():
     assert ratings.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # with ties, by hand: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4)
     a, b = np.array([1, 2.5, 2.5, 4]) - 2.5, np.arange(1, 5) - 2.5
-    assert ratings.spearman([0, 5, 5, 9], [1, 2, 3, 4]) == pytest.approx((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+    by_hand = (a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())
+    assert ratings.spearman([0, 5, 5, 9], [1, 2, 3, 4]) == pytest.approx(by_hand)
     assert ratings.spearman([3, 3, 3], [1, 2, 3]) is None
 
 
@@ -184,8 +185,9 @@ def deck(analysed, tmp_path, **kw):
 def test_the_page_does_not_say_which_card_is_a_feature(analysed, tmp_path):
     made = deck(analysed, tmp_path)
     key = json.load(open(made["key_path"]))
-    assert [c["kind"] for c in key["cards"]].count("features") == 4 == [c["kind"] for c in key["cards"]].count("neurons")
-    assert key["secret"] == "s3cret-for-the-test" and made["key_path"].startswith(os.path.join(analysed.out, "analysis_browse"))
+    kinds = [c["kind"] for c in key["cards"]]
+    assert kinds.count("features") == 4 == kinds.count("neurons") and key["secret"] == "s3cret-for-the-test"
+    assert made["key_path"].startswith(os.path.join(analysed.out, "analysis_browse", "rate_keys"))
     text = open(made["path"], encoding="utf-8").read()
     page = json.loads(text.split('id="data">')[1].split("</script>")[0])
     assert "s3cret" not in text and page["deck"] == made["deck"] and "http" not in text
@@ -270,11 +272,15 @@ class Chromium:
         self.wait_loaded()
 
     def wait_loaded(self):
-        for _ in range(200):
-            if self.js("document.readyState") == "complete":
+        self.wait("document.readyState === 'complete'")
+
+    def wait(self, expression, seconds=10):
+        """Until a script expression holds (a page's load or a keystroke's effect may lag the protocol's reply)."""
+        for _ in range(int(seconds / 0.05)):
+            if self.js(expression):
                 return
             time.sleep(0.05)
-        raise AssertionError("the page did not load")
+        raise AssertionError(f"never true in the page: {expression}")
 
     def js(self, expression):
         return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
@@ -314,20 +320,23 @@ def test_a_rater_rates_the_deck_by_keyboard_resumes_after_a_reload_and_the_ratin
         downloads = tmp_path / "downloads"
         browser.send("Browser.setDownloadBehavior", session=False, behavior="allow", downloadPath=str(downloads))
         browser.open("file://" + made["path"])
+        browser.wait("document.activeElement === document.getElementById('name')")
         for c in "Ann B":
             browser.key(c)
         browser.key("Enter")
-        state = lambda: json.loads(browser.js(f"localStorage.getItem('rate:{made['deck']}')"))
+        stored = f"localStorage.getItem('rate:{made['deck']}')"
+        browser.wait(stored)
+        state = lambda: json.loads(browser.js(stored))
         assert state()["rater"] == "Ann B"
         typed = {}
         for i in range(n):
             if i == n // 2:   # half-way: reload, and the page comes back where it was
                 before = state()
                 browser.send("Page.reload")
-                time.sleep(0.2)
-                browser.wait_loaded()
+                browser.wait("document.readyState === 'complete' && !document.getElementById('rate').hidden")
                 assert state()["scores"] == before["scores"] and state()["pos"] == i
-                assert browser.js("document.getElementById('progress').textContent") == f"Card {i + 1} of {n} · {i} rated"
+                progress = browser.js("document.getElementById('progress').textContent")
+                assert progress == f"Card {i + 1} of {n} · {i} rated"
             text = browser.js("document.getElementById('card').textContent").lower()
             assert "feature" not in text and "neuron" not in text
             answers = [i % 6, (2 * i) % 6, i % 5]
