@@ -357,9 +357,10 @@ def render(cfg, run, pages, rows, scale, pool_tokens, guide=""):
 def report_lines(name, size, counts):
     return ["## 5. The feature browser", "",
             f"[{name}]({name}) ({size / 1e6:.1f} MB, one self-contained file: open it in any web browser, "
-            f"no network needed) has pages for {counts['features']:,} features and {counts['neurons']:,} neurons, "
-            "laid out alike as in the paper's interface: density, activation histogram, top contexts with every token "
-            "shaded by its activation, contexts from several activation intervals, and the logit effects. Its index "
+            "no network needed) opens on a guided start (the best-scored features that are not single-token units, "
+            f"each beside the neurons it is made of) and has pages for {counts['features']:,} features and "
+            f"{counts['neurons']:,} neurons, laid out alike as in the paper's interface: density, activation "
+            "histogram, top contexts with every token shaded by its activation, contexts from several activation intervals, and the logit effects. Its index "
             "sorts and filters by density and by the interpretability score of section 3. `python analyze.py browse "
             "--help` lists its limits (contexts per unit, units, pool size).", ""]
 
