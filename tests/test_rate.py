@@ -1,5 +1,6 @@
 """The blind rating: the deck hides the kinds, the page works by keyboard alone in a real browser, and
 the unblinding's statistics and checks give known answers."""
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -212,6 +213,30 @@ def test_the_page_does_not_say_which_card_is_a_feature(analysed, tmp_path):
     assert again["deck"] != made["deck"] and not set(c["id"] for c in again["cards"]) & set(c["id"] for c in cards)
     with pytest.raises(UserError, match="--cards"):
         deck(analysed, tmp_path, cards=10_000)
+
+
+def test_the_random_weights_control_takes_its_share_when_compare_has_analysed_one(analysed, tmp_path):
+    """lab/compare.py leaves lm_random/, sae_random/ and compare/analysis_random/; here copies of the
+    main run stand in for them (the plumbing is what is tested, not what a random model learns)."""
+    out = tmp_path / "run"
+    for d in ("data", "lm", "sae"):
+        shutil.copytree(os.path.join(analysed.out, d), out / d)
+    shutil.copytree(out / "lm", out / "lm_random")
+    shutil.copytree(out / "sae", out / "sae_random")
+    shutil.copytree(os.path.join(analysed.out, analysed.analysis_dir), out / "analysis_browse")
+    shutil.copytree(out / "analysis_browse", out / "compare" / "analysis_random",
+                    ignore=shutil.ignore_patterns("rate*"))
+    acfg = dataclasses.replace(analysed, out=str(out))
+    made = deck(acfg, tmp_path, cards=9, control=True)
+    kinds = [c["kind"] for c in made["cards"]]
+    assert sorted(kinds) == ["control"] * 3 + ["features"] * 3 + ["neurons"] * 3
+    assert "never trained" in open(made["path"], encoding="utf-8").read().split('<script type="application/json"')[0]
+    files = [ratings_file(tmp_path / f"r{i}.json", made["cards"], f"r{i}",
+                          [split({"features": 12, "neurons": 0, "control": 5}[k]) for k in kinds], deck=made["deck"])
+             for i in range(2)]
+    res = unblind(out / "analysis_browse", files)
+    assert {k: r["median"] for k, r in res["by_kind"].items()} == {"features": 12, "neurons": 0, "control": 5}
+    assert "| random-weights features | 3 | 5.0" in "\n".join(ratings.markdown(res))
 
 
 def test_rate_and_ratings_steps_document_their_flags(capsys):
