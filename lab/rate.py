@@ -165,7 +165,8 @@ def make_cards(cfg, run, stats, kind, idx, rng):
                                               pool_tokens=cfg.pool_tokens), run, {which: idx, other: idx[:0]},
                                {which: maxima, other: maxima[:0]})
     encode = (lambda h: h[:, idx.to(h.device)]) if which == "neurons" else measure.select_encoder(run.main_sae, idx)
-    rand_ids, rand_acts = random_contexts(run, encode, len(idx), cfg.random_contexts, rng)
+    if cfg.random_contexts:
+        rand_ids, rand_acts = random_contexts(run, encode, len(idx), cfg.random_contexts, rng)
     ctx, K = run.context, cfg.intervals
     text = lambda c, tokens=run.tokens: tokens[c * ctx:(c + 1) * ctx]
     cards = []

@@ -213,6 +213,9 @@ def test_the_page_does_not_say_which_card_is_a_feature(analysed, tmp_path):
     assert again["deck"] != made["deck"] and not set(c["id"] for c in again["cards"]) & set(c["id"] for c in cards)
     with pytest.raises(UserError, match="--cards"):
         deck(analysed, tmp_path, cards=10_000)
+    bare = deck(analysed, tmp_path, cards=2, random_contexts=0, html=str(tmp_path / "bare.html"))   # none asked
+    page = json.loads(open(bare["path"], encoding="utf-8").read().split('id="data">')[1].split("</script>")[0])
+    assert [t for t, _ in page["cards"][0]["sections"]][-1] != "Random contexts"
 
 
 def test_the_random_weights_control_takes_its_share_when_compare_has_analysed_one(analysed, tmp_path):
