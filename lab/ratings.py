@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lab import rate, report
-from lab.plumbing import UserError, arg, atomic_write_text
+from lab.plumbing import UserError, arg, save_figure
 
 COLOURS = {"features": "tab:blue", "neurons": "tab:red", "control": "tab:gray"}
 QUITE = 8   # the paper: a total above 8 is "quite interpretable"
@@ -275,4 +275,4 @@ def plot(res, path):
     bx.set_ylabel("rubric total")
     bx.set_title("each rating against the lexical score", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
