@@ -4,6 +4,8 @@
     python analyze.py interp           # one step: losses, density, interp or specificity
     python analyze.py browse --features 12 40    # the feature browser for some units (lab/browser.py)
     python analyze.py steer --feature N --value V --prompt "..."   # steer the model (lab/steer.py)
+    python analyze.py rate             # a deck of units to rate blind (lab/rate.py); then, with the files it gives:
+    python analyze.py ratings FILE...  # unblind: features against neurons, by people (lab/ratings.py)
 
 Reads the LM, every SAE (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out tokens, and measures, in the
 paper's terms:
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 import data
-from lab import browser, report, specificity, steer
+from lab import browser, rate, ratings, report, specificity, steer
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure, load_run
 from lab.predicates import PREDICATES
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, parse_configs, run_main
@@ -35,6 +37,7 @@ SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries 
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
 STEPS = ["all", "losses", "density", "interp", "specificity"]
 TOOLS = {"browse": browser, "steer": steer}
+RATING = {"rate": rate, "ratings": ratings}   # the blind rating: its deck, then its unblinding (given this config)
 
 
 @dataclasses.dataclass
@@ -79,10 +82,15 @@ def main(argv=None):
         cfg, tool_cfg = parse_configs([AnalyzeConfig, tool.Config], argv, tool.__doc__.split("\n\n")[0])
         run = load_run(cfg)
         return tool.main(tool_cfg, run, lambda: (load_or_measure(cfg, run), report.load_units(cfg, run)))
+    if step in RATING:   # (ratings FILE... [flags]: the files are the --files flag's)
+        cfg, tool_cfg = parse_configs([AnalyzeConfig, RATING[step].Config], ["--files", *argv] if step == "ratings"
+                                      else argv, RATING[step].__doc__.split("\n\n")[0])
+        return RATING[step].main(tool_cfg, cfg)
+    steps = STEPS + list(TOOLS) + list(RATING)
     if step not in STEPS:
-        raise UserError(f"unknown step {step!r}: use one of {', '.join(STEPS + list(TOOLS))} (or none: all)")
+        raise UserError(f"unknown step {step!r}: use one of {', '.join(steps)} (or none: all)")
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "
-                       f"[{'|'.join(STEPS + list(TOOLS))}] [flags]; no step: all of them and the report.")
+                       f"[{'|'.join(steps)}] [flags]; no step: all of them and the report.")
     analyze(cfg, step)
 
 

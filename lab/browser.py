@@ -6,10 +6,12 @@
 
 The paper's readers explore its features on interactive pages; this file writes the same kind of
 page for our run, as one HTML file with its styles, script and data inline (no server, no network:
-it works from a USB stick). An index of every unit that fires, sortable and filterable by density
-and by the interpretability score, with its explanation (both from analyze.py's interp step, in
-units.json), searchable by text or by unit name (f12, neuron 7); and for each unit, features and
-neurons laid out alike:
+it works from a USB stick). It opens on a guided start (guided_start: the best-scored features that
+are not single-token units, each beside the neurons it is made of, chosen by that rule), then an index
+of every unit that fires, sortable and filterable by density and by the interpretability score, with
+its explanation (both from analyze.py's interp step, in units.json), searchable by text or by unit
+name (f12, neuron 7); and for each unit, features and neurons laid out alike (its explanation read
+out in a sentence, words()):
 
   - density and a histogram of its activations;
   - its top-activating contexts (cached by analyze.py's streaming pass in measure.pt), each token
@@ -86,10 +88,10 @@ def write_browser(cfg, run, m, units):
             key = f"{kind[0]}{u}"
             density = stats[kind].fired[u].item() / run.n_tokens
             pages[key] = {**page(cfg, run, stats[kind], u, maxima[kind][j].item(), density, unit_pool(pool, kind, j),
-                                 effects[j]), **links[kind][j]}
+                                 effects[j]), **links[kind][j], "words": words(kind, scored.get(u))}
             rows.append(index_row(key, kind, u, density, scored.get(u)))
     path = page_path(cfg, run)
-    text = render(cfg, run, pages, rows, scale, len(pool["tokens"]))
+    text = render(cfg, run, pages, rows, scale, len(pool["tokens"]), guided_start(units, pages))
     atomic_write_text(text, path)
     size = os.path.getsize(path)
     counts = {kind: len(idx) for kind, idx in chosen.items()}
@@ -288,7 +290,55 @@ def index_row(key, kind, u, density, scored):
             f'<td>{html.escape(expl)}</td></tr>')
 
 
-def render(cfg, run, pages, rows, scale, pool_tokens):
+def words(kind, scored):
+    """What a unit's explanation table means, in a sentence for its page."""
+    unit = kind[:-1]
+    if scored is None:
+        return (f"This {unit} has no explanation table: it fires on too few held-out tokens, or in one half of them "
+                "only, or (a feature) in the ultralow-density cluster, so it was not scored.")
+    code = lambda text: f"`{label(text)}`"
+    rows = ", ".join(f"{r['value']:.2f} on {pattern(r, code, '→')}" for r in scored["explanation"])
+    single = (" One token carries most of its activation: a single-token unit, easy to predict."
+              if scored["single_token"] else "")
+    return (f"How to read the line above: it is the {unit}'s explanation, a table that predicts its activation from "
+            f"the text alone: {rows or 'no pattern'}, and {scored['otherwise']:.2f} on anything else (`a`→`b` is "
+            f"token b after token a; ⟨...⟩ a kind of context). On held-out text these predictions correlate with "
+            f"its real activations at r = {scored['score']:.2f} (1: the table says all there is to say; 0: nothing)."
+            + single)
+
+
+def guided_start(units, pages, n=5, k=3):
+    """The first thing on the page: the n features with the best score among those that are not
+    single-token units (a single-token unit is easy to explain but teaches little), the densest first
+    among equal scores, each beside the
+    k neurons it is made of (the largest weights of its decoder row), with their scores and explanations.
+    Static HTML, its text escaped."""
+    scored = {kind: {u["unit"]: u for u in units[kind]} for kind in ("features", "neurons")}
+    best = sorted((u for u in units["features"] if not u["single_token"] and f"f{u['unit']}" in pages),
+                  key=lambda u: (-u["score"], -u["density"]))[:n]   # ties: the one seen most often first
+    if not best:
+        return ""
+    code = lambda text: f"`{label(text)}`"
+    summary = lambda u: "; ".join(pattern(r, code, "→") for r in u["explanation"][:3]) if u else "not scored"
+    items = []
+    for f in best:
+        neurons = []
+        for i, w in pages[f"f{f['unit']}"]["neurons"][:k]:
+            u = scored["neurons"].get(i)
+            link = f'<a href="#n{i}">neuron {i}</a>' if f"n{i}" in pages else f"neuron {i}"
+            neurons.append(f"{link} (weight {w:+.2f}, score {u['score']:.2f}: {html.escape(summary(u))})" if u
+                           else f"{link} (weight {w:+.2f}, not scored)")
+        items.append(f'<li><a href="#f{f["unit"]}">feature {f["unit"]}</a> (score {f["score"]:.2f}): '
+                     f"<code>{html.escape(summary(f))}</code><br>made mostly of " + "; ".join(neurons) + "</li>")
+    return (f'<div id="guide"><h2>Start here</h2><p>The {len(best)} features with the best interpretability score '
+            "(section 3 of report.md: how well a short table of token patterns predicts the unit on held-out text), "
+            "leaving out single-token units, the most frequent first among equal scores, each beside the neurons "
+            "it is made of: the largest weights of its decoder row, the direction it adds to the 512 neurons. Open "
+            "a feature, then its neurons, and compare their top contexts: a feature tends to fire on one thing, "
+            "each of its neurons on that and on much else. Every unit is in the index below.</p><ol>" + "\n".join(items) + "</ol></div>\n")
+
+
+def render(cfg, run, pages, rows, scale, pool_tokens, guide=""):
     vocab = [token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
     data = json.dumps({"vocab": vocab, "units": pages}, separators=(",", ":"))
     # Inside <script> only text like "</script" or "<!--" could end or derail the block: write <, >
@@ -299,7 +349,7 @@ def render(cfg, run, pages, rows, scale, pool_tokens):
                          intervals=cfg.intervals, sae=f"F{run.main}",
                          before=cfg.before, after=cfg.after)
     out = os.path.dirname(os.path.normpath(run.dir))  # the run: <out>/<analysis-dir>
-    return (HEAD.replace("TITLE", html.escape(f"Feature browser: {out}")) + notes + CONTROLS
+    return (HEAD.replace("TITLE", html.escape(f"Feature browser: {out}")) + guide + notes + CONTROLS
             + "\n".join(rows) + "</tbody></table></div>\n<div id=\"unit\"></div>\n"
             + f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n</body></html>\n')
 
@@ -307,9 +357,10 @@ def render(cfg, run, pages, rows, scale, pool_tokens):
 def report_lines(name, size, counts):
     return ["## 5. The feature browser", "",
             f"[{name}]({name}) ({size / 1e6:.1f} MB, one self-contained file: open it in any web browser, "
-            f"no network needed) has pages for {counts['features']:,} features and {counts['neurons']:,} neurons, "
-            "laid out alike as in the paper's interface: density, activation histogram, top contexts with every token "
-            "shaded by its activation, contexts from several activation intervals, and the logit effects. Its index "
+            "no network needed) opens on a guided start (the best-scored features that are not single-token units, "
+            f"each beside the neurons it is made of) and has pages for {counts['features']:,} features and "
+            f"{counts['neurons']:,} neurons, laid out alike as in the paper's interface: density, activation "
+            "histogram, top contexts with every token shaded by its activation, contexts from several activation intervals, and the logit effects. Its index "
             "sorts and filters by density and by the interpretability score of section 3. `python analyze.py browse "
             "--help` lists its limits (contexts per unit, units, pool size).", ""]
 
@@ -335,7 +386,8 @@ div.ctx { display: flex; max-width: 70em; } /* the peak token in one column: wha
 .links a, .links span { font-family: ui-monospace, monospace; font-size: 13px; } .links span.nolink { color: #888; }
 .swatch { display: inline-block; width: .9em; height: .9em; margin-right: .4em; vertical-align: -1px; }
 .logits { display: flex; gap: 3em; } .logits td { font-family: ui-monospace, monospace; white-space: pre; }
-.tok { background: #eef; } svg text { font-size: 10px; fill: #555; } svg line { stroke: #999; }
+.tok { background: #eef; } .words { color: #555; max-width: 60em; } #guide li { margin: .3em 0; }
+svg text { font-size: 10px; fill: #555; } svg line { stroke: #999; }
 </style></head><body>
 <h1>TITLE</h1>
 """
@@ -514,6 +566,7 @@ function show() {
   box.appendChild(el('p', '', 'density ' + u.density.toExponential(2) + ' (active on ' + u.fired +
       ' held-out tokens) · largest activation ' + u.max + ' · score ' + (row.dataset.score || 'none')));
   box.appendChild(el('p', 'ctx', row.cells[3].textContent));
+  box.appendChild(el('p', 'words', u.words));
   if (u.neurons) box.appendChild(links('Neurons it is made of (decoder weight)', u.neurons, 'n', true));
   if (u.similar) box.appendChild(links('Most similar features (decoder cosine)', u.similar, 'f', false));
   if (u.features) box.appendChild(links('Features that use it most (decoder weight)', u.features, 'f', true));

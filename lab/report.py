@@ -152,7 +152,7 @@ def write_report(cfg, run, res):
              "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
              f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
              "keep the figure readable).", ""] if sp["plotted"] else []),
-          *res["browser"]["report"], *res["steering"]["report"],
+          *res["browser"]["report"], *res["steering"]["report"], *saved_sections(run.dir),
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run.dir, "report.md")
     atomic_write_text("\n".join(L), path)
@@ -176,9 +176,45 @@ def write_summary(run, res):
                interpretability=dict(explain=res["interp"]["explain"], units_per_kind=res["interp"]["n"],
                                      all=versus("all", it["median_diff"]),
                                      without_single_token=versus("multi", it["median_diff_multi"])),
-               specificity=specificity_summary(res["specificity"]))
+               specificity=specificity_summary(res["specificity"]), **saved_summaries(run.dir))
     atomic_write_text(json.dumps(out, indent=2) + "\n", os.path.join(run.dir, "summary.json"))
     return out
+
+
+# Sections written after the report, by steps of their own (python analyze.py ratings): each is kept
+# as <name>.md and <name>.json in the analysis folder, so that a later report includes it again.
+
+
+def add_section(folder, name, lines, summary):
+    """Put a section into report.md (before its settings, replacing its older version) and its numbers
+    under name in summary.json, and keep both for the next report. lines: the section, its heading first."""
+    atomic_write_text("\n".join(lines), os.path.join(folder, f"{name}.md"))
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", os.path.join(folder, f"{name}.json"))
+    path = os.path.join(folder, "report.md")
+    if os.path.exists(path):
+        text = open(path, encoding="utf-8").read()
+        start = text.find(lines[0] + "\n")
+        if start >= 0:   # the older version: up to the next section
+            end = text.find("\n## ", start + len(lines[0]))
+            text = text[:start] + (text[end + 1:] if end >= 0 else "")
+        at = text.rfind("## Settings")
+        at = len(text) if at < 0 else at
+        atomic_write_text(text[:at] + "\n".join(lines) + "\n" + text[at:], path)
+    summary_path = os.path.join(folder, "summary.json")
+    if os.path.exists(summary_path):
+        atomic_write_text(json.dumps({**json.load(open(summary_path)), name: summary}, indent=2) + "\n",
+                          summary_path)
+
+
+def saved_sections(folder, names=("ratings",)):
+    """The lines of every section add_section kept, for the report."""
+    return [line for name in names if os.path.exists(os.path.join(folder, f"{name}.md"))
+            for line in open(os.path.join(folder, f"{name}.md"), encoding="utf-8").read().split("\n")]
+
+
+def saved_summaries(folder, names=("ratings",)):
+    return {name: json.load(open(os.path.join(folder, f"{name}.json"))) for name in names
+            if os.path.exists(os.path.join(folder, f"{name}.json"))}
 
 
 def specificity_summary(s):

@@ -2,6 +2,7 @@ import dataclasses
 import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -301,6 +302,30 @@ def test_token_labels_show_whitespace_and_partial_utf8_bytes():
     assert labels[1] == report.visible("\n")   # report.visible's symbols, the same as report.md and steer's
 
 
+def test_the_guided_start_follows_its_rule_and_every_page_reads_its_table_out():
+    expl = lambda token, value: [dict(prev=None, token=token, context=None, value=value)]
+    units = {"features": [dict(unit=i, score=score, single_token=single, explanation=expl(f"t{i}", 1.0), otherwise=0.0,
+                               density=i / 100) for i, score, single in [
+                              (1, .99, True), (2, .9, False), (3, .8, False), (4, .9, False), (5, .5, False),
+                              (6, .7, False), (7, .85, False)]],
+             "neurons": [dict(unit=0, score=.4, single_token=False, explanation=expl("<b>", 2.0), otherwise=0.1)]}
+    pages = {**{f"f{i}": {"neurons": [[0, 0.5], [3, -0.25], [9, 0.1], [8, 0.05]]} for i in range(1, 7)}, "n0": {}}
+    guide = browser.guided_start(units, pages)
+    # the best scores (4 before 2: as good, and denser), single-token feature 1 left out, feature 7
+    # (no page) too; three neurons each
+    assert re.findall(r'href="#f(\d+)"', guide) == ["4", "2", "3", "6", "5"]
+    assert guide.count('<a href="#n0">neuron 0</a> (weight +0.50, score 0.40: `&lt;b&gt;`)') == 5
+    assert "neuron 3 (weight -0.25, not scored); neuron 9 (weight +0.10, not scored)</li>" in guide
+    assert "neuron 8" not in guide and "<b>" not in guide
+    assert browser.guided_start(dict(units, features=units["features"][:1]), pages) == ""   # none to show
+    assert browser.words("features", None).startswith("This feature has no explanation table")
+    said = browser.words("neurons", dict(score=0.4, single_token=True, otherwise=0.1, explanation=[
+        dict(prev=" a", token="b", context=None, value=2.0),
+        dict(prev=None, token=None, context="comment", value=0.5)]))
+    assert ("table that predicts its activation from the text alone: 2.00 on `␣a`→`b`, 0.50 on ⟨comment⟩, and "
+            "0.10 on anything else") in said and "r = 0.40" in said and "single-token unit" in said
+
+
 def test_index_densities_are_short_and_do_not_wrap():
     row = browser.index_row("n7", "neurons", 7, 3.14e-4, None)
     assert "<td>3.1e-4</td>" in row and 'data-density="3.140e-04"' in row
@@ -335,6 +360,7 @@ for (const q of ['F@F', 'feature @F', 'Feature@F', '@F', 'neuron 511', 'N 511', 
   { set('q', q); R[q] = shown(); R[q + ' hash'] = location.hash; }
 set('q', '');
 history.replaceState(null, '', '#f@F'); show();
+R.words = document.querySelector('#unit .words').textContent;
 R.links = Array.from(document.querySelectorAll('#unit .links a')).map(a => a.getAttribute('href'));
 R.peaks = Array.from(document.querySelectorAll('#unit div.ctx .peak')).map(s => Math.round(s.getBoundingClientRect().left));
 R.bars = document.querySelectorAll('#unit svg rect').length;
@@ -381,6 +407,7 @@ def test_page_works_in_a_headless_browser(analysed, tmp_path):
     assert R["links"] == [f"#n{n}" for n, _ in u["neurons"] if f"n{n}" in data["units"]] + \
         [f"#f{f}" for f, _ in u["similar"] if f"f{f}" in data["units"]]
     assert R["neuron_links"] == cfg.link_neurons
+    assert R["words"] == u["words"] and R["words"].startswith(("How to read the line above", "This feature has no"))
     assert len(set(R["peaks"])) == 1 and len(R["peaks"]) >= 2       # every context's peak in one column
     assert R["bars"] == cfg.bins and all(t.endswith("]") and " tokens with activation in (" in t for t in R["bar_titles"])
     assert "1" in R["axis"] and "10" in R["axis"] and "activation" in R["axis"]   # counts on the axis
