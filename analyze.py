@@ -74,7 +74,8 @@ class AnalyzeConfig:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) > 1 and argv[0].startswith("-") and argv[-1] in STEPS + list(TOOLS):
+    steps = STEPS + list(TOOLS) + list(RATING)
+    if len(argv) > 1 and argv[0].startswith("-") and argv[-1] in steps:
         argv.insert(0, argv.pop())   # the step after the flags (python analyze.py --out X density)
     step = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
     if step in TOOLS:  # the lab's two tools, with flags of their own (python analyze.py browse --help)
@@ -86,7 +87,6 @@ def main(argv=None):
         cfg, tool_cfg = parse_configs([AnalyzeConfig, RATING[step].Config], ["--files", *argv] if step == "ratings"
                                       else argv, RATING[step].__doc__.split("\n\n")[0])
         return RATING[step].main(tool_cfg, cfg)
-    steps = STEPS + list(TOOLS) + list(RATING)
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}: use one of {', '.join(steps)} (or none: all)")
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "

@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+import data
 from lab import measure
 from lab.plumbing import UserError, arg, atomic_write_text
 from lab.report import pattern, visible
@@ -74,15 +75,19 @@ def write_browser(cfg, run, m, units):
     t0 = time.time()
     stats = {"features": m.stats[run.main_name], "neurons": m.stats["neurons"]}
     chosen = choose_units(cfg, stats)
+    dead = {kind: (s.fired == 0).nonzero().squeeze(1) for kind, s in stats.items()}
     maxima = {kind: s.max_activation()[chosen[kind]] for kind, s in stats.items()}
-    pool = sample_pool(cfg, run, chosen, maxima)
+    pool = sample_pool(cfg, run, chosen, maxima, dead["features"])
     scale = residual_scale(run.model, run.tokens)
     directions = unit_directions(run.model, run.main_sae)
     links = decoder_links(run.main_sae.W_dec, chosen, stats["features"].fired > 0, cfg.link_neurons, cfg.similar)
+    untrained = torch.from_numpy(never_trained_on(run))
     pages, rows = {}, []
     for kind, idx in chosen.items():
-        # computed on the model's device, used beside the CPU statistics
+        # computed on the model's device, used beside the CPU statistics; tokens the model never saw in
+        # training keep their random unembedding rows, so their logit effects say nothing: left out
         effects = logit_effects(run.model, directions[kind][idx.to(run.device)], scale).cpu() * maxima[kind][:, None]
+        effects[:, untrained] = float("nan")
         scored = {u["unit"]: u for u in units[kind]}
         for j, u in enumerate(idx.tolist()):
             key = f"{kind[0]}{u}"
@@ -91,7 +96,12 @@ def write_browser(cfg, run, m, units):
                                  effects[j]), **links[kind][j], "words": words(kind, scored.get(u))}
             rows.append(index_row(key, kind, u, density, scored.get(u)))
     path = page_path(cfg, run)
-    text = render(cfg, run, pages, rows, scale, len(pool["tokens"]), guided_start(units, pages))
+    shift = lambda a: a - a.min()   # pre-activations, all below 0: shaded from the context's lowest
+    misses = {f"f{u}": [example(cfg, pool["tokens"][c * run.context:(c + 1) * run.context], shift(a),
+                                float(shift(a).max()) or 1.0), round(v, 3)] for u, v, c, a in pool["misses"]}
+    absent = dict(counts={k[0]: len(s.fired) for k, s in stats.items()}, dead={k[0]: d.tolist() for k, d in dead.items()},
+                  misses=misses, untrained=int(untrained.sum()))
+    text = render(cfg, run, pages, rows, scale, len(pool["tokens"]), guided_start(units, pages), absent)
     atomic_write_text(text, path)
     size = os.path.getsize(path)
     counts = {kind: len(idx) for kind, idx in chosen.items()}
@@ -180,14 +190,22 @@ def decoder_links(W_dec, chosen, alive, k_neurons, k_similar):
 # The second pass: histograms and contexts from every activation interval
 
 
+def never_trained_on(run):
+    """(vocab,) bool: the tokens that never occur in the training split."""
+    train = data.load_tokens(os.path.join(os.path.dirname(os.path.normpath(run.dir)), "data"), "train")
+    return np.bincount(train, minlength=run.meta["vocab_size"]) == 0
+
+
 @torch.no_grad()
-def sample_pool(cfg, run, chosen, maxima):
+def sample_pool(cfg, run, chosen, maxima, dead=()):
     """Run the chosen units over random held-out LM windows (pool_tokens in all). Per kind:
     hist (U, bins) counts of the nonzero activations in equal bins of (0, max]; and per interval
     (equal fractions of the max, by each context's peak) up to interval_contexts contexts drawn
     uniformly at random: each (context, unit) gets a random priority and measure.update_top keeps
     the largest priorities, a streaming sample without replacement. Contexts are cut inside the
-    windows as in measure.pt, so each one's activations are those the streaming pass saw."""
+    windows as in measure.pt, so each one's activations are those the streaming pass saw. For the
+    dead features, "misses": (feature, its largest pre-activation, the context, the context's
+    pre-activations): where it came closest to firing."""
     T, ctx, K = run.model.cfg.block_size, run.context, cfg.intervals
     rng = np.random.default_rng(run.seed)
     n_windows = run.n_tokens // T
@@ -196,6 +214,10 @@ def sample_pool(cfg, run, chosen, maxima):
     neurons = chosen["neurons"].to(run.device)
     sources = {"features": measure.select_encoder(run.main_sae, chosen["features"]), "neurons": lambda h: h[:, neurons]}
     sources = {kind: fn for kind, fn in sources.items() if len(chosen[kind])}
+    sae, dead = run.main_sae, torch.as_tensor(dead, dtype=torch.long)
+    if len(dead):
+        sources["dead"] = lambda h: sae.pre_acts(h.float() * sae.act_scale)[:, dead.to(h.device)]
+    miss = torch.full((len(dead),), -float("inf")), torch.zeros(len(dead), dtype=torch.long), [None] * len(dead)
     g = torch.Generator().manual_seed(run.seed)
     out = {kind: dict(hist=torch.zeros(len(idx), cfg.bins, dtype=torch.long),
                       # one running "top-k" per interval, ranked by random priority (interp's running top-k)
@@ -204,6 +226,12 @@ def sample_pool(cfg, run, chosen, maxima):
     for start, acts in measure.stream(run.model, tokens, len(tokens), sources, run.batch):
         ids = torch.arange(start // ctx, (start + len(next(iter(acts.values())))) // ctx)
         for kind, a in acts.items():
+            if kind == "dead":   # a running maximum of each dead feature's pre-activation, and its context
+                cacts = a.float().cpu().view(-1, ctx, a.shape[1])
+                peak, where = cacts.amax(1).max(0)
+                for j in (peak > miss[0]).nonzero().squeeze(1).tolist():
+                    miss[0][j], miss[1][j], miss[2][j] = peak[j], ids[where[j]], cacts[where[j], :, j].clone()
+                continue
             a, mx, o = a.float().cpu(), maxima[kind].clamp_min(1e-12), out[kind]
             row, col = a.nonzero().unbind(1)    # bins 1..bins over (0, max]: ceil(bins * a / max)
             b = (a[row, col] / mx[col] * cfg.bins).ceil().long().clamp(1, cfg.bins) - 1
@@ -217,7 +245,9 @@ def sample_pool(cfg, run, chosen, maxima):
     for o in out.values():
         for top in o["tops"]:
             measure.sort_top(top)
-    return dict(tokens=tokens, **out)
+    misses = [(u, v, c, a) for u, v, c, a in zip(dead.tolist(), miss[0].tolist(), miss[1].tolist(), miss[2])
+              if a is not None]
+    return dict(tokens=tokens, misses=misses, **out)
 
 
 def unit_pool(pool, kind, j):
@@ -235,7 +265,14 @@ def page(cfg, run, s, u, mx, density, pool, effects):
     ctx = run.context
     tops = [(v, c, a) for t in s.top for v, c, a in zip(t.val[u].tolist(), t.ctx[u].tolist(), t.acts[u]) if v > 0]   # (a unit that fires in few contexts has slots holding contexts where it is 0)
     tops.sort(key=lambda t: -t[0])
-    top = [example(cfg, run.tokens[c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops[:cfg.top_contexts]]
+    seen = set()   # the same text (a licence header, a repeated line) is shown once on a page
+
+    def new(ex):
+        fresh = tuple(ex[0]) not in seen
+        seen.add(tuple(ex[0]))
+        return fresh
+    top = [ex for ex in (example(cfg, run.tokens[c * ctx:(c + 1) * ctx], a, mx) for _, c, a in tops) if new(ex)]
+    top = top[:cfg.top_contexts]
     intervals = []
     for i, t in enumerate(pool["tops"]):
         keep = t.val > -float("inf")
@@ -243,8 +280,10 @@ def page(cfg, run, s, u, mx, density, pool, effects):
                        key=lambda x: -x[0])
         intervals.append([i / cfg.intervals, (i + 1) / cfg.intervals,
                           [example(cfg, pool["tokens"][c * ctx:(c + 1) * ctx], a, mx) for _, c, a in found]])
-    k = min(cfg.logit_tokens, len(effects))
-    up, down = effects.topk(k), (-effects).topk(k)
+    for interval in intervals[::-1]:   # the strongest first, as the page shows them
+        interval[2] = [ex for ex in interval[2] if new(ex)]
+    k = min(cfg.logit_tokens, int((~effects.isnan()).sum()))
+    up, down = effects.nan_to_num(-float("inf")).topk(k), (-effects).nan_to_num(-float("inf")).topk(k)
     return dict(max=round(mx, 4), density=density, fired=int(s.fired[u]), hist=pool["hist"].tolist(),
                 top=top, intervals=intervals[::-1],
                 up=[[int(t), round(v, 3)] for v, t in zip(up.values.tolist(), up.indices.tolist())],
@@ -338,9 +377,12 @@ def guided_start(units, pages, n=5, k=3):
             "each of its neurons on that and on much else. Every unit is in the index below.</p><ol>" + "\n".join(items) + "</ol></div>\n")
 
 
-def render(cfg, run, pages, rows, scale, pool_tokens, guide=""):
+def render(cfg, run, pages, rows, scale, pool_tokens, guide="", absent=None):
+    """absent: what the page says of a unit without a page: the units' counts, the dead ones, the dead
+    features' nearest misses, and how many tokens the model never trained on."""
     vocab = [token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
-    data = json.dumps({"vocab": vocab, "units": pages}, separators=(",", ":"))
+    data = json.dumps({"vocab": vocab, "units": pages, "n_tokens": run.n_tokens, **(absent or {})},
+                      separators=(",", ":"))
     # Inside <script> only text like "</script" or "<!--" could end or derail the block: write <, >
     # and & as JSON's \u escapes (and /, so no token sequence can even look like a URL to a reader).
     for c in "<>&/":
@@ -513,10 +555,10 @@ function colour(i, K) {  // interval i of K: pale yellow (weakest) to red (stron
   return 'hsl(' + (48 - 48 * x).toFixed(0) + ', 95%, ' + (70 - 25 * x).toFixed(0) + '%)';
 }
 function histogram(h, max, K) {  // inline SVG built from numbers only
-  const L = 34, W = 420, H = 90, w = W / h.length, p = x => (+x).toPrecision(2);
+  const L = 56, W = 420, H = 90, w = W / h.length, p = x => (+x).toPrecision(2);  // L: room for 1000000
   const decades = Math.max(1, Math.ceil(Math.log10(Math.max(1, ...h)))), top = Math.log10(1 + 10 ** decades);
   const y = c => H * Math.log10(1 + c) / top;
-  let svg = '<svg width="' + (L + W + 20) + '" height="' + (H + 30) + '"><g transform="translate(' + L + ',4)">';
+  let svg = '<svg width="' + (L + W + 24) + '" height="' + (H + 38) + '"><g transform="translate(' + L + ',8)">';
   for (let k = 0; k <= decades; k++)  // the count axis: 1, 10, 100, ...
     svg += '<line x1="-4" x2="0" y1="' + (H - y(10 ** k)).toFixed(1) + '" y2="' + (H - y(10 ** k)).toFixed(1) +
            '"/><text x="-6" y="' + (H - y(10 ** k) + 3).toFixed(1) + '" text-anchor="end">' + (10 ** k) + '</text>';
@@ -555,12 +597,34 @@ function links(title, list, kind, signed) {  // [[unit, value]]: a link to each 
   });
   return p;
 }
+function absent(box, key) {  // why a unit has no page: unknown, dead (and where it came closest), not chosen
+  const m = /^([fn])(\d+)$/.exec(key), counts = D.counts || {};
+  if (!key) { box.appendChild(el('p', '', 'Pick a unit in the index.')); return; }
+  const name = m ? (m[1] === 'f' ? 'feature ' : 'neuron ') + m[2] : key;
+  if (!m || +m[2] >= counts[m[1]]) {
+    box.appendChild(el('p', '', 'There is no ' + name + ' here: features are f0 to f' + (counts.f - 1) +
+        ', neurons n0 to n' + (counts.n - 1) + '. Pick a unit in the index.'));
+  } else if ((D.dead || {})[m[1]] && D.dead[m[1]].includes(+m[2])) {
+    box.appendChild(el('h2', '', name + ': dead'));
+    box.appendChild(el('p', '', 'It never fired on the ' + D.n_tokens.toLocaleString() + ' held-out tokens measured ' +
+        '(a dead unit, as in the paper), so it has no contexts, histogram or score.'));
+    const miss = (D.misses || {})[key];
+    if (miss) {
+      box.appendChild(el('p', '', 'Where it came closest to firing: its pre-activation (before the ReLU) peaked at ' +
+          miss[1] + ', below the 0 it needs, on the outlined token (shaded by pre-activation):'));
+      box.appendChild(context(miss[0], 100));
+    }
+  } else {
+    box.appendChild(el('p', '', name + ' fires, but is not on this page: python analyze.py browse --' +
+        (m[1] === 'f' ? 'features ' : 'neurons ') + m[2] + ' writes a page for it.'));
+  }
+}
 function show() {
   const key = decodeURIComponent(location.hash.slice(1)), u = D.units[key];
   const box = $('unit'), row = $('row-' + key);
   box.replaceChildren();
   document.querySelectorAll('tr.current').forEach(r => r.classList.remove('current'));
-  if (!u || !row) { box.appendChild(el('p', '', 'Pick a unit in the index.')); return; }
+  if (!u || !row) { absent(box, key); return; }
   row.classList.add('current');
   box.appendChild(el('h2', '', row.cells[0].textContent));
   box.appendChild(el('p', '', 'density ' + u.density.toExponential(2) + ' (active on ' + u.fired +
@@ -576,6 +640,8 @@ function show() {
   hist.innerHTML = histogram(u.hist, u.max, K);
   box.appendChild(hist);
   const lg = el('div', 'logits');
+  if (D.untrained) lg.appendChild(el('p', '', 'Leaving out the ' + D.untrained + ' tokens never seen in training ' +
+      '(their logits were never trained, so their effects mean nothing).'));
   lg.appendChild(logits('Logits raised most', u.up));
   lg.appendChild(logits('Logits lowered most', u.down));
   box.appendChild(lg);

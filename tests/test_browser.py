@@ -369,6 +369,12 @@ R.axis = Array.from(document.querySelectorAll('#unit svg text')).map(t => t.text
 R.fills = Array.from(document.querySelectorAll('#unit svg rect')).map(r => getComputedStyle(r).fill);
 R.swatches = Array.from(document.querySelectorAll('#unit .swatch')).map(s => getComputedStyle(s).backgroundColor);
 R.nowrap = [0, 1, 2].map(i => getComputedStyle(rows[0].cells[i]).whiteSpace);
+const box = document.querySelector('#unit svg').getBoundingClientRect();
+R.clipped = Array.from(document.querySelectorAll('#unit svg text')).map(t => t.getBoundingClientRect())
+  .filter(b => b.left < box.left || b.right > box.right || b.top < box.top || b.bottom > box.bottom).length;
+for (const k of ['f99999', 'n512', 'f@D', 'f@A', '']) {
+  history.replaceState(null, '', '#' + k); show(); R['absent ' + k] = $('unit').textContent;
+}
 history.replaceState(null, '', '#n0'); show();
 R.neuron_links = Array.from(document.querySelectorAll('#unit .links a, #unit .links .nolink')).length;
 document.body.dataset.result = JSON.stringify(R);
@@ -383,10 +389,15 @@ def test_page_works_in_a_headless_browser(analysed, tmp_path):
     alive = m.stats["F1024"].fired.nonzero().squeeze(1).tolist()
     f1, f2 = alive[len(alive) // 3], alive[2 * len(alive) // 3]
     assert f2 not in (0, 511)
+    dead = [alive[-1]]   # a feature made dead: its encoder bias far below any pre-activation (the run is in memory)
+    run.main_sae.b_enc.data[dead[0]] = -100.0
+    m.stats["F1024"].fired[dead[0]] = 0
     cfg = browse(features=[str(f1), str(f2)], neurons=["0", "511"], html=str(tmp_path / "page.html"))
     text = open(browser.write_browser(cfg, run, m, units)["path"], encoding="utf-8").read()
     probe = tmp_path / "probe.html"
-    probe.write_text(text.replace("</body>", PROBE.replace("@F", str(f2)) + "</body>"), encoding="utf-8")
+    other = next(f for f in alive if f not in (f1, f2))
+    probe.write_text(text.replace("</body>", PROBE.replace("@F", str(f2)).replace("@D", str(dead[0]))
+                                  .replace("@A", str(other)) + "</body>"), encoding="utf-8")
     dom, log = headless(binary, probe.as_uri() + f"#f{f1}", "--dump-dom")
     page = Page()
     page.feed(dom)
@@ -416,5 +427,37 @@ def test_page_works_in_a_headless_browser(analysed, tmp_path):
     assert len({R["fills"][i * per] for i in range(cfg.intervals)}) == cfg.intervals
     assert R["swatches"] == [R["fills"][i * per] for i in range(cfg.intervals)][::-1]
     assert R["nowrap"] == ["nowrap"] * 3
+    assert R["clipped"] == 0   # every label of the histogram inside its figure
+    # a unit without a page says why: unknown, dead (and where it came closest to firing), or not chosen
+    assert R["absent f99999"] == "There is no feature 99999 here: features are f0 to f1023, neurons n0 to n511. " \
+                                 "Pick a unit in the index."
+    assert R["absent n512"].startswith("There is no neuron 512 here")
+    assert R[f"absent f{dead[0]}"].startswith(f"feature {dead[0]}: deadIt never fired on the 8,192 held-out tokens")
+    miss = data["misses"][f"f{dead[0]}"]
+    assert miss[1] < 0 and f"its pre-activation (before the ReLU) peaked at {miss[1]}" in R[f"absent f{dead[0]}"]
+    assert R[f"absent f{other}"] == f"feature {other} fires, but is not on this page: python analyze.py browse " \
+                                    f"--features {other} writes a page for it."
+    assert R["absent "] == "Pick a unit in the index."
     dom2, _ = headless(binary, probe.as_uri(), "--dump-dom")
     assert "data-error" not in dom2
+
+
+def test_logit_tables_leave_out_untrained_tokens_and_no_context_shows_twice(analysed, monkeypatch):
+    run, m, units = measured(analysed)
+    f = m.stats["F1024"].fired.nonzero().squeeze(1)[0].item()
+    cfg = browse(features=[str(f)], neurons=[str(n) for n in range(32)])
+    page = lambda: json.loads(open(browser.write_browser(cfg, run, m, units)["path"], encoding="utf-8").read()
+                              .split('id="data">')[1].split("</script>")[0])
+    before = page()
+    assert before["untrained"] == int(browser.never_trained_on(run).sum())
+    top = [t for t, _ in before["units"][f"f{f}"]["up"][:3]] + [t for t, _ in before["units"][f"f{f}"]["down"][:2]]
+    untrained = np.zeros(run.meta["vocab_size"], dtype=bool)
+    untrained[top] = True
+    monkeypatch.setattr(browser, "never_trained_on", lambda run: untrained)
+    after = page()
+    assert after["untrained"] == 5
+    for u in after["units"].values():
+        assert not {t for t, _ in u["up"] + u["down"]} & set(top)
+        assert len(u["up"]) == cfg.logit_tokens
+        shown = [tuple(ex[0]) for ex in u["top"]] + [tuple(ex[0]) for _, _, exs in u["intervals"] for ex in exs]
+        assert len(shown) == len(set(shown))
