@@ -18,8 +18,13 @@ First, one streaming pass (lab/measure.py) reduces every held-out token's activa
 counts, sums and top-activating contexts (cached in analysis/measure.pt). Around the evidence, the lab
 adds one call each: activation specificity, the feature browser, the steering table and the report.
 """
-import dataclasses
 import os
+
+# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
+# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import dataclasses
 import sys
 import time
 

@@ -16,9 +16,14 @@ when its checkpoint is final and resumed when it was interrupted:
 Matching units between two sets (universality and splitting; the metrics are in lab/matching.py) is
 one streamed pass over held-out tokens through both LMs and every SAE.
 """
+import os
+
+# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
+# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import dataclasses
 import json
-import os
 import time
 
 import numpy as np

@@ -147,3 +147,14 @@ def test_a_smaller_vocabulary_than_asked_is_said(tmp_path, capsys):
 def test_an_eta_no_one_should_wait_for_reads_in_days_or_years():
     assert plumbing.fmt_eta(125) == "2m05s" and plumbing.fmt_eta(47 * 3600) == "2820m00s"
     assert plumbing.fmt_eta(3 * 86400) == "3 days" and plumbing.fmt_eta(515e6 * 60) == "980 years"
+
+
+@pytest.mark.parametrize("script", ["train_lm.py", "train_sae.py", "analyze.py", "lab/compare.py", "lab/course.py"])
+def test_every_entry_point_lets_waiting_threads_sleep_before_torch_loads(script):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: the scripts must set it before any import
+    that loads torch (lab/bench_busy.py measures why)."""
+    import ast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    body = ast.parse(open(os.path.join(root, script), encoding="utf-8").read()).body[1:]   # after the docstring
+    first = [ast.unparse(n) for n in body[:2]]
+    assert first == ["import os", "os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')"], first
