@@ -39,7 +39,7 @@ import tiktoken
 import torch
 
 from lab import corpus
-from lab.plumbing import UserError, arg, atomic_write_text, parse_config, run_main
+from lab.plumbing import UserError, arg, atomic_write_text, make_folder, parse_config, run_main
 
 MIN_DOCUMENTS = 20    # fewer documents than this are split by blocks, not by name
 
@@ -87,7 +87,7 @@ def prepare(cfg):
 
     # split by document name, or (a few large documents: one book as one .txt) by blocks of text
     block = corpus.block_size(scan, cfg.val_fraction, MIN_DOCUMENTS)
-    os.makedirs(data_dir, exist_ok=True)
+    make_folder(data_dir)
     # Remove the old meta first: a crash mid-way then leaves no meta.json claiming the old shards
     # go with a new tokenizer.
     if os.path.exists(meta_path):

@@ -35,7 +35,7 @@ import data
 import train_lm
 import train_sae
 from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
-                    parse_config, pick_device, require, run_main, save_figure)
+                    make_folder, parse_config, pick_device, require, run_main, save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from model import lm_fingerprint, load_lm
@@ -428,7 +428,7 @@ def plot_knob(k, path):
 
 def write_report(cfg, dirs, res):
     folder = os.path.join(cfg.out, "compare")
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     n, enc, m = res["n_tokens"], res["enc"], res["match"]
     u = universality(m, n)
     write_summary(u, n, os.path.join(folder, "summary.json"))

@@ -33,7 +33,7 @@ import torch
 
 import data
 from lab import predicates
-from lab.plumbing import Progress, UserError, atomic_save, fmt_eta, pick_device, tensor_digest
+from lab.plumbing import Progress, UserError, atomic_save, fmt_eta, make_folder, pick_device, tensor_digest
 from model import harvest, lm_fingerprint, load_lm
 from sae import load_sae
 
@@ -111,6 +111,7 @@ def load_run(cfg):
         raise UserError(f"--tokens {cfg.tokens}: need at least two windows of {T} held-out tokens")
     if T % cfg.context or cfg.context < 2:
         raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
+    make_folder(os.path.join(cfg.out, cfg.analysis_dir))   # a folder that cannot be written: said now, not after
     return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
                tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
                enc=data.load_tokenizer(data_dir), device=device,

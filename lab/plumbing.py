@@ -162,14 +162,22 @@ def replacing(path):
         raise
 
 
-def write_error(path, e):
-    """Why path could not be written, in words, with the fix."""
-    folder = os.path.dirname(os.path.abspath(path))
+def make_folder(path):
+    """os.makedirs, with a one-line error naming the folder and the fix (a file in the way, no rights)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(write_error(path, e, is_folder=True)) from None
+
+
+def write_error(path, e, is_folder=False):
+    """Why path (a file, or a folder to make) could not be written, in words, with the fix."""
+    folder = os.path.abspath(path) if is_folder else os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < 2**20:
         return f"cannot write {path}: no space left on {folder}: free some space, or choose another --out"
-    if not os.path.isdir(folder) or getattr(e, "errno", None) in (errno.ENOTDIR, errno.EEXIST):
+    if not os.path.isdir(folder):
         return f"cannot write {path}: {folder} is a file, not a folder: choose another --out"
     if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: {folder} is not writable: choose another --out"
@@ -421,14 +429,17 @@ class Progress:
         self.t0 = time.time()
         self.last = 0.0
         if log_path:
-            os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+            make_folder(os.path.dirname(log_path) or ".")
             if not append and os.path.exists(log_path):
                 os.remove(log_path)
 
     def log(self, record):
         if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:   # (a full disk): one line, and the last checkpoint stays good
+                raise UserError(write_error(self.log_path, e)) from None
 
     def due(self, force=False):
         now = time.time()

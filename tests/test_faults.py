@@ -94,14 +94,14 @@ def test_an_out_that_cannot_be_written_is_one_line(tiny_sae, tmp_path, monkeypat
     analysis = os.path.join(out, "analysis")
     if problem == "a file":
         open(analysis, "w").close()
-        expected = f"^cannot write {analysis}/measure.pt: {analysis} is a file, not a folder: choose another --out"
+        expected = f"^cannot write {analysis}: {analysis} is a file, not a folder: choose another --out"
     else:
         os.chmod(out, 0o555)
         if os.geteuid() == 0:  # root writes anywhere: what the kernel tells anyone else
             def makedirs(path, *a, **k):
                 raise PermissionError(errno.EACCES, "Permission denied", path)
             monkeypatch.setattr(os, "makedirs", makedirs)
-        expected = f"^cannot write {analysis}/measure.pt: {out} is not writable: choose another --out"
+        expected = f"^cannot write {analysis}: {out} is not writable: choose another --out"
     try:
         with pytest.raises(UserError, match=expected):
             analyze.analyze(analyze.AnalyzeConfig(out=out, device="cpu", tokens=4096, n_units=8, bootstrap=10),
