@@ -348,7 +348,7 @@ def sparsify(h, k):
 
 
 @torch.no_grad()
-def matched_k(run, n_tokens=2**16):
+def matched_k(run, n_tokens=2**14):
     """k of sparsify for this run: d_mlp x the main SAE's mean feature density, read on the first
     n_tokens held-out tokens (its L0 / n_features; the mean settles within a few thousand tokens)."""
     n = min(n_tokens, run.n_tokens)
