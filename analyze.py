@@ -250,7 +250,8 @@ def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron and feature of the main SAE; compare a random sample of the same
     size of each kind; writes interp.png and units.json (every unit's explanation and score)."""
-    stats = {"neurons": m.stats["neurons"], "features": m.stats[run.main_name], "sparse_neurons": m.stats["sparse_neurons"]}
+    stats = {"neurons": m.stats["neurons"], "features": m.stats[run.main_name],
+             "sparse_neurons": m.stats["sparse_neurons"]}
     ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
         (stats["features"].fired.double() / run.n_tokens).numpy())
     rng = np.random.default_rng(cfg.seed)
@@ -317,7 +318,8 @@ def summarize(compare, cfg):
         out[kind] = row
     scores = lambda kind, e=None: np.array([r["score"] if e is None else r["by_size"][e] for r in compare[kind]])
     out["median_diff"] = diff(scores("features"), scores("neurons"))
-    out["median_diff_sparse"] = diff(scores("features"), scores("sparse_neurons")) if compare.get("sparse_neurons") else None
+    out["median_diff_sparse"] = (diff(scores("features"), scores("sparse_neurons")) if compare.get("sparse_neurons")
+                                 else None)
     multi = {kind: np.array([r["score"] for r in rs if not r["single_token"]]) for kind, rs in compare.items()}
     out["median_diff_multi"] = diff(multi["features"], multi["neurons"]) if all(map(len, multi.values())) else None
     # the same comparison with explanations of every length: a long enough table lists a
@@ -505,25 +507,23 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10)
         units = np.array([r["unit"] for r in rs], dtype=np.int64)
         return np.array([r["score"] for r in rs]), np.floor(2 * np.log10(np.maximum(d[units], 1e-12))).astype(int)
 
-    def weighted(xa, ba, xb, bb, bins=None):
+    def weighted(xa, ba, xb, bb):   # -> (the weighted difference, its bins)
         rows = []
         for b in np.intersect1d(ba, bb):
             x, y = xa[ba == b], xb[bb == b]
             if min(len(x), len(y)) >= min_units:
                 rows.append((10 ** (b / 2), len(x), len(y), float(np.median(x) - np.median(y))))
-        if bins is not None:
-            bins += rows
-        w = np.array([min(r[1], r[2]) for r in rows], dtype=float)
-        return float(np.average([r[3] for r in rows], weights=w)) if rows else float("nan")
+        if not rows:
+            return float("nan"), rows
+        return float(np.average([r[3] for r in rows], weights=[min(r[1], r[2]) for r in rows])), rows
 
     (xa, ba), (xb, bb) = parts(a, density_a), parts(b, density_b)
-    bins = []
-    value = weighted(xa, ba, xb, bb, bins)
+    value, bins = weighted(xa, ba, xb, bb)
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n):
         i, j = rng.integers(0, len(xa), len(xa)), rng.integers(0, len(xb), len(xb))
-        draws.append(weighted(xa[i], ba[i], xb[j], bb[j]))
+        draws.append(weighted(xa[i], ba[i], xb[j], bb[j])[0])
     draws = np.array(draws)
     ci = tuple(float(x) for x in np.nanpercentile(draws, [2.5, 97.5])) if np.isfinite(draws).any() else (value, value)
     return dict(value=value, ci=ci, bins=bins)

@@ -89,7 +89,7 @@ def measure_grounding(root, run, m):
     if control_sae is not None:
         src["features"] = control_sae.encode
     cstats = measure.measure(measure.stream(control, run.tokens, n, src, run.batch), n, m.halves[:n],
-                             np.zeros((n, 0), bool), run.context, (1, 1), next_ids=next_ids[:n])
+                             np.zeros((n, 0), bool), run.context, (1, 1), next_ids=next_ids[:n], n_next=len(counted))
     ctotal = np.bincount(next_ids[:n], minlength=len(counted) + 1)
     out["control"] = unit_grounding(control, directions(run, control_sae), cstats, ctotal, n, counted,
                                     run.tokens[:n], run.seed)
@@ -98,6 +98,9 @@ def measure_grounding(root, run, m):
 
 
 def unit_grounding(model, dirs, stats, total, n_tokens, counted, tokens, seed):
+    """Per kind of unit of one model: its alive units' grounding and the null. dirs: directions();
+    stats: {kind: UnitStats with next_counts}; total, n_tokens: the next-token counts of the tokens
+    measured; counted: the next tokens counted (measure.next_rows); tokens: for the layer norm's scale."""
     scale = residual_scale(model, tokens)
     out = {}
     for kind, s in stats.items():

@@ -41,7 +41,7 @@ from sae import load_sae
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
 MEASURE_FORMAT = 6        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained, scored or a specialist
-MAX_NEXT = 4096           # next tokens counted per unit (the commonest; lab/grounding.py): bounds memory for big vocabularies
+MAX_NEXT = 4096           # next tokens counted per unit (the commonest; lab/grounding.py): memory for big vocabularies
 MIN_NEXT = 10             # ... and each must follow at least this many held-out tokens, or its lift is noise
 
 
@@ -189,18 +189,18 @@ class UnitStats:
 
 
 @torch.no_grad()
-def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None, next_ids=None):
+def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None, next_ids=None, n_next=0):
     """Reduce a stream of (start, {name: acts}) batches to {name: UnitStats}, the top contexts
     keeping k[h] contexts of half h per unit. halves: (n_tokens,) the half of each token (constant
     within a context); proxies: (n_tokens, P) bool; next_ids: (n_tokens,) the row of next_counts
-    each token's next token is counted in (next_rows), or None. Every statistic is a reduction over tokens (a
-    matmul or a sum), so the (tokens, U) matrix of a batch is read a few times and dropped; a batch
-    of ~1,000 tokens keeps it in cache. The activations may come from any device; the statistics
+    each token's next token is counted in, of n_next + 1 rows (next_rows), or None. Every statistic
+    is a reduction over tokens (a matmul or a sum), so the (tokens, U) matrix of a batch is read a
+    few times and dropped; a batch of ~1,000 tokens keeps it in cache. The activations may come from any device; the statistics
     are kept on the CPU."""
     halves_t = torch.from_numpy(halves)
     proxies_t = torch.from_numpy(np.asarray(proxies, dtype=np.float32))
     P = proxies_t.shape[1]
-    n_rows = 1 if next_ids is None else int(next_ids.max()) + 1
+    n_rows = n_next + 1
     next_t = None if next_ids is None else torch.from_numpy(next_ids)
     stats = {}
     for start, acts in batches:
@@ -398,7 +398,7 @@ def load_or_measure(cfg, run):
                          f"ETA {fmt_eta((n - done) / rate)}")
 
     stats = measure(stream(run.model, run.tokens, n, sources(run, k), run.batch), n, halves, proxies, cfg.context,
-                    (cfg.explain_contexts, cfg.score_top), report, next_ids)
+                    (cfg.explain_contexts, cfg.score_top), report, next_ids, len(counted))
     result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, sparse_k=k, next_tokens=counted,
                          seconds=time.time() - t0)
     atomic_save(dataclasses.asdict(result), path)

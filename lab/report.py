@@ -226,7 +226,8 @@ def evidence_rows(res, run):
         rows += [f"| **features vs neurons at matched density** (lexical score within half-decade density bins) | "
                  f"{signed(m['neurons'])} | - |",
                  f"| **features vs neurons sparsified to the features' density** ({res['measure'].sparse_k} per token; "
-                 f"lexical median; within density bins) | {it['features']['all']['median']:.2f} vs {sparse['median']:.2f} "
+                 f"lexical median; within density bins) | {it['features']['all']['median']:.2f} vs "
+                 f"{sparse['median']:.2f} "
                  f"({signed(it['median_diff_sparse'])}); {signed(m['sparse_neurons'])} | - |"]
     if lv:
         w = lv["wins"]
@@ -262,7 +263,8 @@ def matched_markdown(s):
             lines.append(f"| {kind.replace('_', ' ')} | none alive | - | - | - |")
             continue
         bins = ", ".join(f"{lo:.0e}: {na} vs {nb}" for lo, na, nb, _ in m["bins"]) or "none"
-        lines.append(f"| {kind.replace('_', ' ')} | {r['median']:.3f} [{r['median_ci'][0]:.3f}, {r['median_ci'][1]:.3f}]"
+        lines.append(f"| {kind.replace('_', ' ')} | {r['median']:.3f} [{r['median_ci'][0]:.3f}, "
+                     f"{r['median_ci'][1]:.3f}]"
                      f" | {signed(diff)} | {signed(m)} | {bins} |")
     return "\n".join(lines)
 
@@ -292,7 +294,8 @@ def grounding_markdown(g):
     lines = ["## 7. Grounded in the model: logit effects against what follows", "",
              "The paper argues from the model as well as the text: a feature's logit weights predict the tokens that "
              "follow where it fires. Per unit that fires on 10 tokens or more: the Pearson correlation, over the next "
-             "tokens that follow 10 held-out tokens or more, of its logit effects (section 6) with its lift, the log of "
+             "tokens that follow 10 held-out tokens or more, of its logit effects (section 6) with its lift, the log "
+             "of "
              "how much more often each token follows the tokens where it fires than the others (smoothed, so a unit "
              "seen on few tokens has a lift near 0). The random-weights control (" + g["control_from"] +
              f", on the first {g['control_tokens']:,} tokens) and each unit scored against another unit's effects "

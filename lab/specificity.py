@@ -162,8 +162,8 @@ def precision_levels(acts, labels, docs, seed=0, n=1000):
     for other in acts:
         if other != "features":
             won = (draws["features"] > draws[other]).sum(1)
-            out["wins"][other] = dict(count=int(won[0]), ci=tuple(float(x) for x in np.percentile(won[1:], [2.5, 97.5])),
-                                      of=R)
+            ci = tuple(float(x) for x in np.percentile(won[1:], [2.5, 97.5]))
+            out["wins"][other] = dict(count=int(won[0]), ci=ci, of=R)
     return out
 
 
