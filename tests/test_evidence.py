@@ -2,6 +2,9 @@
 monosemantic by construction, others mixtures of several meanings at the same density, and the
 three measures (the lexical score at matched density, precision per activation level, grounding in
 the model's logit effects) must rank the first above the second."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +133,24 @@ def test_grounding_ranks_monosemantic_units_first_and_random_effects_score_zero(
     assert s.next_counts.sum(0).tolist() == s.fired.float().tolist()   # every firing token counted once
     # a unit seen nowhere, or with a flat lift, scores 0 rather than noise
     assert grounding.scores(torch.zeros(len(counted) + 1, 1), total, n, torch.ones(1, len(counted)))[0] == 0
+
+
+def test_the_control_is_compare_pys_random_model_and_its_sae_when_they_are_there(tiny_sae, tmp_path):
+    """Without lab/compare.py's runs the control is the LM's own initial weights; with them, its
+    lm_random and sae_random (here copies of the trained model and SAE, so the control must agree
+    with the model instead of scoring 0: proof that those are the files read)."""
+    out = str(tmp_path / "out")
+    for folder in ("data", "lm", "sae"):
+        shutil.copytree(os.path.join(tiny_sae, folder), os.path.join(out, folder))
+    cfg = analyze.AnalyzeConfig(out=out, device="cpu", tokens=8192, bootstrap=20)
+    run = analyze.load_run(cfg)
+    m = analyze.load_or_measure(cfg, run)
+    _, sae, where = grounding.control_model(out, run)
+    assert sae is None and where.startswith("the LM's initial weights")
+    shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_random"))
+    shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_random"))
+    g = grounding.measure_grounding(out, run, m)
+    assert g["control_from"] == "lm_random and sae_random/F1024"
+    median = lambda part, kind: np.median(g[part][kind]["scores"])
+    assert median("control", "features") == pytest.approx(median("model", "features"), abs=0.02)
+    assert median("model", "features") > 0.1
