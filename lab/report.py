@@ -255,14 +255,15 @@ def grounding_cell(part):
 def matched_markdown(s):
     """The density-matched comparison: features against the neurons and the sparsified neurons."""
     lines = ["| features against | its median score [95% CI] | features' median minus it [95% CI] | "
-             "the same at matched density [95% CI] | density bins compared (lower edge: units of each) |",
+             "the same at matched density [95% CI] | density bins compared (lower edge: units of each, the "
+             "difference of medians) |",
              "| --- | --- | --- | --- | --- |"]
     for kind, diff in (("neurons", s["median_diff"]), ("sparse_neurons", s.get("median_diff_sparse"))):
         r, m = s.get(kind, {}).get("all"), s["matched"][kind]
         if r is None:
             lines.append(f"| {kind.replace('_', ' ')} | none alive | - | - | - |")
             continue
-        bins = ", ".join(f"{lo:.0e}: {na} vs {nb}" for lo, na, nb, _ in m["bins"]) or "none"
+        bins = ", ".join(f"{lo:.0e}: {na} vs {nb} ({d:+.2f})" for lo, na, nb, d in m["bins"]) or "none"
         lines.append(f"| {kind.replace('_', ' ')} | {r['median']:.3f} [{r['median_ci'][0]:.3f}, "
                      f"{r['median_ci'][1]:.3f}]"
                      f" | {signed(diff)} | {signed(m)} | {bins} |")
