@@ -12,11 +12,15 @@ paper's terms:
 
   1. reconstruction, and the loss recovered when the SAE's reconstruction replaces the MLP's activations;
   2. feature density: how often each feature fires, the dead ones and an ultralow-density cluster;
-  3. features versus neurons: a lexical explain-then-simulate interpretability score, the same for both.
+  3. features versus neurons: a lexical explain-then-simulate interpretability score, the same for both,
+     and the same at matched density: against the neurons sparsified to the features' density
+     (lab/measure.py's sparsify) and within bins of density (matched_difference);
+  4. grounded in the model: does a unit's effect on the logits agree with what follows where it fires?
 
 First, one streaming pass (lab/measure.py) reduces every held-out token's activations to per-unit
 counts, sums and top-activating contexts (cached in analysis/measure.pt). Around the evidence, the lab
-adds one call each: activation specificity, the feature browser, the steering table and the report.
+adds one call each: activation specificity (with the paper's precision per activation level), the
+feature browser, the steering table, the grounding score's machinery (lab/grounding.py) and the report.
 """
 import os
 
@@ -32,15 +36,15 @@ import numpy as np
 import torch
 
 import data
-from lab import browser, rate, ratings, report, specificity, steer
-from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure, load_run
+from lab import browser, grounding, rate, ratings, report, specificity, steer
+from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure, load_run, sparsify
 from lab.predicates import PREDICATES
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, parse_configs, run_main
 from model import harvest
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
-STEPS = ["all", "losses", "density", "interp", "specificity"]
+STEPS = ["all", "losses", "density", "interp", "specificity", "grounding"]
 TOOLS = {"browse": browser, "steer": steer}
 RATING = {"rate": rate, "ratings": ratings}   # the blind rating: its deck, then its unblinding (given this config)
 
@@ -113,6 +117,8 @@ def analyze(cfg, step="all"):
         res["interp"] = interpretability(cfg, run, m, res.get("density"))
     if step in ("all", "specificity"):
         res["specificity"] = specificity.specificity(run, m)
+    if step in ("all", "grounding"):
+        res["grounding"] = grounded(cfg, run, m)
     if step == "all":  # the lab's edges: the browser and the steering table read the interp step's units
         units = report.load_units(cfg, run)
         res["browser"] = browser.write_browser(browser.Config(), run, m, units)
@@ -259,7 +265,8 @@ def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron and feature of the main SAE; compare a random sample of the same
     size of each kind; writes interp.png and units.json (every unit's explanation and score)."""
-    stats = {"neurons": m.stats["neurons"], "features": m.stats[run.main_name]}
+    stats = {"neurons": m.stats["neurons"], "features": m.stats[run.main_name],
+             "sparse_neurons": m.stats["sparse_neurons"]}
     ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
         (stats["features"].fired.double() / run.n_tokens).numpy())
     rng = np.random.default_rng(cfg.seed)
@@ -267,8 +274,8 @@ def interpretability(cfg, run, m, dens=None):
     ctx = cfg.context
     score_ctx = np.flatnonzero(m.halves[::ctx] == SCORE)
     pool_ids = np.sort(rng.choice(score_ctx, min(len(score_ctx), 5 * cfg.score_random), replace=False))
-    pool_acts = context_acts(run.model, run.tokens, pool_ids, ctx, {"neurons": lambda h: h,
-                                                                     "features": run.main_sae.encode})
+    pool_acts = context_acts(run.model, run.tokens, pool_ids, ctx, {
+        "neurons": lambda h: h, "features": run.main_sae.encode, "sparse_neurons": lambda h: sparsify(h, m.sparse_k)})
     prev = np.concatenate([[run.meta["eot"]], run.tokens[:-1]])
     # the predicates a row may name, the same for every unit ("tokens": none, token patterns only)
     labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]
@@ -285,13 +292,20 @@ def interpretability(cfg, run, m, dens=None):
         for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = describe(r["explanation"], run.enc, run.meta["vocab_size"])
         print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
-    n = min(cfg.n_units, *(len(u) for u in units.values()))
+    n = min(cfg.n_units, len(units["features"]), len(units["neurons"]))
     if n == 0:
         raise UserError("no alive unit fires in both halves of the held-out data: analyse more --tokens")
-    sample = {kind: sorted(rng.choice(len(r), n, replace=False)) for kind, r in results.items()}
+    # the sparsified neurons are drawn after the two kinds the comparison has always drawn, so adding
+    # them changed neither sample; fewer of them may be alive (a neuron rarely among the top k)
+    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(units["sparse_neurons"])))
+    sample = {kind: sorted(rng.choice(len(r), sizes[kind], replace=False)) for kind, r in results.items()}
     compare = {kind: [results[kind][i] for i in idx] for kind, idx in sample.items()}
     summary = summarize(compare, cfg)
     summary["by_density"] = by_density(results, stats, run.n_tokens)
+    density = {kind: stats[kind].fired.double().numpy() / run.n_tokens for kind in stats}
+    summary["matched"] = {other: matched_difference(results["features"], results[other], density["features"],
+                                                    density[other], cfg.bootstrap, cfg.seed)
+                          for other in ("neurons", "sparse_neurons")}
     report.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     report.save_units(run, stats, results)
     d = summary["median_diff"]
@@ -319,12 +333,14 @@ def summarize(compare, cfg):
         out[kind] = row
     scores = lambda kind, e=None: np.array([r["score"] if e is None else r["by_size"][e] for r in compare[kind]])
     out["median_diff"] = diff(scores("features"), scores("neurons"))
+    out["median_diff_sparse"] = (diff(scores("features"), scores("sparse_neurons")) if compare.get("sparse_neurons")
+                                 else None)
     multi = {kind: np.array([r["score"] for r in rs if not r["single_token"]]) for kind, rs in compare.items()}
     out["median_diff_multi"] = diff(multi["features"], multi["neurons"]) if all(map(len, multi.values())) else None
     # the same comparison with explanations of every length: a long enough table lists a
     # polysemantic unit's meanings one by one, so the gap should shrink as tables grow
-    out["by_size"] = {e: {**{kind: float(np.median(scores(kind, e))) for kind in compare},
-                          **{kind + "_ci": ci(scores(kind, e)) for kind in compare},
+    out["by_size"] = {e: {**{kind: float(np.median(scores(kind, e))) for kind in compare if compare[kind]},
+                          **{kind + "_ci": ci(scores(kind, e)) for kind in compare if compare[kind]},
                           "diff": diff(scores("features", e), scores("neurons", e))} for e in SIZES}
     return out
 
@@ -494,6 +510,40 @@ def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.
     return out
 
 
+def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10):
+    """Features (a) minus another kind (b) at matched density, a protocol fixed before any result
+    was seen: every scored unit falls in a bin of half a decade of density (a unit's score falls
+    with its density, and within a whole decade density still varies tenfold); in every bin with at
+    least min_units of each kind (so that a median is not one unit's), the difference of the two
+    medians; those averaged, each bin weighted by the smaller of its two counts (the units that
+    can be matched there). a, b: score_units' results; density_*: (U,) each unit's density. Returns
+    dict(value, ci (95%, units of each kind resampled with replacement), bins: [(lo, n_a, n_b, diff)])."""
+    def parts(rs, d):
+        units = np.array([r["unit"] for r in rs], dtype=np.int64)
+        return np.array([r["score"] for r in rs]), np.floor(2 * np.log10(np.maximum(d[units], 1e-12))).astype(int)
+
+    def weighted(xa, ba, xb, bb):   # -> (the weighted difference, its bins)
+        rows = []
+        for b in np.intersect1d(ba, bb):
+            x, y = xa[ba == b], xb[bb == b]
+            if min(len(x), len(y)) >= min_units:
+                rows.append((10 ** (b / 2), len(x), len(y), float(np.median(x) - np.median(y))))
+        if not rows:
+            return float("nan"), rows
+        return float(np.average([r[3] for r in rows], weights=[min(r[1], r[2]) for r in rows])), rows
+
+    (xa, ba), (xb, bb) = parts(a, density_a), parts(b, density_b)
+    value, bins = weighted(xa, ba, xb, bb)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        i, j = rng.integers(0, len(xa), len(xa)), rng.integers(0, len(xb), len(xb))
+        draws.append(weighted(xa[i], ba[i], xb[j], bb[j])[0])
+    draws = np.array(draws)
+    ci = tuple(float(x) for x in np.nanpercentile(draws, [2.5, 97.5])) if np.isfinite(draws).any() else (value, value)
+    return dict(value=value, ci=ci, bins=bins)
+
+
 def pearson(a, b):
     """Pearson correlation of two 1-D arrays; 0 where either is constant (no information)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -517,6 +567,32 @@ def describe(expl, enc, vocab):
             row = dict(prev=None if prev == vocab else text(prev), token=text(cur), context=None)
         rows.append(dict(row, value=round(float(value), 4), count=int(count)))
     return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Grounded in the model: does a unit's effect on the output agree with where it fires?
+
+
+def grounded(cfg, run, m):
+    """The paper's logit-weight argument as a score (lab/grounding.py): per alive unit, the correlation
+    of its logit effects with how much more often each token follows where it fires. Medians with
+    95% intervals (units resampled) for features, neurons and sparsified neurons, of this model and
+    of the random-weights control, beside the null (each unit against another unit's effects)."""
+    t0 = time.time()
+    g = grounding.measure_grounding(cfg.out, run, m)
+    ci = lambda x: bootstrap(x, np.median, cfg.bootstrap, cfg.seed) if len(x) else (float("nan"),) * 2
+    summary = {part: {kind: dict(n=len(r["scores"]), median=float(np.median(r["scores"])) if len(r["scores"]) else None,
+                                 ci=ci(r["scores"]), null=float(np.median(r["null"])) if len(r["null"]) else None)
+                      for kind, r in g[part].items()} for part in ("model", "control")}
+    x = {kind: r["scores"] for kind, r in g["model"].items()}
+    summary["diff"] = {other: median_difference(x["features"], x[other], cfg.bootstrap, cfg.seed)
+                       for other in ("neurons", "sparse_neurons")}
+    s = summary["model"]
+    print(f"grounding: median correlation of logit effects with next-token lift: features {s['features']['median']:.3f}"
+          f", neurons {s['neurons']['median']:.3f}, sparsified neurons {s['sparse_neurons']['median']:.3f}; random-"
+          f"weights control's neurons {summary['control']['neurons']['median']:.3f} ({time.time() - t0:.1f}s)")
+    return dict(summary=summary, units=g, control_from=g["control_from"], control_tokens=g["control_tokens"])
+
 
 
 if __name__ == "__main__":

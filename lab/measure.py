@@ -7,6 +7,7 @@ LM windows is reduced to counts, sums and a running top-k of contexts per unit, 
     m = load_or_measure(cfg, run)   # Measurement: {"neurons" or "F<n>": UnitStats}, the labels, the halves
     m.stats["F4096"].fired          # (U,) held-out tokens on which each feature fires: its density
     m.stats["F4096"].top[EXPLAIN]   # TopContexts: each unit's top-activating contexts in one half
+    m.stats["sparse_neurons"]       # the neurons sparsified to the features' density (sparsify, matched_k)
 
 A "unit" is one column of an activation matrix (tokens, units): one of the 512 neurons, one SAE
 feature, or a neuron of another model; all go through the same code. The result is cached in
@@ -38,8 +39,10 @@ from model import harvest, lm_fingerprint, load_lm
 from sae import load_sae
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
-MEASURE_FORMAT = 5        # bump when what measure() computes or stores changes: measure.pt is keyed on it
+MEASURE_FORMAT = 6        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained, scored or a specialist
+MAX_NEXT = 4096           # next tokens counted per unit (the commonest; lab/grounding.py): memory for big vocabularies
+MIN_NEXT = 10             # ... and each must follow at least this many held-out tokens, or its lift is noise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,16 +161,21 @@ class UnitStats:
         fired_half (2, U)  tokens of each half on which the unit is > 0; fired (U,) their sum
         sum, sumsq (U,)    sums of the activation and of its square
         proxy_sum (U, P)   sums of the activation over the tokens where each proxy holds
-        proxy_fired (U, P) tokens where the unit is > 0 and each proxy holds
+        proxy_fired_half (2, U, P) tokens of each half where the unit is > 0 and each proxy holds;
+                           proxy_fired (U, P) their sum
+        next_counts (K + 1, U) float32: how often each counted next token follows a token where the
+                           unit is > 0 (row K: any other token, or none); exact below 2**24 tokens
         top[h]             TopContexts: the contexts of half h with the largest activation
         proxy_count (P,)   tokens where each proxy holds; n_tokens: tokens measured"""
     fired_half: torch.Tensor
     sum: torch.Tensor
     sumsq: torch.Tensor
     proxy_sum: torch.Tensor
-    proxy_fired: torch.Tensor
+    proxy_fired_half: torch.Tensor
+    next_counts: torch.Tensor
     top: list
     fired: torch.Tensor = None
+    proxy_fired: torch.Tensor = None
     proxy_count: torch.Tensor = None
     n_tokens: int = 0
 
@@ -182,33 +190,41 @@ class UnitStats:
 
 
 @torch.no_grad()
-def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None):
+def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=None, next_ids=None, n_next=0):
     """Reduce a stream of (start, {name: acts}) batches to {name: UnitStats}, the top contexts
     keeping k[h] contexts of half h per unit. halves: (n_tokens,) the half of each token (constant
-    within a context); proxies: (n_tokens, P) bool. Every statistic is a reduction over tokens (a
-    matmul or a sum), so the (tokens, U) matrix of a batch is read a few times and dropped; a batch
-    of ~1,000 tokens keeps it in cache. The activations may come from any device; the statistics
+    within a context); proxies: (n_tokens, P) bool; next_ids: (n_tokens,) the row of next_counts
+    each token's next token is counted in, of n_next + 1 rows (next_rows), or None. Every statistic
+    is a reduction over tokens (a matmul or a sum), so the (tokens, U) matrix of a batch is read a
+    few times and dropped; a batch of ~1,000 tokens keeps it in cache. The activations may come from any device; the statistics
     are kept on the CPU."""
     halves_t = torch.from_numpy(halves)
     proxies_t = torch.from_numpy(np.asarray(proxies, dtype=np.float32))
+    P = proxies_t.shape[1]
+    n_rows = n_next + 1
+    next_t = None if next_ids is None else torch.from_numpy(next_ids)
     stats = {}
     for start, acts in batches:
         n = next(iter(acts.values())).shape[0]
         half = halves_t[start:start + n]
         which = torch.nn.functional.one_hot(half, 2).T.float()                  # (2, n)
-        where = torch.cat([which, proxies_t[start:start + n].T])                 # (2 + P, n)
+        p = proxies_t[start:start + n].T
+        where = torch.cat([which, p * which[:1], p * which[1:]])                # (2 + 2P, n)
         weights = torch.cat([torch.ones(1, n), proxies_t[start:start + n].T])    # (1 + P, n)
         ctx_ids = torch.arange(start // ctx, (start + n) // ctx)
         ctx_half = half[::ctx]                                  # a context's half: its first token's
         for name, a in acts.items():
             a = a.float().cpu()
             if name not in stats:
-                stats[name] = new_stats(a.shape[1], proxies_t.shape[1], ctx, k)
+                stats[name] = new_stats(a.shape[1], P, ctx, k, n_rows)
             s = stats[name]
             # (rows, n) @ (n, U) products: the fastest reductions over tokens here (bench: 4x (a > 0).sum(0))
-            counts = (where @ a.sign().clamp_(min=0)).long()   # exact: a batch's counts are far below 2**24
+            fires = a.sign().clamp_(min=0)
+            counts = (where @ fires).long()   # exact: a batch's counts are far below 2**24
             s.fired_half += counts[:2]
-            s.proxy_fired += counts[2:].T
+            s.proxy_fired_half += counts[2:].view(2, P, fires.shape[1]).transpose(1, 2)
+            if next_t is not None:   # (a dense index_add: 6 ms a batch of 1,024 tokens x 4,096 units)
+                s.next_counts.index_add_(0, next_t[start:start + n], fires)
             sums = (weights @ a).double()
             s.sum += sums[0]
             s.proxy_sum += sums[1:].T
@@ -223,15 +239,32 @@ def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=Non
         for top in s.top:
             sort_top(top)
         s.fired = s.fired_half.sum(0)
+        s.proxy_fired = s.proxy_fired_half.sum(0)
         s.n_tokens = n_tokens
         s.proxy_count = proxies_t.sum(0).double()
     return stats
 
 
-def new_stats(U, P, ctx, k):
+def new_stats(U, P, ctx, k, n_rows=1):
     return UnitStats(fired_half=torch.zeros(2, U, dtype=torch.long), sum=torch.zeros(U, dtype=torch.float64),
                      sumsq=torch.zeros(U, dtype=torch.float64), proxy_sum=torch.zeros(U, P, dtype=torch.float64),
-                     proxy_fired=torch.zeros(U, P, dtype=torch.long), top=[new_top(U, kh, ctx) for kh in k])
+                     proxy_fired_half=torch.zeros(2, U, P, dtype=torch.long), next_counts=torch.zeros(n_rows, U),
+                     top=[new_top(U, kh, ctx) for kh in k])
+
+
+def next_rows(tokens, eot):
+    """(next_ids (n,), counted (K,)): the next-token vocabulary lab/grounding.py reads. counted: the
+    tokens that follow at least MIN_NEXT held-out tokens, at most the MAX_NEXT commonest (a lift
+    measured on fewer is noise); next_ids: each token's next token as a row of next_counts, row K
+    for any other next token, for the last token and for an end of text (no next token to predict)."""
+    nxt = np.append(tokens[1:], eot)
+    freq = np.bincount(nxt, minlength=eot + 1)
+    freq[eot] = 0
+    order = np.argsort(-freq, kind="stable")[:MAX_NEXT]
+    counted = np.sort(order[freq[order] >= MIN_NEXT])
+    row = np.full(len(freq), len(counted))
+    row[counted] = np.arange(len(counted))
+    return row[nxt], counted
 
 
 def update_top(top, cmax, ids, cacts):
@@ -282,13 +315,47 @@ class Measurement:
     stats: dict           # {"neurons" or "F<n>": UnitStats}, on the CPU
     proxies: np.ndarray   # (n_tokens, P) bool: which predicates hold on each token (predicates.context_labels)
     halves: np.ndarray    # (n_tokens,) each token's half (window_halves)
+    sparse_k: int         # neurons kept per token in "sparse_neurons" (matched_k)
+    next_tokens: np.ndarray   # (K,) the next tokens next_counts counts, row by row (next_rows)
     seconds: float        # how long the pass took when it ran
     reused: bool = False  # read from measure.pt
 
 
-def sources(run):
-    """What the streaming pass measures: the neurons as they are, and each SAE's features."""
-    return {"neurons": lambda h: h, **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
+def sources(run, k):
+    """What the streaming pass measures: the neurons as they are, the neurons sparsified to k per
+    token (sparsify), and each SAE's features."""
+    return {"neurons": lambda h: h, "sparse_neurons": lambda h: sparsify(h, k),
+            **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# The density-matched baseline. A feature fires on about 1% of the tokens, a neuron on about 4%, and
+# a unit that fires rarely is easier to describe with a short table; so "features beat neurons" may
+# only say "sparse beats dense". The baseline that separates the two is the neurons themselves, made
+# as sparse as the features. Chosen before any result was seen: per token, keep only the k most
+# active neurons, k = d_mlp x the features' mean density (rounded; at least 1), so the sparsified
+# neurons fire on as many tokens on average as the features do. Why per token rather than a
+# threshold per neuron: it is a sparse code of the same activations built like the SAE's (a TopK
+# SAE whose dictionary is the neurons themselves: units compete on each token), it needs no choice
+# of which feature density each neuron should get, and it is how Paulo et al. (2024) asked the same
+# question. A per-neuron threshold would keep each neuron's strongest activations, its most
+# specific ones, whatever else fires.
+
+
+def sparsify(h, k):
+    """h (n, d) with all but the k largest activations of each row set to 0."""
+    top = h.topk(min(k, h.shape[1]), dim=1)
+    return torch.zeros_like(h).scatter_(1, top.indices, top.values.clamp_min(0))
+
+
+@torch.no_grad()
+def matched_k(run, n_tokens=2**14):
+    """k of sparsify for this run: d_mlp x the main SAE's mean feature density, read on the first
+    n_tokens held-out tokens (its L0 / n_features; the mean settles within a few thousand tokens)."""
+    n = min(n_tokens, run.n_tokens)
+    active = sum(int((a["f"] > 0).sum()) for _, a in stream(run.model, run.tokens, n, {"f": run.main_sae.encode},
+                                                               run.batch))
+    return max(1, round(run.model.cfg.d_mlp * active / n / run.main))
 
 
 def measure_key(cfg, run):
@@ -322,6 +389,9 @@ def load_or_measure(cfg, run):
     n, eot = run.n_tokens, run.meta["eot"]
     proxies = predicates.context_labels(run.tokens, n, run.enc, eot)
     halves = window_halves(n, run.model.cfg.block_size)
+    next_ids, counted = next_rows(run.tokens, eot)
+    k = matched_k(run)
+    print(f"measure: the neurons sparsified to {k} per token match the features' mean density")
     progress = Progress(None)
 
     def report(done):
@@ -330,8 +400,9 @@ def load_or_measure(cfg, run):
             progress.say(f"measure: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
                          f"ETA {fmt_eta((n - done) / rate)}")
 
-    stats = measure(stream(run.model, run.tokens, n, sources(run), run.batch), n, halves, proxies, cfg.context,
-                    (cfg.explain_contexts, cfg.score_top), report)
-    result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, seconds=time.time() - t0)
+    stats = measure(stream(run.model, run.tokens, n, sources(run, k), run.batch), n, halves, proxies, cfg.context,
+                    (cfg.explain_contexts, cfg.score_top), report, next_ids, len(counted))
+    result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, sparse_k=k, next_tokens=counted,
+                         seconds=time.time() - t0)
     atomic_save(dataclasses.asdict(result), path)
     return result

@@ -63,8 +63,9 @@ def write_report(cfg, run, res):
          f"| loss recovered, MLP mean-ablated ({mean_ablation_word(res['losses'])}) | {100 * row['rec_mean']:.1f}% "
          "| not given |",
          f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
-         f"| interpretability: median score, features vs neurons ({cfg.max_entries}-row explanations, "
-         f"`--explain {res['interp']['explain']}`) | "
+         *evidence_rows(res, run),
+         f"| interpretability (lexical): median score, features vs neurons ({cfg.max_entries}-row explanations, "
+         f"`--explain {res['interp']['explain']}`; a sparser unit scores higher, so this mixes meaning and density) | "
          f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
          f"| the same with 1-row / {longest}-row explanations | " + " / ".join(
              f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
@@ -127,6 +128,15 @@ def write_report(cfg, run, res):
           "`a → b` is the pattern 'token b after token a', ⟨comment⟩ a context predicate:", ""]
     L += examples_markdown(res["interp"]["compare"])
     L += ["", "Every alive unit's explanation and score: `units.json`.", "",
+          "### At matched density", "",
+          f"A feature fires on fewer tokens than a neuron, and a rare unit is easier to describe with a short table, "
+          f"so the difference above mixes meaning with density. Two controls, fixed before any result was seen: the "
+          f"neurons sparsified to the features' density (on each token only the {res['measure'].sparse_k} most "
+          f"active neurons are kept, {res['measure'].sparse_k} = {run.model.cfg.d_mlp} x the features' mean density; "
+          "scored by the same measure), and the comparison within bins of half a decade of density (the difference "
+          "of medians in every bin with at least 10 units of each kind, averaged with weights the smaller count; "
+          "all scored units; 95% intervals with the units resampled):", "",
+          matched_markdown(it), "",
           "## 4. Activation specificity", "",
           "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
           "are a fixed vocabulary of context predicates (`lab/predicates.py`), declared before any score was seen and "
@@ -152,7 +162,9 @@ def write_report(cfg, run, res):
              "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
              f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
              "keep the figure readable).", ""] if sp["plotted"] else []),
-          *res["browser"]["report"], *res["steering"]["report"], *saved_sections(run.dir),
+          *levels_markdown(sp.get("levels")),
+          *res["browser"]["report"], *res["steering"]["report"],
+          *grounding_markdown(res.get("grounding")), *saved_sections(run.dir),
           "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
     path = os.path.join(run.dir, "report.md")
     atomic_write_text("\n".join(L), path)
@@ -177,6 +189,28 @@ def write_summary(run, res):
                                      all=versus("all", it["median_diff"]),
                                      without_single_token=versus("multi", it["median_diff_multi"])),
                specificity=specificity_summary(res["specificity"]), **saved_summaries(run.dir))
+    sparse = it.get("sparse_neurons", {})
+    interval = lambda d: dict(value=d["value"], ci=list(d["ci"])) if d else None
+    out["matched_density"] = dict(
+        sparse_k=res["measure"].sparse_k,
+        sparse_neurons=dict(median=sparse.get("all", {}).get("median"), n=sparse.get("n", 0),
+                            difference=interval(it.get("median_diff_sparse"))),
+        features_minus_neurons=interval(it["matched"]["neurons"]),
+        features_minus_sparse_neurons=interval(it["matched"]["sparse_neurons"]))
+    lv = res["specificity"].get("levels")
+    if lv:
+        out["specificity_levels"] = dict(
+            wins={k: dict(v, ci=list(v["ci"])) for k, v in lv["wins"].items()}, documents=lv["documents"],
+            predicates={res["specificity"]["names"][j]: {kind: dict(unit=int(lv["units"][kind][i]),
+                                                                    area=float(lv["area"][kind][i]),
+                                                                    ci=[float(x) for x in lv["area_ci"][kind][i]])
+                                                         for kind in lv["area"]} for i, j in enumerate(lv["rare"])})
+    if res.get("grounding"):
+        g = res["grounding"]["summary"]
+        out["grounding"] = dict(**{part: {k: dict(v, ci=list(v["ci"])) for k, v in g[part].items()}
+                                   for part in ("model", "control")},
+                                features_minus={k: interval(v) for k, v in g["diff"].items()},
+                                control_from=res["grounding"]["control_from"])
     atomic_write_text(json.dumps(out, indent=2) + "\n", os.path.join(run.dir, "summary.json"))
     return out
 
@@ -215,6 +249,103 @@ def saved_sections(folder, names=("ratings",)):
 def saved_summaries(folder, names=("ratings",)):
     return {name: json.load(open(os.path.join(folder, f"{name}.json"))) for name in names
             if os.path.exists(os.path.join(folder, f"{name}.json"))}
+def evidence_rows(res, run):
+    """The summary table's rows for the three controlled comparisons (matched density, specificity
+    at every activation level, grounding in the model), each with its 95% interval."""
+    it, lv, g = res["interp"]["summary"], res["specificity"].get("levels"), res.get("grounding")
+    rows = []
+    sparse = it.get("sparse_neurons", {}).get("all")
+    if sparse:
+        m = it["matched"]
+        rows += [f"| **features vs neurons at matched density** (lexical score within half-decade density bins) | "
+                 f"{signed(m['neurons'])} | - |",
+                 f"| **features vs neurons sparsified to the features' density** ({res['measure'].sparse_k} per token; "
+                 f"lexical median; within density bins) | {it['features']['all']['median']:.2f} vs "
+                 f"{sparse['median']:.2f} "
+                 f"({signed(it['median_diff_sparse'])}); {signed(m['sparse_neurons'])} | - |"]
+    if lv:
+        w = lv["wins"]
+        rows.append(f"| **specificity**: rare predicates (at most 1% of tokens) where the best feature is more precise "
+                    f"across activation levels than the best neuron / sparsified neuron | {wins(w['neurons'])} / "
+                    f"{wins(w['sparse_neurons'])} | Arabic, base64, DNA features: precise at every level |")
+    if g:
+        m, c = g["summary"]["model"], g["summary"]["control"]
+        rows.append(f"| **grounded in the model**: median correlation of a unit's logit effects with how much more "
+                    f"often each token follows where it fires, features / neurons / sparsified neurons | "
+                    f"{grounding_cell(m)}; random-weights control: {grounding_cell(c)} | logit weights agree with "
+                    "where features fire |")
+    return rows
+
+
+def wins(w):
+    return f"{w['count']} of {w['of']} [95% CI {w['ci'][0]:.0f}, {w['ci'][1]:.0f}]"
+
+
+def grounding_cell(part):
+    return " / ".join(f"{part[k]['median']:.2f}" if part.get(k, {}).get("median") is not None else "-"
+                      for k in ("features", "neurons", "sparse_neurons"))
+
+
+def matched_markdown(s):
+    """The density-matched comparison: features against the neurons and the sparsified neurons."""
+    lines = ["| features against | its median score [95% CI] | features' median minus it [95% CI] | "
+             "the same at matched density [95% CI] | density bins compared (lower edge: units of each, the "
+             "difference of medians) |",
+             "| --- | --- | --- | --- | --- |"]
+    for kind, diff in (("neurons", s["median_diff"]), ("sparse_neurons", s.get("median_diff_sparse"))):
+        r, m = s.get(kind, {}).get("all"), s["matched"][kind]
+        if r is None:
+            lines.append(f"| {kind.replace('_', ' ')} | none alive | - | - | - |")
+            continue
+        bins = ", ".join(f"{lo:.0e}: {na} vs {nb} ({d:+.2f})" for lo, na, nb, d in m["bins"]) or "none"
+        lines.append(f"| {kind.replace('_', ' ')} | {r['median']:.3f} [{r['median_ci'][0]:.3f}, "
+                     f"{r['median_ci'][1]:.3f}]"
+                     f" | {signed(diff)} | {signed(m)} | {bins} |")
+    return "\n".join(lines)
+
+
+def levels_markdown(lv):
+    """Section 4's second view: the paper's plot of precision per activation level, one figure."""
+    if not lv:
+        return ["### At every activation level", "", "No predicate is rare enough (at most 1% of the tokens, on at "
+                "least 50 tokens of each half) on these tokens.", ""]
+    w = lv["wins"]
+    return ["### At every activation level", "",
+            "The paper shows a feature's specificity as a histogram of its activations, coloured by whether its "
+            "predicate holds: at every level but the lowest, nearly all of its tokens are Arabic. For every predicate "
+            "rare enough to be specific about (fixed before looking: at most 1% of the held-out tokens, at least 50 of "
+            "each half), the best feature, the best neuron and the best sparsified neuron by F1 on the explain half, "
+            "measured on the score half: their firing tokens in 10 equal bins of activation, the share of each bin's "
+            "tokens where the predicate holds (bins of 5 tokens or more), and its area (the mean share over the bins; "
+            f"1 for a unit precise at every level). The best feature's area is larger on {wins(w['neurons'])} against "
+            f"the best neuron and {wins(w['sparse_neurons'])} against the best sparsified neuron (intervals: the "
+            f"{lv['documents']} documents resampled).", "", "![precision per activation level](levels.png)", ""]
+
+
+def grounding_markdown(g):
+    if not g:
+        return []
+    s = g["summary"]
+    lines = ["## 7. Grounded in the model: logit effects against what follows", "",
+             "The paper argues from the model as well as the text: a feature's logit weights predict the tokens that "
+             "follow where it fires. Per unit that fires on 10 tokens or more: the Pearson correlation, over the next "
+             "tokens that follow 10 held-out tokens or more, of its logit effects (section 6) with its lift, the log "
+             "of "
+             "how much more often each token follows the tokens where it fires than the others (smoothed, so a unit "
+             "seen on few tokens has a lift near 0). The random-weights control (" + g["control_from"] +
+             f", on the first {g['control_tokens']:,} tokens) and each unit scored against another unit's effects "
+             "should give 0.", "",
+             "| units | n | median [95% CI] | against another unit's effects | random-weights control: n, median "
+             "[95% CI] |", "| --- | --- | --- | --- | --- |"]
+    for kind in ("features", "neurons", "sparse_neurons"):
+        r, c = s["model"][kind], s["control"].get(kind)
+        control = f"{c['n']}, {c['median']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]" if c and c["n"] else "-"
+        cell = (f"{r['median']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", f"{r['null']:.3f}") if r["n"] else ("-", "-")
+        lines.append(f"| {kind.replace('_', ' ')} | {r['n']} | {cell[0]} | {cell[1]} | {control} |")
+    d = s["diff"]
+    lines += ["", f"Features minus neurons: {signed(d['neurons'])}; features minus sparsified neurons: "
+              f"{signed(d['sparse_neurons'])}.", ""]
+    return lines
 
 
 def specificity_summary(s):
@@ -267,10 +398,10 @@ def interp_markdown(s):
         f" {s['by_size'][e]['diff']['value']:+.3f} [{s['by_size'][e]['diff']['ci'][0]:+.2f}, "
         f"{s['by_size'][e]['diff']['ci'][1]:+.2f}] |" for e in sizes))
     cell = lambda c: f"{c[1]:.3f} (n={c[0]})" if c[0] else "-"
-    lines += ["", "| density (all scored units) | features: median score | neurons: median score |",
-              "| --- | --- | --- |"]
-    lines += [f"| {row['lo']:g} to {row['hi']:g} | {cell(row['features'])} | {cell(row['neurons'])} |"
-              for row in s["by_density"]]
+    lines += ["", "| density (all scored units) | features: median score | neurons: median score | sparsified "
+              "neurons: median score |", "| --- | --- | --- | --- |"]
+    lines += [f"| {row['lo']:g} to {row['hi']:g} | {cell(row['features'])} | {cell(row['neurons'])} | "
+              f"{cell(row.get('sparse_neurons', (0, None)))} |" for row in s["by_density"]]
     return "\n".join(lines)
 
 

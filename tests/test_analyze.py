@@ -344,6 +344,18 @@ def test_report_builds_end_to_end(tiny_sae):
     assert all((r["context"] in predicates.PREDICATES) == (r["token"] is None) for r in rows)
     assert any(r["context"] for r in rows)   # some units are explained by a context (47 rows of 7,554 here)
     assert all(isinstance(r[k], (int, float)) for r in res["losses"]["rows"] for k in ("l0", "mse", "fvu", "loss"))
+    # the controlled comparisons: sparsified neurons at the features' density, grounding with its control
+    k = res["measure"].sparse_k
+    assert k == round(512 * rec["l0"] / 1024) and summary["matched_density"]["sparse_k"] == k
+    sparse, neurons = res["measure"].stats["sparse_neurons"], res["measure"].stats["neurons"]
+    assert sparse.fired.sum() <= min(k * run.n_tokens, neurons.fired.sum()) and (sparse.fired <= neurons.fired).all()
+    h = harvest(run.model, run.tokens, 1024)[0]   # on each token, the k most active of the neurons that fire
+    assert torch.equal((measure.sparsify(h, k) > 0).sum(1), (h > 0).sum(1).clamp(max=k))
+    for needle in ("### At matched density", "### At every activation level", "## 7. Grounded in the model"):
+        assert needle in report
+    g = summary["grounding"]
+    assert abs(g["control"]["neurons"]["median"]) < 0.03 < g["model"]["neurons"]["median"]   # untrained: no agreement
+    assert abs(g["model"]["features"]["null"]) < 0.03 and g["control_from"].startswith("the LM's initial weights")
 
 
 def test_a_copied_run_reuses_its_measurement(tiny_sae, tmp_path):

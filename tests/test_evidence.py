@@ -1,0 +1,156 @@
+"""The controlled comparisons, on a constructed text where the answer is known: some units are
+monosemantic by construction, others mixtures of several meanings at the same density, and the
+three measures (the lexical score at matched density, precision per activation level, grounding in
+the model's logit effects) must rank the first above the second."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+from lab import grounding, measure, specificity
+
+N_UNITS = 12          # of each kind
+MIX = 8               # meanings per mixture unit: more than an explanation's 5 rows can list
+EOT = 300
+
+
+def constructed(n=48000, q=0.15, seed=0):
+    """Tokens: 12 + 12 x 8 trigger tokens, each always followed by its own successor token, among
+    filler; a document every 300 tokens. Unit u < 12 (monosemantic) fires on trigger u; unit 12 + m
+    (a mixture) on any of its 8 triggers, each 1/8 as common, so every unit fires equally often.
+    Returns tokens, acts (n, 24), the triggers of each unit and the successor of each trigger."""
+    rng = np.random.default_rng(seed)
+    n_trig = N_UNITS * (1 + MIX)
+    weights = np.r_[np.ones(N_UNITS), np.full(N_UNITS * MIX, 1 / MIX)]
+    successor = n_trig + np.arange(n_trig)
+    tokens, prev_trigger = np.empty(n, np.int64), -1
+    for i in range(n):
+        if i % 300 == 0:
+            tokens[i], prev_trigger = EOT, -1
+        elif prev_trigger >= 0:
+            tokens[i], prev_trigger = successor[prev_trigger], -1
+        elif rng.random() < q:
+            tokens[i] = prev_trigger = rng.choice(n_trig, p=weights / weights.sum())
+        else:
+            tokens[i] = rng.integers(2 * n_trig, EOT)
+    triggers = [[u] for u in range(N_UNITS)] + [list(N_UNITS + m * MIX + np.arange(MIX)) for m in range(N_UNITS)]
+    strength = 1 + 0.5 * rng.random((n, 1))
+    acts = np.stack([np.isin(tokens, t) for t in triggers], 1) * strength
+    return tokens, torch.from_numpy(acts).float(), triggers, successor
+
+
+@pytest.fixture(scope="module")
+def world():
+    tokens, acts, triggers, successor = constructed()
+    n = len(tokens)
+    halves = measure.window_halves(n, 64)
+    next_ids, counted = measure.next_rows(tokens, EOT)
+    s = measure.measure([(i, {"u": acts[i:i + 512]}) for i in range(0, n, 512)], n, halves, np.zeros((n, 0), bool),
+                        16, (40, 20), next_ids=next_ids, n_next=len(counted))["u"]
+    return dict(tokens=tokens, acts=acts, triggers=triggers, successor=successor, stats=s, halves=halves,
+                next_ids=next_ids, counted=counted)
+
+
+def test_the_construction_has_equal_densities(world):
+    d = world["stats"].fired.double() / len(world["tokens"])
+    assert (d / d.mean() - 1).abs().max() < 0.2 and d.mean() > 0.005    # equal in expectation, up to sampling
+
+
+def test_sparsify_keeps_each_tokens_k_largest():
+    h = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 4.0]])
+    assert torch.equal(measure.sparsify(h, 2), torch.tensor([[0.0, 3.0, 0.0, 2.0], [5.0, 0.0, 0.0, 4.0]]))
+    assert torch.equal(measure.sparsify(h, 1), torch.tensor([[0.0, 3.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]]))
+    # a zero among the k largest stays zero (a ReLU's silence is not made to fire)
+    assert (measure.sparsify(h, 4) > 0).sum() == (h > 0).sum()
+
+
+def test_lexical_score_at_matched_density_ranks_monosemantic_units_first(world):
+    tokens, acts, s = world["tokens"], world["acts"], world["stats"]
+    ctx = 16
+    score_ctx = np.flatnonzero(world["halves"][::ctx] == measure.SCORE)
+    pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
+    prev = np.concatenate([[EOT], tokens[:-1]])
+    res = analyze.score_units(range(2 * N_UNITS), s, pool, tokens, prev, np.zeros((len(tokens), 0), bool), EOT + 1,
+                              ctx, 20, 20, 5)
+    mono, mixed = res[:N_UNITS], res[N_UNITS:]
+    best_mixed = max(r["score"] for r in mixed)
+    assert min(r["score"] for r in mono) > 0.95 and best_mixed < min(r["score"] for r in mono) - 0.05
+    density = (s.fired.double() / len(tokens)).numpy()
+    d = analyze.matched_difference(mono, mixed, density, density, n=200, min_units=10)
+    assert len(d["bins"]) == 1 and d["ci"][0] > 0.1       # one shared bin, features clearly ahead
+    assert d["value"] == pytest.approx(np.median([r["score"] for r in mono]) - np.median([r["score"] for r in mixed]))
+    # swapped, the sign follows; with too few units in a bin there is no comparison
+    assert analyze.matched_difference(mixed, mono, density, density, n=50)["value"] == pytest.approx(-d["value"])
+    assert np.isnan(analyze.matched_difference(mono[:3], mixed[:3], density, density, n=10)["value"])
+
+
+def test_precision_per_activation_level_ranks_monosemantic_units_first(world):
+    """Predicate r holds on unit r's trigger and on the first trigger of mixture r: the monosemantic
+    unit fires only where it holds, at every level; the mixture on it an eighth of the time."""
+    tokens, acts, triggers = world["tokens"], world["acts"].numpy(), world["triggers"]
+    labels = np.stack([np.isin(tokens, [triggers[r][0], triggers[N_UNITS + r][0]]) for r in range(N_UNITS)], 1)
+    docs = np.cumsum(tokens == EOT)
+    mono, mixed = acts[:, :N_UNITS], acts[:, N_UNITS:]
+    lv = specificity.precision_levels(dict(features=mono, neurons=mixed, sparse_neurons=mixed[:, ::-1]), labels, docs,
+                                      n=200)
+    assert np.allclose(lv["area"]["features"], 1.0) and (lv["area"]["neurons"] < 0.2).all()
+    assert abs(np.nanmean(lv["curves"]["neurons"]) - 1 / MIX) < 0.05
+    assert (lv["area"]["sparse_neurons"] == 0).all()     # another mixture's unit: never where the predicate holds
+    assert lv["wins"]["neurons"]["count"] == N_UNITS and lv["wins"]["neurons"]["ci"] == (N_UNITS, N_UNITS)
+    # a unit that never fires has no level at all: area 0, and it loses
+    lv = specificity.precision_levels(dict(features=mono, neurons=0 * mixed), labels, docs, n=20)
+    assert (lv["area"]["neurons"] == 0).all() and lv["wins"]["neurons"]["count"] == N_UNITS
+    # the predicates: rare enough and on enough tokens of each half
+    halves = world["halves"]
+    rare = np.zeros((len(tokens), 3), bool)
+    rare[:80, 0] = rare[::150, 1] = rare[::2, 2] = True        # too few in the score half; rare; too common
+    assert specificity.rare_predicates(rare, halves) == [1]
+
+
+def test_grounding_ranks_monosemantic_units_first_and_random_effects_score_zero(world):
+    """Logit effects: one unit of activation raises the successors of the unit's triggers, a mixture's
+    each an eighth as much (its output serves 8 meanings), against the same background of unrelated
+    effects. Where a unit fires, its successors follow: that is what the lift reads off the text."""
+    s, counted, successor = world["stats"], world["counted"], world["successor"]
+    rng = np.random.default_rng(1)
+    effects = 0.03 * rng.standard_normal((2 * N_UNITS, len(counted)))
+    for u, trig in enumerate(world["triggers"]):
+        effects[u, np.searchsorted(counted, successor[trig])] += 1 / len(trig)
+    total = np.bincount(world["next_ids"], minlength=len(counted) + 1)
+    n = len(world["tokens"])
+    r = grounding.scores(s.next_counts, total, n, torch.from_numpy(effects)).numpy()
+    assert r[:N_UNITS].min() > 0.8 and r[:N_UNITS].min() > r[N_UNITS:].max() + 0.2     # (0.87-0.91 vs 0.51-0.59)
+    noise = grounding.scores(s.next_counts, total, n, torch.from_numpy(rng.standard_normal(effects.shape))).numpy()
+    assert abs(np.median(noise)) < 0.05 and np.abs(noise).max() < 0.2
+    # the counts: how often each counted token follows where each unit fires, exactly
+    nxt = np.append(world["tokens"][1:], EOT)
+    fires = world["acts"].numpy() > 0
+    j = np.searchsorted(counted, successor[0])
+    assert s.next_counts[j, 0] == (fires[:, 0] & (nxt == successor[0])).sum() >= 0.99 * s.fired[0]
+    assert s.next_counts.sum(0).tolist() == s.fired.float().tolist()   # every firing token counted once
+    # a unit seen nowhere, or with a flat lift, scores 0 rather than noise
+    assert grounding.scores(torch.zeros(len(counted) + 1, 1), total, n, torch.ones(1, len(counted)))[0] == 0
+
+
+def test_the_control_is_compare_pys_random_model_and_its_sae_when_they_are_there(tiny_sae, tmp_path):
+    """Without lab/compare.py's runs the control is the LM's own initial weights; with them, its
+    lm_random and sae_random (here copies of the trained model and SAE, so the control must agree
+    with the model instead of scoring 0: proof that those are the files read)."""
+    out = str(tmp_path / "out")
+    for folder in ("data", "lm", "sae"):
+        shutil.copytree(os.path.join(tiny_sae, folder), os.path.join(out, folder))
+    cfg = analyze.AnalyzeConfig(out=out, device="cpu", tokens=8192, bootstrap=20)
+    run = analyze.load_run(cfg)
+    m = analyze.load_or_measure(cfg, run)
+    _, sae, where = grounding.control_model(out, run)
+    assert sae is None and where.startswith("the LM's initial weights")
+    shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_random"))
+    shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_random"))
+    g = grounding.measure_grounding(out, run, m)
+    assert g["control_from"] == "lm_random and sae_random/F1024"
+    median = lambda part, kind: np.median(g[part][kind]["scores"])
+    assert median("control", "features") == pytest.approx(median("model", "features"), abs=0.02)
+    assert median("model", "features") > 0.1
