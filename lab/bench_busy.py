@@ -19,7 +19,10 @@ import subprocess
 import sys
 import time
 
-POLICIES = {"default (spin)": None, "PASSIVE (sleep)": "PASSIVE"}
+# libgomp's settings: by default a waiting thread spins 300,000 times before it sleeps; PASSIVE sleeps at once;
+# a short spin count is the middle way
+POLICIES = {"default (spin)": {}, "PASSIVE (sleep)": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
 
 
 def child(kind, seconds):
@@ -45,9 +48,7 @@ def child(kind, seconds):
 
 
 def run_case(kind, policy, busy, seconds):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+    env = {**{k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}, **policy}
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         out = subprocess.run([sys.executable, "-m", "lab.bench_busy", "--child", kind, "--seconds", str(seconds)],
@@ -76,13 +77,13 @@ def main():
                     rates.setdefault((kind, name, busy), []).append(r["rate"])
     print(f"{os.cpu_count()} cores, {r['threads']} torch threads; mean throughput over {args.seconds:g} s, "
           f"{args.repeats} interleaved runs each (min-max)")
-    print(f"{'step':5s} {'OpenMP wait policy':18s} {'alone':>22s} {'one core busy':>22s} {'busy/alone':>10s}")
+    print(f"{'step':5s} {'OpenMP wait policy':20s} {'alone':>22s} {'one core busy':>22s} {'busy/alone':>10s}")
     unit = {"lm": "tok/s", "sae": "act/s"}
     span = lambda v: f"{sum(v) / len(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})"
     for kind in ("lm", "sae"):
         for name in POLICIES:
             quiet, busy = rates[kind, name, False], rates[kind, name, True]
-            print(f"{kind:5s} {name:18s} {span(quiet):>22s} {span(busy):>22s} "
+            print(f"{kind:5s} {name:20s} {span(quiet):>22s} {span(busy):>22s} "
                   f"{sum(busy) / sum(quiet):10.2f}  {unit[kind]}")
 
 
