@@ -55,6 +55,8 @@ class CompareConfig:
     pairs: int = arg(8, "matched A/B feature pairs shown, sampled at random from the alive features")
     families: int = arg(4, "feature families shown: the clearest splits")
     seed: int = arg(0, "seed for the sampled pairs")
+    # set by programs (the tests), not on the command line
+    n_units: int = arg(512, "units of each kind the control's features-versus-neurons comparison scores", flag=False)
 
     def __post_init__(self):  # checked before the hour-long stages start, not at the report
         require(len(self.sizes) >= 2 and all(str(n).isdigit() and int(n) >= 1 for n in self.sizes),
@@ -267,7 +269,7 @@ def control(cfg, dirs):
     for name, lm_dir, sae_dir in (("A", "lm", "sae"), ("random", "lm_random", "sae_random")):
         acfg = analyze.AnalyzeConfig(out=cfg.out, lm_dir=lm_dir, sae_dir=sae_dir, n_features=dirs["n_features"],
                                      analysis_dir=os.path.join("compare", f"analysis_{name}"), device=cfg.device,
-                                     tokens=cfg.tokens, seed=cfg.seed)
+                                     tokens=cfg.tokens, seed=cfg.seed, n_units=cfg.n_units)
         res = analyze.analyze(acfg, "interp")
         out[name] = dict(summary=res["interp"]["summary"], compare=res["interp"]["compare"],
                          fired=res["measure"].stats[f"F{dirs['n_features']}"].fired)

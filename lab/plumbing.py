@@ -48,16 +48,17 @@ def finite(x):
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def flag_fields(cls):
-    """[(nested field name or None, field)] for every command-line flag of a config dataclass.
-    A field holding another config (TrainConfig.model) contributes its fields under their own flat
-    names (--d-model, not --model-d-model), so the command line does not show the nesting."""
+def flag_fields(cls, every=False):
+    """[(nested field name or None, field)] for every command-line flag of a config dataclass (every:
+    the fields that programs set too). A field holding another config (TrainConfig.model) contributes
+    its fields under their own flat names (--d-model, not --model-d-model), so the command line does
+    not show the nesting."""
     out = []
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("flag", True):
+        if not (every or f.metadata.get("flag", True)):
             continue
         if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
-            out += [(f.name, g) for g in dataclasses.fields(f.default_factory) if g.metadata.get("flag", True)]
+            out += [(f.name, g) for g in dataclasses.fields(f.default_factory) if every or g.metadata.get("flag", True)]
         else:
             out.append((None, f))
     return out
@@ -106,9 +107,11 @@ def from_dict(cls, values):
 
 
 def flat_dict(cfg):
-    """A config as one flat dict, a key per flag: what a checkpoint saves (readers look up
-    ckpt["config"]["block_size"]; from_dict rebuilds the nesting)."""
-    return {f.name: getattr(getattr(cfg, parent) if parent else cfg, f.name) for parent, f in flag_fields(type(cfg))}
+    """A config as one flat dict, a key per field (the flags, and the fields programs set): what a
+    checkpoint saves, so a resumed run and lab/compare.py's runs take every setting of the run they
+    continue or copy (readers look up ckpt["config"]["block_size"]; from_dict rebuilds the nesting)."""
+    return {f.name: getattr(getattr(cfg, parent) if parent else cfg, f.name)
+            for parent, f in flag_fields(type(cfg), every=True)}
 
 
 def run_main(main):
@@ -329,8 +332,7 @@ def resumed_config(cfg, path, what, dir_flag):
     taken = [flag(k, v) for k, v in keep.items() if given[k] != v]
     if taken:
         print(f"resume: the run's own flags, as it was started: {', '.join(taken)}")
-    set_by_programs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("flag", True)}
-    return from_dict(type(cfg), {**set_by_programs, **given, **keep})
+    return from_dict(type(cfg), {**given, **keep})
 
 
 def refuse_to_replace(paths, cfg, dir_flag):

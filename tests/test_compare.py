@@ -111,8 +111,8 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     out = tiny_sae
     shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_b"))
     shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_b"))
-    cfg = compare.CompareConfig(out=out, device="cpu", sizes=[64, 128, 256], sweep_activations=128 * 1024,
-                                tokens=8192, pairs=3, families=2)
+    cfg = compare.CompareConfig(out=out, device="cpu", sizes=[64, 128, 256], sweep_activations=64 * 1024,
+                                tokens=8192, pairs=3, families=2, n_units=64)
     res = compare.main(cfg)
     u = compare.universality(res["match"], res["n_tokens"])
     assert len(u["features"]["best"]) > 100 and np.allclose(u["features"]["best"], 1, atol=1e-4)
@@ -128,7 +128,7 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
         assert os.path.exists(os.path.join(out, sae_dir, "F256" if sae_dir == "sae_sweep" else "F1024", "ckpt.pt"))
     rows = res["knob"]["rows"]
     assert [r["size"] for r in rows] == [64, 128, 256]
-    assert all(0 < r["fvu"] < 1 and r["l0"] > 0 and 0 <= r["dead"] < 1 and r["seen"] == 128 * 1024 for r in rows)
+    assert all(0 < r["fvu"] < 1 and r["l0"] > 0 and 0 <= r["dead"] < 1 and r["seen"] == 64 * 1024 for r in rows)
     assert all(r["recovered"] > 0 for r in rows)   # better than zero-ablating the neurons
     report = open(os.path.join(out, "compare", "report.md")).read()
     for figure in ("universality.png", "control.png", "knob.png"):

@@ -103,11 +103,13 @@ def test_every_bad_flag_is_refused_by_name_before_the_run_loads(flags, tmp_path)
 
 def test_a_measurement_with_flags_of_its_own_writes_beside_the_reports_figure(analysed, capsys):
     folder = os.path.join(analysed.out, analysed.analysis_dir)
+    report_figure = os.path.join(folder, "steering.png")   # (other tests may have written the full report here)
+    before = open(report_figure, "rb").read() if os.path.exists(report_figure) else None
     flags = ["--out", analysed.out, "--tokens", "8192", "--analysis-dir", analysed.analysis_dir, "--device", "cpu"]
     analyze.main(["steer", *flags, "--steer-prompts", "2", "--steer-features", "1"])
     assert "For the 1 best-scoring feature of section 3" in capsys.readouterr().out
     assert os.path.exists(os.path.join(folder, "steering_1f_2p_x4_5t.png"))
-    assert not os.path.exists(os.path.join(folder, "steering.png"))   # the report's figure is not this one's
+    assert (open(report_figure, "rb").read() if os.path.exists(report_figure) else None) == before
     # a prompt longer than the context is cut, and the student is told
     analyze.main(["steer", *flags, "--feature", "5", "--new-tokens", "2", "--prompt", "x = 1\n" * 400])
     assert "note: the prompt is longer than the model's context; it reads the last 64 tokens" in capsys.readouterr().out

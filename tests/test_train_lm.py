@@ -50,10 +50,9 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_data, tmp_path, capsys):
     assert not crashed["final"] and all(torch.equal(v, saved[k]) for k, v in crashed["model"].items())
     with pytest.raises(UserError, match=r"^--lr 0.1: .* was trained with --lr 0.003; a resumed run keeps its flags"):
         train_lm.train(tiny_lm_config(tiny_data, lm_dir="lm_crash", resume=True, **kw, lr=0.1))
-    # --resume alone (every other flag at its default) goes on with the run's own flags; the fields
-    # that only programs set are not flags, and the program sets them again
+    # --resume alone (every other flag at its default) goes on with the run's own settings
     resumed = train_lm.train(train_lm.TrainConfig(out=tiny_data, lm_dir="lm_crash", device="cpu", resume=True,
-                                                  eval_every=10, ckpt_every=10))
+                                                  ckpt_every=10))
     assert "resume: the run's own flags, as it was started: --max-tokens 7680, --batch-size 8" in capsys.readouterr().out
     assert {**resumed["config"], "lm_dir": "lm_whole", "resume": False} == whole["config"]
     assert resumed["step"] == whole["step"] == 30
