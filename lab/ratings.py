@@ -206,7 +206,7 @@ def spearman(a, b):
 def markdown(res):
     k, d = res["by_kind"], res["difference"]
     n_raters = len(res["raters"])
-    L = ["## 7. The blind rating", "",
+    L = ["## 8. The blind rating", "",
          f"Deck `{res['deck']}` (`python analyze.py rate`): {res['cards']} cards drawn at random, shown unlabelled and "
          f"shuffled, rated by {n_raters} rater{'s' if n_raters > 1 else ''} ({', '.join(res['raters'])}) on the rubric "
          f"of lab/rate.py (0-{res['max']}; the paper's is 0-14, a total above {QUITE} \"quite interpretable\"), then "

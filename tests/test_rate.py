@@ -118,11 +118,11 @@ def test_known_answers_the_papers_raters_and_random_raters(tmp_path):
     for _ in range(2):    # twice: the second replaces the first
         analyze.main(["ratings", *files, "--out", folder, "--analysis-dir", "."])
     text = (tmp_path / "report.md").read_text()
-    assert text.count("## 7. The blind rating") == 1 and text.index("## 7.") < text.index("## Settings")
+    assert text.count("## 8. The blind rating") == 1 and text.index("## 8.") < text.index("## Settings")
     assert "**+12.0**, 95% CI [+12.0, +12.0]" in text and "Krippendorff's alpha, interval, on the totals): 1.00" in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sae"] == "F8" and summary["ratings"]["difference"]["value"] == 12
-    assert os.path.getsize(tmp_path / "ratings.png") > 10_000 and "## 7." in (tmp_path / "ratings.md").read_text()
+    assert os.path.getsize(tmp_path / "ratings.png") > 10_000 and "## 8." in (tmp_path / "ratings.md").read_text()
 
 
 def test_bad_ratings_files_are_one_line_errors_naming_the_file_and_the_fix(tmp_path):
