@@ -37,7 +37,7 @@ import time
 import numpy as np
 import torch
 
-from lab import browser, measure, report
+from lab import browser, browser_page, measure, report
 from lab.plumbing import UserError, arg, atomic_write_text
 from model import harvest
 
@@ -229,7 +229,7 @@ def top_tokens(run, stats, u, mx, k):
 
 
 def render(run, deck, cards, control):
-    vocab = [browser.token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
+    vocab = [browser_page.token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
     data = json.dumps(dict(deck=deck, rubric=RUBRIC, format=FORMAT, vocab=vocab, cards=cards), separators=(",", ":"))
     for c in "<>&/":   # as the browser's page: no token can end the script block
         data = data.replace(c, f"\\u{ord(c):04x}")

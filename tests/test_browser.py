@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import analyze
-from lab import browser
+from lab import browser, browser_page
 from lab import measure
 from lab import report
 import sae as sae_lib
@@ -152,7 +152,7 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
     # token text travels as JSON only, escaped: the data block holds no markup at all
     assert "<" not in page.scripts["data"] and len(page.scripts) == 3   # window.onerror's, the data, the script
     enc = run.enc
-    assert data["vocab"] == [browser.token_label(enc, t) for t in range(run.meta["vocab_size"])]
+    assert data["vocab"] == [browser_page.token_label(enc, t) for t in range(run.meta["vocab_size"])]
     assert any(c in v for v in data["vocab"] for c in '<&"')   # the escaping above had something to escape
     units = json.load(open(os.path.join(run.dir, "units.json")))
     stats = {"f": m.stats["F1024"], "n": m.stats["neurons"]}
@@ -197,14 +197,14 @@ def test_browser_is_one_self_contained_page_with_every_requested_unit(analysed):
 
 def test_index_rows_escape_token_text():
     nasty = '</script><b x="1">&amp;\n'
-    row = browser.index_row("f1", "features", 1, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
+    row = browser_page.index_row("f1", "features", 1, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
                                                             explanation=[dict(prev=nasty, token="<", value=1.0)]))
     page = Page()
     page.feed("<table>" + row + "</table>")
     assert page.cells["row-f1"][3] == f"`{report.visible(nasty).replace(' ', '␣')}`→`<` 1.00; otherwise 0.00"
     assert [t for t, _ in page.tags] == ["table", "tr", "td", "a", "td", "td", "td"]
     context = dict(prev=None, token=None, context="docstring", value=0.5)
-    row = browser.index_row("n2", "neurons", 2, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
+    row = browser_page.index_row("n2", "neurons", 2, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
                                                            explanation=[context, dict(prev=None, token=" a", value=0.25)]))
     page.feed("<table>" + row + "</table>")
     assert page.cells["row-n2"][3] == "⟨docstring⟩ 0.50; `␣a` 0.25; otherwise 0.00"
@@ -297,7 +297,7 @@ def test_token_labels_show_whitespace_and_partial_utf8_bytes():
         def decode_single_token_bytes(self, t):
             return self.tokens[t]
 
-    labels = [browser.token_label(Enc(), t) for t in range(len(Enc.tokens))]
+    labels = [browser_page.token_label(Enc(), t) for t in range(len(Enc.tokens))]
     assert labels == ["␣the", "↵", "⇥", "\\xe2\\x80", "\\x94", "é", '<&"', "␍↵", "␣␣"]
     assert labels[1] == report.visible("\n")   # report.visible's symbols, the same as report.md and steer's
 
@@ -310,16 +310,16 @@ def test_the_guided_start_follows_its_rule_and_every_page_reads_its_table_out():
                               (6, .7, False), (7, .85, False)]],
              "neurons": [dict(unit=0, score=.4, single_token=False, explanation=expl("<b>", 2.0), otherwise=0.1)]}
     pages = {**{f"f{i}": {"neurons": [[0, 0.5], [3, -0.25], [9, 0.1], [8, 0.05]]} for i in range(1, 7)}, "n0": {}}
-    guide = browser.guided_start(units, pages)
+    guide = browser_page.guided_start(units, pages)
     # the best scores (4 before 2: as good, and denser), single-token feature 1 left out, feature 7
     # (no page) too; three neurons each
     assert re.findall(r'href="#f(\d+)"', guide) == ["4", "2", "3", "6", "5"]
     assert guide.count('<a href="#n0">neuron 0</a> (weight +0.50, score 0.40: `&lt;b&gt;`)') == 5
     assert "neuron 3 (weight -0.25, not scored); neuron 9 (weight +0.10, not scored)</li>" in guide
     assert "neuron 8" not in guide and "<b>" not in guide
-    assert browser.guided_start(dict(units, features=units["features"][:1]), pages) == ""   # none to show
-    assert browser.words("features", None).startswith("This feature has no explanation table")
-    said = browser.words("neurons", dict(score=0.4, single_token=True, otherwise=0.1, explanation=[
+    assert browser_page.guided_start(dict(units, features=units["features"][:1]), pages) == ""   # none to show
+    assert browser_page.words("features", None).startswith("This feature has no explanation table")
+    said = browser_page.words("neurons", dict(score=0.4, single_token=True, otherwise=0.1, explanation=[
         dict(prev=" a", token="b", context=None, value=2.0),
         dict(prev=None, token=None, context="comment", value=0.5)]))
     assert ("table that predicts its activation from the text alone: 2.00 on `␣a`→`b`, 0.50 on ⟨comment⟩, and "
@@ -327,10 +327,10 @@ def test_the_guided_start_follows_its_rule_and_every_page_reads_its_table_out():
 
 
 def test_index_densities_are_short_and_do_not_wrap():
-    row = browser.index_row("n7", "neurons", 7, 3.14e-4, None)
+    row = browser_page.index_row("n7", "neurons", 7, 3.14e-4, None)
     assert "<td>3.1e-4</td>" in row and 'data-density="3.140e-04"' in row
-    assert browser.short(0.5) == "5.0e-1" and browser.short(1.0) == "1.0e+0" and browser.short(1.2e-10) == "1.2e-10"
-    assert "td:nth-child(-n+3) { white-space: nowrap; }" in browser.HEAD
+    assert browser_page.short(0.5) == "5.0e-1" and browser_page.short(1.0) == "1.0e+0" and browser_page.short(1.2e-10) == "1.2e-10"
+    assert "td:nth-child(-n+3) { white-space: nowrap; }" in browser_page.HEAD
 
 
 def chromium():
