@@ -271,8 +271,9 @@ def load_inputs(cfg, device):
 
 def memory_needed(cfg, d_in, world):
     """Bytes the run holds, roughly: each SAE's weights with their gradients and Adam's two moments (16
-    bytes a parameter), one step's dense (batch, features) arrays, and the activation buffer while it is
-    harvested, refilled and shuffled: six buffers' worth (the default run peaks at 3.5 GB resident on CPU)."""
+    bytes a parameter), one step's dense (batch, features) arrays, and the activation buffer while it
+    is harvested, refilled and shuffled: six buffers' worth (a short run at the default settings
+    peaked at 3.5 GB resident on CPU)."""
     params = sum(2 * n * d_in + n + d_in for n in cfg.sizes)
     return 16 * params + 16 * (cfg.batch_size // world) * max(cfg.sizes) + 6 * 4 * cfg.buffer_size * d_in
 
