@@ -10,7 +10,6 @@ The split and the tokenizer are data.py's; they come in as arguments (held_out, 
 so that this module imports nothing from data.py and the imports flow one way.
 """
 import codecs
-import contextlib
 import glob
 import gzip
 import hashlib
@@ -26,7 +25,7 @@ from collections import Counter, deque
 import numpy as np
 import tiktoken
 
-from lab.plumbing import UserError, fmt_eta, write_error
+from lab.plumbing import UserError, fmt_eta, removed_on_failure
 
 SNIFF = 8192          # bytes: a file is text if these have no NUL byte and are UTF-8 (as git and grep decide)
 PIECE = 1 << 20       # characters: documents are read, hashed and encoded in pieces of at most this
@@ -135,7 +134,7 @@ def write_shards(docs, held_out, make_tokenizer, dtype, data_dir, total):
     itemsize = np.dtype(dtype).itemsize
     t0, last, pending = time.time(), time.time(), deque()
     paths = {s: os.path.join(data_dir, f"{s}.bin.tmp") for s in tokens}
-    with removed_on_failure(paths.values()), open(paths["train"], "wb") as train, open(paths["val"], "wb") as val, \
+    with removed_on_failure(paths.values(), paths["train"]), open(paths["train"], "wb") as train, open(paths["val"], "wb") as val, \
             multiprocessing.Pool(workers, init_worker, (make_tokenizer, dtype)) as pool:
 
         def write_oldest():
@@ -158,21 +157,6 @@ def write_shards(docs, held_out, make_tokenizer, dtype, data_dir, total):
     print(f"data: encoded {sum(tokens.values()):,} tokens in {seconds:.0f} s by {workers} process(es) "
           f"({sum(tokens.values()) / seconds / 1e6:.2f}M tokens/s)")
     return tokens, counts
-
-
-@contextlib.contextmanager
-def removed_on_failure(paths):
-    """The shards being written are removed if writing fails (a full disk stays no fuller), and the
-    error is one line naming the file."""
-    try:
-        yield
-    except BaseException as e:  # (an interrupt too: half a shard is of no use)
-        for p in paths:
-            if os.path.exists(p):
-                os.remove(p)
-        if isinstance(e, (OSError, RuntimeError)):
-            raise UserError(write_error(getattr(e, "filename", None) or next(iter(paths)), e)) from None
-        raise
 
 
 _enc, _dtype = None, None  # each encoding process's tokenizer, made once by init_worker

@@ -153,15 +153,24 @@ def replacing(path):
     """A temporary path beside path to write; once written it replaces path. If the write fails, the
     temporary file is removed and the error is one line naming the path and the fix."""
     tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    make_folder(os.path.dirname(path) or ".")
+    with removed_on_failure([tmp], path):
         yield tmp
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def removed_on_failure(paths, name):
+    """Files being written at paths are removed if the writing fails, so a full disk gets no fuller and
+    an interrupt leaves no half file; an I/O failure becomes one line naming the file and the fix."""
+    try:
+        yield
     except BaseException as e:  # (an interrupt too)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for p in paths:
+            if os.path.exists(p):
+                os.remove(p)
         if isinstance(e, (OSError, RuntimeError)):  # (torch.save reports a full disk as a RuntimeError)
-            raise UserError(write_error(path, e)) from None
+            raise UserError(write_error(getattr(e, "filename", None) or name, e)) from None
         raise
 
 
