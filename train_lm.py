@@ -157,20 +157,10 @@ def train(cfg, on_step=None):
 
     if cfg.resume:
         resume(st, ckpt_path, mcfg, meta)
-    elif cfg.max_minutes:  # time a few steps on a copy, with batches of its own: the run is untouched
-        twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        st.max_steps = broadcast_int(timed_steps(cfg.max_minutes, lambda: train_step(
-            twin, twin_opt, next_batch(g), cfg.lr, cfg, autocast)), device)
     else:
-        st.max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
+        st.max_steps = run_length(cfg, model, next_batch, autocast, tokens_per_step, device)
     if rank == 0:
-        print(f"config: {flat_dict(cfg)}")
-        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {world} process(es) on "
-              f"{device}; " + (f"resuming {ckpt_path} at step {st.step} of " if cfg.resume else "")
-              + f"{st.max_steps} steps of {tokens_per_step:,} tokens ({st.max_steps * tokens_per_step / 1e6:.1f}M)")
-        warn_if_repeating(st.max_steps * tokens_per_step, len(train_tokens), "tokens", "overfitting; the "
-                          "validation loss will stop improving", "give data.py more --data, or lower --max-tokens")
+        announce(cfg, st, ckpt_path, f"{world} process(es) on {device}", tokens_per_step, len(train_tokens))
     save = lambda status, **final: rank == 0 and save_checkpoint(st, cfg, mcfg, meta, ckpt_path, status, **final)
 
     # 2. the training loop
@@ -179,8 +169,7 @@ def train(cfg, on_step=None):
     if st.step == 0:  # the untrained model's loss starts the curve
         st.history.append({"step": 0, "val_loss": evaluate(model, val_tokens, device), "tokens": 0})
         progress.log(st.history[-1])
-    t_start = t_last = time.time()
-    step_last = st.step
+    t_start, t_last, step_last = time.time(), time.time(), st.step
     with labelled_crash([ckpt_path] if rank == 0 else [], since=0 if cfg.resume else t_run):
         while st.step < st.max_steps:
             # a. one optimizer step on a fresh batch
@@ -215,9 +204,29 @@ def train(cfg, on_step=None):
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
     ckpt = save("final", val_loss=val_loss, bigram_loss=bigram)
     print(f"trained {st.step} steps ({st.step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(st.elapsed)}; "
-          f"checkpoint {ckpt_path}")
-    print(f"val loss {val_loss:.3f} | bigram {bigram:.3f}")
+          f"checkpoint {ckpt_path}\nval loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
+
+
+def run_length(cfg, model, next_batch, autocast, tokens_per_step, device):
+    """The run's steps: a count of tokens, or (--max-minutes) the count that fits, timed on a copy of
+    the model with batches of its own, so the run itself is untouched."""
+    if not cfg.max_minutes:
+        return math.ceil(cfg.max_tokens / tokens_per_step)
+    twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    return broadcast_int(timed_steps(cfg.max_minutes, lambda: train_step(twin, twin_opt, next_batch(g), cfg.lr, cfg,
+                                                                         autocast)), device)
+
+
+def announce(cfg, st, ckpt_path, processes, tokens_per_step, n_train):
+    """The run's first lines: the config, the model, the length (and a warning if it repeats data)."""
+    print(f"config: {flat_dict(cfg)}")
+    print(f"model: {sum(p.numel() for p in st.model.parameters()) / 1e6:.2f}M parameters; {processes}; "
+          + (f"resuming {ckpt_path} at step {st.step} of " if cfg.resume else "")
+          + f"{st.max_steps} steps of {tokens_per_step:,} tokens ({st.max_steps * tokens_per_step / 1e6:.1f}M)")
+    warn_if_repeating(st.max_steps * tokens_per_step, n_train, "tokens", "overfitting; the validation loss will "
+                      "stop improving", "give data.py more --data, or lower --max-tokens")
 
 
 def save_checkpoint(st, cfg, mcfg, meta, path, status, **final):

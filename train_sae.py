@@ -200,19 +200,11 @@ def train(cfg, on_step=None):
             # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
             if cfg.recipe == "paper" and st.step in sae_lib.resample_schedule(st.max_steps):
                 with watch("resampling"):
-                    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
-                        n_dead = resample(s, o, st.since_fired[i], buffer, st.step, st.max_steps, cfg.batch_size, ddp)
-                        st.histories[i].append({"step": st.step, "resampled": n_dead})
-                        logs[i].log(st.histories[i][-1])
-                        progress.say(f"step {st.step}: resampled {n_dead} dead features of F{sizes[i]}")
+                    resample_all(st, buffer, cfg.batch_size, ddp, logs, progress)
             # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
             if st.step % cfg.eval_every == 0 or st.step == st.max_steps:
-                for i, s in enumerate(st.saes):
-                    with watch("held-out metrics"):
-                        m = evaluate(s, val_acts)
-                    st.histories[i].append({"step": st.step, "activations": st.seen, **pick(m),
-                                            "train_loss": stats["loss"]})
-                    logs[i].log(st.histories[i][-1])
+                with watch("held-out metrics"):
+                    record_metrics(st, evaluate, val_acts, logs, train_loss=stats["loss"])
             take_snapshots()
             if progress.due() or st.step == st.max_steps:
                 rate, t_last, step_last = (st.step - step_last) / max(time.time() - t_last, 1e-9), time.time(), st.step
@@ -225,13 +217,27 @@ def train(cfg, on_step=None):
         return None
     with watch("held-out metrics"):
         final_acts = held_out(4 * cfg.eval_activations)
-        for s, h, log in zip(st.saes, st.histories, logs):
-            h.append({"final": True, "step": st.step, "activations": st.seen, "held_out": len(final_acts),
-                      **pick(evaluate(s, final_acts))})
-            log.log(h[-1])
+        record_metrics(st, evaluate, final_acts, logs, final=True, held_out=len(final_acts))
     ckpts = save("final")
     print_summary(st, run_dir, snapshots, watch, st.seen - seen0)
     return ckpts
+
+
+def record_metrics(st, evaluate, acts, logs, **extra):
+    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), added to
+    its history and its log.jsonl with the step, the activations seen and extra."""
+    for s, h, log in zip(st.saes, st.histories, logs):
+        h.append({"step": st.step, "activations": st.seen, **extra, **pick(evaluate(s, acts))})
+        log.log(h[-1])
+
+
+def resample_all(st, buffer, batch_size, ddp, logs, progress):
+    """--recipe paper: each SAE's dead features resampled (resample), and the count recorded."""
+    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
+        n_dead = resample(s, o, st.since_fired[i], buffer, st.step, st.max_steps, batch_size, ddp)
+        st.histories[i].append({"step": st.step, "resampled": n_dead})
+        logs[i].log(st.histories[i][-1])
+        progress.say(f"step {st.step}: resampled {n_dead} dead features of F{s.cfg.n_features}")
 
 
 def print_summary(st, run_dir, snapshots_left, watch, activations):
