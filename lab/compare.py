@@ -13,8 +13,13 @@ when its checkpoint is final and resumed when it was interrupted:
   4. a sweep of dictionary sizes on model A, all on the same activations (sae_sweep/F<n>/)
   5. the measurements, in <out>/compare/: report.md, universality.png, control.png, knob.png
 
-Matching units between two sets (universality and splitting; the metrics are in lab/matching.py) is
-one streamed pass over held-out tokens through both LMs and every SAE.
+Universality is measured in its own pass, through the two LMs, their SAEs and a second SAE on model
+A (the yardstick), over random windows of the whole corpus: the training split too, because the
+held-out split is 215 documents (on the default corpus), too few to resample, and the question, do
+two LMs learn the same features, needs no unseen text. Documents are dealt at random into groups,
+and every 95% interval resamples the groups (tokens of one document are not independent). The
+knob and splitting are measured in a second pass, over held-out tokens, through every dictionary
+of the sweep. The metrics are in lab/matching.py.
 """
 import os
 
@@ -35,7 +40,7 @@ import data
 import train_lm
 import train_sae
 from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
-                    make_folder, parse_config, pick_device, require, run_main, save_figure)
+                          make_folder, parse_config, pick_device, require, require_memory, run_main, save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from model import lm_fingerprint, load_lm
@@ -51,7 +56,12 @@ class CompareConfig:
     sizes: list = arg([512, 1024, 2048, 4096], "dictionary sizes of the sweep (more on a GPU, e.g. ... 16384)")
     sweep_activations: int = arg(0, "activations every size of the sweep trains on (0: as many as the main SAE saw)")
     sweep_minutes: float = arg(0.0, "a wall-clock budget for the sweep instead of --sweep-activations (0: none)")
-    tokens: int = arg(0, "held-out tokens to match units on and to analyse the control (0: the whole split)")
+    tokens: int = arg(0, "held-out tokens to measure the knob and splitting on and to analyse the control (0: the "
+                      "whole split)")
+    universality_tokens: int = arg(2_000_000, "tokens to correlate the two LMs' units on, in random windows of the "
+                                   "whole corpus (0: every window)")
+    groups: int = arg(16, "documents are dealt into this many groups, which the 95% intervals resample "
+                      "(memory: 2 x groups x features^2 x 4 bytes)")
     pairs: int = arg(8, "matched A/B feature pairs shown, sampled at random from the alive features")
     families: int = arg(4, "feature families shown: the clearest splits")
     seed: int = arg(0, "seed for the sampled pairs")
@@ -68,6 +78,9 @@ class CompareConfig:
         require(finite(self.sweep_minutes) and self.sweep_minutes >= 0, f"--sweep-minutes {self.sweep_minutes}",
                 "must be a number of minutes >= 0 (0: none)")
         require(self.tokens >= 0, f"--tokens {self.tokens}", "must be >= 0 (0: the whole held-out split)")
+        require(self.universality_tokens >= 0, f"--universality-tokens {self.universality_tokens}",
+                "must be >= 0 (0: every window of the corpus)")
+        require(self.groups >= 2, f"--groups {self.groups}", "must be at least 2 (the intervals resample groups)")
         require(self.pairs >= 1, f"--pairs {self.pairs}", "must be at least 1")
         require(self.families >= 1, f"--families {self.families}", "must be at least 1")
 
@@ -175,69 +188,124 @@ def measure(cfg, dirs):
     sae_b = load_sae(os.path.join(cfg.out, "sae_b", f"F{F}", "ckpt.pt"), device)[0]
     sweep = {s: load_sae(os.path.join(cfg.out, "sae_sweep", f"F{s}", "ckpt.pt"), device)
              for s in dirs["sizes"]}
-    matches = match_pass(cfg, lm_a, lm_b, sae_a, sae_b, {s: v[0] for s, v in sweep.items()}, tokens, n,
-                         meta["vocab_size"])
-    res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), match=matches,
+    batches = universality_windows(data_dir, T, cfg.universality_tokens, cfg.groups, cfg.seed)
+    u_pass = universality_pass(lm_a, lm_b, sae_a, sae_b, sweep[dirs["sizes"][-1]][0], batches, cfg.groups,
+                               meta["vocab_size"])
+    u_seconds = time.time() - t0
+    matches = knob_pass(lm_a, {s: v[0] for s, v in sweep.items()}, tokens, n, meta["vocab_size"])
+    res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), universality=universality(u_pass, cfg.seed),
+               mass=u_pass["mass"], u_tokens=u_pass["n_tokens"], u_seconds=u_seconds, match=matches,
                decoders={s: sae.W_dec.detach().float().cpu() for s, (sae, _) in sweep.items()},
                knob=knob(lm_a, tokens, n, sweep, matches), control=control(cfg, dirs))
     res["seconds"] = time.time() - t0
     return res
 
 
+def universality_windows(data_dir, T, n_tokens, groups, seed):
+    """Windows of T tokens drawn at random, without replacement, from both splits (n_tokens of them;
+    0: all), each with the group of the document it starts in (documents dealt at random into
+    `groups`). Returns batches [(split's tokens, starts, group)], group after group, so that the pass
+    feeds each group's sums in turn."""
+    eot, rng = data.load_meta(data_dir)["eot"], np.random.default_rng(seed)
+    splits, starts, docs = [], [], []
+    for i, split in enumerate(("train", "val")):
+        tokens = data.load_tokens(data_dir, split)
+        s = np.arange(len(tokens) // T) * T
+        d = np.cumsum(np.asarray(tokens) == eot)[s]                  # each window's document, counted from 0
+        splits.append(tokens)
+        starts.append(np.stack([np.full(len(s), i), s]))
+        docs.append(d + (docs[-1].max() + 1 if docs else 0))         # numbered across both splits
+    starts, docs = np.concatenate(starts, 1), np.concatenate(docs)
+    n_windows = min(n_tokens // T if n_tokens else len(docs), len(docs))
+    if n_windows < 2:
+        raise UserError(f"--universality-tokens {n_tokens}: need at least two windows of {T} tokens")
+    pick = rng.choice(len(docs), n_windows, replace=False)
+    group = (rng.permutation(docs.max() + 1) % groups)[docs[pick]]    # the documents dealt into groups
+    batches, per_batch = [], max(1, 4096 // T)
+    for g in range(groups):
+        for i, tokens in enumerate(splits):
+            mine = np.sort(starts[1, pick[(group == g) & (starts[0, pick] == i)]])
+            batches += [(tokens, mine[j:j + per_batch], g) for j in range(0, len(mine), per_batch)]
+    return batches
+
+
 @torch.no_grad()
-def match_pass(cfg, lm_a, lm_b, sae_a, sae_b, sweep, tokens, n, vocab):
-    """One pass over n held-out tokens through both LMs and every SAE, reduced to: correlations
-    of A's features with B's and of A's neurons with B's (universality); of the smallest sweep
-    dictionary with each larger one, and how much of each small feature's activation its children
-    cover (splitting); firing counts, squared reconstruction errors and per-token activation mass.
-    The sums stay on the models' device until the end (no copy to the host per chunk); what it
-    returns is on the CPU."""
+def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab):
+    """One pass over the windows through both LMs, A's and B's SAEs and a second SAE on A, reduced
+    to the sums (per group of documents) of three correlations: A's features with B's, A's neurons
+    with B's, and A's features with the second SAE's (the yardstick: how far two SAE runs on one LM
+    agree); firing counts; and each token's activation mass on A's and B's features (the report's
+    examples). The sums stay on the models' device."""
+    device = lm_a.unembed.weight.device
+    Fa, Fb, Fs, d = sae_a.cfg.n_features, sae_b.cfg.n_features, sae_same.cfg.n_features, lm_a.cfg.d_mlp
+    require_memory(4 * groups * (Fa * Fb + Fa * Fs + d * d) + 4 * vocab * (Fa + Fb), "the universality pass",
+                   "lower --groups", device)
+    corr = {"features": Correlator(Fa, Fb, groups, device), "neurons": Correlator(d, d, groups, device),
+            "same LM": Correlator(Fa, Fs, groups, device)}
+    fired = {k: torch.zeros(u, device=device) for k, u in
+             {"A": Fa, "B": Fb, "same LM": Fs, "neurons A": d, "neurons B": d}.items()}
+    mass = {"A": torch.zeros(vocab, Fa, device=device), "B": torch.zeros(vocab, Fb, device=device)}
+    n, total = 0, sum(len(starts) for _, starts, _ in batches) * lm_a.cfg.block_size
+    progress, t0 = Progress(None), time.time()
+    for tokens, starts, group in batches:
+        w = data.windows(tokens, starts, lm_a.cfg.block_size, device)
+        a, b = (lm.mlp_activations(w).flatten(0, 1).float() for lm in (lm_a, lm_b))
+        f = {"A": sae_a.encode(a), "B": sae_b.encode(b), "same LM": sae_same.encode(a), "neurons A": a, "neurons B": b}
+        corr["features"].add(f["A"], f["B"], group)
+        corr["neurons"].add(a, b, group)
+        corr["same LM"].add(f["A"], f["same LM"], group)
+        ids = w.flatten()
+        for k, x in f.items():
+            fired[k] += (x > 0).sum(0)
+            if k in mass:
+                tok, unit = x.nonzero(as_tuple=True)
+                mass[k].index_put_((ids[tok], unit), x[tok, unit], accumulate=True)
+        n += len(a)
+        if progress.due() or n == total:
+            rate = n / (time.time() - t0)
+            progress.say(f"universality: {n:,}/{total:,} tokens | {rate:,.0f} tok/s | ETA {fmt_eta((total - n) / rate)}")
+    return dict(corr=corr, fired={k: v.cpu() for k, v in fired.items()}, mass={k: v.cpu() for k, v in mass.items()},
+                n_tokens=n, groups=groups, seconds=time.time() - t0)
+
+
+@torch.no_grad()
+def knob_pass(lm_a, sweep, tokens, n, vocab):
+    """One pass over n held-out tokens through model A and every dictionary of the sweep, reduced
+    to: correlations of the smallest dictionary's features with each larger one's, and how much of
+    each small feature's activation its children cover (splitting); firing counts, squared
+    reconstruction errors and per-token activation mass. The sums stay on the model's device
+    until the end (no copy to the host per chunk); what it returns is on the CPU."""
     device = lm_a.unembed.weight.device
     sizes = sorted(sweep)
     small, larger = sizes[0], sizes[1:]
     parents = {s: nearest_parent(sweep[small].W_dec, sweep[s].W_dec) for s in larger}
     parents_here = {s: p.to(device) for s, p in parents.items()}
-    # "same LM": A's SAE against the sweep's largest, a separately trained SAE on the same LM: how
-    # far two SAE runs on one LM agree is the yardstick for agreement across two LMs
-    corr = {"features": Correlator(sae_a.cfg.n_features, sae_b.cfg.n_features, device),
-            "neurons": Correlator(lm_a.cfg.d_mlp, lm_b.cfg.d_mlp, device),
-            "same LM": Correlator(sae_a.cfg.n_features, sizes[-1], device),
-            **{s: Correlator(small, s, device) for s in larger}}
+    corr = {s: Correlator(small, s, device=device) for s in larger}
     cover = {s: Coverage(small, s, device) for s in larger}
-    units = {"A": sae_a.cfg.n_features, "B": sae_b.cfg.n_features, **{s: s for s in sizes}}
-    fired = {k: torch.zeros(u, device=device)
-             for k, u in {**units, "neurons A": lm_a.cfg.d_mlp, "neurons B": lm_b.cfg.d_mlp}.items()}
-    mass = {k: torch.zeros(vocab, u, device=device) for k, u in units.items()}
+    fired = {s: torch.zeros(s, device=device) for s in sizes}
+    mass = {s: torch.zeros(vocab, s, device=device) for s in sizes}
     sq_err = dict.fromkeys(sizes, 0.0)
     a_sum, a_sumsq = 0.0, 0.0
     progress, t0 = Progress(None), time.time()
     batch = max(1, 4096 // lm_a.cfg.block_size) * lm_a.cfg.block_size
-    streams = zip(stream(lm_a, tokens, n, {"h": lambda h: h}, batch),
-                  stream(lm_b, tokens, n, {"h": lambda h: h}, batch))
-    for (start, a), (_, b) in streams:
-        a, b = a["h"], b["h"]
+    for start, a in stream(lm_a, tokens, n, {"h": lambda h: h}, batch):
+        a = a["h"]
         ids = torch.from_numpy(tokens[start:start + len(a)]).to(device)
-        f = {"A": sae_a.encode(a), "B": sae_b.encode(b), **{s: sweep[s].encode(a) for s in sizes}}
-        corr["features"].add(f["A"], f["B"])
-        corr["same LM"].add(f["A"], f[sizes[-1]])
-        corr["neurons"].add(a, b)
+        f = {s: sweep[s].encode(a) for s in sizes}
         for s in larger:
             corr[s].add(f[small], f[s])
             cover[s].add(f[small], f[s], parents_here[s])
-        fired["neurons A"] += (a > 0).sum(0)
-        fired["neurons B"] += (b > 0).sum(0)
         for k, x in f.items():
             fired[k] += (x > 0).sum(0)
             tok, unit = x.nonzero(as_tuple=True)
             mass[k].index_put_((ids[tok], unit), x[tok, unit].float(), accumulate=True)
-        for s in sizes:
-            sq_err[s] += ((sweep[s].decode(f[s]) - a) * sweep[s].act_scale).double().square().sum()
+            sq_err[k] += ((sweep[k].decode(x) - a) * sweep[k].act_scale).double().square().sum()
         a_sum = a_sum + a.double().sum(0)
         a_sumsq = a_sumsq + a.double().square().sum(0)
         done = start + len(a)
         if progress.due() or done == n:
             rate = done / (time.time() - t0)
-            progress.say(f"matching: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
+            progress.say(f"the knob: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
                          f"ETA {fmt_eta((n - done) / rate)}")
     spread = (a_sumsq - a_sum ** 2 / n).sum().item()  # FVU's denominator, in the activations' units
     sq_err = {s: e.item() for s, e in sq_err.items()}
@@ -280,18 +348,58 @@ def control(cfg, dirs):
 # Summaries
 
 
-def universality(m, n):
-    """For each alive feature of A, its best-correlated alive feature of B; the same for neurons,
-    and for A's features against another SAE on model A itself."""
+DENSITY_BINS = (0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)   # the universality table's columns, fixed before its numbers were seen
+MIN_UNITS = 10                                     # a median of fewer units is not shown
+
+
+def universality(p, seed, n_resamples=1000):
+    """For each alive unit of model A (fired on at least MIN_ACTIVE tokens; the paper's ultralow-density
+    cluster left out of the features, where there is one), its best-correlated alive unit of the
+    other set: B's features, B's neurons, or the second SAE's features on A. Beside each best
+    correlation, the same on n_resamples resamples of the groups of documents (the same resamples
+    for every kind, so that differences between kinds are paired). p: universality_pass's result."""
+    n, G = p["n_tokens"], p["groups"]
+    draws = torch.from_numpy(np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), n_resamples))
     out = {}
-    for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B"),
-                       ("same LM", "A", max(k for k in m["fired"] if isinstance(k, int)))):
-        alive_a = (m["fired"][a] >= MIN_ACTIVE).nonzero().squeeze(1)
-        alive_b = (m["fired"][b] >= MIN_ACTIVE).nonzero().squeeze(1)
-        best, idx = best_matches(m["corr"][kind][alive_a][:, alive_b])
-        out[kind] = dict(units=alive_a, best=best.numpy(), match=alive_b[idx], total=len(m["fired"][a]),
-                         density=(m["fired"][a][alive_a] / n).numpy())
+    for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B"), ("same LM", "A", "same LM")):
+        density = p["fired"][a].double().numpy() / n
+        keep = p["fired"][a] >= MIN_ACTIVE
+        cluster = analyze.ultralow_cluster(density) if kind != "neurons" else None
+        if cluster:
+            keep &= ~torch.from_numpy(cluster["members"])
+        rows, cols = keep.nonzero().squeeze(1), (p["fired"][b] >= MIN_ACTIVE).nonzero().squeeze(1)
+        best, idx = best_matches(p["corr"][kind].correlations()[rows][:, cols])
+        out[kind] = dict(units=rows, best=best.numpy(), match=cols[idx], total=len(density),
+                         density=density[rows.numpy()], ultralow=int(cluster["members"].sum()) if cluster else 0,
+                         resampled=p["corr"][kind].resampled_best(rows, cols, draws).numpy())
     return out
+
+
+def median_ci(r, lo=0.0, hi=1.0):
+    """The median best correlation of r's units with a density in [lo, hi), the 95% interval of the
+    resampled medians and the count; None below MIN_UNITS units."""
+    sel = in_bin(r, lo, hi)
+    if sel.sum() < MIN_UNITS:
+        return None
+    resampled = np.median(r["resampled"][:, sel], axis=1)
+    return dict(median=float(np.median(r["best"][sel])), ci=[float(x) for x in np.percentile(resampled, [2.5, 97.5])],
+                n=int(sel.sum()))
+
+
+def in_bin(r, lo, hi):
+    """Which of r's units have a density in [lo, hi) (in [lo, 1] for the last bin)."""
+    return (r["density"] >= lo) & ((r["density"] < hi) | (hi >= 1))
+
+
+def difference_ci(a, b, lo=0.0, hi=1.0):
+    """median(a) - median(b) over the units with a density in [lo, hi), with the 95% interval of the
+    paired resamples; None where either kind has fewer than MIN_UNITS units."""
+    sa, sb = in_bin(a, lo, hi), in_bin(b, lo, hi)
+    if min(sa.sum(), sb.sum()) < MIN_UNITS:
+        return None
+    diffs = np.median(a["resampled"][:, sa], axis=1) - np.median(b["resampled"][:, sb], axis=1)
+    return dict(value=float(np.median(a["best"][sa]) - np.median(b["best"][sb])),
+                ci=[float(x) for x in np.percentile(diffs, [2.5, 97.5])])
 
 
 def splitting(m, W, n_show):
@@ -351,6 +459,11 @@ def top_tokens(mass, unit, enc, k=4):
                     if v > 0)
 
 
+def density_label(lo, hi):
+    decade = lambda x: f"1e{round(np.log10(x))}"
+    return f"density < {decade(hi)}" if lo == 0 else f"{decade(lo)} to {decade(hi)}" if hi < 1 else f">= {decade(lo)}"
+
+
 def millions(x):
     return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x:,}"
 
@@ -359,8 +472,9 @@ def plot_universality(u, path):
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, 2)
     bins = np.linspace(0, 1, 41)
-    for kind, color, label in (("features", "tab:blue", "features, A vs B"), ("neurons", "tab:red", "neurons, A vs B"),
-                               ("same LM", "tab:gray", "features, A vs a second SAE on A")):
+    kinds = (("features", "tab:blue", "features, A vs B"), ("neurons", "tab:red", "neurons, A vs B"),
+             ("same LM", "tab:gray", "features, A vs a second SAE on A"))
+    for kind, color, label in kinds:
         x = u[kind]["best"]
         axes[0].hist(x, bins=bins, density=True, histtype="step", linewidth=2 if kind != "same LM" else 1,
                      color=color, label=f"{label} (n={len(x)}, median {np.median(x):.2f})")
@@ -369,12 +483,21 @@ def plot_universality(u, path):
     axes[0].set_ylabel("density of units")
     axes[0].set_title("model A's units, best match in model B (paper: median 0.72 vs 0.46)", fontsize=9)
     axes[0].legend(fontsize=8, loc="upper left")
-    f = u["features"]
-    axes[1].scatter(f["density"], f["best"], s=3, alpha=0.4, color="tab:blue")
+    centres = [np.sqrt(max(lo, 1e-5) * hi) for lo, hi in zip(DENSITY_BINS, DENSITY_BINS[1:])]
+    for (kind, color, label), shift in zip(kinds, (1.0, 1.15, 0.87)):
+        cells = [(c * shift, median_ci(u[kind], lo, hi)) for c, lo, hi in zip(centres, DENSITY_BINS, DENSITY_BINS[1:])]
+        cells = [(x, r) for x, r in cells if r]
+        axes[1].errorbar([x for x, _ in cells], [r["median"] for _, r in cells], fmt="o", color=color, capsize=3,
+                         label=label,
+                         yerr=np.array([[r["median"] - r["ci"][0], r["ci"][1] - r["median"]] for _, r in cells]).T)
+    for edge in DENSITY_BINS[1:-1]:
+        axes[1].axvline(edge, color="lightgray", linewidth=0.5)
     axes[1].set_xscale("log")
-    axes[1].set_xlabel("feature density in model A")
-    axes[1].set_ylabel("max correlation with model B")
-    axes[1].set_title("which features are universal?", fontsize=9)
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend(fontsize=8, loc="lower left")
+    axes[1].set_xlabel("the unit's density in model A (bins: decades)")
+    axes[1].set_ylabel("median best correlation, 95% interval")
+    axes[1].set_title("at the same density: do features match better than neurons?", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -431,34 +554,40 @@ def plot_knob(k, path):
 def write_report(cfg, dirs, res):
     folder = os.path.join(cfg.out, "compare")
     make_folder(folder)
-    n, enc, m = res["n_tokens"], res["enc"], res["match"]
-    u = universality(m, n)
-    write_summary(u, n, os.path.join(folder, "summary.json"))
+    n, enc, m, u = res["n_tokens"], res["enc"], res["match"], res["universality"]
+    write_summary(u, res["u_tokens"], os.path.join(folder, "summary.json"))
     split = splitting(m, res["decoders"], cfg.families)
     plot_universality(u, os.path.join(folder, "universality.png"))
     plot_control(res["control"], n, os.path.join(folder, "control.png"))
     plot_knob(res["knob"], os.path.join(folder, "knob.png"))
     F = dirs["n_features"]
-    f, ne = u["features"], u["neurons"]
+    f = u["features"]
     L = [f"# Universality, the random-weights control and feature splitting: `{cfg.out}`", "",
-         f"Held-out tokens: {n:,}. Measured in {fmt_eta(res['seconds'])}. Runs compared:", "",
+         f"Measured in {fmt_eta(res['seconds'])}, universality in {fmt_eta(res['u_seconds'])}. Runs compared:", "",
          "| run | folder | trained on | final held-out line |", "| --- | --- | --- | --- |"]
     L += runs_table(cfg, dirs)
-    same = u["same LM"]
-    frequent = lambda r: f"{np.median(r['best'][r['density'] >= 1e-4]):.3f} (n={(r['density'] >= 1e-4).sum():,})"
+    bins = list(zip(DENSITY_BINS, DENSITY_BINS[1:]))
+    cell = lambda r: f"**{r['median']:.3f}** [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] (n={r['n']:,})" if r else "-"
+    diff = lambda r: f"{r['value']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r else "-"
+    excluded = f"; the ultralow-density cluster's {f['ultralow']} features left out, as the paper does" if f["ultralow"] else ""
     L += ["", "## Universality: model A vs model B (differing only in seed)", "",
-          "For each alive unit of model A (fired on at least 10 held-out tokens), the largest Pearson "
-          "correlation of its activations with any alive unit of model B on the same tokens. The last row is "
-          f"a yardstick: A's features against a second SAE trained on model A itself (the sweep's F{dirs['sizes'][-1]}: "
-          f"another initialisation, the same data order, {millions(res['knob']['rows'][-1]['seen'])} activations).", "",
-          "| units | alive | mean max correlation | median | median, density >= 1e-4 | paper (median) |",
-          "| --- | --- | --- | --- | --- | --- |",
-          f"| features (F{F}), A vs B | {len(f['best']):,} of {f['total']:,} | {f['best'].mean():.3f} | "
-          f"{np.median(f['best']):.3f} | {frequent(f)} | 0.72 |",
-          f"| neurons, A vs B | {len(ne['best'])} of {ne['total']} | {ne['best'].mean():.3f} | "
-          f"{np.median(ne['best']):.3f} | {frequent(ne)} | 0.46 |",
-          f"| features, A vs a second SAE on A | {len(same['best']):,} of {f['total']:,} | {same['best'].mean():.3f} | "
-          f"{np.median(same['best']):.3f} | {frequent(same)} | - |", "", "![universality](universality.png)", "",
+          f"Over {res['u_tokens']:,} tokens in random windows of the whole corpus (both splits), for each alive unit "
+          f"of model A (fired on at least {MIN_ACTIVE} of them{excluded}), the largest Pearson correlation of its "
+          "activations with any alive unit of the other set on the same tokens: the median, overall and by the "
+          "unit's density, with 95% intervals from resampling the corpus's documents (dealt into "
+          f"{cfg.groups} groups). The last row is a yardstick: A's features against a second SAE trained on model "
+          f"A itself (the sweep's F{dirs['sizes'][-1]}: another initialisation, the same data order, "
+          f"{millions(res['knob']['rows'][-1]['seen'])} activations).", "",
+          "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins) + " | paper |",
+          "| --- " * (len(bins) + 4) + "|"]
+    for kind, label, paper in (("features", f"features (F{F}), A vs B", "0.72"), ("neurons", "neurons, A vs B", "0.46"),
+                               ("same LM", "features, A vs a second SAE on A", "-")):
+        r = u[kind]
+        L.append(f"| {label} | {len(r['best']):,} of {r['total']:,} | {cell(median_ci(r))} | "
+                 + " | ".join(cell(median_ci(r, lo, hi)) for lo, hi in bins) + f" | {paper} |")
+    L.append("| features minus neurons | | " + diff(difference_ci(f, u["neurons"])) + " | "
+             + " | ".join(diff(difference_ci(f, u["neurons"], lo, hi)) for lo, hi in bins) + " | 0.26 |")
+    L += ["", "![universality](universality.png)", "",
           f"{cfg.pairs} features of model A drawn at random from the alive ones, beside their best match in model B "
           "(top tokens by share of the feature's activation mass):", "",
           "| A feature | its top tokens | r | B feature | its top tokens |", "| --- | --- | --- | --- | --- |"]
@@ -466,8 +595,8 @@ def write_report(cfg, dirs, res):
     picks = rng.choice(len(f["units"]), min(cfg.pairs, len(f["units"])), replace=False)
     for i in sorted(picks, key=lambda i: -f["best"][i]):
         a, b = f["units"][i].item(), f["match"][i].item()
-        L.append(f"| A/{a} | {top_tokens(m['mass']['A'], a, enc)} | {f['best'][i]:.2f} | B/{b} | "
-                 f"{top_tokens(m['mass']['B'], b, enc)} |")
+        L.append(f"| A/{a} | {top_tokens(res['mass']['A'], a, enc)} | {f['best'][i]:.2f} | B/{b} | "
+                 f"{top_tokens(res['mass']['B'], b, enc)} |")
     c = res["control"]
     L += ["", "## The random-weights control", "",
           "analyze.py's features-versus-neurons comparison (same units sampled, same score) on model A and on the "
@@ -524,10 +653,14 @@ def write_report(cfg, dirs, res):
 
 
 def write_summary(u, n, path):
-    """summary.json beside report.md: the universality medians, for programs. Returns them."""
-    out = dict(n_tokens=n, universality_median={name: float(np.median(u[kind]["best"])) for name, kind in
-                                                (("features", "features"), ("neurons", "neurons"),
-                                                 ("same_lm_features", "same LM"))})
+    """summary.json beside report.md: the universality medians with their intervals, overall and
+    by density, for programs. Returns them."""
+    bins = list(zip(DENSITY_BINS, DENSITY_BINS[1:]))
+    out = dict(n_tokens=n, universality={
+        name: dict(**median_ci(u[kind]), by_density=[dict(lo=lo, hi=hi, **(median_ci(u[kind], lo, hi) or {}))
+                                                     for lo, hi in bins])
+        for name, kind in (("features", "features"), ("neurons", "neurons"), ("same_lm_features", "same LM"))})
+    out["universality"]["features_minus_neurons"] = difference_ci(u["features"], u["neurons"])
     atomic_write_text(json.dumps(out, indent=2) + "\n", path)
     return out
 

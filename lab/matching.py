@@ -12,52 +12,89 @@ GPU's chunks are never copied to the host; the results come back on the CPU.
 """
 import torch
 
+PAIR_COST = 2000  # a pair of the sparse cross sums costs about as much as this many multiply-adds of a dense product
+
 
 class Correlator:
-    """Accumulates what Pearson correlations need over chunks of the same tokens:
-    sums of a, b, a^2, b^2 per unit and the cross sums a^T b (float64, so the subtraction
-    E[ab] - E[a]E[b] does not lose the small correlations of dense units)."""
+    """Accumulates what Pearson correlations need over chunks of the same tokens, kept apart per group
+    of documents so that a bootstrap can resample the groups (lab/compare.py): the token count and
+    the sums of a, b, a^2 and b^2 per unit (float64), and the cross sums a^T b (one (n_a, n_b)
+    matrix per group, float32 to halve the memory; the groups are summed in float64 before
+    E[ab] - E[a]E[b] is taken, so the small correlations of dense units are not lost)."""
 
-    def __init__(self, n_a, n_b, device="cpu"):
-        self.n = 0
+    def __init__(self, n_a, n_b, groups=1, device="cpu"):
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)
-        self.sa, self.sa2 = zeros(n_a), zeros(n_a)
-        self.sb, self.sb2 = zeros(n_b), zeros(n_b)
-        self.sab = zeros(n_a, n_b)
+        self.n = zeros(groups)
+        self.sa, self.sa2 = zeros(groups, n_a), zeros(groups, n_a)
+        self.sb, self.sb2 = zeros(groups, n_b), zeros(groups, n_b)
+        self.sab = torch.zeros(groups, n_a, n_b, device=device)
 
-    def add(self, a, b):
-        """a (N, n_a), b (N, n_b): activations on the same N tokens, on the Correlator's device. On
-        a CPU a sparse a (most features are zero on most tokens) makes a^T b cost only its
-        nonzeros; on a GPU the dense product takes milliseconds, and choosing would cost a wait
-        for the host each chunk."""
+    def add(self, a, b, group=0):
+        """a (N, n_a), b (N, n_b): activations on the same N tokens of one group, on the
+        Correlator's device."""
         a, b = a.float(), b.float()
-        self.n += a.shape[0]
-        self.sa += a.sum(0).double()
-        self.sa2 += a.pow(2).sum(0).double()
-        self.sb += b.sum(0).double()
-        self.sb2 += b.pow(2).sum(0).double()
-        if a.device.type == "cpu" and (a > 0).float().mean() < 0.1:
-            self.sab += torch.sparse.mm(transposed_csr(a), b).double()
-        else:
-            self.sab += (a.T @ b).double()
+        self.n[group] += a.shape[0]
+        self.sa[group] += a.sum(0).double()
+        self.sa2[group] += a.pow(2).sum(0).double()
+        self.sb[group] += b.sum(0).double()
+        self.sb2[group] += b.pow(2).sum(0).double()
+        add_cross_sums(self.sab[group], a, b)
 
     def correlations(self):
-        """(n_a, n_b) Pearson correlations; 0 where a unit never varied (never fired)."""
-        n = self.n
-        cov = self.sab / n - torch.outer(self.sa / n, self.sb / n)
-        var_a = (self.sa2 / n - (self.sa / n) ** 2).clamp_min(0)
-        var_b = (self.sb2 / n - (self.sb / n) ** 2).clamp_min(0)
-        denom = torch.outer(var_a.sqrt(), var_b.sqrt())
-        return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov)).float().cpu()
+        """(n_a, n_b) Pearson correlations over all groups; 0 where a unit never varied (never fired)."""
+        return pearson(self.n.sum(), self.sa.sum(0)[:, None], self.sa2.sum(0)[:, None], self.sb.sum(0)[None],
+                       self.sb2.sum(0)[None], self.sab.sum(0, dtype=torch.float64)).float().cpu()
+
+    def resampled_best(self, rows, cols, draws, k=8):
+        """Each row unit's best correlation with the column units, on resampled data: draws (R, groups)
+        says how often each group is drawn in each of R resamples. A row's best is sought among its k
+        best columns on all the data (a resample's best is one of them unless k columns nearly tie),
+        so a resample costs k sums per row, not n_b. rows, cols: index tensors. Returns (R, len(rows))."""
+        cand = cols[self.correlations()[rows][:, cols].topk(min(k, len(cols)), dim=1).indices]   # (rows, k)
+        host = lambda x: x.double().cpu()
+        here = lambda i: i.to(self.sab.device)
+        n, sa, sa2 = host(self.n), host(self.sa[:, here(rows)]), host(self.sa2[:, here(rows)])  # (G,), (G, rows)
+        sb, sb2 = host(self.sb[:, here(cand)]), host(self.sb2[:, here(cand)])                  # (G, rows, k)
+        sab = host(self.sab[:, here(rows)[:, None], here(cand)])
+        best = []
+        for d in draws.double().split(64):  # (r, G): the sums of a few resamples at a time
+            mix = lambda x: torch.tensordot(d, x, dims=1)
+            r = pearson(mix(n)[:, None, None], mix(sa)[..., None], mix(sa2)[..., None], mix(sb), mix(sb2), mix(sab))
+            best.append(r.max(dim=2).values)
+        return torch.cat(best).float()
 
 
-def transposed_csr(a):
-    """a.T (n_a, N) in CSR form, built from a's nonzeros (several times faster than a.T.to_sparse_csr())."""
-    tok, unit = a.nonzero(as_tuple=True)
-    order = torch.argsort(unit, stable=True)
-    rows = torch.zeros(a.shape[1] + 1, dtype=torch.long)
-    rows[1:] = torch.bincount(unit, minlength=a.shape[1]).cumsum(0)
-    return torch.sparse_csr_tensor(rows, tok[order], a[tok, unit][order], size=(a.shape[1], a.shape[0]))
+def pearson(n, sa, sa2, sb, sb2, sab):
+    """Pearson correlations from sums over n tokens (broadcast together); 0 where a unit never varied."""
+    cov = sab / n - (sa / n) * (sb / n)
+    var_a = (sa2 / n - (sa / n) ** 2).clamp_min(0)
+    var_b = (sb2 / n - (sb / n) ** 2).clamp_min(0)
+    denom = (var_a * var_b).sqrt()
+    return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov))
+
+
+def add_cross_sums(sab, a, b):
+    """sab (n_a, n_b) += a^T b. Where both are sparse (a few dozen of thousands of features fire on a
+    token), only the pairs of units that fire together on a token contribute, so the sum is built
+    from those pairs: about L0_a x L0_b a token instead of n_a x n_b multiply-adds. On a GPU the
+    dense product takes milliseconds, and choosing would cost a wait for the host each chunk."""
+    if a.device.type != "cpu":
+        sab += a.T @ b
+        return
+    ta, ia = a.nonzero(as_tuple=True)
+    tb, jb = b.nonzero(as_tuple=True)
+    if len(ta) * len(tb) * PAIR_COST > sab.numel() * a.shape[0] ** 2:  # ~len(ta) len(tb) / N pairs: dense enough
+        sab += a.T @ b                                                    # that the product is cheaper
+        return
+    order = torch.argsort(ia, stable=True)                   # a's nonzeros unit by unit: sab fills row by row
+    ta, ia = ta[order], ia[order]
+    per_token = torch.bincount(tb, minlength=a.shape[0])     # b's nonzeros come token by token
+    pairs = per_token.index_select(0, ta)                    # how many b units fire beside each nonzero of a
+    which_a = torch.repeat_interleave(pairs)
+    first_b = (per_token.cumsum(0) - per_token).index_select(0, ta)
+    which_b = torch.arange(len(which_a)) + (first_b - (pairs.cumsum(0) - pairs)).index_select(0, which_a)
+    flat = (ia * b.shape[1]).index_select(0, which_a) + jb.index_select(0, which_b)
+    sab.view(-1).index_add_(0, flat, a[ta, ia].index_select(0, which_a) * b[tb, jb].index_select(0, which_b))
 
 
 class Coverage:

@@ -50,6 +50,69 @@ def test_correlation_matches_numpy_on_dense_and_sparse_units():
     assert correlations(torch.zeros(100, 3), b[:100]).abs().max() == 0  # a dead unit: 0, not NaN
 
 
+def test_the_sparse_cross_sums_equal_the_dense_product_on_fresh_inputs():
+    """Both paths of add_cross_sums (pairs of units firing together; the dense product) against a.T @ b."""
+    for seed, (n_a, n_b, density) in enumerate(((300, 200, 0.02), (64, 512, 0.1), (40, 30, 0.9), (50, 50, 0.0))):
+        a, b = sparse_acts(700, n_a, density, seed), sparse_acts(700, n_b, density, seed + 100)
+        for cost in (0, 10 ** 9):   # 0: always the pairs; 10^9: always the product
+            sab = torch.ones(n_a, n_b)
+            matching.PAIR_COST, saved = cost, matching.PAIR_COST
+            try:
+                matching.add_cross_sums(sab, a, b)
+            finally:
+                matching.PAIR_COST = saved
+            assert torch.allclose(sab, 1 + a.T @ b, atol=1e-4), (seed, cost)
+
+
+def test_groups_add_up_and_resampling_a_group_measures_that_group_alone():
+    a, b = sparse_acts(6000, 20, 0.1, seed=4), sparse_acts(6000, 15, 0.1, seed=5)
+    b[:, 0] = a[:, 0] + 0.1 * b[:, 0]              # a pair that matches well everywhere
+    b[3000:, 1] = a[3000:, 1]                      # one that matches only in the second half
+    grouped = matching.Correlator(20, 15, groups=2)
+    for i in range(0, 6000, 1000):
+        grouped.add(a[i:i + 1000], b[i:i + 1000], group=i // 3000)
+    assert torch.allclose(grouped.correlations(), correlations(a, b), atol=1e-5)
+    rows, cols = torch.arange(20), torch.arange(15)
+    draws = torch.tensor([[1, 1], [2, 0], [0, 2]])  # all the data; the first half twice; the second twice
+    best = grouped.resampled_best(rows, cols, draws)
+    for r, part in zip(best, (slice(None), slice(0, 3000), slice(3000, None))):
+        assert torch.allclose(r, matching.best_matches(correlations(a[part], b[part]))[0], atol=1e-5)
+    assert best[2, 1] > 0.99 and best[1, 1] < 0.5 and best[:, 0].min() > 0.9
+
+
+def test_universality_windows_are_drawn_without_replacement_and_each_document_stays_in_one_group(tiny_lm):
+    data_dir = os.path.join(tiny_lm, "data")
+    meta = data.load_meta(data_dir)
+    batches = compare.universality_windows(data_dir, 64, 64 * 60, 4, seed=0)
+    assert [g for _, _, g in batches] == sorted(g for _, _, g in batches)          # group after group
+    drawn = [(id(t), int(s), g) for t, starts, g in batches for s in starts]
+    assert len(drawn) == 60 == len({(t, s) for t, s, _ in drawn})                   # no window twice
+    splits = {id(t): t for t, _, _ in batches}
+    assert len(splits) == 2 and all(s % 64 == 0 and s + 64 <= len(splits[t]) for t, s, _ in drawn)
+    group_of = {}
+    for t, s, g in drawn:  # a window's document: the end-of-text tokens before its start
+        doc = (id(t), int((np.asarray(splits[t][:s + 1]) == meta["eot"]).sum()))
+        assert group_of.setdefault(doc, g) == g
+    every = compare.universality_windows(data_dir, 64, 0, 4, seed=0)
+    assert sum(len(s) for _, s, _ in every) == sum(meta["tokens"][k] // 64 for k in ("train", "val"))
+
+
+def test_a_permuted_copy_of_the_sae_is_matched_back_by_the_universality_pass(tiny_sae):
+    lm, _ = load_lm(tiny_sae, "lm")
+    sae = load_sae(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"))[0]
+    perm = torch.randperm(1024, generator=torch.Generator().manual_seed(3))
+    copy = load_sae(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"))[0]
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec"):
+            getattr(copy, name).copy_(getattr(sae, name)[perm])
+    batches = compare.universality_windows(os.path.join(tiny_sae, "data"), 64, 8192, 3, seed=1)
+    u = compare.universality(compare.universality_pass(lm, lm, sae, copy, sae, batches, 3, 512), seed=0,
+                             n_resamples=20)
+    f = u["features"]
+    assert np.allclose(f["best"], 1, atol=1e-4) and torch.equal(perm[f["match"]], f["units"])
+    assert np.allclose(u["same LM"]["best"], 1, atol=1e-4) and np.allclose(f["resampled"], 1, atol=1e-4)
+
+
 def test_decoder_cosines_identical_and_permuted():
     W = torch.randn(32, 16)
     cos = matching.decoder_cosines(W, 3 * W)
@@ -112,12 +175,13 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_b"))
     shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_b"))
     cfg = compare.CompareConfig(out=out, device="cpu", sizes=[64, 128, 256], sweep_activations=64 * 1024,
-                                tokens=8192, pairs=3, families=2, n_units=64)
+                                tokens=8192, universality_tokens=16384, groups=4, pairs=3, families=2, n_units=64)
     res = compare.main(cfg)
-    u = compare.universality(res["match"], res["n_tokens"])
+    u = res["universality"]
     assert len(u["features"]["best"]) > 100 and np.allclose(u["features"]["best"], 1, atol=1e-4)
     assert torch.equal(u["features"]["match"], u["features"]["units"])
     assert np.allclose(u["neurons"]["best"], 1, atol=1e-4)
+    assert np.allclose(u["features"]["resampled"], 1, atol=1e-4)  # identical on every resample too
     # the control: never trained, model A's own initialisation (seed 0)
     lm_a = torch.load(os.path.join(out, "lm", "ckpt.pt"), weights_only=False)
     rnd = torch.load(os.path.join(out, "lm_random", "ckpt.pt"), weights_only=False)
@@ -134,13 +198,16 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     for figure in ("universality.png", "control.png", "knob.png"):
         assert f"({figure})" in report and os.path.getsize(os.path.join(out, "compare", figure)) > 10_000
     assert report.count("| A/") == 3 and "random weights" in report and "a second SAE on A" in report
-    summary = json.load(open(os.path.join(out, "compare", "summary.json")))
-    assert summary["universality_median"] == {"features": float(np.median(u["features"]["best"])),
-                                              "neurons": float(np.median(u["neurons"]["best"])),
-                                              "same_lm_features": float(np.median(u["same LM"]["best"]))}
+    summary = json.load(open(os.path.join(out, "compare", "summary.json")))["universality"]
+    for name, kind in (("features", "features"), ("neurons", "neurons"), ("same_lm_features", "same LM")):
+        assert summary[name]["median"] == float(np.median(u[kind]["best"])) and summary[name]["n"] == len(u[kind]["best"])
+    assert summary["features"]["ci"][0] <= summary["features"]["median"] <= summary["features"]["ci"][1]
+    assert sum(b.get("n", 0) for b in summary["features"]["by_density"]) <= summary["features"]["n"]
+    assert summary["features_minus_neurons"]["value"] == pytest.approx(0, abs=1e-4)
     # the measurement's results are CPU tensors, wherever it ran
     assert all(c.device.type == "cpu" for c in res["match"]["corr"].values())
-    assert all(t.device.type == "cpu" for d in (res["match"]["fired"], res["match"]["mass"]) for t in d.values())
+    assert all(t.device.type == "cpu" for d in (res["match"]["fired"], res["match"]["mass"], res["mass"])
+               for t in d.values())
     # a second run finds every stage done and trains nothing
     capsys.readouterr()
     stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "*", "**", "ckpt.pt"), recursive=True)}
@@ -176,24 +243,28 @@ def test_missing_main_run_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_the_matching_pass_on_cuda_equals_the_cpu_one(tiny_sae):
+def test_the_matching_passes_on_cuda_equal_the_cpu_ones(tiny_sae):
     """The sums stay on the GPU; the results come back to the CPU, equal to the CPU's up to rounding."""
     tokens = np.asarray(data.load_tokens(os.path.join(tiny_sae, "data"), "val")[:4096]).astype(np.int64)
+    batches = compare.universality_windows(os.path.join(tiny_sae, "data"), 64, 4096, 2, 0)
     results = {}
     for device in ("cpu", "cuda"):
         lm, _ = load_lm(tiny_sae, "lm", device)
         sae = load_sae(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"), device)[0]
         small = sae_lib.SAE(sae_lib.SAEConfig(d_in=512, n_features=64)).to(device)
-        results[device] = compare.match_pass(compare.CompareConfig(out=tiny_sae), lm, lm, sae, sae,
-                                             {64: small, 1024: sae}, tokens, len(tokens), 512)
+        u = compare.universality_pass(lm, lm, sae, sae, small, batches, 2, 512)
+        results[device] = dict(compare.knob_pass(lm, {64: small, 1024: sae}, tokens, len(tokens), 512),
+                               u_corr={k: c.correlations() for k, c in u["corr"].items()}, u_fired=u["fired"])
     cpu, gpu = results["cpu"], results["cuda"]
     # cuBLAS and the CPU round differently: a pre-activation within rounding of 0 may flip, which
     # moves a rare unit's numbers a lot, so all but a few units must agree, not bit for bit
-    for k in cpu["fired"]:
-        assert (gpu["fired"][k] - cpu["fired"][k]).abs().sum() <= 1e-3 * cpu["fired"][k].sum() + 2
-    for k in cpu["corr"]:
-        assert gpu["corr"][k].device.type == "cpu"
-        assert torch.isclose(gpu["corr"][k], cpu["corr"][k], atol=1e-3).float().mean() >= 0.99, k
+    for fired in ("fired", "u_fired"):
+        for k in cpu[fired]:
+            assert (gpu[fired][k] - cpu[fired][k]).abs().sum() <= 1e-3 * cpu[fired][k].sum() + 2
+    for corr in ("corr", "u_corr"):
+        for k in cpu[corr]:
+            assert gpu[corr][k].device.type == "cpu"
+            assert torch.isclose(gpu[corr][k], cpu[corr][k], atol=1e-3).float().mean() >= 0.99, k
     for k in cpu["mass"]:
         assert torch.isclose(gpu["mass"][k], cpu["mass"][k], rtol=1e-4, atol=1e-4).float().mean() >= 0.99, k
     assert gpu["fvu"] == pytest.approx(cpu["fvu"], rel=1e-4)
