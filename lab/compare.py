@@ -350,6 +350,7 @@ def control(cfg, dirs):
 
 DENSITY_BINS = (0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)   # the universality table's columns, fixed before its numbers were seen
 MIN_UNITS = 10                                     # a median of fewer units is not shown
+CLEAR_MARGIN = 0.1                                 # features beat neurons clearly if their difference's interval is above
 
 
 def universality(p, seed, n_resamples=1000):
@@ -384,6 +385,14 @@ def median_ci(r, lo=0.0, hi=1.0):
     resampled = np.median(r["resampled"][:, sel], axis=1)
     return dict(median=float(np.median(r["best"][sel])), ci=[float(x) for x in np.percentile(resampled, [2.5, 97.5])],
                 n=int(sel.sum()))
+
+
+def clear_margin(u):
+    """Whether features beat neurons by a clear margin: the 95% interval of their difference above
+    CLEAR_MARGIN overall, and above 0 in every density bin where both kinds have MIN_UNITS units."""
+    bins = [difference_ci(u["features"], u["neurons"], lo, hi) for lo, hi in zip(DENSITY_BINS, DENSITY_BINS[1:])]
+    overall = difference_ci(u["features"], u["neurons"])
+    return bool(overall and overall["ci"][0] > CLEAR_MARGIN and all(b["ci"][0] > 0 for b in bins if b))
 
 
 def in_bin(r, lo, hi):
@@ -587,7 +596,10 @@ def write_report(cfg, dirs, res):
                  + " | ".join(cell(median_ci(r, lo, hi)) for lo, hi in bins) + f" | {paper} |")
     L.append("| features minus neurons | | " + diff(difference_ci(f, u["neurons"])) + " | "
              + " | ".join(diff(difference_ci(f, u["neurons"], lo, hi)) for lo, hi in bins) + " | 0.26 |")
-    L += ["", "![universality](universality.png)", "",
+    L += ["", f"Do features beat neurons by a clear margin (fixed before any number was seen: the interval of the "
+          f"difference above +{CLEAR_MARGIN} overall, and above 0 in every density bin where both kinds have "
+          f"{MIN_UNITS} units)? **{'Yes' if clear_margin(u) else 'No'}.**",
+          "", "![universality](universality.png)", "",
           f"{cfg.pairs} features of model A drawn at random from the alive ones, beside their best match in model B "
           "(top tokens by share of the feature's activation mass):", "",
           "| A feature | its top tokens | r | B feature | its top tokens |", "| --- | --- | --- | --- | --- |"]
@@ -660,7 +672,10 @@ def write_summary(u, n, path):
         name: dict(**median_ci(u[kind]), by_density=[dict(lo=lo, hi=hi, **(median_ci(u[kind], lo, hi) or {}))
                                                      for lo, hi in bins])
         for name, kind in (("features", "features"), ("neurons", "neurons"), ("same_lm_features", "same LM"))})
-    out["universality"]["features_minus_neurons"] = difference_ci(u["features"], u["neurons"])
+    out["universality"]["features_minus_neurons"] = dict(
+        **difference_ci(u["features"], u["neurons"]), clear_margin=clear_margin(u),
+        by_density=[dict(lo=lo, hi=hi, **(difference_ci(u["features"], u["neurons"], lo, hi) or {}))
+                    for lo, hi in zip(DENSITY_BINS, DENSITY_BINS[1:])])
     atomic_write_text(json.dumps(out, indent=2) + "\n", path)
     return out
 

@@ -80,6 +80,22 @@ def test_groups_add_up_and_resampling_a_group_measures_that_group_alone():
     assert best[2, 1] > 0.99 and best[1, 1] < 0.5 and best[:, 0].min() > 0.9
 
 
+def test_a_clear_margin_needs_the_whole_interval_above_it_and_no_density_bin_against():
+    rng = np.random.default_rng(0)
+    def units(level, n=200, lo=1e-3, hi=1e-1):
+        best = np.clip(level + 0.05 * rng.standard_normal(n), 0, 1)
+        return dict(best=best, density=np.exp(rng.uniform(np.log(lo), np.log(hi), n)),
+                    resampled=np.clip(best + 0.02 * rng.standard_normal((100, n)), 0, 1))
+    assert compare.clear_margin(dict(features=units(0.7), neurons=units(0.45)))
+    assert not compare.clear_margin(dict(features=units(0.52), neurons=units(0.45)))   # above 0, below +0.1
+    # overall far ahead, but behind the neurons among the dense units
+    features = units(0.7)
+    dense = features["density"] >= 1e-2
+    features["best"][dense] -= 0.5
+    features["resampled"][:, dense] -= 0.5
+    assert not compare.clear_margin(dict(features=features, neurons=units(0.3)))
+
+
 def test_universality_windows_are_drawn_without_replacement_and_each_document_stays_in_one_group(tiny_lm):
     data_dir = os.path.join(tiny_lm, "data")
     meta = data.load_meta(data_dir)
@@ -204,6 +220,8 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     assert summary["features"]["ci"][0] <= summary["features"]["median"] <= summary["features"]["ci"][1]
     assert sum(b.get("n", 0) for b in summary["features"]["by_density"]) <= summary["features"]["n"]
     assert summary["features_minus_neurons"]["value"] == pytest.approx(0, abs=1e-4)
+    assert summary["features_minus_neurons"]["clear_margin"] is False and "clear margin" in open(
+        os.path.join(out, "compare", "report.md")).read()
     # the measurement's results are CPU tensors, wherever it ran
     assert all(c.device.type == "cpu" for c in res["match"]["corr"].values())
     assert all(t.device.type == "cpu" for d in (res["match"]["fired"], res["match"]["mass"], res["mass"])
