@@ -369,10 +369,9 @@ def universality(p, seed, n_resamples=1000):
         if cluster:
             keep &= ~torch.from_numpy(cluster["members"])
         rows, cols = keep.nonzero().squeeze(1), (p["fired"][b] >= MIN_ACTIVE).nonzero().squeeze(1)
-        best, idx = best_matches(p["corr"][kind].correlations()[rows][:, cols])
-        out[kind] = dict(units=rows, best=best.numpy(), match=cols[idx], total=len(density),
-                         density=density[rows.numpy()], ultralow=int(cluster["members"].sum()) if cluster else 0,
-                         resampled=p["corr"][kind].resampled_best(rows, cols, draws).numpy())
+        best, match, resampled = p["corr"][kind].best_matches(rows, cols, draws)
+        out[kind] = dict(units=rows, best=best.numpy(), match=match, total=len(density), density=density[rows.numpy()],
+                         resampled=resampled.numpy(), ultralow=int(cluster["members"].sum()) if cluster else 0)
     return out
 
 

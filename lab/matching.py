@@ -45,12 +45,14 @@ class Correlator:
         return pearson(self.n.sum(), self.sa.sum(0)[:, None], self.sa2.sum(0)[:, None], self.sb.sum(0)[None],
                        self.sb2.sum(0)[None], self.sab.sum(0, dtype=torch.float64)).float().cpu()
 
-    def resampled_best(self, rows, cols, draws, k=8):
-        """Each row unit's best correlation with the column units, on resampled data: draws (R, groups)
-        says how often each group is drawn in each of R resamples. A row's best is sought among its k
-        best columns on all the data (a resample's best is one of them unless k columns nearly tie),
-        so a resample costs k sums per row, not n_b. rows, cols: index tensors. Returns (R, len(rows))."""
-        cand = cols[self.correlations()[rows][:, cols].topk(min(k, len(cols)), dim=1).indices]   # (rows, k)
+    def best_matches(self, rows, cols, draws, k=8):
+        """Each row unit's best correlation with the column units (rows, cols: index tensors), on all
+        the data and on resamples of it: draws (R, groups) says how often each group is drawn in each
+        of R resamples. On a resample a row's best is sought among its k best columns on all the data
+        (it is one of them unless k columns nearly tie), so a resample costs k sums per row, not n_b.
+        Returns (best (len(rows),), its column (len(rows),), best on each resample (R, len(rows)))."""
+        top = self.correlations()[rows][:, cols].topk(min(k, len(cols)), dim=1)
+        cand = cols[top.indices]                                                               # (rows, k)
         host = lambda x: x.double().cpu()
         here = lambda i: i.to(self.sab.device)
         n, sa, sa2 = host(self.n), host(self.sa[:, here(rows)]), host(self.sa2[:, here(rows)])  # (G,), (G, rows)
@@ -61,7 +63,7 @@ class Correlator:
             mix = lambda x: torch.tensordot(d, x, dims=1)
             r = pearson(mix(n)[:, None, None], mix(sa)[..., None], mix(sa2)[..., None], mix(sb), mix(sb2), mix(sab))
             best.append(r.max(dim=2).values)
-        return torch.cat(best).float()
+        return top.values[:, 0], cand[:, 0], torch.cat(best).float()
 
 
 def pearson(n, sa, sa2, sb, sb2, sab):

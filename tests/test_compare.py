@@ -74,7 +74,8 @@ def test_groups_add_up_and_resampling_a_group_measures_that_group_alone():
     assert torch.allclose(grouped.correlations(), correlations(a, b), atol=1e-5)
     rows, cols = torch.arange(20), torch.arange(15)
     draws = torch.tensor([[1, 1], [2, 0], [0, 2]])  # all the data; the first half twice; the second twice
-    best = grouped.resampled_best(rows, cols, draws)
+    best_all, match, best = grouped.best_matches(rows, cols, draws)
+    assert torch.allclose(best_all, best[0], atol=1e-6) and torch.equal(match, matching.best_matches(correlations(a, b))[1])
     for r, part in zip(best, (slice(None), slice(0, 3000), slice(3000, None))):
         assert torch.allclose(r, matching.best_matches(correlations(a[part], b[part]))[0], atol=1e-5)
     assert best[2, 1] > 0.99 and best[1, 1] < 0.5 and best[:, 0].min() > 0.9
