@@ -238,10 +238,13 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
     examples). The sums stay on the models' device."""
     device = lm_a.unembed.weight.device
     Fa, Fb, Fs, d = sae_a.cfg.n_features, sae_b.cfg.n_features, sae_same.cfg.n_features, lm_a.cfg.d_mlp
-    require_memory(4 * groups * (Fa * Fb + Fa * Fs + d * d) + 4 * vocab * (Fa + Fb), "the universality pass",
-                   "lower --groups", device)
+    require_memory(4 * groups * (Fa * Fb + Fa * Fs + d * d) + 4 * (Fa * Fb + d * d + vocab * (Fa + Fb)),
+                   "the universality pass", "lower --groups", device)
     corr = {"features": Correlator(Fa, Fb, groups, device), "neurons": Correlator(d, d, groups, device),
-            "same LM": Correlator(Fa, Fs, groups, device)}
+            "same LM": Correlator(Fa, Fs, groups, device),
+            # chance: the best of thousands of correlations is above 0 even between unrelated units, so A's
+            # units are also correlated with B's on other tokens (another window's, half a window apart in position)
+            "features, other tokens": Correlator(Fa, Fb, 1, device), "neurons, other tokens": Correlator(d, d, 1, device)}
     fired = {k: torch.zeros(u, device=device) for k, u in
              {"A": Fa, "B": Fb, "same LM": Fs, "neurons A": d, "neurons B": d}.items()}
     mass = {"A": torch.zeros(vocab, Fa, device=device), "B": torch.zeros(vocab, Fb, device=device)}
@@ -254,6 +257,10 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
         corr["features"].add(f["A"], f["B"], group)
         corr["neurons"].add(a, b, group)
         corr["same LM"].add(f["A"], f["same LM"], group)
+        if len(starts) > 1:
+            shift = lm_a.cfg.block_size * 3 // 2
+            corr["features, other tokens"].add(f["A"], f["B"].roll(shift, 0))
+            corr["neurons, other tokens"].add(a, b.roll(shift, 0))
         ids = w.flatten()
         for k, x in f.items():
             fired[k] += (x > 0).sum(0)
@@ -372,6 +379,8 @@ def universality(p, seed, n_resamples=1000):
         best, match, resampled = p["corr"][kind].best_matches(rows, cols, draws)
         out[kind] = dict(units=rows, best=best.numpy(), match=match, total=len(density), density=density[rows.numpy()],
                          resampled=resampled.numpy(), ultralow=int(cluster["members"].sum()) if cluster else 0)
+        if f"{kind}, other tokens" in p["corr"]:
+            out[kind]["chance"] = float(p["corr"][f"{kind}, other tokens"].correlations()[rows][:, cols].max(1).values.median())
     return out
 
 
@@ -585,16 +594,19 @@ def write_report(cfg, dirs, res):
           "unit's density, with 95% intervals from resampling the corpus's documents (dealt into "
           f"{cfg.groups} groups). The last row is a yardstick: A's features against a second SAE trained on model "
           f"A itself (the sweep's F{dirs['sizes'][-1]}: another initialisation, the same data order, "
-          f"{millions(res['knob']['rows'][-1]['seen'])} activations).", "",
-          "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins) + " | paper |",
-          "| --- " * (len(bins) + 4) + "|"]
+          f"{millions(res['knob']['rows'][-1]['seen'])} activations). By chance, the best of thousands of "
+          "correlations is above 0 even between unrelated units: the column \"chance\" correlates A's units with "
+          "B's on other tokens (each token against one in another window, half a window apart in position).", "",
+          "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins)
+          + " | chance: on other tokens | paper |", "| --- " * (len(bins) + 5) + "|"]
     for kind, label, paper in (("features", f"features (F{F}), A vs B", "0.72"), ("neurons", "neurons, A vs B", "0.46"),
                                ("same LM", "features, A vs a second SAE on A", "-")):
         r = u[kind]
         L.append(f"| {label} | {len(r['best']):,} of {r['total']:,} | {cell(median_ci(r))} | "
-                 + " | ".join(cell(median_ci(r, lo, hi)) for lo, hi in bins) + f" | {paper} |")
+                 + " | ".join(cell(median_ci(r, lo, hi)) for lo, hi in bins)
+                 + (f" | {r['chance']:.3f}" if "chance" in r else " | -") + f" | {paper} |")
     L.append("| features minus neurons | | " + diff(difference_ci(f, u["neurons"])) + " | "
-             + " | ".join(diff(difference_ci(f, u["neurons"], lo, hi)) for lo, hi in bins) + " | 0.26 |")
+             + " | ".join(diff(difference_ci(f, u["neurons"], lo, hi)) for lo, hi in bins) + " | | 0.26 |")
     L += ["", f"Do features beat neurons by a clear margin (fixed before any number was seen: the interval of the "
           f"difference above +{CLEAR_MARGIN} overall, and above 0 in every density bin where both kinds have "
           f"{MIN_UNITS} units)? **{'Yes' if clear_margin(u) else 'No'}.**",
@@ -621,6 +633,8 @@ def write_report(cfg, dirs, res):
             L.append(f"| {'model A' if model == 'A' else 'random weights'} | {kind} | {r['n']} | "
                      f"{r['single']} ({100 * r['single'] / r['n']:.0f}%) | {r['all']['median']:.3f} | {multi} |")
     L += ["", "![control](control.png)", "", "## The knob: dictionary size", "",
+          f"The sweep's dictionaries, all trained on one stream of model A's activations, measured on {n:,} held-out "
+          "tokens (feature splitting below too).", "",
           "| size | MSE | FVU | L0 | dead (never fired on the held-out tokens) | loss recovered | activations seen |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
     L += [f"| {r['size']:,} | {r['mse']:.4f} | {r['fvu']:.3f} | {r['l0']:.1f} | {100 * r['dead']:.1f}% | "
@@ -668,7 +682,7 @@ def write_summary(u, n, path):
     by density, for programs. Returns them."""
     bins = list(zip(DENSITY_BINS, DENSITY_BINS[1:]))
     out = dict(n_tokens=n, universality={
-        name: dict(**median_ci(u[kind]), by_density=[dict(lo=lo, hi=hi, **(median_ci(u[kind], lo, hi) or {}))
+        name: dict(**median_ci(u[kind]), chance=u[kind].get("chance"), by_density=[dict(lo=lo, hi=hi, **(median_ci(u[kind], lo, hi) or {}))
                                                      for lo, hi in bins])
         for name, kind in (("features", "features"), ("neurons", "neurons"), ("same_lm_features", "same LM"))})
     out["universality"]["features_minus_neurons"] = dict(

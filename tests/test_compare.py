@@ -199,6 +199,7 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     assert torch.equal(u["features"]["match"], u["features"]["units"])
     assert np.allclose(u["neurons"]["best"], 1, atol=1e-4)
     assert np.allclose(u["features"]["resampled"], 1, atol=1e-4)  # identical on every resample too
+    assert u["features"]["chance"] < 0.8 and u["neurons"]["chance"] < 0.8   # the same units on other tokens
     # the control: never trained, model A's own initialisation (seed 0)
     lm_a = torch.load(os.path.join(out, "lm", "ckpt.pt"), weights_only=False)
     rnd = torch.load(os.path.join(out, "lm_random", "ckpt.pt"), weights_only=False)
