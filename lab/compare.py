@@ -42,7 +42,7 @@ import train_sae
 from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
                           make_folder, parse_config, pick_device, require, require_memory, run_main, save_figure)
 from lab.measure import MIN_ACTIVE, stream
-from lab.matching import Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
+from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from model import lm_fingerprint, load_lm
 from lab.report import shown, token_text
 from sae import load_sae
@@ -191,10 +191,10 @@ def measure(cfg, dirs):
     batches = universality_windows(data_dir, T, cfg.universality_tokens, cfg.groups, cfg.seed)
     u_pass = universality_pass(lm_a, lm_b, sae_a, sae_b, sweep[dirs["sizes"][-1]][0], batches, cfg.groups,
                                meta["vocab_size"])
-    u_seconds = time.time() - t0
+    u, u_seconds = universality(u_pass, cfg.seed), time.time() - t0
     matches = knob_pass(lm_a, {s: v[0] for s, v in sweep.items()}, tokens, n, meta["vocab_size"])
-    res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), universality=universality(u_pass, cfg.seed),
-               mass=u_pass["mass"], u_tokens=u_pass["n_tokens"], u_seconds=u_seconds, match=matches,
+    res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), universality=u, mass=u_pass["mass"],
+               u_tokens=u_pass["n_tokens"], u_seconds=u_seconds, match=matches,
                decoders={s: sae.W_dec.detach().float().cpu() for s, (sae, _) in sweep.items()},
                knob=knob(lm_a, tokens, n, sweep, matches), control=control(cfg, dirs))
     res["seconds"] = time.time() - t0
@@ -253,20 +253,21 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
     for tokens, starts, group in batches:
         w = data.windows(tokens, starts, lm_a.cfg.block_size, device)
         a, b = (lm.mlp_activations(w).flatten(0, 1).float() for lm in (lm_a, lm_b))
-        f = {"A": sae_a.encode(a), "B": sae_b.encode(b), "same LM": sae_same.encode(a), "neurons A": a, "neurons B": b}
+        f = {k: Acts(x) for k, x in (("A", sae_a.encode(a)), ("B", sae_b.encode(b)), ("same LM", sae_same.encode(a)),
+                                     ("neurons A", a), ("neurons B", b))}   # each one's nonzeros found once
         corr["features"].add(f["A"], f["B"], group)
-        corr["neurons"].add(a, b, group)
+        corr["neurons"].add(f["neurons A"], f["neurons B"], group)
         corr["same LM"].add(f["A"], f["same LM"], group)
         if len(starts) > 1:
             shift = lm_a.cfg.block_size * 3 // 2
-            corr["features, other tokens"].add(f["A"], f["B"].roll(shift, 0))
-            corr["neurons, other tokens"].add(a, b.roll(shift, 0))
+            corr["features, other tokens"].add(f["A"], f["B"].x.roll(shift, 0))
+            corr["neurons, other tokens"].add(f["neurons A"], b.roll(shift, 0))
         ids = w.flatten()
         for k, x in f.items():
-            fired[k] += (x > 0).sum(0)
+            fired[k] += x.fired
             if k in mass:
-                tok, unit = x.nonzero(as_tuple=True)
-                mass[k].index_put_((ids[tok], unit), x[tok, unit], accumulate=True)
+                tok, unit, val = x.nonzeros
+                mass[k].index_put_((ids[tok], unit), val, accumulate=True)
         n += len(a)
         if progress.due() or n == total:
             rate = n / (time.time() - t0)
@@ -298,15 +299,15 @@ def knob_pass(lm_a, sweep, tokens, n, vocab):
     for start, a in stream(lm_a, tokens, n, {"h": lambda h: h}, batch):
         a = a["h"]
         ids = torch.from_numpy(tokens[start:start + len(a)]).to(device)
-        f = {s: sweep[s].encode(a) for s in sizes}
+        f = {s: Acts(sweep[s].encode(a)) for s in sizes}
         for s in larger:
             corr[s].add(f[small], f[s])
-            cover[s].add(f[small], f[s], parents_here[s])
+            cover[s].add(f[small].x, f[s].x, parents_here[s])
         for k, x in f.items():
-            fired[k] += (x > 0).sum(0)
-            tok, unit = x.nonzero(as_tuple=True)
-            mass[k].index_put_((ids[tok], unit), x[tok, unit].float(), accumulate=True)
-            sq_err[k] += ((sweep[k].decode(x) - a) * sweep[k].act_scale).double().square().sum()
+            fired[k] += x.fired
+            tok, unit, val = x.nonzeros
+            mass[k].index_put_((ids[tok], unit), val, accumulate=True)
+            sq_err[k] += ((sweep[k].decode(x.x) - a) * sweep[k].act_scale).double().square().sum()
         a_sum = a_sum + a.double().sum(0)
         a_sumsq = a_sumsq + a.double().square().sum(0)
         done = start + len(a)

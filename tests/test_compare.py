@@ -54,14 +54,24 @@ def test_the_sparse_cross_sums_equal_the_dense_product_on_fresh_inputs():
     """Both paths of add_cross_sums (pairs of units firing together; the dense product) against a.T @ b."""
     for seed, (n_a, n_b, density) in enumerate(((300, 200, 0.02), (64, 512, 0.1), (40, 30, 0.9), (50, 50, 0.0))):
         a, b = sparse_acts(700, n_a, density, seed), sparse_acts(700, n_b, density, seed + 100)
-        for cost in (0, 10 ** 9):   # 0: always the pairs; 10^9: always the product
+        # cost 0: always the pairs (limit 0: indexed in 64 bits); 10^9: always the product
+        for cost, limit in ((0, 2 ** 31), (0, 0), (10 ** 9, 2 ** 31)):
             sab = torch.ones(n_a, n_b)
-            matching.PAIR_COST, saved = cost, matching.PAIR_COST
+            saved = matching.PAIR_COST, matching.INT32_INDEX_LIMIT
+            matching.PAIR_COST, matching.INT32_INDEX_LIMIT = cost, limit
             try:
                 matching.add_cross_sums(sab, a, b)
             finally:
-                matching.PAIR_COST = saved
-            assert torch.allclose(sab, 1 + a.T @ b, atol=1e-4), (seed, cost)
+                matching.PAIR_COST, matching.INT32_INDEX_LIMIT = saved
+            assert torch.allclose(sab, 1 + a.T @ b, atol=1e-4), (seed, cost, limit)
+
+
+def test_acts_sums_and_firing_counts_equal_the_dense_ones_on_fresh_inputs():
+    x = sparse_acts(500, 40, 0.1, seed=7) - 0.3 * sparse_acts(500, 40, 0.05, seed=8)   # some negative, as GELU's
+    acts = matching.Acts(x)
+    assert torch.allclose(acts.sums[0], x.sum(0).double(), atol=1e-5)
+    assert torch.allclose(acts.sums[1], x.pow(2).sum(0).double(), atol=1e-5)
+    assert torch.equal(acts.fired, (x > 0).sum(0))
 
 
 def test_groups_add_up_and_resampling_a_group_measures_that_group_alone():
