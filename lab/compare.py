@@ -171,6 +171,8 @@ def stage(name, ckpt_path, train, run_cfg):
 
 
 def measure(cfg, dirs):
+    """The universality pass and its summary, the knob pass, loss recovered per size and the
+    random-weights control's analyses: everything the report needs."""
     t0 = time.time()
     device = pick_device(cfg.device)
     data_dir = os.path.join(cfg.out, "data")
@@ -234,8 +236,9 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
     """One pass over the windows through both LMs, A's and B's SAEs and a second SAE on A, reduced
     to the sums (per group of documents) of three correlations: A's features with B's, A's neurons
     with B's, and A's features with the second SAE's (the yardstick: how far two SAE runs on one LM
-    agree); firing counts; and each token's activation mass on A's and B's features (the report's
-    examples). The sums stay on the models' device."""
+    agree); A's features and neurons with B's on other tokens (chance); firing counts; and each
+    token's activation mass on A's and B's features (the report's examples). The sums stay on the
+    models' device."""
     device = lm_a.unembed.weight.device
     Fa, Fb, Fs, d = sae_a.cfg.n_features, sae_b.cfg.n_features, sae_same.cfg.n_features, lm_a.cfg.d_mlp
     require_memory(4 * groups * (Fa * Fb + Fa * Fs + d * d) + 4 * (Fa * Fb + d * d + vocab * (Fa + Fb)),
