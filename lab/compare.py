@@ -39,8 +39,10 @@ import analyze
 import data
 import train_lm
 import train_sae
-from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
-                          make_folder, parse_config, pick_device, require, require_memory, run_main, save_figure)
+from lab import sae_fast
+from lab.plumbing import (Progress, UserError, arg, atomic_write_text, fast_bf16, finite, fmt_eta, from_dict,
+                          load_checkpoint, make_folder, parse_config, pick_device, require, require_memory, run_main,
+                          save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from model import lm_fingerprint, load_lm
@@ -256,14 +258,14 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
     for tokens, starts, group in batches:
         w = data.windows(tokens, starts, lm_a.cfg.block_size, device)
         a, b = (lm.mlp_activations(w).flatten(0, 1).float() for lm in (lm_a, lm_b))
-        f = {k: Acts(x) for k, x in (("A", sae_a.encode(a)), ("B", sae_b.encode(b)), ("same LM", sae_same.encode(a)),
-                                     ("neurons A", a), ("neurons B", b))}   # each one's nonzeros found once
+        f = {"A": features(sae_a, a), "B": features(sae_b, b), "same LM": features(sae_same, a),
+             "neurons A": Acts(a), "neurons B": Acts(b)}
         corr["features"].add(f["A"], f["B"], group)
         corr["neurons"].add(f["neurons A"], f["neurons B"], group)
         corr["same LM"].add(f["A"], f["same LM"], group)
         if len(starts) > 1:
             shift = lm_a.cfg.block_size * 3 // 2
-            corr["features, other tokens"].add(f["A"], f["B"].x.roll(shift, 0))
+            corr["features, other tokens"].add(f["A"], f["B"].rolled(shift))
             corr["neurons, other tokens"].add(f["neurons A"], b.roll(shift, 0))
         ids = w.flatten()
         for k, x in f.items():
@@ -277,6 +279,17 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
             progress.say(f"universality: {n:,}/{total:,} tokens | {rate:,.0f} tok/s | ETA {fmt_eta((total - n) / rate)}")
     return dict(corr=corr, fired={k: v.cpu() for k, v in fired.items()}, mass={k: v.cpu() for k, v in mass.items()},
                 n_tokens=n, groups=groups, seconds=time.time() - t0)
+
+
+def features(sae, h):
+    """An SAE's features on activations h (N, d) as Acts. On a CPU they come from the fused training
+    step's encoder (lab/sae_fast.py: bf16 finds the active features where that is fast, their values
+    are recomputed in float32), which never writes out the dense (N, F) array, most of it zeros."""
+    if h.device.type != "cpu":
+        return Acts(sae.encode(h))
+    rows, _, cols, vals = sae_fast.encode_sparse(sae, h.float() * sae.act_scale - sae.b_dec, fast_bf16(h.device),
+                                                 chunk=1024, dense_above=1.0)
+    return Acts.from_nonzeros(rows.long(), cols.long(), vals, (len(h), sae.cfg.n_features))
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ class Correlator:
         """a (N, n_a), b (N, n_b): activations on the same N tokens of one group, on the
         Correlator's device (tensors, or Acts when several Correlators share them)."""
         a, b = as_acts(a), as_acts(b)
-        self.n[group] += a.x.shape[0]
+        self.n[group] += a.shape[0]
         for acts, s, s2 in ((a, self.sa, self.sa2), (b, self.sb, self.sb2)):
             s[group] += acts.sums[0]
             s2[group] += acts.sums[1]
@@ -82,10 +82,24 @@ class Acts:
     Correlators it feeds: on a CPU its nonzeros, token by token (a few dozen of thousands of
     features fire on a token), and per unit the sum and the sum of squares (float64) and the count
     of tokens where it fires. (On a CPU, sums down the columns of a dense (N, n) array cost more
-    than finding its nonzeros.)"""
+    than finding its nonzeros.) Built from the dense array, or from its nonzeros (from_nonzeros),
+    which then never needs to be written out densely on a CPU."""
 
     def __init__(self, x):
-        self.x = x.float()
+        self.x, self.shape, self.device = x.float(), x.shape, x.device
+
+    @classmethod
+    def from_nonzeros(cls, tok, unit, val, shape):
+        """tok, unit, val: the entries, sorted by token (as x.nonzero() gives them)."""
+        acts = cls.__new__(cls)
+        acts.shape, acts.device, acts.nonzeros = shape, tok.device, (tok, unit, val.float())
+        return acts
+
+    @functools.cached_property
+    def x(self):
+        x = torch.zeros(self.shape, device=self.device)
+        x[self.nonzeros[0], self.nonzeros[1]] = self.nonzeros[2]
+        return x
 
     @functools.cached_property
     def nonzeros(self):
@@ -94,20 +108,28 @@ class Acts:
 
     @functools.cached_property
     def sums(self):
-        if self.x.device.type != "cpu":  # dense sums: no wait for the host to count the nonzeros
+        if self.device.type != "cpu":  # dense sums: no wait for the host to count the nonzeros
             return self.x.sum(0).double(), self.x.pow(2).sum(0).double()
         _, unit, val = self.nonzeros
         val = val.double()
-        return (torch.bincount(unit, val, minlength=self.x.shape[1]),
-                torch.bincount(unit, val * val, minlength=self.x.shape[1]))
-
+        return (torch.bincount(unit, val, minlength=self.shape[1]),
+                torch.bincount(unit, val * val, minlength=self.shape[1]))
 
     @functools.cached_property
     def fired(self):
-        if self.x.device.type != "cpu":
+        if self.device.type != "cpu":
             return (self.x > 0).sum(0)
         _, unit, val = self.nonzeros
-        return torch.bincount(unit[val > 0], minlength=self.x.shape[1])
+        return torch.bincount(unit[val > 0], minlength=self.shape[1])
+
+    def rolled(self, shift):
+        """The same activations moved `shift` tokens on (wrapping around), as x.roll(shift, 0)."""
+        if "nonzeros" not in self.__dict__:
+            return Acts(self.x.roll(shift, 0))
+        tok, unit, val = self.nonzeros
+        tok = (tok + shift) % self.shape[0]
+        order = torch.argsort(tok, stable=True)
+        return Acts.from_nonzeros(tok[order], unit[order], val[order], self.shape)
 
 
 def as_acts(x):
@@ -120,12 +142,12 @@ def add_cross_sums(sab, a, b):
     from those pairs: about L0_a x L0_b a token instead of n_a x n_b multiply-adds. On a GPU the
     dense product takes milliseconds, and choosing would cost a wait for the host each chunk."""
     a, b = as_acts(a), as_acts(b)
-    if a.x.device.type != "cpu":
+    if sab.device.type != "cpu":
         sab += a.x.T @ b.x
         return
     ta, ia, va = a.nonzeros
     tb, jb, vb = b.nonzeros
-    N = a.x.shape[0]
+    N = a.shape[0]
     if len(ta) * len(tb) * PAIR_COST > sab.numel() * N ** 2:  # ~len(ta) len(tb) / N pairs: dense enough
         sab += a.x.T @ b.x                                      # that the product is cheaper
         return
@@ -137,7 +159,7 @@ def add_cross_sums(sab, a, b):
     which_a = torch.repeat_interleave(pairs).to(i)
     first_b = (per_token.cumsum(0, dtype=i) - per_token).index_select(0, ta)
     which_b = torch.arange(len(which_a), dtype=i) + (first_b - (pairs.cumsum(0, dtype=i) - pairs)).index_select(0, which_a)
-    flat = (ia * b.x.shape[1]).index_select(0, which_a) + jb.to(i).index_select(0, which_b)
+    flat = (ia * b.shape[1]).index_select(0, which_a) + jb.to(i).index_select(0, which_b)
     sab.view(-1).index_add_(0, flat, va.index_select(0, which_a) * vb.index_select(0, which_b))
 
 

@@ -74,6 +74,23 @@ def test_acts_sums_and_firing_counts_equal_the_dense_ones_on_fresh_inputs():
     assert torch.equal(acts.fired, (x > 0).sum(0))
 
 
+def test_the_sparse_encoder_gives_the_saes_features(tiny_sae):
+    """compare.features (the fused step's encoder: bf16 finds the active features where that is fast,
+    float32 gives their values) against sae.encode, dense float32, on the LM's activations."""
+    lm, _ = load_lm(tiny_sae, "lm")
+    sae = load_sae(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"))[0]
+    tokens = data.load_tokens(os.path.join(tiny_sae, "data"), "val")
+    h = lm.mlp_activations(data.windows(tokens, [0, 64, 128, 192], 64)).flatten(0, 1)
+    with torch.no_grad():
+        dense, sparse = sae.encode(h), compare.features(sae, h)
+    assert sparse.shape == dense.shape and torch.equal(sparse.nonzeros[0], sparse.nonzeros[0].sort().values)
+    # a pre-activation within bf16's rounding of 0 may be missed: only tiny values may differ
+    assert (sparse.x - dense).abs().max() < 1e-2 * dense.max()
+    assert (sparse.fired - (dense > 0).sum(0)).abs().sum() <= 1e-3 * (dense > 0).sum()
+    rolled = sparse.rolled(70)
+    assert torch.equal(rolled.x, sparse.x.roll(70, 0)) and torch.equal(rolled.nonzeros[0], rolled.nonzeros[0].sort().values)
+
+
 def test_groups_add_up_and_resampling_a_group_measures_that_group_alone():
     a, b = sparse_acts(6000, 20, 0.1, seed=4), sparse_acts(6000, 15, 0.1, seed=5)
     b[:, 0] = a[:, 0] + 0.1 * b[:, 0]              # a pair that matches well everywhere
