@@ -1,7 +1,7 @@
 """lab/compare.py: the paper's last two results: features are universal across seeds, and the number of
 features is a knob (a larger dictionary splits features into finer ones).
 
-    python -m lab.compare                  # after the main run: about 80 minutes on a 2-core CPU
+    python -m lab.compare                  # after the main run: about 85 minutes on a 2-core CPU
     python -m lab.compare --out /tmp/run   # another run's outputs; interrupted? run it again, it resumes
 
 It needs the main run (data.py, train_lm.py, train_sae.py) in --out and adds, each stage skipped
@@ -521,9 +521,11 @@ def plot_universality(u, path):
     for (kind, color, label), shift in zip(kinds, (1.0, 1.15, 0.87)):
         cells = [(c * shift, median_ci(u[kind], lo, hi)) for c, lo, hi in zip(centres, DENSITY_BINS, DENSITY_BINS[1:])]
         cells = [(x, r) for x, r in cells if r]
-        axes[1].errorbar([x for x, _ in cells], [r["median"] for _, r in cells], fmt="o", color=color, capsize=3,
-                         label=label,
-                         yerr=np.array([[r["median"] - r["ci"][0], r["ci"][1] - r["median"]] for _, r in cells]).T)
+        # the interval drawn as it is: a resample's best match is the best of noisier correlations, so
+        # the interval can lie above the median
+        axes[1].vlines([x for x, _ in cells], [r["ci"][0] for _, r in cells], [r["ci"][1] for _, r in cells],
+                       color=color)
+        axes[1].plot([x for x, _ in cells], [r["median"] for _, r in cells], "o", color=color, label=label)
     for edge in DENSITY_BINS[1:-1]:
         axes[1].axvline(edge, color="lightgray", linewidth=0.5)
     axes[1].set_xscale("log")

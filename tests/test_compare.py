@@ -149,7 +149,7 @@ def test_a_permuted_copy_of_the_sae_is_matched_back_by_the_universality_pass(tin
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec"):
             getattr(copy, name).copy_(getattr(sae, name)[perm])
-    batches = compare.universality_windows(os.path.join(tiny_sae, "data"), 64, 8192, 3, seed=1)
+    batches = compare.universality_windows(os.path.join(tiny_sae, "data"), 64, 4096, 3, seed=1)
     u = compare.universality(compare.universality_pass(lm, lm, sae, copy, sae, batches, 3, 512), seed=0,
                              n_resamples=20)
     f = u["features"]
@@ -219,7 +219,7 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_b"))
     shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_b"))
     cfg = compare.CompareConfig(out=out, device="cpu", sizes=[64, 128, 256], sweep_activations=64 * 1024,
-                                tokens=8192, universality_tokens=16384, groups=4, pairs=3, families=2, n_units=64)
+                                tokens=8192, universality_tokens=8192, groups=4, pairs=3, families=2, n_units=64)
     res = compare.main(cfg)
     u = res["universality"]
     assert len(u["features"]["best"]) > 100 and np.allclose(u["features"]["best"], 1, atol=1e-4)
