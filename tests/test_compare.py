@@ -9,7 +9,7 @@ import torch
 
 from lab import compare
 import data
-from lab import matching
+from lab import matching, universality
 import sae as sae_lib
 import train_lm
 from lab.plumbing import UserError
@@ -82,7 +82,7 @@ def test_the_sparse_encoder_gives_the_saes_features(tiny_sae):
     tokens = data.load_tokens(os.path.join(tiny_sae, "data"), "val")
     h = lm.mlp_activations(data.windows(tokens, [0, 64, 128, 192], 64)).flatten(0, 1)
     with torch.no_grad():
-        dense, sparse = sae.encode(h), compare.features(sae, h)
+        dense, sparse = sae.encode(h), universality.features(sae, h)
     assert sparse.shape == dense.shape and torch.equal(sparse.nonzeros[0], sparse.nonzeros[0].sort().values)
     # a pre-activation within bf16's rounding of 0 may be missed: only tiny values may differ
     assert (sparse.x - dense).abs().max() < 1e-2 * dense.max()
@@ -114,20 +114,20 @@ def test_a_clear_margin_needs_the_whole_interval_above_it_and_no_density_bin_aga
         best = np.clip(level + 0.05 * rng.standard_normal(n), 0, 1)
         return dict(best=best, density=np.exp(rng.uniform(np.log(lo), np.log(hi), n)),
                     resampled=np.clip(best + 0.02 * rng.standard_normal((100, n)), 0, 1))
-    assert compare.clear_margin(dict(features=units(0.7), neurons=units(0.45)))
-    assert not compare.clear_margin(dict(features=units(0.52), neurons=units(0.45)))   # above 0, below +0.1
+    assert universality.clear_margin(dict(features=units(0.7), neurons=units(0.45)))
+    assert not universality.clear_margin(dict(features=units(0.52), neurons=units(0.45)))   # above 0, below +0.1
     # overall far ahead, but behind the neurons among the dense units
     features = units(0.7)
     dense = features["density"] >= 1e-2
     features["best"][dense] -= 0.5
     features["resampled"][:, dense] -= 0.5
-    assert not compare.clear_margin(dict(features=features, neurons=units(0.3)))
+    assert not universality.clear_margin(dict(features=features, neurons=units(0.3)))
 
 
 def test_universality_windows_are_drawn_without_replacement_and_each_document_stays_in_one_group(tiny_lm):
     data_dir = os.path.join(tiny_lm, "data")
     meta = data.load_meta(data_dir)
-    batches = compare.universality_windows(data_dir, 64, 64 * 60, 4, seed=0)
+    batches = universality.universality_windows(data_dir, 64, 64 * 60, 4, seed=0)
     assert [g for _, _, g in batches] == sorted(g for _, _, g in batches)          # group after group
     drawn = [(id(t), int(s), g) for t, starts, g in batches for s in starts]
     assert len(drawn) == 60 == len({(t, s) for t, s, _ in drawn})                   # no window twice
@@ -137,7 +137,7 @@ def test_universality_windows_are_drawn_without_replacement_and_each_document_st
     for t, s, g in drawn:  # a window's document: the end-of-text tokens before its start
         doc = (id(t), int((np.asarray(splits[t][:s + 1]) == meta["eot"]).sum()))
         assert group_of.setdefault(doc, g) == g
-    every = compare.universality_windows(data_dir, 64, 0, 4, seed=0)
+    every = universality.universality_windows(data_dir, 64, 0, 4, seed=0)
     assert sum(len(s) for _, s, _ in every) == sum(meta["tokens"][k] // 64 for k in ("train", "val"))
 
 
@@ -149,8 +149,8 @@ def test_a_permuted_copy_of_the_sae_is_matched_back_by_the_universality_pass(tin
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec"):
             getattr(copy, name).copy_(getattr(sae, name)[perm])
-    batches = compare.universality_windows(os.path.join(tiny_sae, "data"), 64, 4096, 3, seed=1)
-    u = compare.universality(compare.universality_pass(lm, lm, sae, copy, sae, batches, 3, 512), seed=0,
+    batches = universality.universality_windows(os.path.join(tiny_sae, "data"), 64, 4096, 3, seed=1)
+    u = universality.universality(universality.universality_pass(lm, lm, sae, copy, sae, batches, 3, 512), seed=0,
                              n_resamples=20)
     f = u["features"]
     assert np.allclose(f["best"], 1, atol=1e-4) and torch.equal(perm[f["match"]], f["units"])
@@ -293,13 +293,13 @@ def test_missing_main_run_is_a_one_line_error(tmp_path):
 def test_the_matching_passes_on_cuda_equal_the_cpu_ones(tiny_sae):
     """The sums stay on the GPU; the results come back to the CPU, equal to the CPU's up to rounding."""
     tokens = np.asarray(data.load_tokens(os.path.join(tiny_sae, "data"), "val")[:4096]).astype(np.int64)
-    batches = compare.universality_windows(os.path.join(tiny_sae, "data"), 64, 4096, 2, 0)
+    batches = universality.universality_windows(os.path.join(tiny_sae, "data"), 64, 4096, 2, 0)
     results = {}
     for device in ("cpu", "cuda"):
         lm, _ = load_lm(tiny_sae, "lm", device)
         sae = load_sae(os.path.join(tiny_sae, "sae", "F1024", "ckpt.pt"), device)[0]
         small = sae_lib.SAE(sae_lib.SAEConfig(d_in=512, n_features=64)).to(device)
-        u = compare.universality_pass(lm, lm, sae, sae, small, batches, 2, 512)
+        u = universality.universality_pass(lm, lm, sae, sae, small, batches, 2, 512)
         results[device] = dict(compare.knob_pass(lm, {64: small, 1024: sae}, tokens, len(tokens), 512),
                                u_corr={k: c.correlations() for k, c in u["corr"].items()}, u_fired=u["fired"])
     cpu, gpu = results["cpu"], results["cuda"]
