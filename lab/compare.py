@@ -461,7 +461,9 @@ def write_report(cfg, dirs, res):
           f"A itself (the sweep's F{dirs['sizes'][-1]}: another initialisation, the same data order, "
           f"{millions(res['knob']['rows'][-1]['seen'])} activations). By chance, the best of thousands of "
           "correlations is above 0 even between unrelated units: the column \"chance\" correlates A's units with "
-          "B's on other tokens (each token against one in another window, half a window apart in position).", "",
+          "B's on other tokens (each token against one in another window, half a window apart in position). The "
+          "intervals are rough (few groups), and a resample holds fewer distinct documents, on which a best match "
+          "is a little lower, so an estimate can sit at the top of its interval or just above it.", "",
           "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins)
           + " | chance: on other tokens | paper |", "| --- " * (len(bins) + 5) + "|"]
     for kind, label, paper in (("features", f"features (F{F}), A vs B", "0.72"), ("neurons", "neurons, A vs B", "0.46"),
