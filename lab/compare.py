@@ -462,8 +462,9 @@ def write_report(cfg, dirs, res):
           f"{millions(res['knob']['rows'][-1]['seen'])} activations). By chance, the best of thousands of "
           "correlations is above 0 even between unrelated units: the column \"chance\" correlates A's units with "
           "B's on other tokens (each token against one in another window, half a window apart in position). The "
-          "intervals are rough (few groups), and a resample holds fewer distinct documents, on which a best match "
-          "is a little lower, so an estimate can sit at the top of its interval or just above it.", "",
+          "intervals are rough (few groups), and the resampled medians run a little below the estimate (presumably "
+          "because a resample holds fewer distinct documents), so an estimate can sit at the top of its interval "
+          "or just above it.", "",
           "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins)
           + " | chance: on other tokens | paper |", "| --- " * (len(bins) + 5) + "|"]
     for kind, label, paper in (("features", f"features (F{F}), A vs B", "0.72"), ("neurons", "neurons, A vs B", "0.46"),

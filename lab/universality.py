@@ -90,7 +90,7 @@ def universality_pass(lm_a, lm_b, sae_a, sae_b, sae_same, batches, groups, vocab
         if len(starts) > 1:
             shift = lm_a.cfg.block_size * 3 // 2
             corr["features, other tokens"].add(f["A"], f["B"].rolled(shift))
-            corr["neurons, other tokens"].add(f["neurons A"], b.roll(shift, 0))
+            corr["neurons, other tokens"].add(f["neurons A"], f["neurons B"].rolled(shift))
         ids = w.flatten()
         for k, x in f.items():
             fired[k] += x.fired
