@@ -22,13 +22,10 @@ counts, sums and top-activating contexts (cached in analysis/measure.pt). Around
 adds one call each: activation specificity (with the paper's precision per activation level), the
 feature browser, the steering table, the grounding score's machinery (lab/grounding.py) and the report.
 """
-import os
-
-# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
-# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
+import os
 import sys
 import time
 

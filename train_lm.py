@@ -11,14 +11,11 @@ from a short timed start. The last line holds the model's validation loss beside
 bigram model's, e.g. `val loss 3.40 | bigram 4.61`: a transformer that cannot beat bigram counts
 has learned nothing worth decomposing.
 """
-import os
-
-# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
-# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
 import math
+import os
 import time
 
 import numpy as np

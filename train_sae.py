@@ -13,16 +13,13 @@ repeated data makes dead features). Writes <out>/<sae-dir>/F<n>/ckpt.pt and log.
 snapshot at <count> activations in <out>/<sae-dir>_at<count>/F<n>/ (analyze.py --sae-dir reads it).
 The last line holds the held-out metrics: `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`.
 """
-import os
-
-# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
-# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
 import functools
 import glob
 import math
+import os
 import time
 
 import torch

@@ -18,14 +18,11 @@ SAEs and a second SAE on model A, over random windows of the whole corpus, with 
 resampling documents. The knob and splitting are measured in a second pass, over held-out tokens,
 through every dictionary of the sweep. The metrics are in lab/matching.py.
 """
-import os
-
-# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
-# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
 import json
+import os
 import time
 
 import numpy as np

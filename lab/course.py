@@ -12,11 +12,7 @@ and the tests run on the student's code unchanged. check_step compares a student
 the reference on fresh random inputs and, where they differ, tries the usual mistakes one by one
 (the same computation with the mistake made) and names the one that matches.
 """
-import os
-
-# Waiting OpenMP threads sleep rather than spin: beside a busy core (a browser tab), spinning threads
-# slow training tenfold (lab/bench_busy.py). Set before torch loads, which reads it once.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import argparse
 import ast

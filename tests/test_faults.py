@@ -149,12 +149,22 @@ def test_an_eta_no_one_should_wait_for_reads_in_days_or_years():
     assert plumbing.fmt_eta(3 * 86400) == "3 days" and plumbing.fmt_eta(515e6 * 60) == "980 years"
 
 
-@pytest.mark.parametrize("script", ["train_lm.py", "train_sae.py", "analyze.py", "lab/compare.py", "lab/course.py"])
-def test_every_entry_point_lets_waiting_threads_sleep_before_torch_loads(script):
-    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: the scripts must set it before any import
-    that loads torch (lab/bench_busy.py measures why)."""
-    import ast
+@pytest.mark.parametrize("module", ["train_lm", "train_sae", "analyze", "lab.compare", "lab.course"])
+def test_every_entry_point_lets_waiting_threads_sleep_before_torch_loads(module):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: importing each entry point (as running it
+    does) must have set it by the time torch is first imported (lab/bench_busy.py measures why)."""
+    import subprocess
+    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    body = ast.parse(open(os.path.join(root, script), encoding="utf-8").read()).body[1:]   # after the docstring
-    first = [ast.unparse(n) for n in body[:2]]
-    assert first == ["import os", "os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')"], first
+    probe = ("import os, sys\n"
+             "class Probe:  # records the variable when torch is first looked for\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch':\n"
+             "            print('at torch:', os.environ.get('OMP_WAIT_POLICY'), flush=True)\n"
+             "            sys.meta_path.remove(self)\n"
+             "sys.meta_path.insert(0, Probe())\n"
+             f"import {module}\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "at torch: PASSIVE", out.stdout
