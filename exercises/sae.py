@@ -1,22 +1,26 @@
 """Your implementation of the paper's pieces: the course's exercises (docs/course.md).
 
-Write each function in place of its `raise NotImplementedError(...)`, one step at a time, then check:
+Work in a copy, so that this file stays the blank start (and git pull never meets your edits):
 
-    python -m lab.course check --impl exercises/sae.py --step 1
+    cp exercises/sae.py my_sae.py
+    python -m lab.course check --impl my_sae.py --step 1
 
-A function you have not written yet is left out of every check and every run (the reference's stays
-in its place), so you can go step by step. Signatures and units are the reference's (sae.py,
-analyze.py): read the file and lines the course names first, then close it and write yours.
+Write each function in place of its `raise NotImplementedError(...)`, one step at a time, from the
+step's equations in docs/course.md and the function's docstring here; read the reference the course
+names once your check passes. Keep every function at the top level of the file, never inside a
+class: the course puts encode, decode and loss into sae.SAE as its methods for you. A function you
+have not written yet is left out of every check and every run (the reference's stays in its place).
 """
 import numpy as np  # for your simulate and pearson
 import torch
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 1: the SAE (sae.py's docstring). Methods of sae.SAE: self has W_enc (F, d), b_enc (F,),
-# W_dec (F, d), b_dec (d,), act_scale (a scalar tensor), cfg.l1_coeff, self.activate(pre) (the
-# ReLU, or TopK when cfg.activation == "topk") and self.check(x), which gives an input of the wrong
-# width a one-line error: call it first in encode and loss.
+# Step 1: the SAE. Written here as functions, they become methods of sae.SAE: self is the SAE, with
+# W_enc (F, d), b_enc (F,), W_dec (F, d), b_dec (d,), act_scale (a scalar tensor), cfg.l1_coeff,
+# self.activate(pre) (the ReLU, or TopK when cfg.activation == "topk": use it, not .relu()) and
+# self.check(x), which gives an input of the wrong width a one-line error: call it first in encode
+# and loss. No @torch.no_grad() here: train_sae.py calls backward() on the loss.
 
 def encode(self, x):
     """x (N, d) in original units -> f (N, F): scale by act_scale, subtract the pre-encoder bias
@@ -30,9 +34,11 @@ def decode(self, f):
 
 
 def loss(self, x, l1_coeff=None):
-    """dict(loss, mse, l1, f), everything in normalised units (x_n = x * act_scale): mse the mean over
-    the batch and the d dims of (x_hat_n - x_n)^2, l1 the mean over the batch of the sum of f over the
-    features, loss = mse + l1_coeff * l1 (l1_coeff None: self.cfg.l1_coeff; with TopK, loss = mse)."""
+    """dict(loss, mse, l1, f), float32 tensors (loss keeps its graph), everything in normalised units
+    (x_n = x * act_scale): mse the mean over the batch and the d dims of (x_hat_n - x_n)^2, l1 the mean
+    over the batch of the sum of f over the features, loss = mse + l1_coeff * l1 (l1_coeff None:
+    self.cfg.l1_coeff; train_sae.py passes its own each step; with TopK, loss = mse). Leave x as it
+    is: compute new tensors, never write into it."""
     raise NotImplementedError("step 1: loss")
 
 
@@ -48,7 +54,8 @@ def remove_parallel_grad(sae):
 
 @torch.no_grad()
 def normalize_decoder(sae):
-    """Divide each feature's decoder row sae.W_dec[i] by its norm, in place."""
+    """Divide each feature's decoder row sae.W_dec[i] by its norm, in place: sae.W_dec must stay the
+    same nn.Parameter, the one the optimizer holds."""
     raise NotImplementedError("step 2: normalize_decoder")
 
 
@@ -59,7 +66,8 @@ def normalize_decoder(sae):
 def geometric_median(x, iters=100, tol=1e-6):
     """The point minimising the summed distance to the rows of x (N, d), by Weiszfeld's algorithm:
     start at the mean; repeatedly take the mean of the rows weighted by 1 / their distance to the
-    current estimate; stop after iters steps or when the estimate moves less than tol (relative)."""
+    current estimate; stop after iters steps or when the estimate moves less than tol (relative).
+    When the estimate lands on a data point its distance is 0: keep 1 / distance finite."""
     raise NotImplementedError("step 3: geometric_median")
 
 
@@ -74,7 +82,9 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
     more dead features than inputs), and set: W_dec[i] = the input in normalised units, scaled to unit
     norm; W_enc[i] = that direction times 0.2 x the mean norm of the alive features' W_enc rows;
     b_enc[i] = 0; the Adam moments (opt.state[p]["exp_avg"], ["exp_avg_sq"]) of those rows of W_enc,
-    W_dec and b_enc to 0. Returns how many features were resampled."""
+    W_dec and b_enc to 0, where they exist (opt.state[p] is empty until the optimizer's first step).
+    sq_errors None: each input's ((sae(x)[0] - x) * act_scale)^2 summed over the d dims, computed in
+    batches of batch_size. Returns how many features were resampled."""
     raise NotImplementedError("step 4: resample_dead")
 
 
@@ -85,7 +95,8 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
 def lm_loss(model, windows, replace):
     """The mean next-token loss of model on windows (B, T + 1) (it reads windows[:, :-1] and predicts
     windows[:, 1:]) with the last layer's MLP activations h (B, T, d_mlp) replaced by
-    replace(h.flatten(0, 1)).view_as(h): pass model(..., mlp_hook=fn), fn(layer, h) -> h."""
+    replace(h.flatten(0, 1)).view_as(h): pass model(..., mlp_hook=fn), fn(layer, h) -> h. Returns
+    the loss as a 0-dim tensor (analyze.py's lm_losses calls .item() on it)."""
     raise NotImplementedError("step 5: lm_loss")
 
 
@@ -108,7 +119,8 @@ def simulate(expl, prev, cur, labels, vocab):
 
 
 def pearson(a, b):
-    """The Pearson correlation of two 1-D arrays; 0 when either is constant."""
+    """The Pearson correlation of two 1-D arrays, with its sign; 0 when either is constant. Leave a
+    and b as they are (np.asarray does not copy a float array)."""
     raise NotImplementedError("step 6: pearson")
 
 

@@ -92,19 +92,19 @@ def recovered(ablated, replaced, clean):
 
 
 def simulate(expl, prev, cur, labels, vocab):
-    keys, values = expl["keys"], expl["values"]
-    value = {int(k): float(v) for k, v in zip(keys, values)}
-    predicates = sorted(int(k) - vocab * (vocab + 1) for k in keys if k >= vocab * (vocab + 1))
+    keys, values = np.asarray(expl["keys"]), np.asarray(expl["values"], float)
     out = np.full(len(cur), float(expl["default"]))
-    for i, (p, c) in enumerate(zip(prev.tolist(), cur.tolist())):
-        if p * vocab + c in value:
-            out[i] = value[p * vocab + c]
-        elif vocab * vocab + c in value:
-            out[i] = value[vocab * vocab + c]
+    first = vocab * (vocab + 1)                                # the first predicate's key
+    # the least specific rows first, so that each more specific row overwrites them: the predicates
+    # from the last to the first, then the token rows, then the (previous token, token) rows
+    rows = sorted(zip(keys.tolist(), values), key=lambda r: (r[0] < first, r[0] < vocab * vocab, -r[0]))
+    for key, value in rows:
+        if key >= first:
+            out[labels[:, key - first]] = value
+        elif key >= vocab * vocab:
+            out[cur == key - vocab * vocab] = value
         else:
-            held = [q for q in predicates if labels[i, q]]
-            if held:
-                out[i] = value[vocab * (vocab + 1) + held[0]]
+            out[prev * vocab + cur == key] = value
     return out
 
 

@@ -23,7 +23,12 @@ def pytest_configure(config):
     """--impl FILE: swap the student's functions in before any test module imports them."""
     if config.getoption("--impl"):
         from lab import course
-        swapped = course.swap_in(course.load(config.getoption("--impl")))
+        from lab.plumbing import UserError
+        try:
+            student = course.load(config.getoption("--impl"))
+        except UserError as e:   # pytest prints a UsageError as one line, not an internal error
+            raise pytest.UsageError(str(e)) from None
+        swapped = course.swap_in(student)
         print(f"--impl {config.getoption('--impl')}: the tests run on your {', '.join(swapped) or 'nothing yet'}")
 
 

@@ -1,7 +1,10 @@
 """The course (docs/course.md): its checks pass on the reference and on a teacher's solutions, skip
-the stubs, name every usual mistake, and a student's functions swapped in train the reference's SAE."""
+the stubs, name every usual mistake in one line, note a slow function, refuse a file that cannot be
+loaded in one line, and a student's functions swapped in train the reference's SAE."""
 import os
 import re
+import subprocess
+import sys
 import types
 
 import pytest
@@ -12,6 +15,7 @@ import sae as sae_lib
 import train_sae
 from exercises import mistakes
 from lab import course
+from lab.plumbing import UserError
 from tests.test_train_sae import sae_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +42,65 @@ def test_stubs_are_left_out_of_every_check_and_every_swap():
 @pytest.mark.parametrize("name,wrong,words", mistakes.MISTAKES, ids=[f"{m[0]}:{m[1].__name__}" for m in mistakes.MISTAKES])
 def test_each_usual_mistake_is_caught_and_named(name, wrong, words):
     step = course.EXERCISES[name][0]
-    with pytest.raises(course.Mistake, match=words):
+    with pytest.raises(course.Mistake, match=words) as caught:
         course.check_step(step, types.SimpleNamespace(**{name: wrong}))
+    assert str(caught.value).startswith(name) and "\n" not in str(caught.value)
+
+
+def test_a_mistake_no_usual_one_explains_is_located():
+    """The fallback names the function, the element that differs most, and both values."""
+    def pearson(a, b):
+        return analyze.pearson(a, b) + 0.1
+    with pytest.raises(course.Mistake, match=r"^pearson: (\S+) where the reference gives (\S+) \(the largest") as e:
+        course.check_step(6, types.SimpleNamespace(pearson=pearson))
+    got, want = map(float, re.match(r"pearson: (\S+) where the reference gives (\S+) ", str(e.value)).groups())
+    assert got == pytest.approx(want + 0.1, abs=1e-5)
+
+
+@pytest.mark.parametrize("name,slow", mistakes.SLOW, ids=[m[0] for m in mistakes.SLOW])
+def test_a_right_but_slow_function_passes_with_a_note_saying_how_much(name, slow):
+    assert course.check_step(course.EXERCISES[name][0], types.SimpleNamespace(**{name: slow})) == [name]
+    note = course.slower(name, slow)
+    mine, reference, ratio = re.search(r"took (\S+) s where the reference takes (\S+) s .* \((\d+)x slower\)",
+                                       note).groups()
+    assert float(mine) / float(reference) >= 5 and int(ratio) >= 5
+    assert course.slower(name, getattr(course.REF, name)) is None
+
+
+BAD_FILES = {   # file name, its text, what the one line must say
+    "syntax.py": ("def encode(self, x)\n    return x\n", "syntax.py: line 1: SyntaxError"),
+    "imports.py": ("import torch\nimport no_such_module_here\n",
+                   "imports.py: line 2: loading it raised ModuleNotFoundError: No module named 'no_such_module_here'"),
+    "no_suffix": ("", "no_suffix: not a .py file"),
+    "missing.py": (None, "missing.py: no such file"),
+    "methods.py": ("class SAE:\n    def encode(self, x):\n        return x\n\n    def loss(self, x, l1_coeff=None):\n"
+                   "        return x\n", "methods.py: SAE.encode, SAE.loss written inside a class: write each exercise "
+                   "as a function at the top level"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_file_that_cannot_be_used_is_one_line_naming_it(name, tmp_path):
+    text, words = BAD_FILES[name]
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError) as e:
+        course.load(str(tmp_path / name))
+    assert str(e.value).startswith(f"--impl {tmp_path / name}:") and words in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_both_commands_say_it_in_one_line(tmp_path):
+    """python -m lab.course check and python -m pytest --impl: one line, no traceback, not exit 0."""
+    bad = tmp_path / "methods.py"
+    bad.write_text(BAD_FILES["methods.py"][0])
+    for argv, rc, prefix in ((["-m", "lab.course", "check", "--impl", str(bad)], 2, "error: "),
+                             (["-m", "pytest", "-q", "-p", "no:cacheprovider", "--impl", str(bad),
+                               os.path.join(ROOT, "tests", "test_course.py")], 4, "ERROR: ")):
+        out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        assert out.returncode == rc and len(lines) == 1, (rc, out.returncode, lines)
+        assert lines[0].startswith(f"{prefix}--impl {bad}: SAE.encode, SAE.loss written inside a class")
 
 
 def test_code_that_raises_is_reported_in_one_line():
@@ -70,20 +131,25 @@ def test_a_students_functions_swapped_in_train_the_references_sae(tiny_lm, monke
         torch.testing.assert_close(student["sae"][k], v, rtol=1e-3, atol=1e-4)
 
 
-def test_the_course_points_at_the_lines_that_hold_each_exercise():
-    """docs/course.md's table says where to read for each step: the reference's function for every
-    exercise named in a row must lie in that row's lines, so the pointers cannot go stale unnoticed."""
+def test_the_course_points_at_the_code_of_each_exercise():
+    """docs/course.md's table says where the reference of each step is: in sae.py by lines (that file
+    keeps its lines), elsewhere by function names. Every name must be defined in its file, and each
+    exercise of a row (steps 1-6) must lie in that row's lines or be named in it, so the pointers
+    cannot go stale unnoticed."""
     text = open(os.path.join(ROOT, "docs", "course.md"), encoding="utf-8").read()
-    rows = re.findall(r"^\| (\d) \| (.*?) \| (.*?) \| .*? \|$", text, re.M)
+    rows = re.findall(r"^\| (\d) \| (.*?) \| .*? \| (.*?) \|$", text, re.M)
     assert [int(r[0]) for r in rows] == sorted(course.CHECKS)
+    defined = lambda f, name: [i + 1 for i, line in enumerate(open(os.path.join(ROOT, f), encoding="utf-8"))
+                               if re.match(rf"\s*(def|class) {name}\b", line)]
     for step, write, read in rows:
-        names = [n for n in re.findall(r"`(\w+)`", write) if n in course.EXERCISES]
-        places = [(f, [tuple(map(int, span.split("-"))) for span in spans.split(", ")])
-                  for f, spans in re.findall(r"`([\w/]+\.py)` lines ([\d, -]+\d)", read)]
-        assert names and places, step
-        for name in names if int(step) < 7 else []:
-            defined = [(f, i + 1) for f, _ in places for i, line in
-                       enumerate(open(os.path.join(ROOT, f), encoding="utf-8").read().splitlines())
-                       if re.match(rf"\s*def {name}\(", line)]
-            assert any(a <= line <= b for f, line in defined for g, spans in places if g == f for a, b in spans), \
-                (step, name, defined)
+        spans = {f: [tuple(map(int, span.split("-"))) for span in spans.split(", ")]
+                 for f, spans in re.findall(r"`([\w/]+\.py)` lines ([\d, -]+\d)", read)}
+        names = {f: re.findall(r"`(\w+)`", listed) for f, listed in re.findall(r"`([\w/]+\.py)`: ([^;]*)", read)}
+        assert spans or names, step
+        for f, listed in names.items():
+            assert listed and all(defined(f, name) for name in listed), (step, f, listed)
+        exercises = [n for n in re.findall(r"`(\w+)`", write) if n in course.EXERCISES]
+        assert exercises, step
+        for name in exercises if int(step) < 7 else []:
+            assert any(a <= line <= b for f, ranges in spans.items() for line in defined(f, name) for a, b in ranges) \
+                or any(name in listed for listed in names.values()), (step, name)
