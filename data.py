@@ -93,18 +93,7 @@ def prepare(cfg):
     if os.path.exists(meta_path):
         os.remove(meta_path)
     tok_path = os.path.join(data_dir, "tokenizer.tiktoken")
-    if cfg.tokenizer == "bpe":
-        print(f"data: training a {cfg.vocab_size}-token BPE on up to {cfg.bpe_sample_mb:g} MB of training text ...",
-              flush=True)
-        sample = corpus.bpe_sample(corpus.documents_or_blocks(files, block), held_out, cfg.bpe_sample_mb)
-        ranks = train_bpe(sample, cfg.vocab_size)
-        if len(ranks) + 1 < cfg.vocab_size:  # (+1: the end-of-text token)
-            print(f"note: the BPE stopped at {len(ranks) + 1:,} tokens, fewer than --vocab-size {cfg.vocab_size:,}: "
-                  "every word of its sample is one token by then (more, or more varied, text gives more)")
-        save_ranks(ranks, tok_path)
-        tok_hash = file_sha256(tok_path)
-    else:
-        tok_hash = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()
+    tok_hash = build_tokenizer(cfg, corpus.documents_or_blocks(files, block), held_out, tok_path)
     make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, tok_path)  # called in each encoding process
     enc = make_tokenizer()
     dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
@@ -123,6 +112,21 @@ def prepare(cfg):
             "split": f"by blocks of up to {block} characters" if block else "by document name"}
     atomic_write_text(json.dumps(meta, indent=1), meta_path)
     return meta
+
+
+def build_tokenizer(cfg, documents, held_out, path):
+    """--tokenizer bpe: a BPE trained on (a sample of) the training documents, saved at path; else
+    tiktoken's named encoding. Returns the tokenizer's hash, which every later stage checks."""
+    if cfg.tokenizer != "bpe":
+        return hashlib.sha256(cfg.tokenizer.encode()).hexdigest()
+    print(f"data: training a {cfg.vocab_size}-token BPE on up to {cfg.bpe_sample_mb:g} MB of training text ...",
+          flush=True)
+    ranks = train_bpe(corpus.bpe_sample(documents, held_out, cfg.bpe_sample_mb), cfg.vocab_size)
+    if len(ranks) + 1 < cfg.vocab_size:  # (+1: the end-of-text token)
+        print(f"note: the BPE stopped at {len(ranks) + 1:,} tokens, fewer than --vocab-size {cfg.vocab_size:,}: "
+              "every word of its sample is one token by then (more, or more varied, text gives more)")
+    save_ranks(ranks, path)
+    return file_sha256(path)
 
 
 def check_flags(cfg):
@@ -204,25 +208,31 @@ def train_bpe(texts, vocab_size):
             new = len(token_bytes)
             token_bytes.append(merged)
             ranks[merged] = new
-        changed = set()
-        for i in where.pop(pair):
-            w, out = words[i], merge(words[i], pair, new)
-            if len(out) == len(w):
-                continue
-            for p in zip(w, w[1:]):
-                pair_count[p] -= freq[i]
-                changed.add(p)
-            for p in zip(out, out[1:]):
-                pair_count[p] += freq[i]
-                where[p].add(i)
-                changed.add(p)
-            words[i] = out
-        for p in changed:
+        for p in merge_everywhere(words, freq, where, pair_count, pair, new):
             if pair_count[p] > 0:
                 heapq.heappush(heap, (-pair_count[p], p))
             else:
                 pair_count.pop(p)
     return ranks
+
+
+def merge_everywhere(words, freq, where, pair_count, pair, new):
+    """Merge pair into token new in every word that holds it, updating the pair counts (each word
+    weighted by its frequency) and where each pair occurs; returns the pairs whose count changed."""
+    changed = set()
+    for i in where.pop(pair):
+        w, out = words[i], merge(words[i], pair, new)
+        if len(out) == len(w):
+            continue
+        for p in zip(w, w[1:]):
+            pair_count[p] -= freq[i]
+            changed.add(p)
+        for p in zip(out, out[1:]):
+            pair_count[p] += freq[i]
+            where[p].add(i)
+            changed.add(p)
+        words[i] = out
+    return changed
 
 
 def merge(word, pair, new):
@@ -289,6 +299,12 @@ def load_tokens(data_dir, split):
     """The split's token ids as a read-only numpy memmap (nothing is read until used)."""
     meta = load_meta(data_dir)
     return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=meta["dtype"], mode="r")
+
+
+def load_shards(out):
+    """meta.json and both splits' token ids, from <out>/data/: what the training stages read."""
+    data_dir = os.path.join(out, "data")
+    return load_meta(data_dir), load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
 
 
 def get_batch(tokens, batch_size, block_size, generator, device="cpu"):

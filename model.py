@@ -22,7 +22,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from lab.fused_ce import unembed_cross_entropy
 from lab.plumbing import UserError, arg, load_checkpoint, require
 
 
@@ -114,18 +113,19 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than the context {self.cfg.block_size}")
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
-    def forward(self, idx, targets=None, mlp_hook=None, logits=True):
+    def forward(self, idx, targets=None, mlp_hook=None, unembed=True):
         """Logits (B, T, vocab), and the mean next-token cross-entropy when targets are given.
 
         mlp_hook(layer, acts) -> acts, if given, sees each layer's MLP activations after the
         nonlinearity and returns what the layer uses instead (the same tensor to only read).
-        logits=False (training): return (None, loss), computed by lab/fused_ce.py."""
+        unembed=False: the final residual stream (B, T, d_model) alone, after the last LayerNorm
+        (train_lm.py computes the loss from it, with or without the logits)."""
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if mlp_hook is None else (lambda h, i=i: mlp_hook(i, h)))
         x = self.ln_f(x)
-        if not logits:  # the same loss, without the (B*T, vocab) logits: the fastest step on a CPU
-            return None, unembed_cross_entropy(x, self.unembed.weight, targets)
+        if not unembed:
+            return x
         out = self.unembed(x)
         loss = None if targets is None else F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
         return out, loss

@@ -16,17 +16,17 @@ import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP thr
 import dataclasses
 import math
 import os
-import time
+from functools import partial
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
+import torch.nn.functional as F
 
 import data
-from lab.plumbing import (Progress, UserError, arg, atomic_save, broadcast_int, copy_for_timing, fast_bf16, finite,
-                          flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace,
-                          require, require_memory, resumed_config, rng_state, run_main, set_rng_state, setup_processes,
-                          timed_steps, warn_if_repeating)
+from lab.fused_ce import unembed_cross_entropy
+from lab.plumbing import (UserError, arg, copy_for_timing, fast_bf16, finite, fmt_eta, parse_config, require,
+                          rng_state, run_main, set_rng_state)
+from lab.run import Run, lm_memory
 from model import ModelConfig, Transformer
 
 
@@ -47,6 +47,8 @@ class TrainConfig:
     lr: float = arg(3e-3, "peak learning rate")
     warmup_steps: int = arg(100, "linear warmup steps")
     bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see lab/bench.py)")
+    fused: bool = arg(True, "the loss by lab/fused_ce.py, without the (tokens, vocabulary) logits (--no-fused: "
+                      "the plain logits and F.cross_entropy, the same numbers)")
     # set by programs (the tests, lab/compare.py), not on the command line
     min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", flag=False)
     weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", flag=False)
@@ -83,23 +85,15 @@ def make_optimizer(model, cfg):
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
-def memory_needed(mcfg, batch_size, value_bytes):
-    """Bytes a training step holds, roughly: the weights with their gradients and AdamW's two moments
-    (16 bytes a parameter), and what the forward pass keeps for the backward one, per token and layer
-    (values of value_bytes: 2 under bf16 autocast). Within 20% of the peak measured on CPU at batch 256."""
-    c = mcfg
-    params = (2 * c.vocab_size + c.block_size) * c.d_model + c.n_layer * (4 * c.d_model ** 2 + 2 * c.d_model * c.d_mlp)
-    per_token = c.n_layer * (16 * c.d_model + 4 * c.d_mlp + 2 * c.n_head * c.block_size) + 4 * c.d_model
-    return 16 * params + batch_size * c.block_size * per_token * value_bytes
-
-
-def train_step(net, opt, batch, lr, cfg, autocast):
-    """One optimizer step on one batch (x, y); returns the loss. Under DDP, net averages the
-    processes' gradients in backward."""
+def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
+    """One optimizer step on one batch (x, y); returns the loss. net gives the final residual stream
+    (under DDP it averages the processes' gradients in backward); lm_loss(h, W_U, y) is the mean
+    next-token cross-entropy of its logits."""
     for group in opt.param_groups:
         group["lr"] = lr
+    x, y = batch
     with autocast:
-        _, loss = net(*batch, logits=False)
+        loss = lm_loss(net(x, unembed=False), getattr(net, "module", net).unembed.weight, y)
     loss.backward()
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -111,143 +105,66 @@ def train_step(net, opt, batch, lr, cfg, autocast):
     return loss
 
 
-@dataclasses.dataclass
-class State:
-    """What a checkpoint holds and --resume restores, beside the config."""
-    model: Transformer
-    opt: torch.optim.Optimizer
-    batches: torch.Generator          # the order of the training windows
-    step: int = 0
-    max_steps: int = 0
-    elapsed: float = 0.0              # seconds in the training loop, over all sessions
-    history: list = dataclasses.field(default_factory=list)   # the validation losses
-
-
 def train(cfg, on_step=None):
-    """Train (or resume) the LM; returns the final checkpoint dict. on_step(step) runs after each
-    optimizer step (the tests use it to simulate a crash)."""
-    # 1. set-up: processes, data, the model and its optimizer, the run's length
-    t_run = time.time()
-    ddp, rank, world, device = setup_processes(cfg.device)
-    data_dir, run_dir = os.path.join(cfg.out, "data"), os.path.join(cfg.out, cfg.lm_dir)
-    ckpt_path, meta = os.path.join(run_dir, "ckpt.pt"), data.load_meta(data_dir)
-    if cfg.resume:  # the run's own flags; one changed on this command line is refused
-        cfg = resumed_config(cfg, ckpt_path, "LM checkpoint to resume", "--lm-dir")
-    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
-            f"must be divisible by the {world} processes")
-    train_tokens, val_tokens = data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
+    """Train (or resume) the LM; returns the final checkpoint. on_step(steps taken): the tests' crash hook."""
+    # 1. set-up: the data, the model and its optimizer; lab/run.py does processes, --resume and the checks
+    run = Run(cfg, "LM", "--lm-dir", lambda c: [os.path.join(c.out, c.lm_dir, "ckpt.pt")])
+    cfg, device = run.cfg, run.device
+    meta, train_tokens, val_tokens = data.load_shards(cfg.out)
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
-    refuse_to_replace([ckpt_path], cfg, "--lm-dir")
-    bf16 = cfg.bf16 and fast_bf16(device)
-    require_memory(memory_needed(mcfg, cfg.batch_size // world, 2 if bf16 else 4), "training this LM",
-                   "lower --batch-size, --d-mlp or --block-size", device)
+    bf16, tokens_per_step = cfg.bf16 and fast_bf16(device), cfg.batch_size * mcfg.block_size
+    run.refuse_unsafe_start(lm_memory(mcfg, cfg.batch_size // run.world, 2 if bf16 else 4), "training this LM",
+                            "lower --batch-size, --d-mlp or --block-size")
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
-    st = State(model, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed))
-    net = DistributedDataParallel(model) if ddp else model   # DDP: averages the processes' gradients
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
-    per_rank, tokens_per_step = cfg.batch_size // world, cfg.batch_size * mcfg.block_size
-
-    def next_batch(generator):  # this process's share of a batch (every process draws the same windows)
-        x, y = data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, generator, device)
-        return x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
-
-    if cfg.resume:
-        resume(st, ckpt_path, mcfg, meta)
-    else:
-        st.max_steps = run_length(cfg, model, next_batch, autocast, tokens_per_step, device)
-    if rank == 0:
-        announce(cfg, st, ckpt_path, f"{world} process(es) on {device}", tokens_per_step, len(train_tokens))
-    save = lambda status, **final: rank == 0 and save_checkpoint(st, cfg, mcfg, meta, ckpt_path, status, **final)
+    opt, batches, history = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), []
+    lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
+    net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
+    next_batch = lambda g: process_share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device), run)
+    run.start(math.ceil(cfg.max_tokens / tokens_per_step),
+              partial(timed_step, model, lm_loss, cfg, next_batch, autocast),
+              lambda step: [checkpoint(model, opt, batches, mcfg, meta, history)],
+              lambda ckpts: restore(ckpts[0], run.paths[0], model, opt, batches, mcfg, meta, history))
+    announce(run, model, tokens_per_step, len(train_tokens))
+    if run.step == 0:  # the untrained model's loss starts the curve
+        record(history, run, step=0, val_loss=evaluate(model, val_tokens, device), tokens=0)
 
     # 2. the training loop
-    progress = Progress(os.path.join(run_dir, "log.jsonl") if rank == 0 else None, append=cfg.resume,
-                        quiet=rank != 0)
-    if st.step == 0:  # the untrained model's loss starts the curve
-        st.history.append({"step": 0, "val_loss": evaluate(model, val_tokens, device), "tokens": 0})
-        progress.log(st.history[-1])
-    t_start, t_last, step_last = time.time(), time.time(), st.step
-    with labelled_crash([ckpt_path] if rank == 0 else [], since=0 if cfg.resume else t_run):
-        while st.step < st.max_steps:
-            # a. one optimizer step on a fresh batch
-            loss = train_step(net, st.opt, next_batch(st.batches), lr_at(st.step, cfg, st.max_steps), cfg, autocast)
-            st.step += 1
-            if on_step is not None:
-                on_step(st.step)
-            # b. the validation loss, every eval_every steps
-            if st.step % cfg.eval_every == 0 or st.step == st.max_steps:
-                st.history.append({"step": st.step, "train_loss": loss.item(), "lr": st.opt.param_groups[0]["lr"],
-                                   "val_loss": evaluate(model, val_tokens, device),
-                                   "tokens": st.step * tokens_per_step})
-                progress.log(st.history[-1])
-            # c. a progress line every few seconds (val only once there is one after step 0)
-            if progress.due() or st.step == st.max_steps:
-                rate, t_last, step_last = (st.step - step_last) / (time.time() - t_last), time.time(), st.step
-                val = f"{st.history[-1]['val_loss']:.3f}" if st.history[-1]["step"] > 0 else "-"
-                progress.say(f"step {st.step}/{st.max_steps} | loss {loss.item():.3f} | val {val} | "
-                             f"{rate * tokens_per_step:,.0f} tok/s | ETA {fmt_eta((st.max_steps - st.step) / rate)}")
-            # d. a checkpoint every ckpt_every steps
-            if st.step % cfg.ckpt_every == 0 and st.step < st.max_steps:
-                st.elapsed, t_start = st.elapsed + time.time() - t_start, time.time()
-                save("running")
+    with run.crash_label():
+        for step in run.steps(on_step):
+            # a. a checkpoint every ckpt_every steps (the state after them, which --resume continues)
+            if step % cfg.ckpt_every == 0 and step > run.first_step:
+                run.save("running")
+            # b. one optimizer step on a fresh batch, at the schedule's learning rate
+            loss = train_step(net, lm_loss, opt, next_batch(batches), lr_at(step, cfg, run.max_steps), cfg, autocast)
+            # c. the validation loss, every eval_every steps
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
+                record(history, run, step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
+                       val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step)
+            val = f"{history[-1]['val_loss']:.3f}" if history[-1]["step"] > 0 else "-"
+            run.progress(lambda: f"loss {loss.item():.3f} | val {val}", tokens_per_step)
 
     # 3. the final evaluation: a longer validation loss, beside the bigram baseline
-    st.elapsed += time.time() - t_start
-    if ddp:
-        torch.distributed.destroy_process_group()
-    if rank != 0:
+    if not run.end_processes():
         return None
     val_loss = evaluate(model, val_tokens, device, max_tokens=10**6)
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
-    ckpt = save("final", val_loss=val_loss, bigram_loss=bigram)
-    print(f"trained {st.step} steps ({st.step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(st.elapsed)}; "
-          f"checkpoint {ckpt_path}\nval loss {val_loss:.3f} | bigram {bigram:.3f}")
+    ckpt = run.save("final", val_loss=val_loss, bigram_loss=bigram)[0]
+    print(f"trained {run.step} steps ({run.step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(run.elapsed)}; "
+          f"checkpoint {run.paths[0]}\nval loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
 
 
-def run_length(cfg, model, next_batch, autocast, tokens_per_step, device):
-    """The run's steps: a count of tokens, or (--max-minutes) the count that fits, timed on a copy of
-    the model with batches of its own, so the run itself is untouched."""
-    if not cfg.max_minutes:
-        return math.ceil(cfg.max_tokens / tokens_per_step)
-    twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    return broadcast_int(timed_steps(cfg.max_minutes, lambda: train_step(twin, twin_opt, next_batch(g), cfg.lr, cfg,
-                                                                         autocast)), device)
+def record(history, run, **entry):
+    """A validation loss (with its step, ...) added to the history and to log.jsonl."""
+    history.append(entry)
+    run.log(entry)
 
 
-def announce(cfg, st, ckpt_path, processes, tokens_per_step, n_train):
-    """The run's first lines: the config, the model, the length (and a warning if it repeats data)."""
-    print(f"config: {flat_dict(cfg)}")
-    print(f"model: {sum(p.numel() for p in st.model.parameters()) / 1e6:.2f}M parameters; {processes}; "
-          + (f"resuming {ckpt_path} at step {st.step} of " if cfg.resume else "")
-          + f"{st.max_steps} steps of {tokens_per_step:,} tokens ({st.max_steps * tokens_per_step / 1e6:.1f}M)")
-    warn_if_repeating(st.max_steps * tokens_per_step, n_train, "tokens", "overfitting; the validation loss will "
-                      "stop improving", "give data.py more --data, or lower --max-tokens")
-
-
-def save_checkpoint(st, cfg, mcfg, meta, path, status, **final):
-    """status: "running" (periodic) or "final"; a crash relabels the last one "crashed"."""
-    ckpt = {"config": flat_dict(cfg), "model_config": dataclasses.asdict(mcfg), "model": st.model.state_dict(),
-            "optimizer": st.opt.state_dict(), "step": st.step, "max_steps": st.max_steps, "elapsed": st.elapsed,
-            "history": st.history, "batch_rng": st.batches.get_state(), "rng": rng_state(),
-            "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final", **final}
-    atomic_save(ckpt, path)
-    return ckpt
-
-
-def resume(st, path, mcfg, meta):
-    """Restore st from the checkpoint at path: the weights, the optimizer, both random streams, the run."""
-    ckpt = load_checkpoint(path, "LM checkpoint to resume",
-                           "start without --resume, or point --out/--lm-dir at the run")
-    if ckpt["model_config"] != dataclasses.asdict(mcfg) or ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{path} was trained with another model config or tokenizer; "
-                        "use the same flags and data, or a new --lm-dir")
-    st.model.load_state_dict(ckpt["model"])
-    st.opt.load_state_dict(ckpt["optimizer"])
-    st.batches.set_state(ckpt["batch_rng"])
-    set_rng_state(ckpt["rng"])
-    st.step, st.max_steps, st.elapsed, st.history = ckpt["step"], ckpt["max_steps"], ckpt["elapsed"], ckpt["history"]
+def plain_cross_entropy(h, W_U, targets):
+    """The mean next-token cross-entropy of the logits h @ W_U^T (B, T, vocab): the readable reference
+    for lab/fused_ce.py's unembed_cross_entropy, which never holds those logits."""
+    return F.cross_entropy((h @ W_U.T).flatten(0, 1).float(), targets.flatten())
 
 
 @torch.no_grad()
@@ -283,6 +200,51 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
     c = np.where(pairs[pos] == keys, counts[pos], 0)
     return min(float(-np.mean(np.log((c + alpha) / (unigram[va] + alpha * vocab_size))))
                for alpha in (1e-3, 1e-2, 0.1, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Around the loop: each process's share of a batch, --max-minutes, the first lines, what a
+# checkpoint holds and restores (lab/run.py writes and prints them).
+
+
+def process_share(batch, run):
+    """This process's rows of a batch (x, y): every process draws the same windows, and takes its share."""
+    n = len(batch[0]) // run.world
+    return tuple(t[run.rank * n:(run.rank + 1) * n] for t in batch)
+
+
+def timed_step(model, lm_loss, cfg, next_batch, autocast):
+    """--max-minutes: a step to time, of a copy of the model with batches of its own, so the run itself
+    is untouched."""
+    twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    return lambda: train_step(twin, lm_loss, twin_opt, next_batch(g), cfg.lr, cfg, autocast)
+
+
+def announce(run, model, tokens_per_step, n_train):
+    """The run's first lines: the config, the model, the length (and a warning if it repeats data)."""
+    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {run.world} "
+                 f"process(es) on {run.device}; ", tokens_per_step, n_train, "tokens", "overfitting; the validation "
+                 "loss will stop improving", "give data.py more --data, or lower --max-tokens")
+
+
+def checkpoint(model, opt, batches, mcfg, meta, history):
+    """What an LM checkpoint holds beside the run's record (lab/run.py): enough for --resume to go on exactly."""
+    return {"model_config": dataclasses.asdict(mcfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "history": history, "batch_rng": batches.get_state(), "rng": rng_state(),
+            "tokenizer_hash": meta["tokenizer_hash"]}
+
+
+def restore(ckpt, path, model, opt, batches, mcfg, meta, history):
+    """Put back a checkpoint: the weights, the optimizer, both random streams, the history."""
+    if ckpt["model_config"] != dataclasses.asdict(mcfg) or ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{path} was trained with another model config or tokenizer; "
+                        "use the same flags and data, or a new --lm-dir")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    batches.set_state(ckpt["batch_rng"])
+    set_rng_state(ckpt["rng"])
+    history[:] = ckpt["history"]
 
 
 if __name__ == "__main__":

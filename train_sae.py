@@ -17,20 +17,16 @@ import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP thr
 
 import dataclasses
 import functools
-import glob
 import math
 import os
-import time
 
 import torch
-import torch.distributed as dist
 
 import data
 import sae as sae_lib
 from lab import sae_fast
-from lab.plumbing import (Progress, Stopwatch, UserError, arg, atomic_save, broadcast_int, copy_for_timing, finite,
-                          flat_dict, fmt_eta, labelled_crash, load_checkpoint, parse_config, refuse_to_replace, require,
-                          require_memory, resumed_config, run_main, setup_processes, timed_steps, warn_if_repeating)
+from lab.plumbing import UserError, arg, copy_for_timing, finite, fmt_eta, parse_config, require, run_main
+from lab.run import Run, sae_memory
 from model import harvest, lm_fingerprint, load_lm
 
 RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
@@ -106,185 +102,74 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
 
 @dataclasses.dataclass
 class State:
-    """What the checkpoints hold and --resume restores (a list entry per dictionary size)."""
+    """What the checkpoints hold beside the run's record (lab/run.py), a list entry per dictionary size."""
     saes: list
     opts: list
     windows: torch.Generator          # which contexts fill the buffer
     shuffle: torch.Generator          # the order inside a fill
     since_fired: list                 # (F,) steps each feature has been silent
     histories: list                   # the held-out metrics, and the resamplings
-    step: int = 0
-    max_steps: int = 0
-    seen: int = 0                     # activations trained on
-    elapsed: float = 0.0              # seconds in the training loop, over all sessions
 
 
 def train(cfg, on_step=None):
-    """Train one SAE per dictionary size on the same stream of activations; returns their checkpoints.
-    on_step(step) runs after each step (the tests use it to simulate a crash)."""
-    # 1. set-up: processes, the LM whose activations we decompose, one SAE and optimizer per size
-    t_run, watch = time.time(), Stopwatch()  # the watch: where this session's time goes
-    ddp, rank, world, device = setup_processes(cfg.device)
-    run_dir = os.path.join(cfg.out, cfg.sae_dir)
-    if cfg.resume:  # the run's own flags (its sizes too); one changed on this command line is refused
-        found = sorted(glob.glob(os.path.join(run_dir, "F*", "ckpt.pt"))) or [os.path.join(run_dir, "F*", "ckpt.pt")]
-        cfg = resumed_config(cfg, found[0], "SAE checkpoint to resume", "--sae-dir")
-    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size}",
-            f"must be divisible by the {world} processes")
-    sizes = cfg.sizes
-    paths = [os.path.join(run_dir, f"F{n}", "ckpt.pt") for n in sizes]
-    model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
-    lm_id = lm_fingerprint(lm_ckpt)
-    refuse_to_replace(paths, cfg, "--sae-dir")
-    require_memory(memory_needed(cfg, model.cfg.d_mlp, world), "training these SAEs", "lower --n-features (or "
-                   "--sweep's sizes) or --batch-size", device)
-    st = start(cfg, model, train_tokens, paths, lm_id, device)
-    # held-out activations: random windows of the validation split, the same at every evaluation
-    held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
-    val_acts = held_out(cfg.eval_activations)
-    evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate   # the same metrics, the first faster
-    if rank == 0:
-        announce(cfg, lm_ckpt, model.cfg.d_mlp, st, len(val_acts), f"{world} process(es) on {device}",
-                 len(train_tokens))
-
-    def save(status, folder=run_dir):  # the checkpoints, and the time they account for
-        nonlocal t_start
-        st.elapsed, t_start = st.elapsed + time.time() - t_start, time.time()
-        with watch("checkpoints"):
-            return rank == 0 and save_checkpoints(st, cfg, folder, status, lm_id, meta, watch.split())
-
-    def take_snapshots():  # --snapshots: a copy of the checkpoints at the step the run reaches each count
-        while snapshots and snapshots[0] <= st.seen:
-            folder = f"{os.path.normpath(run_dir)}_at{snapshots.pop(0)}"
-            save("snapshot", folder)
-            progress.say(f"step {st.step}: snapshot of {st.seen:,} activations in {folder}/")
+    """Train one SAE per dictionary size on the same activations; on_step(steps taken): the tests' crash hook."""
+    # 1. set-up: the LM whose activations we decompose, one SAE and optimizer per size; lab/run.py does
+    # processes, --resume and the checks
+    run = Run(cfg, "SAE", "--sae-dir", lambda c: [os.path.join(c.out, c.sae_dir, f"F{n}", "ckpt.pt") for n in c.sizes],
+              pattern=os.path.join("F*", "ckpt.pt"), unit="activations")
+    cfg, device = run.cfg, run.device
+    # the fast path, chosen here: lab/sae_fast.py's gradients and metrics, the same numbers as sae.py's, faster
+    grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
+    evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
+    model, tokens, val_acts, st = set_up(run, cfg, grads, device)
+    steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
+    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > run.step * cfg.batch_size)
 
     # 2. the training loop
-    logs = [Progress(os.path.join(run_dir, f"F{n}", "log.jsonl") if rank == 0 else None, append=cfg.resume,
-                     quiet=True) for n in sizes]
-    progress = Progress(None, quiet=rank != 0)
-    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > st.seen)
-    steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // world
-    t_start = t_last = t_saved = time.time()
-    step_last, seen0 = st.step, st.seen
-    with labelled_crash(paths if rank == 0 else [], since=0 if cfg.resume else t_run):
-        while st.step < st.max_steps:
-            # a. refill the activation buffer when it runs dry. Its only state is the two generators,
-            # so a fill boundary is where we checkpoint (the 512 MB buffer is never saved) and resume.
-            if st.step % steps_per_fill == 0:
-                if st.seen > seen0 and time.time() - t_saved >= 60 * cfg.ckpt_minutes:
-                    save("running")
-                    t_saved = time.time()
-                with watch("harvest"):
-                    buffer = harvest(model, train_tokens, cfg.buffer_size, st.windows, device=device)[0]
-                    buffer = buffer[torch.randperm(len(buffer), generator=st.shuffle).to(device)]
-                if st.step == 0:
+    with run.crash_label():
+        for step in run.steps(on_step):
+            # a. refill the activation buffer when it runs dry. Its only state is the two generators, so a
+            # fill boundary is where we checkpoint (the 512 MB buffer is never saved) and resume.
+            if step % steps_per_fill == 0:
+                if step > run.first_step and run.minutes_since_saved() >= cfg.ckpt_minutes:
+                    run.save("running")
+                buffer = refill_buffer(model, tokens["train"], cfg.buffer_size, st, run)
+                if step == 0:
                     for s in st.saes:  # act_scale, and b_dec at the geometric median (paper), from the first fill
                         s.init_from_data(buffer[:2**14])
-                    take_snapshots()  # --snapshots 0: the SAE as initialised, the analysis' noise control
+                    take_snapshots(run, snapshots, 0, cfg.batch_size)  # --snapshots 0: the SAE as initialised
             # b. one optimizer step per dictionary size, on this process's slice of the batch
-            j = (st.step % steps_per_fill) * cfg.batch_size + rank * per_rank
+            j = (step % steps_per_fill) * cfg.batch_size + run.rank * per_rank
             x, l1_coeff = buffer[j:j + per_rank], cfg.l1_coeff
             if cfg.recipe == "2024":  # the schedules: the L1 coefficient warms up, the learning rate decays
-                l1_coeff *= schedule_2024(st.step, st.max_steps, st.opts, cfg.lr)
-            for i, (s, o) in enumerate(zip(st.saes, st.opts)):
-                with watch("SAE steps"):
-                    stats = sae_step(s, o, x, cfg, ddp, world, l1_coeff)
-                st.since_fired[i] = torch.where(stats["fired"] > 0, 0, st.since_fired[i] + 1)
-            st.step, st.seen = st.step + 1, st.seen + cfg.batch_size
-            if on_step is not None:
-                on_step(st.step)
+                l1_coeff *= schedule_2024(step, run.max_steps, st.opts, cfg.lr)
+            stats = step_saes(st, x, grads, l1_coeff, run)
             # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
-            if cfg.recipe == "paper" and st.step in sae_lib.resample_schedule(st.max_steps):
-                with watch("resampling"):
-                    resample_all(st, buffer, cfg.batch_size, ddp, logs, progress)
+            if cfg.recipe == "paper" and step + 1 in sae_lib.resample_schedule(run.max_steps):
+                resample_all(st, buffer, step + 1, cfg.batch_size, run)
             # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
-            if st.step % cfg.eval_every == 0 or st.step == st.max_steps:
-                with watch("held-out metrics"):
-                    record_metrics(st, evaluate, val_acts, logs, train_loss=stats["loss"])
-            take_snapshots()
-            if progress.due() or st.step == st.max_steps:
-                rate, t_last, step_last = (st.step - step_last) / max(time.time() - t_last, 1e-9), time.time(), st.step
-                progress.say(progress_line(st, rate, cfg.batch_size, sizes[-1]))
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
+                record_metrics(st, run, evaluate, val_acts, step + 1, cfg.batch_size, train_loss=stats["loss"])
+            take_snapshots(run, snapshots, step + 1, cfg.batch_size)
+            run.progress(lambda: progress_text(st, run), cfg.batch_size)
 
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
-    if ddp:
-        dist.destroy_process_group()
-    if rank != 0:
+    if not run.end_processes():
         return None
-    with watch("held-out metrics"):
-        final_acts = held_out(4 * cfg.eval_activations)
-        record_metrics(st, evaluate, final_acts, logs, final=True, held_out=len(final_acts))
-    ckpts = save("final")
-    print_summary(st, run_dir, snapshots, watch, st.seen - seen0)
+    final_acts = held_out(model, tokens["val"], 4 * cfg.eval_activations, device)
+    record_metrics(st, run, evaluate, final_acts, run.step, cfg.batch_size, final=True, held_out=len(final_acts))
+    ckpts = run.save("final")
+    print_summary(st, run, snapshots, cfg.batch_size)
     return ckpts
 
 
-def record_metrics(st, evaluate, acts, logs, **extra):
-    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), added to
-    its history and its log.jsonl with the step, the activations seen and extra."""
-    for s, h, log in zip(st.saes, st.histories, logs):
-        h.append({"step": st.step, "activations": st.seen, **extra, **pick(evaluate(s, acts))})
-        log.log(h[-1])
-
-
-def resample_all(st, buffer, batch_size, ddp, logs, progress):
-    """--recipe paper: each SAE's dead features resampled (resample), and the count recorded."""
-    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
-        n_dead = resample(s, o, st.since_fired[i], buffer, st.step, st.max_steps, batch_size, ddp)
-        st.histories[i].append({"step": st.step, "resampled": n_dead})
-        logs[i].log(st.histories[i][-1])
-        progress.say(f"step {st.step}: resampled {n_dead} dead features of F{s.cfg.n_features}")
-
-
-def print_summary(st, run_dir, snapshots_left, watch, activations):
-    """The stage's last lines: where the time went, and each SAE's held-out metrics."""
-    print(f"trained {len(st.saes)} SAE(s) for {st.step} steps in {fmt_eta(st.elapsed)}; checkpoints in {run_dir}/")
-    if snapshots_left:
-        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots_left)} activations: the run ended at "
-              f"{st.seen:,}")
-    stepping = max(watch.seconds.get("SAE steps", 0.0), 1e-9)   # the stage's speed beside its steps'
-    print(f"{watch.line()}; {activations / stepping:,.0f} activations/s in the steps, "
-          f"{activations / sum(watch.split().values()):,.0f} over the whole stage")
-    for s, h in zip(st.saes, st.histories):
-        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
-              f"{100 * h[-1]['dead_frac']:.1f}% | {st.seen / 1e6:.1f}M activations")
-
-
-def announce(cfg, lm_ckpt, d_mlp, st, n_val, processes, n_train):
-    """The run's first lines: the config, the LM, the recipe, the length (and a warning if it repeats data)."""
-    print(f"config: {flat_dict(cfg)}\nLM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {d_mlp} neurons); SAE sizes "
-          f"{cfg.sizes}; held-out set {n_val:,} activations; {processes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}")
-    print((f"resuming {cfg.out}/{cfg.sae_dir} at step {st.step} of " if cfg.resume else "")
-          + f"{st.max_steps} steps of {cfg.batch_size:,} activations ({st.max_steps * cfg.batch_size / 1e6:.1f}M)")
-    warn_if_repeating(st.max_steps * cfg.batch_size, n_train, "tokens' activations", "the paper: repeating data "
-                      "makes dead features", "give data.py more --data, or lower --max-activations")
-
-
-def load_inputs(cfg, device):
-    """The LM whose activations we decompose, its checkpoint, and the token shards it was trained on."""
-    data_dir = os.path.join(cfg.out, "data")
-    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
-    meta = data.load_meta(data_dir)
-    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {data_dir}: "
-                        "retrain the LM (python train_lm.py) after python data.py")
-    return model, lm_ckpt, meta, data.load_tokens(data_dir, "train"), data.load_tokens(data_dir, "val")
-
-
-def memory_needed(cfg, d_in, world):
-    """Bytes the run holds, roughly: each SAE's weights with their gradients and Adam's two moments (16
-    bytes a parameter), one step's dense (batch, features) arrays, and the activation buffer while it
-    is harvested, refilled and shuffled: six buffers' worth (a short run at the default settings
-    peaked at 3.5 GB resident on CPU)."""
-    params = sum(2 * n * d_in + n + d_in for n in cfg.sizes)
-    return 16 * params + 16 * (cfg.batch_size // world) * max(cfg.sizes) + 6 * 4 * cfg.buffer_size * d_in
-
-
-def start(cfg, model, train_tokens, paths, lm_id, device):
-    """The State the loop starts from: one SAE and optimizer per size (--recipe 2024: its start), the
-    two random streams, and the run's length: resumed from the checkpoints, a count of activations,
-    or a count timed at the start (--max-minutes)."""
+def set_up(run, cfg, grads, device):
+    """The LM, checked against the data; the memory check; the SAEs, optimizers and random streams
+    (--recipe 2024: its start), resumed or new; the held-out activations; the run's first lines."""
+    model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
+    lm_id = lm_fingerprint(lm_ckpt)
+    run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size),
+                            "training these SAEs", "lower --n-features (or --sweep's sizes) or --batch-size")
     torch.manual_seed(cfg.seed)
     saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(device) for n in cfg.sizes]
     for s in saes if cfg.recipe == "2024" else []:
@@ -292,52 +177,45 @@ def start(cfg, model, train_tokens, paths, lm_id, device):
     st = State(saes, [sae_lib.make_optimizer(s, cfg.lr) for s in saes], torch.Generator().manual_seed(cfg.seed + 1),
                torch.Generator().manual_seed(cfg.seed + 2),
                [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in cfg.sizes])
-    if cfg.resume:
-        resume(st, cfg, paths, lm_id, device)
-    elif cfg.max_minutes:
-        st.max_steps = broadcast_int(timed_start(cfg, model, train_tokens, saes, device), device)
-    else:
-        st.max_steps = math.ceil(cfg.max_activations / cfg.batch_size)
-    return st
+    run.start(math.ceil(cfg.max_activations / cfg.batch_size), lambda: timed_step(cfg, model, train_tokens, saes,
+                                                                                  grads, device),
+              lambda step: checkpoints(st, cfg, step, lm_id, meta),
+              lambda ckpts: restore(st, ckpts, run.paths, lm_id, cfg, device))
+    val_acts = held_out(model, val_tokens, cfg.eval_activations, device)
+    run.announce(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes "
+                 f"{cfg.sizes}; held-out set {len(val_acts):,} activations; {run.world} process(es) on {device}\n"
+                 f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", cfg.batch_size, len(train_tokens),
+                 "tokens' activations", "the paper: repeating data makes dead features",
+                 "give data.py more --data, or lower --max-activations")
+    return model, dict(train=train_tokens, val=val_tokens), val_acts, st
 
 
-def save_checkpoints(st, cfg, folder, status, lm_id, meta, time_split):
-    """One checkpoint per size in folder/F<n>/. status: "running" (periodic), "final", or "snapshot"
-    (a copy in another folder, --snapshots); a crash relabels the last one "crashed"."""
-    out = []
+def refill_buffer(model, tokens, n, st, run):
+    """n activations of the LM on random windows of the training split, shuffled."""
+    with run.watch("harvest"):
+        buffer = harvest(model, tokens, n, st.windows, device=run.device)[0]
+        return buffer[torch.randperm(len(buffer), generator=st.shuffle).to(run.device)]
+
+
+def held_out(model, tokens, n, device):
+    """n activations on random windows of the validation split, the same at every evaluation."""
+    return harvest(model, tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
+
+
+def step_saes(st, x, grads, l1_coeff, run):
+    """One optimizer step of each SAE on x (sae.train_step; grads None: by autograd), its features'
+    silence counted. Under DDP each process has a slice of the batch and the gradients are averaged
+    (linear, so removing their parallel part commutes with it). Returns the last step's statistics."""
+    sync = (lambda sae, stats: run.average_grads(sae, [stats["fired"]])) if run.ddp else None
     for i, (s, o) in enumerate(zip(st.saes, st.opts)):
-        c = {"config": flat_dict(cfg), "sae_config": dataclasses.asdict(s.cfg), "sae": s.state_dict(),
-             "optimizer": o.state_dict(), "step": st.step, "max_steps": st.max_steps, "seen": st.seen,
-             "elapsed": st.elapsed, "since_fired": st.since_fired[i], "windows_rng": st.windows.get_state(),
-             "shuffle_rng": st.shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
-             "tokenizer_hash": meta["tokenizer_hash"], "status": status, "final": status == "final",
-             "time_split": time_split, "history": st.histories[i]}
-        atomic_save(c, os.path.join(folder, f"F{s.cfg.n_features}", "ckpt.pt"))
-        out.append(c)
-    return out
+        with run.watch("SAE steps"):
+            stats = sae_step(s, o, x, grads, l1_coeff, sync)
+        st.since_fired[i] = torch.where(stats["fired"] > 0, 0, st.since_fired[i] + 1)
+    return stats
 
 
-def resume(st, cfg, paths, lm_id, device):
-    """Restore st from the checkpoints: the SAEs, their optimizers, the dead-feature counters, both
-    random streams and the run's length."""
-    ckpts = [load_checkpoint(p, "SAE checkpoint to resume", "start without --resume") for p in paths]
-    for i, c in enumerate(ckpts):
-        check_resumable(c, paths[i], lm_id, cfg)
-        st.saes[i].load_state_dict(c["sae"])
-        st.opts[i].load_state_dict(c["optimizer"])
-        st.since_fired[i], st.histories[i] = c["since_fired"].to(device), c["history"]
-    st.windows.set_state(ckpts[0]["windows_rng"])
-    st.shuffle.set_state(ckpts[0]["shuffle_rng"])
-    st.step, st.max_steps, st.seen, st.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "seen", "elapsed"))
-
-
-def sae_step(s, opt, x, cfg, ddp, world, l1_coeff):
-    """One optimizer step (sae.train_step) with this step's L1 coefficient, its gradient by the fused
-    sparse step of lab/sae_fast.py (--fused) or by autograd. Under DDP each process has a slice of the
-    batch and the gradients are averaged (linear, so removing their parallel part commutes with it).
-    Returns the step's statistics as numbers, "fired" as a tensor."""
-    grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
-    sync = functools.partial(average_grads, world=world) if ddp else None
+def sae_step(s, opt, x, grads, l1_coeff, sync=None):
+    """One optimizer step with this step's L1 coefficient; its statistics as numbers, "fired" as a tensor."""
     stats = sae_lib.train_step(s, opt, x, l1_coeff, grads, sync)
     stats = {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
     if not math.isfinite(stats["loss"]):
@@ -346,56 +224,28 @@ def sae_step(s, opt, x, cfg, ddp, world, l1_coeff):
     return stats
 
 
-def average_grads(s, stats, world):
-    for p in s.parameters():
-        dist.all_reduce(p.grad)
-        p.grad /= world
-    dist.all_reduce(stats["fired"])
+def record_metrics(st, run, evaluate, acts, step, batch_size, **extra):
+    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), added to
+    its history and its log.jsonl with the steps taken, the activations seen and extra."""
+    for i, (s, h) in enumerate(zip(st.saes, st.histories)):
+        with run.watch("held-out metrics"):
+            m = evaluate(s, acts)
+        h.append({"step": step, "activations": step * batch_size, **extra,
+                  **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}})
+        run.log(h[-1], i)
 
 
-def pick(metrics):
-    """The held-out metrics a history keeps (sae.evaluate's dict without the per-feature densities)."""
-    return {k: metrics[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}
+def resample_all(st, buffer, step, batch_size, run):
+    """--recipe paper: each SAE's dead features resampled (resample), and the count recorded."""
+    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
+        with run.watch("resampling"):
+            n_dead = resample(s, o, st.since_fired[i], buffer, step, run.max_steps, batch_size, run)
+        st.histories[i].append({"step": step, "resampled": n_dead})
+        run.log(st.histories[i][-1], i)
+        run.say(f"step {step}: resampled {n_dead} dead features of F{s.cfg.n_features}")
 
 
-def check_resumable(ckpt, path, lm_id, cfg):
-    """A checkpoint this run may go on from: made on this LM, by a run (not a copy)."""
-    if ckpt["lm_fingerprint"] != lm_id:
-        raise UserError(f"{path} was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new --sae-dir")
-    if ckpt.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
-        raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own --sae-dir")
-
-
-def timed_start(cfg, model, tokens, saes, device):
-    """--max-minutes as a count of steps: time a few steps, each with its batch's harvest, on copies of
-    the SAEs, so that the run itself is untouched. A fresh SAE fires on about half of its features
-    until its L1 penalty bites, so these first steps are its slowest: the count is low, and the run
-    ends before the minutes are up."""
-    g = torch.Generator().manual_seed(cfg.seed + 3)
-    twins = [copy_for_timing(s, lambda m: sae_lib.make_optimizer(m, cfg.lr)) for s in saes]
-    sample = harvest(model, tokens, 2**14, g, device=device)[0]
-    for twin, _ in twins:
-        twin.init_from_data(sample)
-
-    def step():
-        x = harvest(model, tokens, cfg.batch_size, g, device=device)[0]
-        for twin, opt in twins:
-            sae_step(twin, opt, x, cfg, False, 1, cfg.l1_coeff)
-    return timed_steps(cfg.max_minutes, step)
-
-
-def progress_line(st, rate, batch_size, n):
-    """`step 800/2930 | F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1% | 20,000 act/s | ETA 3m10s`, for the
-    largest size."""
-    last = next((h for h in reversed(st.histories[-1]) if "mse" in h), None)
-    # dead here: silent for the whole resampling window in training (held-out sets are small)
-    dead = (st.since_fired[-1] >= sae_lib.dead_window(st.max_steps)).float().mean().item()
-    metrics = f" | F{n}: held-out MSE {last['mse']:.4f} L0 {last['l0']:.1f} | dead {100 * dead:.1f}%" if last else ""
-    return (f"step {st.step}/{st.max_steps}{metrics} | {rate * batch_size:,.0f} act/s | "
-            f"ETA {fmt_eta((st.max_steps - st.step) / max(rate, 1e-9))}")
-
-
-def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, ddp):
+def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, run):
     """Resample one SAE's dead features (silent for the paper's window, or since the start if
     shorter) from a sample of the buffer; returns how many. Resets their counters in place."""
     dead = since_fired >= min(sae_lib.dead_window(max_steps), step)
@@ -403,9 +253,7 @@ def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, ddp):
     if dead.any():  # the errors of ~400k inputs cost as much as 100 steps: only when there is work
         sample = buffer[:min(len(buffer), 100 * batch_size)]
         n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fast.squared_errors(s, sample))
-    if ddp:  # every rank resampled from its own inputs; rank 0's choice wins
-        for p in (s.W_enc, s.W_dec, s.b_enc):
-            dist.broadcast(p.data, 0)
+    run.agree([s.W_enc.data, s.W_dec.data, s.b_enc.data])  # every rank resampled on its own inputs: rank 0's wins
     since_fired[dead] = 0
     return n_dead
 
@@ -446,6 +294,95 @@ def schedule_2024(step, max_steps, opts, lr):
     for o in opts:
         o.param_groups[0]["lr"] = lr * lr_decay(step, max_steps)
     return l1_warmup(step, max_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Around the loop: --snapshots, what the checkpoints hold and restore, --max-minutes, the progress
+# and summary lines (lab/run.py writes, times and prints them).
+
+
+def take_snapshots(run, snapshots, done, batch_size):
+    """--snapshots: a copy of the checkpoints as they are once the run has seen each count (done: steps taken)."""
+    while snapshots and snapshots[0] <= done * batch_size:
+        folder = f"{os.path.normpath(run.folder)}_at{snapshots.pop(0)}"
+        run.save("snapshot", folder, step=done)
+        run.say(f"step {done}: snapshot of {done * batch_size:,} activations in {folder}/")
+
+
+def print_summary(st, run, snapshots_left, batch_size):
+    """The stage's last lines: where the time went, and each SAE's held-out metrics."""
+    seen = run.step * batch_size
+    print(f"trained {len(st.saes)} SAE(s) for {run.step} steps in {fmt_eta(run.elapsed)}; checkpoints in "
+          f"{run.folder}/")
+    if snapshots_left:
+        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots_left)} activations: the run ended at {seen:,}")
+    stepping = max(run.watch.seconds.get("SAE steps", 0.0), 1e-9)   # the stage's speed beside its steps'
+    trained = (run.step - run.first_step) * batch_size
+    print(f"{run.watch.line()}; {trained / stepping:,.0f} activations/s in the steps, "
+          f"{trained / sum(run.watch.split().values()):,.0f} over the whole stage")
+    for s, h in zip(st.saes, st.histories):
+        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
+              f"{100 * h[-1]['dead_frac']:.1f}% | {seen / 1e6:.1f}M activations")
+
+
+def load_inputs(cfg, device):
+    """The LM whose activations we decompose, its checkpoint, and the token shards it was trained on."""
+    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
+    meta, train_tokens, val_tokens = data.load_shards(cfg.out)
+    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {cfg.out}/data: "
+                        "retrain the LM (python train_lm.py) after python data.py")
+    return model, lm_ckpt, meta, train_tokens, val_tokens
+
+
+def checkpoints(st, cfg, step, lm_id, meta):
+    """What each size's checkpoint holds beside the run's record (lab/run.py): enough for --resume."""
+    return [{"sae_config": dataclasses.asdict(s.cfg), "sae": s.state_dict(), "optimizer": o.state_dict(),
+             "seen": step * cfg.batch_size, "since_fired": st.since_fired[i], "windows_rng": st.windows.get_state(),
+             "shuffle_rng": st.shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
+             "tokenizer_hash": meta["tokenizer_hash"], "history": st.histories[i]}
+            for i, (s, o) in enumerate(zip(st.saes, st.opts))]
+
+
+def restore(st, ckpts, paths, lm_id, cfg, device):
+    """Put back the checkpoints: the SAEs, their optimizers, the dead-feature counters, both random
+    streams. Each must be made on this LM, by a run (not a --snapshots copy)."""
+    for i, (c, path) in enumerate(zip(ckpts, paths)):
+        if c["lm_fingerprint"] != lm_id:
+            raise UserError(f"{path} was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new --sae-dir")
+        if c.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
+            raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own --sae-dir")
+        st.saes[i].load_state_dict(c["sae"])
+        st.opts[i].load_state_dict(c["optimizer"])
+        st.since_fired[i], st.histories[i] = c["since_fired"].to(device), c["history"]
+    st.windows.set_state(ckpts[0]["windows_rng"])
+    st.shuffle.set_state(ckpts[0]["shuffle_rng"])
+
+
+def timed_step(cfg, model, tokens, saes, grads, device):
+    """--max-minutes: a step to time, with its batch's harvest, on copies of the SAEs, so that the run
+    itself is untouched. A fresh SAE fires on about half of its features until its L1 penalty bites,
+    so these first steps are its slowest: the count is low, and the run ends before the minutes are up."""
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    twins = [copy_for_timing(s, lambda m: sae_lib.make_optimizer(m, cfg.lr)) for s in saes]
+    sample = harvest(model, tokens, 2**14, g, device=device)[0]
+    for twin, _ in twins:
+        twin.init_from_data(sample)
+
+    def step():
+        x = harvest(model, tokens, cfg.batch_size, g, device=device)[0]
+        for twin, opt in twins:
+            sae_step(twin, opt, x, grads, cfg.l1_coeff)
+    return step
+
+
+def progress_text(st, run):
+    """`F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1%`, for the largest size (after the first metrics)."""
+    last = next((h for h in reversed(st.histories[-1]) if "mse" in h), None)
+    # dead here: silent for the whole resampling window in training (held-out sets are small)
+    dead = (st.since_fired[-1] >= sae_lib.dead_window(run.max_steps)).float().mean().item()
+    return (f"F{st.saes[-1].cfg.n_features}: held-out MSE {last['mse']:.4f} L0 {last['l0']:.1f} | dead "
+            f"{100 * dead:.1f}%") if last else ""
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import argparse
 import torch
 
 from lab.bench_sae import bench_sae, gemm_rates, speedup, time_steps
+from lab.fused_ce import unembed_cross_entropy
 from model import ModelConfig, Transformer
+from train_lm import plain_cross_entropy
 
 
 def flops_per_token(cfg):
@@ -34,7 +36,8 @@ def lm_step(batch_size=32, block_size=128, plain=False):
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not plain):
-            _, loss = model(x, y, logits=plain)
+            loss = (plain_cross_entropy if plain else unembed_cross_entropy)(model(x, unembed=False),
+                                                                             model.unembed.weight, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

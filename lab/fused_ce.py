@@ -1,6 +1,6 @@
 """lab/fused_ce.py: the LM's unembedding and cross-entropy, fused, for a fast training step on a CPU.
 
-model.Transformer(idx, targets, logits=False) calls unembed_cross_entropy: the loss of
+train_lm.py (--fused, the default) calls unembed_cross_entropy on the final residual stream: the loss of
 F.cross_entropy(ln_f(x) @ W.T, targets) and the same gradients (tests/test_model.py checks both),
 without ever holding the (tokens, vocabulary) logits, which are the largest tensor of the whole step.
 """

@@ -8,6 +8,7 @@ import torch
 import train_lm
 import train_sae
 from lab import plumbing
+from lab import run as lab_run
 from lab.plumbing import UserError, parse_config, run_main
 from tests.conftest import tiny_lm_config
 
@@ -154,7 +155,7 @@ def test_a_timed_start_leaves_the_run_as_a_count_would(tiny_data, monkeypatch):
     """--max-minutes: the timed start runs on a copy of the model and optimizer with batches of its own,
     so the run it sizes is the very run of that many steps (here the timer is replaced by 20 steps)."""
     timed = []
-    monkeypatch.setattr(train_lm, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and timed.append(1)
+    monkeypatch.setattr(lab_run, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and timed.append(1)
                         or 20)
     kw = dict(batch_size=8, block_size=32, eval_every=10, ckpt_every=10)
     budget = train_lm.train(tiny_lm_config(tiny_data, lm_dir="lm_minutes", max_minutes=5.0, **kw))

@@ -7,6 +7,7 @@ import data
 import analyze
 import sae as sae_lib
 import train_sae
+from lab import run as lab_run
 from lab.plumbing import UserError
 import train_lm
 from tests.conftest import tiny_lm_config
@@ -73,13 +74,13 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
     step: the paper's recipe resamples them (its schedule at 40 steps: steps 1-4), 2024 never does."""
     seen, resampled, real_step, real_resample = [], [], train_sae.sae_step, train_sae.resample
 
-    def watch(s, o, x, cfg, ddp, world, l1_coeff):
+    def watch(s, o, x, grads, l1_coeff, sync=None):
         if not seen:
             first.update({n: getattr(s, n).detach().clone() for n in ("W_enc", "W_dec", "b_enc", "b_dec")})
             with torch.no_grad():
                 s.b_enc[:64] = -1e4
         seen.append((l1_coeff, o.param_groups[0]["lr"]))
-        return real_step(s, o, x, cfg, ddp, world, l1_coeff)
+        return real_step(s, o, x, grads, l1_coeff, sync)
 
     first = {}
     monkeypatch.setattr(train_sae, "sae_step", watch)
@@ -195,7 +196,7 @@ def test_a_timed_start_leaves_the_sae_run_as_a_count_would(tiny_lm, monkeypatch)
     """--max-minutes: the timed start steps copies of the SAEs on activations of its own, so the run it
     sizes is the very run of that many steps (here the timer is replaced by 16 steps)."""
     timed = []
-    monkeypatch.setattr(train_sae, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and
+    monkeypatch.setattr(lab_run, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and
                         timed.append(1) or 16)
     budget = train_sae.train(sae_config(tiny_lm, sae_dir="sae_minutes", max_minutes=5.0, recipe="2024"))[0]
     count = train_sae.train(sae_config(tiny_lm, sae_dir="sae_count", max_activations=16 * 1024, recipe="2024"))[0]

@@ -1,0 +1,192 @@
+"""lab/run.py: the engineering around both training loops, one seam that train_lm.py and train_sae.py share.
+
+The loops read as the algorithm; what makes a run robust happens in the few calls they make here,
+each named for what it does:
+
+    run = Run(cfg, "LM", "--lm-dir", paths)   # processes (DDP); --resume takes the run's own flags
+    run.refuse_unsafe_start(need, what, fix)  # no finished run replaced; no run too big for memory
+    run.start(steps, timed_step, contents, restore)   # the length (--max-minutes timed once), or resumed
+    with run.crash_label():                   # an exception labels the last checkpoint "crashed"
+        for step in run.steps(on_step):       # the steps taken before this one
+            ...                               # the method, in the open
+            run.save("running")               # atomic checkpoints, with the digest of their tensors
+            run.log(record)                   # log.jsonl
+            run.progress(text, per_step)      # a line every few seconds, with the rate and the ETA
+    if run.end_processes():                   # DDP ends; rank 0 goes on to the final evaluation
+        run.save("final")
+
+A checkpoint is what the trainer's contents() says (its weights, optimizer and random streams)
+beside what every run records here: the flags, the step, the run's length, the time spent, a status.
+"""
+import glob
+import os
+import time
+
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from lab.plumbing import (Progress, Stopwatch, atomic_save, broadcast_int, flat_dict, fmt_eta, labelled_crash,
+                          load_checkpoint, refuse_to_replace, require, require_memory, resumed_config,
+                          setup_processes, timed_steps, warn_if_repeating)
+
+
+class Run:
+    """One training run's processes, length, checkpoints, logs, progress and clocks.
+
+    paths(cfg): the run's checkpoint paths (one per model it trains); pattern: how its checkpoints
+    are found under the run's folder on --resume, before its flags (and so its paths) are known;
+    unit: what a step takes in (tokens, activations), for the progress lines."""
+
+    def __init__(self, cfg, what, dir_flag, paths, pattern="ckpt.pt", unit="tokens"):
+        self.t_run, self.watch = time.time(), Stopwatch()
+        self.ddp, self.rank, self.world, self.device = setup_processes(cfg.device)
+        self.what, self.dir_flag, self.unit = what, dir_flag, unit
+        self.folder = os.path.join(cfg.out, getattr(cfg, dir_flag[2:].replace("-", "_")))
+        if cfg.resume:  # the run's own flags; one changed on this command line is refused
+            found = sorted(glob.glob(os.path.join(self.folder, pattern))) or [os.path.join(self.folder, pattern)]
+            cfg = resumed_config(cfg, found[0], f"{what} checkpoint to resume", dir_flag)
+        require(cfg.batch_size % self.world == 0, f"--batch-size {cfg.batch_size}",
+                f"must be divisible by the {self.world} processes")
+        self.cfg, self.paths = cfg, paths(cfg)
+        self.step = self.max_steps = 0
+        self.elapsed = 0.0  # seconds in the training loop, over all sessions
+
+    def refuse_unsafe_start(self, need, what, fix):
+        """Before anything is written: a finished run is replaced only with --overwrite, and a run whose
+        estimated memory (need, bytes) is more than the device has free is refused."""
+        refuse_to_replace(self.paths, self.cfg, self.dir_flag)
+        require_memory(need, what, fix, self.device)
+
+    def start(self, max_steps, timed_step, contents, restore):
+        """The run's length: max_steps, or with --max-minutes the count that fits, timed once on
+        timed_step() (a function that builds the step to time); or, with --resume, where the
+        checkpoints left it. contents(step) -> one dict per path: what the trainer's checkpoints hold
+        after that many steps; restore(ckpts) puts them back. Opens the logs; returns the checkpoints
+        resumed from, or None."""
+        self.contents = contents
+        self.logs = [Progress(os.path.join(os.path.dirname(p), "log.jsonl") if self.rank == 0 else None,
+                              append=self.cfg.resume, quiet=True) for p in self.paths]
+        self.printer = Progress(None, quiet=self.rank != 0)
+        if not self.cfg.resume:
+            self.max_steps = (broadcast_int(timed_steps(self.cfg.max_minutes, timed_step()), self.device)
+                              if self.cfg.max_minutes else max_steps)
+            return None
+        fix = f"start without --resume, or point --out/{self.dir_flag} at the run"
+        ckpts = [load_checkpoint(p, f"{self.what} checkpoint to resume", fix) for p in self.paths]
+        restore(ckpts)
+        self.step, self.max_steps, self.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "elapsed"))
+        return ckpts
+
+    def announce(self, lines, per_step, available, what, why, fix):
+        """The run's first lines (rank 0): the config, the trainer's lines, the length, and a warning if
+        the run reads its data more than twice over."""
+        if self.rank != 0:
+            return
+        print(f"config: {flat_dict(self.cfg)}")
+        print(lines + (f"resuming {self.folder} at step {self.step} of " if self.cfg.resume else "")
+              + f"{self.max_steps} steps of {per_step:,} {self.unit} ({self.max_steps * per_step / 1e6:.1f}M)")
+        warn_if_repeating(self.max_steps * per_step, available, what, why, fix)
+
+    def crash_label(self):
+        """Around the loop: an exception labels the last checkpoint this run wrote "crashed"."""
+        return labelled_crash(self.paths if self.rank == 0 else [], since=0 if self.cfg.resume else self.t_run)
+
+    def steps(self, on_step=None):
+        """The steps left, each as the count of steps taken before it. on_step(steps taken) runs after
+        each (the tests use it to simulate a crash)."""
+        self.t_start = self.t_last = self.t_saved = time.time()
+        self.step_last = self.first_step = self.step
+        while self.step < self.max_steps:
+            yield self.step
+            self.step += 1
+            if on_step is not None:
+                on_step(self.step)
+
+    def progress(self, text, per_step):
+        """After a step: every few seconds, and at the last step, a line `step 12/300 | text | 25,000
+        tok/s | ETA 3m10s`; text() gives the trainer's part, computed only then."""
+        done = self.step + 1
+        if not (self.printer.due() or done == self.max_steps):
+            return
+        rate = (done - self.step_last) / max(time.time() - self.t_last, 1e-9)
+        self.t_last, self.step_last = time.time(), done
+        parts = [f"step {done}/{self.max_steps}", text(), f"{rate * per_step:,.0f} {self.unit[:3]}/s",
+                 f"ETA {fmt_eta((self.max_steps - done) / max(rate, 1e-9))}"]
+        self.say(" | ".join(p for p in parts if p))
+
+    def say(self, line):
+        self.printer.say(line)
+
+    def log(self, record, i=0):
+        """A record in the i-th model's log.jsonl."""
+        self.logs[i].log(record)
+
+    def minutes_since_saved(self):
+        return (time.time() - self.t_saved) / 60
+
+    def save(self, status, folder=None, step=None, **final):
+        """Rank 0 writes the checkpoints, atomically: status "running" (periodic), "final", or "snapshot"
+        (a copy in another folder, of the state after `step` steps); a crash relabels the last one
+        "crashed". Returns them (rank 0)."""
+        now, step = time.time(), self.step if step is None else step
+        self.elapsed, self.t_start = self.elapsed + now - self.t_start, now
+        self.t_saved = now if status == "running" else self.t_saved
+        if self.rank != 0:
+            return None
+        with self.watch("checkpoints"):
+            ckpts = [{**c, "config": flat_dict(self.cfg), "step": step, "max_steps": self.max_steps,
+                      "elapsed": self.elapsed, "status": status, "final": status == "final",
+                      "time_split": self.watch.split(), **final} for c in self.contents(step)]
+            for c, path in zip(ckpts, self.paths):
+                atomic_save(c, path if folder is None else os.path.join(folder, os.path.relpath(path, self.folder)))
+        return ckpts
+
+    # processes: DDP over torchrun (NCCL between GPUs, gloo between CPU processes)
+
+    def distributed(self, model):
+        """The model to call in training: under DDP, a wrapper that averages the gradients in backward."""
+        return DistributedDataParallel(model) if self.ddp else model
+
+    def average_grads(self, module, counts=()):
+        """Each process's gradients (and counts, tensors summed in place) averaged over the processes."""
+        if not self.ddp:
+            return
+        for p in module.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= self.world
+        for c in counts:
+            dist.all_reduce(c)
+
+    def agree(self, tensors):
+        """Rank 0's values on every process (a random choice each process made on its own inputs)."""
+        for t in tensors if self.ddp else ():
+            dist.broadcast(t, 0)
+
+    def end_processes(self):
+        """The loop is over: its time added up, the process group left; True on rank 0, which finishes."""
+        self.elapsed, self.t_start = self.elapsed + time.time() - self.t_start, time.time()
+        if self.ddp:
+            dist.destroy_process_group()
+        return self.rank == 0
+
+
+# The memory estimates that refuse_unsafe_start checks, before anything is allocated (else a run
+# swaps for minutes, or dies in an allocator traceback).
+
+def lm_memory(mcfg, batch_size, value_bytes):
+    """Bytes an LM training step holds, roughly: the weights with their gradients and AdamW's two moments
+    (16 bytes a parameter), and what the forward pass keeps for the backward one, per token and layer
+    (values of value_bytes: 2 under bf16 autocast). Within 20% of the peak measured on CPU at batch 256."""
+    c = mcfg
+    params = (2 * c.vocab_size + c.block_size) * c.d_model + c.n_layer * (4 * c.d_model ** 2 + 2 * c.d_model * c.d_mlp)
+    per_token = c.n_layer * (16 * c.d_model + 4 * c.d_mlp + 2 * c.n_head * c.block_size) + 4 * c.d_model
+    return 16 * params + batch_size * c.block_size * per_token * value_bytes
+
+
+def sae_memory(sizes, d_in, batch_size, buffer_size):
+    """Bytes an SAE run holds, roughly: each SAE's weights with their gradients and Adam's two moments (16
+    bytes a parameter), one step's dense (batch, features) arrays, and the activation buffer while it
+    is harvested, refilled and shuffled: six buffers' worth (a short run at the default settings
+    peaked at 3.5 GB resident on CPU)."""
+    params = sum(2 * n * d_in + n + d_in for n in sizes)
+    return 16 * params + 16 * batch_size * max(sizes) + 6 * 4 * buffer_size * d_in
