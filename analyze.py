@@ -36,6 +36,7 @@ import data
 from lab import browser, grounding, rate, ratings, report, specificity, steer
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_or_measure, load_run, sparsify
 from lab.predicates import PREDICATES
+from lab.stats import bootstrap, median_difference
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, parse_configs, run_main
 from model import harvest
 
@@ -316,7 +317,7 @@ def interpretability(cfg, run, m, dens=None):
 def summarize(compare, cfg):
     """Means and medians with bootstrap intervals, overall and without single-token units, and the
     medians' difference, features minus neurons, at every explanation length."""
-    ci = lambda x, stat=np.median: bootstrap(x, stat, cfg.bootstrap, cfg.seed)
+    ci = lambda x, stat=np.median: bootstrap(stat, [x], cfg.bootstrap, np.random.default_rng(cfg.seed))
     diff = lambda a, b: median_difference(a, b, cfg.bootstrap, cfg.seed)
     out = {}
     for kind, rs in compare.items():
@@ -476,22 +477,6 @@ def score_units(units, stats, pool, tokens, prev_tokens, labels, vocab, ctx, n_t
     return out
 
 
-def bootstrap(x, stat, n=1000, seed=0):
-    """95% percentile interval of stat(x) over n resamples of x with replacement."""
-    rng = np.random.default_rng(seed)
-    x = np.asarray(x)
-    vals = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n)]
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
-
-
-def median_difference(a, b, n=1000, seed=0):
-    """median(a) - median(b) and its 95% bootstrap interval (a and b resampled independently)."""
-    rng = np.random.default_rng(seed)
-    diffs = [np.median(rng.choice(a, len(a))) - np.median(rng.choice(b, len(b))) for _ in range(n)]
-    return dict(value=float(np.median(a) - np.median(b)),
-                ci=(float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))))
-
-
 def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
     """Median score of every scored unit per decade of density: units that fire rarely leave few
     examples to explain from, so density alone moves the score; comparing kinds within a decade
@@ -531,14 +516,9 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10)
 
     (xa, ba), (xb, bb) = parts(a, density_a), parts(b, density_b)
     value, bins = weighted(xa, ba, xb, bb)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n):
-        i, j = rng.integers(0, len(xa), len(xa)), rng.integers(0, len(xb), len(xb))
-        draws.append(weighted(xa[i], ba[i], xb[j], bb[j])[0])
-    draws = np.array(draws)
-    ci = tuple(float(x) for x in np.nanpercentile(draws, [2.5, 97.5])) if np.isfinite(draws).any() else (value, value)
-    return dict(value=value, ci=ci, bins=bins)
+    resampled = lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j])[0]   # i, j: the units drawn of each kind
+    ci = bootstrap(resampled, [np.arange(len(xa)), np.arange(len(xb))], n, np.random.default_rng(seed))
+    return dict(value=value, ci=(value, value) if np.isnan(ci[0]) else ci, bins=bins)
 
 
 def pearson(a, b):
@@ -577,7 +557,8 @@ def grounded(cfg, run, m):
     of the random-weights control, beside the null (each unit against another unit's effects)."""
     t0 = time.time()
     g = grounding.measure_grounding(cfg.out, run, m)
-    ci = lambda x: bootstrap(x, np.median, cfg.bootstrap, cfg.seed) if len(x) else (float("nan"),) * 2
+    ci = lambda x: bootstrap(np.median, [x], cfg.bootstrap, np.random.default_rng(cfg.seed)) if len(x) else (
+        float("nan"),) * 2
     summary = {part: {kind: dict(n=len(r["scores"]), median=float(np.median(r["scores"])) if len(r["scores"]) else None,
                                  ci=ci(r["scores"]), null=float(np.median(r["null"])) if len(r["null"]) else None)
                       for kind, r in g[part].items()} for part in ("model", "control")}

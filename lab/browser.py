@@ -38,7 +38,7 @@ import torch
 import data
 from lab import measure
 from lab.plumbing import UserError, arg, atomic_write_text
-from lab.browser_page import guided_start, index_row, render, report_lines, words
+from lab.browser_page import guided_start, html_page, index_row, report_lines, words
 from lab.steer import logit_effects, residual_scale
 
 
@@ -69,7 +69,7 @@ def main(cfg, run, measured):
 
 def write_browser(cfg, run, m, units):
     """Write the page (page_path); returns dict(path, bytes, units, report): the report's lines.
-    run: analyze.Run; m: lab/measure.py's Measurement; units: analyze.py's units.json."""
+    run: lab/measure.py's Run; m: its Measurement; units: units.json (analyze.py's interp step)."""
     t0 = time.time()
     stats = {"features": m.stats[run.main_name], "neurons": m.stats["neurons"]}
     chosen = choose_units(cfg, stats)
@@ -99,7 +99,7 @@ def write_browser(cfg, run, m, units):
                                 float(shift(a).max()) or 1.0), round(v, 3)] for u, v, c, a in pool["misses"]}
     absent = dict(counts={k[0]: len(s.fired) for k, s in stats.items()}, dead={k[0]: d.tolist() for k, d in dead.items()},
                   misses=misses, untrained=int(untrained.sum()))
-    text = render(cfg, run, pages, rows, scale, len(pool["tokens"]), guided_start(units, pages), absent)
+    text = html_page(cfg, run, pages, rows, scale, len(pool["tokens"]), guided_start(units, pages), absent)
     atomic_write_text(text, path)
     size = os.path.getsize(path)
     counts = {kind: len(idx) for kind, idx in chosen.items()}
@@ -108,13 +108,17 @@ def write_browser(cfg, run, m, units):
     return dict(path=path, bytes=size, units=counts, report=report_lines(os.path.relpath(path, run.dir), size, counts))
 
 
-def check_config(cfg):
-    for name in ("top_contexts", "intervals", "interval_contexts", "pool_tokens", "logit_tokens", "bins",
-                 "link_neurons", "similar"):
+def check_config(cfg, positive=("top_contexts", "intervals", "interval_contexts", "pool_tokens", "logit_tokens",
+                                 "bins", "link_neurons", "similar"), non_negative=("before", "after")):
+    """The tool's counts: each of positive at least 1, each of non_negative at least 0 (the rating
+    deck's checks too, with its own fields)."""
+    flag = lambda name: "--" + name.replace("_", "-")
+    for name in positive:
         if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.before < 0 or cfg.after < 0:
-        raise UserError("--before and --after must be at least 0")
+            raise UserError(f"{flag(name)} must be at least 1")
+    if any(getattr(cfg, name) < 0 for name in non_negative):
+        flags = [flag(name) for name in non_negative]
+        raise UserError(f"{', '.join(flags[:-1])} and {flags[-1]} must be at least 0")
 
 
 def page_path(cfg, run):

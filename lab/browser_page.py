@@ -89,16 +89,10 @@ def guided_start(units, pages, n=5, k=3):
             "each of its neurons on that and on much else. Every unit is in the index below.</p><ol>" + "\n".join(items) + "</ol></div>\n")
 
 
-def render(cfg, run, pages, rows, scale, pool_tokens, guide="", absent=None):
-    """absent: what the page says of a unit without a page: the units' counts, the dead ones, the dead
-    features' nearest misses, and how many tokens the model never trained on."""
-    vocab = [token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
-    data = json.dumps({"vocab": vocab, "units": pages, "n_tokens": run.n_tokens, **(absent or {})},
-                      separators=(",", ":"))
-    # Inside <script> only text like "</script" or "<!--" could end or derail the block: write <, >
-    # and & as JSON's \u escapes (and /, so no token sequence can even look like a URL to a reader).
-    for c in "<>&/":
-        data = data.replace(c, f"\\u{ord(c):04x}")
+def html_page(cfg, run, pages, rows, scale, pool_tokens, guide="", absent=None):
+    """The browser's page. absent: what the page says of a unit without a page: the units' counts, the
+    dead ones, the dead features' nearest misses, and how many tokens the model never trained on."""
+    data = script_data({"vocab": vocab_labels(run), "units": pages, "n_tokens": run.n_tokens, **(absent or {})})
     notes = NOTES.format(n_tokens=run.n_tokens, pool=pool_tokens, scale=scale, ctx=run.context,
                          intervals=cfg.intervals, sae=f"F{run.main}",
                          before=cfg.before, after=cfg.after)
@@ -106,6 +100,21 @@ def render(cfg, run, pages, rows, scale, pool_tokens, guide="", absent=None):
     return (HEAD.replace("TITLE", html.escape(f"Feature browser: {out}")) + guide + notes + CONTROLS
             + "\n".join(rows) + "</tbody></table></div>\n<div id=\"unit\"></div>\n"
             + f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n</body></html>\n')
+
+
+def script_data(obj):
+    """obj as JSON to embed in a <script> block. Inside <script> only text like "</script" or "<!--"
+    could end or derail the block: write <, > and & as JSON's \\u escapes (and /, so no token sequence
+    can even look like a URL to a reader). The browser's page and the rating deck both embed theirs so."""
+    data = json.dumps(obj, separators=(",", ":"))
+    for c in "<>&/":
+        data = data.replace(c, f"\\u{ord(c):04x}")
+    return data
+
+
+def vocab_labels(run):
+    """Every token of the vocabulary as the pages show it (token_label)."""
+    return [token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
 
 
 def report_lines(name, size, counts):

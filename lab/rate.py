@@ -80,16 +80,9 @@ class Config:
 
 def main(cfg, acfg):
     """python analyze.py rate: draw a deck, write its page and its key. acfg: analyze.AnalyzeConfig."""
-    check_config(cfg)
+    browser.check_config(cfg, ("cards", "top_contexts", "intervals", "interval_contexts", "top_tokens", "pool_tokens"),
+                         ("random_contexts", "before", "after"))
     return write_deck(cfg, acfg)
-
-
-def check_config(cfg):
-    for name in ("cards", "top_contexts", "intervals", "interval_contexts", "top_tokens", "pool_tokens"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.random_contexts < 0 or cfg.before < 0 or cfg.after < 0:
-        raise UserError("--random-contexts, --before and --after must be at least 0")
 
 
 def write_deck(cfg, acfg):
@@ -122,7 +115,7 @@ def write_deck(cfg, acfg):
     atomic_write_text(json.dumps(dict(deck=deck, secret=secret, sae=main_run.main_name,
                                       lm=main_run.fingerprint, made=time.strftime("%Y-%m-%d %H:%M"),
                                       rubric=[q[1] for q in RUBRIC], cards=key), indent=1), key_path)
-    atomic_write_text(render(main_run, deck, cards, "control" in runs), path)
+    atomic_write_text(deck_page(main_run, deck, cards, "control" in runs), path)
     counts = {kind: sum(k["kind"] == kind for k in key) for kind in runs}
     print(f"rate: {path} ({len(cards)} cards: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
           + f"; {os.path.getsize(path) / 1e6:.1f} MB, {time.time() - t0:.0f}s); its key: {key_path} "
@@ -228,11 +221,10 @@ def top_tokens(run, stats, u, mx, k):
 # The page
 
 
-def render(run, deck, cards, control):
-    vocab = [browser_page.token_label(run.enc, t) for t in range(run.meta["vocab_size"])]
-    data = json.dumps(dict(deck=deck, rubric=RUBRIC, format=FORMAT, vocab=vocab, cards=cards), separators=(",", ":"))
-    for c in "<>&/":   # as the browser's page: no token can end the script block
-        data = data.replace(c, f"\\u{ord(c):04x}")
+def deck_page(run, deck, cards, control):
+    """The deck's page: the cards as data (browser_page.script_data), rated by the script."""
+    data = browser_page.script_data(dict(deck=deck, rubric=RUBRIC, format=FORMAT, vocab=browser_page.vocab_labels(run),
+                                         cards=cards))
     intro = INTRO.format(n=len(cards), deck=html.escape(deck), total=sum(q[1] for q in RUBRIC),
                          control=" and some are features of a model that was never trained" if control else "")
     return (HEAD.replace("TITLE", f"Blind rating, deck {html.escape(deck)}") + intro

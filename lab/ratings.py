@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from lab import rate, report
 from lab.plumbing import UserError, arg, save_figure
+from lab.stats import bootstrap
 
 COLOURS = {"features": "tab:blue", "neurons": "tab:red", "control": "tab:gray"}
 QUITE = 8   # the paper: a total above 8 is "quite interpretable"
@@ -139,14 +140,14 @@ def unblind(key, raters, n_boot=1000, seed=0):
             continue
         given = totals[:, kinds == kind].ravel()
         out["by_kind"][kind] = dict(
-            cards=len(x), median=float(np.median(x)), median_ci=bootstrap_ci(lambda s: np.median(s), [x], n_boot, rng),
+            cards=len(x), median=float(np.median(x)), median_ci=list(bootstrap(np.median, [x], n_boot, rng)),
             mean=float(x.mean()), quite=float((x > QUITE).mean()),
             distribution=np.bincount(given.astype(int), minlength=top + 1).tolist(),
             rater_medians=[float(np.median(t[kinds == kind])) for t in totals],
             single_token=int(single[kinds == kind].sum()),
             multi_median=float(np.median(x[~single[kinds == kind]])) if (~single[kinds == kind]).any() else None)
     diff = lambda a, b: dict(value=float(np.median(a) - np.median(b)),
-                             ci=bootstrap_ci(lambda a, b: np.median(a) - np.median(b), [a, b], n_boot, rng))
+                             ci=list(bootstrap(lambda a, b: np.median(a) - np.median(b), [a, b], n_boot, rng)))
     f, n = (kinds == "features"), (kinds == "neurons")
     out["difference"] = diff(card[f], card[n])
     out["difference_multi"] = diff(card[f & ~single], card[n & ~single]) if (f & ~single).any() and (
@@ -158,12 +159,6 @@ def unblind(key, raters, n_boot=1000, seed=0):
     out["seconds_per_card"] = {r["rater"]: float(np.median(r["seconds"])) for r in raters}
     out["minutes"] = {r["rater"]: float(r["seconds"].sum() / 60) for r in raters}
     return out
-
-
-def bootstrap_ci(stat, samples, n, rng):
-    """95% percentile interval of stat(*samples) with each sample resampled with replacement."""
-    vals = [stat(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(n)]
-    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
 
 
 def krippendorff_alpha(R):

@@ -29,7 +29,7 @@ EXPLAINS = {"tokens": "a (previous token, token) pattern or a token pattern",
 
 def write_report(cfg, run, res):
     """report.md: a one-screen summary beside the paper's numbers, then each measurement, and
-    summary.json beside it. run: analyze.Run; res: analyze.analyze's results."""
+    summary.json beside it. run: lab/measure.py's Run; res: analyze.analyze's results."""
     n, main = run.n_tokens, run.main
     lm, sae_ckpt = run.lm_ckpt, run.saes[main].ckpt
     row = next(r for r in res["losses"]["rows"] if r["name"] == f"F{main}")

@@ -19,6 +19,7 @@ from lab import measure
 from lab.measure import MIN_ACTIVE
 from lab.plumbing import save_figure
 from lab.predicates import PREDICATES
+from lab.stats import document_weights, interval
 
 SPECIALIST = 0.5          # a specialist of a predicate fires mostly on it: this share of its firing tokens or more
 # Specificity as the paper plots it (its Arabic feature: at each level of activation, the share of the
@@ -142,7 +143,7 @@ def precision_levels(acts, labels, docs, seed=0, n=1000):
     resampled with replacement n times (tokens of one document are not independent)."""
     _, doc = np.unique(docs, return_inverse=True)
     D, R = doc.max() + 1, labels.shape[1]
-    weights = np.vstack([np.ones(D), np.random.default_rng(seed).multinomial(D, np.full(D, 1 / D), size=n)])
+    weights = np.vstack([np.ones(D), document_weights(np.random.default_rng(seed), D, n)])
     out = dict(curves={}, area={}, area_ci={}, wins={}, documents=int(D))
     draws = {}
     for kind, a in acts.items():
@@ -159,11 +160,11 @@ def precision_levels(acts, labels, docs, seed=0, n=1000):
             area = np.nanmean(np.where(np.isnan(share).all(2, keepdims=True), 0, share), 2)   # none: area 0
         draws[kind] = area
         out["curves"][kind], out["area"][kind] = share[0], area[0]
-        out["area_ci"][kind] = np.percentile(area[1:], [2.5, 97.5], axis=0).T
+        out["area_ci"][kind] = interval(area[1:], axis=0).T
     for other in acts:
         if other != "features":
             won = (draws["features"] > draws[other]).sum(1)
-            ci = tuple(float(x) for x in np.percentile(won[1:], [2.5, 97.5]))
+            ci = interval(won[1:])
             out["wins"][other] = dict(count=int(won[0]), ci=ci, of=R)
     return out
 
@@ -270,7 +271,7 @@ def union_counts(acts, labels, members):
 
 
 def precision_recall_markdown(s):
-    """The precision/recall table of analyze.specificity: per predicate that holds, the best unit
+    """The precision/recall table of specificity(): per predicate that holds, the best unit
     by F1 and the specialists' union of each kind, as precision / recall."""
     lines = ["| predicate | tokens where it holds | best feature (F1): precision / recall | specialist features: "
              "count, their union's precision / recall | best neuron (F1): precision / recall | specialist neurons: "
@@ -291,7 +292,7 @@ def precision_recall_markdown(s):
 
 
 def specificity_markdown(s):
-    """The Pearson table of analyze.specificity's results, for the predicates that hold."""
+    """The Pearson table of specificity()'s results, for the predicates that hold."""
     lines = ["| predicate | tokens where it holds | best feature: r, activation on it | "
              "best neuron: r, activation on it |", "| --- | --- | --- | --- |"]
     f, nr = s["best"]["features"], s["best"]["neurons"]

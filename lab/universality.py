@@ -22,6 +22,7 @@ from lab import sae_fast
 from lab.matching import Acts, Correlator
 from lab.measure import MIN_ACTIVE
 from lab.plumbing import Progress, UserError, fast_bf16, fmt_eta, require_memory
+from lab.stats import document_weights, interval
 
 
 DENSITY_BINS = (0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)   # the universality table's columns, fixed before its numbers were seen
@@ -123,7 +124,7 @@ def universality(p, seed, n_resamples=1000):
     correlation, the same on n_resamples resamples of the groups of documents (the same resamples
     for every kind, so that differences between kinds are paired). p: universality_pass's result."""
     n, G = p["n_tokens"], p["groups"]
-    draws = torch.from_numpy(np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), n_resamples))
+    draws = torch.from_numpy(document_weights(np.random.default_rng(seed), G, n_resamples))
     out = {}
     for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B"), ("same LM", "A", "same LM")):
         density = p["fired"][a].double().numpy() / n
@@ -147,7 +148,7 @@ def median_ci(r, lo=0.0, hi=1.0):
     if sel.sum() < MIN_UNITS:
         return None
     resampled = np.median(r["resampled"][:, sel], axis=1)
-    return dict(median=float(np.median(r["best"][sel])), ci=[float(x) for x in np.percentile(resampled, [2.5, 97.5])],
+    return dict(median=float(np.median(r["best"][sel])), ci=list(interval(resampled)),
                 n=int(sel.sum()))
 
 
@@ -172,4 +173,4 @@ def difference_ci(a, b, lo=0.0, hi=1.0):
         return None
     diffs = np.median(a["resampled"][:, sa], axis=1) - np.median(b["resampled"][:, sb], axis=1)
     return dict(value=float(np.median(a["best"][sa]) - np.median(b["best"][sb])),
-                ci=[float(x) for x in np.percentile(diffs, [2.5, 97.5])])
+                ci=list(interval(diffs)))

@@ -1,0 +1,47 @@
+"""lab/stats.py: the percentile bootstrap, the one home of every 95% interval the analysis reports.
+
+Each interval says how much a number would move if the held-out sample were drawn again: resample
+what was sampled (units, cards or documents) with replacement, recompute the number on each
+resample, and keep the middle 95% of the recomputed values (Efron's percentile interval).
+
+    interval(draws)                      # the 2.5th and 97.5th percentiles of the recomputed values
+    bootstrap(stat, [x], n, rng)         # stat(x) recomputed on n resamples of x's elements
+    bootstrap(stat, [a, b], n, rng)      # ... a and b resampled independently (two kinds of units)
+    document_weights(rng, D, n)          # resampled documents, as weights (tokens of a document move together)
+
+Every caller draws from a numpy Generator it owns, so a seed gives the same intervals on every run.
+"""
+import numpy as np
+
+
+def interval(draws, axis=None):
+    """The 95% percentile interval of bootstrap draws: (2.5th, 97.5th percentile), as two floats, or
+    a (2, ...) array along axis. NaN draws (a resample where the statistic is undefined) are left out;
+    NaN if all are. Each percentile is taken alone, so it is computed in the draws' own precision."""
+    draws = np.asarray(draws)
+    if axis is not None:
+        return np.stack([np.percentile(draws, q, axis=axis) for q in (2.5, 97.5)])
+    draws = draws[~np.isnan(draws)]
+    if len(draws) == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def bootstrap(stat, samples, n, rng):
+    """The 95% interval of stat(*samples), each sample resampled with replacement (its elements, along
+    its first axis) n times, one sample after the other, all from the Generator rng."""
+    samples = [np.asarray(s) for s in samples]
+    return interval([stat(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(n)])
+
+
+def median_difference(a, b, n, seed):
+    """median(a) - median(b) and its 95% bootstrap interval, a and b resampled independently."""
+    diff = lambda x, y: np.median(x) - np.median(y)
+    return dict(value=float(diff(a, b)), ci=bootstrap(diff, [a, b], n, np.random.default_rng(seed)))
+
+
+def document_weights(rng, n_documents, n):
+    """(n, n_documents) how often each document is drawn in each of n resamples of the documents
+    with replacement (each row sums to n_documents): tokens of one document are not independent,
+    so an interval over tokens resamples whole documents."""
+    return rng.multinomial(n_documents, np.full(n_documents, 1 / n_documents), size=n)
