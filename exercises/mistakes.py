@@ -205,6 +205,11 @@ def lm_loss_as_a_number(model, windows, replace):
     return analyze.lm_loss(model, windows, replace).item()
 
 
+
+def recovered_without_a_return(ablated, replaced, clean):
+    share = (ablated - replaced) / (ablated - clean)
+
+
 def recovered_inverted(ablated, replaced, clean):
     return (replaced - clean) / (ablated - clean)
 
@@ -323,6 +328,7 @@ MISTAKES = [
     ("lm_loss", lm_loss_as_a_number, "got a float, not a tensor"),
     ("recovered", recovered_inverted, "wrong baseline"),
     ("recovered", recovered_against_the_ablated_loss, "wrong baseline"),
+    ("recovered", recovered_without_a_return, "no return statement"),
     ("simulate", simulate_token_rows_win, "more specific row wins"),
     ("simulate", simulate_default_zero, "default"),
     ("simulate", simulate_last_predicate_wins, "the first one's row"),

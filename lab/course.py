@@ -122,8 +122,7 @@ def is_stub(fn):
         return False
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return False
-    body = node.body
-    body = [node for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
     return (len(body) == 1 and isinstance(body[0], ast.Raise) and body[0].exc is not None
             and "NotImplementedError" in ast.unparse(body[0].exc))
 
@@ -168,6 +167,11 @@ def close(a, b, tol=1e-4):
 def diagnose(what, got, want, mistakes, tol=1e-4):
     """Raise Mistake unless got is want; name the first of mistakes ({description: what that mistake
     gives}) that got matches, else say where and by how much got differs."""
+    returned(what, got)
+    try:
+        torch.as_tensor(got, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise Mistake(f"{what}: got a {type(got).__name__}, where the reference gives numbers") from None
     if close(got, want, tol):
         return
     named(what, got, mistakes, tol)
@@ -189,8 +193,14 @@ def named(what, got, mistakes, tol=1e-4):
             raise Mistake(f"{what}: {description}")
 
 
+def returned(what, got):
+    if got is None:
+        raise Mistake(f"{what}: got None: the function has no return statement (or returns nothing)")
+
+
 def same_kind(what, got, want, why):
     """A tensor of want's dtype and shape (why: what in the pipeline needs it)."""
+    returned(what, got)
     if not torch.is_tensor(got):
         raise Mistake(f"{what}: got a {type(got).__name__}, not a tensor: {why}")
     if got.dtype != want.dtype:
@@ -563,7 +573,9 @@ def check_simulation(student):
                                 analyze.context_key(2, vocab)]))
         expl = dict(keys=keys, values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), counts=np.ones(5, int), default=0.5)
         want = REF.simulate(expl, prev, cur, labels, vocab)
-        got = np.asarray(call("simulate", student.simulate, expl, prev, cur, labels, vocab), np.float64)
+        got = call("simulate", student.simulate, expl, prev, cur, labels, vocab)
+        returned("simulate", got)
+        got = np.asarray(got, np.float64)
         if got.shape != want.shape:
             raise Mistake(f"simulate: shape {got.shape}, the reference's {want.shape}: one value per token")
         both = (prev == 3) & (cur == 4)                           # a pair row and a token row match

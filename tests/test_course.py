@@ -131,6 +131,28 @@ def test_a_students_functions_swapped_in_train_the_references_sae(tiny_lm, monke
         torch.testing.assert_close(student["sae"][k], v, rtol=1e-3, atol=1e-4)
 
 
+
+def test_a_sparse_step_swapped_in_is_the_gradient_train_step_takes(monkeypatch):
+    """Step 7 replaces sae.reference_grads, which sae.train_step calls when no fast step is given, and
+    `run train_sae.py` asks for exactly that (--no-fused) unless told --fused."""
+    seen = []
+
+    def sparse_grads(sae, x, l1_coeff=None):
+        seen.append(l1_coeff)
+        return course.REF.sparse_grads(sae, x, l1_coeff, bf16=False)
+    student = types.ModuleType("student")
+    student.sparse_grads = sparse_grads
+    assert course.swap_in(student, monkeypatch.setattr) == ["sparse_grads"]
+    s = course.random_sae()
+    sae_lib.train_step(s, sae_lib.make_optimizer(s, 1e-3), torch.randn(8, 16), 0.01)
+    assert seen == [0.01]
+    argvs = []
+    monkeypatch.setitem(course.SCRIPTS, "train_sae.py", argvs.append)
+    course.run(STUBS, "train_sae.py", ["--sae-dir", "mine"])
+    course.run(STUBS, "train_sae.py", ["--fused"])
+    assert argvs == [["--sae-dir", "mine", "--no-fused"], ["--fused"]]
+
+
 def test_the_course_points_at_the_code_of_each_exercise():
     """docs/course.md's table says where the reference of each step is: in sae.py by lines (that file
     keeps its lines), elsewhere by function names. Every name must be defined in its file, and each
