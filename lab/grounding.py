@@ -26,6 +26,7 @@ import torch
 
 from lab import measure
 from lab.plumbing import load_checkpoint
+from lab.stats import bootstrap
 from lab.steer import logit_effects, residual_scale
 from model import ModelConfig, Transformer, lm_fingerprint
 from sae import load_sae
@@ -72,10 +73,11 @@ def directions(run, sae=None):
 
 
 @torch.no_grad()
-def measure_grounding(root, run, m):
+def measure_grounding(root, run, m, neurons):
     """{"model": per kind, "control": per kind}, per kind dict(units (alive), scores, null (each unit
     against another unit's effects, a fixed random permutation), density) for the features, the
-    neurons and the sparsified neurons of the run, and of the random-weights control."""
+    neurons and the sparsified neurons of the run, and of the random-weights control. neurons:
+    analyze.neuron_kinds, the neurons as they are and sparsified (the control's are measured here)."""
     next_ids, counted = measure.next_rows(run.tokens, run.meta["eot"])
     assert np.array_equal(counted, m.next_tokens)
     total = np.bincount(next_ids, minlength=len(counted) + 1)
@@ -85,7 +87,7 @@ def measure_grounding(root, run, m):
                                    run.tokens, run.seed)}
     control, control_sae, where = control_model(root, run)
     n = min(CONTROL_TOKENS, run.n_tokens)
-    src = {"neurons": lambda h: h, "sparse_neurons": lambda h: measure.sparsify(h, m.sparse_k)}
+    src = dict(neurons)
     if control_sae is not None:
         src["features"] = control_sae.encode
     cstats = measure.measure(measure.stream(control, run.tokens, n, src, run.batch), n, m.halves[:n],
@@ -95,6 +97,15 @@ def measure_grounding(root, run, m):
                                     run.tokens[:n], run.seed)
     out.update(control_from=where, control_tokens=n)
     return out
+
+
+def summarize(g, n_boot, seed):
+    """{"model" and "control": {kind: dict(n, median, ci, null)}}: per kind of unit, the median score
+    with its 95% interval (units resampled) and the null's median (None where no unit is alive)."""
+    ci = lambda x: bootstrap(np.median, [x], n_boot, np.random.default_rng(seed)) if len(x) else (float("nan"),) * 2
+    median = lambda x: float(np.median(x)) if len(x) else None
+    return {part: {kind: dict(n=len(r["scores"]), median=median(r["scores"]), ci=ci(r["scores"]), null=median(r["null"]))
+                   for kind, r in g[part].items()} for part in ("model", "control")}
 
 
 def unit_grounding(model, dirs, stats, total, n_tokens, counted, tokens, seed):

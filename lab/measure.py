@@ -4,21 +4,19 @@ A million held-out tokens of 4,096 features do not fit in memory as a dense matr
 LM windows is reduced to counts, sums and a running top-k of contexts per unit, then thrown away:
 
     run = load_run(cfg)             # Run: the LM and every SAE on cfg.device, the held-out tokens
-    m = load_or_measure(cfg, run)   # Measurement: {"neurons" or "F<n>": UnitStats}, the labels, the halves
+    m = analyze.measured(cfg, run)  # load_or_measure's Measurement: {"neurons" or "F<n>": UnitStats}, ...
     m.stats["F4096"].fired          # (U,) held-out tokens on which each feature fires: its density
     m.stats["F4096"].top[EXPLAIN]   # TopContexts: each unit's top-activating contexts in one half
-    m.stats["sparse_neurons"]       # the neurons sparsified to the features' density (sparsify, matched_k)
+    m.stats["sparse_neurons"]       # the neurons sparsified to the features' density (analyze.sparsify)
 
 A "unit" is one column of an activation matrix (tokens, units): one of the 512 neurons, one SAE
 feature, or a neuron of another model; all go through the same code. The result is cached in
 <analysis>/measure.pt and reused while its inputs are the same.
 
 Contexts are the held-out tokens cut into pieces of `ctx` tokens inside the LM's windows (harvest's
-consecutive windows): context c covers positions [c*ctx, (c+1)*ctx). The LM's windows alternate
-between two halves (even windows: "explain", odd: "score"), so an explanation is never scored on
-the tokens it was read from, yet both halves come from the same documents, as the paper draws its
-explaining and scoring examples from one distribution. (Splitting by document instead leaves a
-feature for a token that only one file uses unscoreable: the file lands in one half.)
+consecutive windows): context c covers positions [c*ctx, (c+1)*ctx). What is measured is analyze.py's
+to say, and it says it to load_or_measure: each token's half (EXPLAIN or SCORE, analyze.window_halves)
+and the kinds of units (the neurons, the sparsified neurons, each SAE's features).
 
 Where tensors live: the LM, the SAEs and every pass over tokens are on run.device; what a pass is
 reduced to (the per-unit statistics) is on the CPU, handed over with one .cpu().
@@ -136,9 +134,17 @@ def stream(model, tokens, n_tokens, sources, batch_tokens=1024):
         yield start, {name: fn(h) for name, fn in sources.items()}
 
 
-def window_halves(n_tokens, block_size):
-    """(n_tokens,) 0 or 1: the half of each token, the parity of its LM window."""
-    return (np.arange(n_tokens) // block_size % 2).astype(np.int64)
+@torch.no_grad()
+def context_acts(model, tokens, ids, ctx, sources):
+    """{name: (len(ids), ctx, U)}: the activations at the given contexts, each recomputed inside
+    its own LM window (the same numbers the streaming pass saw)."""
+    T = model.cfg.block_size
+    windows = np.unique(ids * ctx // T)
+    h = torch.cat([harvest(model, tokens[w * T:(w + 1) * T], T, device=model.unembed.weight.device)[0]
+                   for w in windows])
+    rows = torch.from_numpy((np.searchsorted(windows, ids * ctx // T) * T + ids * ctx % T)[:, None]
+                            + np.arange(ctx))
+    return {name: fn(h)[rows.to(h.device)].float().cpu() for name, fn in sources.items()}
 
 
 @dataclasses.dataclass
@@ -314,48 +320,11 @@ class Measurement:
     key: dict             # what it depends on: a cached one is reused only when the key matches
     stats: dict           # {"neurons" or "F<n>": UnitStats}, on the CPU
     proxies: np.ndarray   # (n_tokens, P) bool: which predicates hold on each token (predicates.context_labels)
-    halves: np.ndarray    # (n_tokens,) each token's half (window_halves)
-    sparse_k: int         # neurons kept per token in "sparse_neurons" (matched_k)
+    halves: np.ndarray    # (n_tokens,) each token's half (analyze.window_halves)
+    sparse_k: int         # neurons kept per token in "sparse_neurons" (analyze.matched_k)
     next_tokens: np.ndarray   # (K,) the next tokens next_counts counts, row by row (next_rows)
     seconds: float        # how long the pass took when it ran
     reused: bool = False  # read from measure.pt
-
-
-def sources(run, k):
-    """What the streaming pass measures: the neurons as they are, the neurons sparsified to k per
-    token (sparsify), and each SAE's features."""
-    return {"neurons": lambda h: h, "sparse_neurons": lambda h: sparsify(h, k),
-            **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
-
-
-# ----------------------------------------------------------------------------------------------
-# The density-matched baseline. A feature fires on about 1% of the tokens, a neuron on about 4%, and
-# a unit that fires rarely is easier to describe with a short table; so "features beat neurons" may
-# only say "sparse beats dense". The baseline that separates the two is the neurons themselves, made
-# as sparse as the features. Chosen before any result was seen: per token, keep only the k most
-# active neurons, k = d_mlp x the features' mean density (rounded; at least 1), so the sparsified
-# neurons fire on as many tokens on average as the features do. Why per token rather than a
-# threshold per neuron: it is a sparse code of the same activations built like the SAE's (a TopK
-# SAE whose dictionary is the neurons themselves: units compete on each token), it needs no choice
-# of which feature density each neuron should get, and it is how Paulo et al. (2024) asked the same
-# question. A per-neuron threshold would keep each neuron's strongest activations, its most
-# specific ones, whatever else fires.
-
-
-def sparsify(h, k):
-    """h (n, d) with all but the k largest activations of each row set to 0."""
-    top = h.topk(min(k, h.shape[1]), dim=1)
-    return torch.zeros_like(h).scatter_(1, top.indices, top.values.clamp_min(0))
-
-
-@torch.no_grad()
-def matched_k(run, n_tokens=2**14):
-    """k of sparsify for this run: d_mlp x the main SAE's mean feature density, read on the first
-    n_tokens held-out tokens (its L0 / n_features; the mean settles within a few thousand tokens)."""
-    n = min(n_tokens, run.n_tokens)
-    active = sum(int((a["f"] > 0).sum()) for _, a in stream(run.model, run.tokens, n, {"f": run.main_sae.encode},
-                                                               run.batch))
-    return max(1, round(run.model.cfg.d_mlp * active / n / run.main))
 
 
 def measure_key(cfg, run):
@@ -369,8 +338,10 @@ def measure_key(cfg, run):
                 format=MEASURE_FORMAT, python=sys.version.split()[0].rsplit(".", 1)[0])  # (its keywords)
 
 
-def load_or_measure(cfg, run):
-    """measure() over the held-out tokens, or its cached result when the inputs match.
+def load_or_measure(cfg, run, halves, units):
+    """measure() over the held-out tokens, or its cached result when the inputs match. halves:
+    (n_tokens,) each token's half; units() -> (k, {name: fn(neurons (n, d_mlp)) -> acts (n, U)}): what
+    is measured, asked on a cache miss only, k the neurons kept per token in "sparse_neurons".
     measure.pt holds plain dicts and tensors (the dataclasses as dataclasses.asdict writes them)."""
     key = measure_key(cfg, run)
     path = os.path.join(run.dir, "measure.pt")
@@ -388,9 +359,8 @@ def load_or_measure(cfg, run):
     t0 = time.time()
     n, eot = run.n_tokens, run.meta["eot"]
     proxies = predicates.context_labels(run.tokens, n, run.enc, eot)
-    halves = window_halves(n, run.model.cfg.block_size)
     next_ids, counted = next_rows(run.tokens, eot)
-    k = matched_k(run)
+    k, sources = units()
     print(f"measure: the neurons sparsified to {k} per token match the features' mean density")
     progress = Progress(None)
 
@@ -400,7 +370,7 @@ def load_or_measure(cfg, run):
             progress.say(f"measure: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
                          f"ETA {fmt_eta((n - done) / rate)}")
 
-    stats = measure(stream(run.model, run.tokens, n, sources(run, k), run.batch), n, halves, proxies, cfg.context,
+    stats = measure(stream(run.model, run.tokens, n, sources, run.batch), n, halves, proxies, cfg.context,
                     (cfg.explain_contexts, cfg.score_top), report, next_ids, len(counted))
     result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, sparse_k=k, next_tokens=counted,
                          seconds=time.time() - t0)

@@ -78,20 +78,21 @@ class Config:
                       flag=False)
 
 
-def main(cfg, acfg):
-    """python analyze.py rate: draw a deck, write its page and its key. acfg: analyze.AnalyzeConfig."""
+def main(cfg, acfg, measured):
+    """python analyze.py rate: draw a deck, write its page and its key. acfg: analyze.AnalyzeConfig;
+    measured(acfg, run): analyze.measured."""
     browser.check_config(cfg, ("cards", "top_contexts", "intervals", "interval_contexts", "top_tokens", "pool_tokens"),
                          ("random_contexts", "before", "after"))
-    return write_deck(cfg, acfg)
+    return write_deck(cfg, acfg, measured)
 
 
-def write_deck(cfg, acfg):
+def write_deck(cfg, acfg, measured):
     """Draw the deck, write rate.html and its key; returns dict(path, key_path, deck, cards)."""
     t0 = time.time()
     secret = cfg.secret or secrets.token_hex(16)
     deck = digest(secret)[:12]
     rng = np.random.default_rng(int(digest(secret + ":draw")[:16], 16))
-    runs = sources(acfg, cfg.control)
+    runs = sources(acfg, measured, cfg.control)
     share = cfg.cards // len(runs)
     cards, key = [], []
     for kind, (run, m, units) in runs.items():
@@ -127,11 +128,11 @@ def digest(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sources(acfg, control=True):
+def sources(acfg, measured, control=True):
     """{kind: (Run, Measurement, units.json)}: the main run's features and neurons, and the
     random-weights control (its SAE's features) when lab/compare.py has trained and analysed it."""
     run = measure.load_run(acfg)
-    main = (run, measure.load_or_measure(acfg, run), report.load_units(acfg, run))
+    main = (run, measured(acfg, run), report.load_units(acfg, run))
     out = {"features": main, "neurons": main}
     folder = os.path.join("compare", "analysis_random")            # lab/compare.py's analysis of the control
     units = os.path.join(acfg.out, folder, "units.json")
@@ -139,7 +140,7 @@ def sources(acfg, control=True):
         ccfg = dataclasses.replace(acfg, lm_dir="lm_random", sae_dir="sae_random", n_features=run.main,
                                    analysis_dir=folder, tokens=json.load(open(units))["n_tokens"])
         crun = measure.load_run(ccfg)
-        out["control"] = (crun, measure.load_or_measure(ccfg, crun), report.load_units(ccfg, crun))
+        out["control"] = (crun, measured(ccfg, crun), report.load_units(ccfg, crun))
     return out
 
 

@@ -36,7 +36,7 @@ KINDS = ("features", "neurons", "sparse_neurons")
 
 
 @torch.no_grad()
-def specificity(run, m):
+def specificity(run, m, neurons):
     """For each context predicate (PREDICATES) that holds on some held-out token, which units
     detect it, in two views. The paper's: precision (of the tokens where a unit fires, the share where
     the predicate holds) and recall (of those where it holds, the share where the unit fires) of the
@@ -44,7 +44,8 @@ def specificity(run, m):
     least SPECIALIST, on at least MIN_ACTIVE tokens), as several features may split a property
     that one broad neuron covers alone. And Pearson's: the unit whose activation correlates most with
     the predicate, with the share of its activation where it holds. The union needs a second pass over
-    the specialists (and the plotted units) only; writes specificity.png."""
+    the specialists (and the plotted units) only; writes specificity.png. neurons: analyze.neuron_kinds,
+    the neurons as they are and sparsified."""
     labels = m.proxies
     P = labels.shape[1]
     base_rate = labels.mean(0)
@@ -70,7 +71,7 @@ def specificity(run, m):
         shown = {kind: best[kind]["units"][plotted] if kind in best else [] for kind in KINDS}
         columns = {kind: torch.from_numpy(np.concatenate([shown[kind], picked[kind]]).astype(np.int64))
                    for kind in KINDS}
-        union, acts = second_pass(run, labels, columns, members, m.sparse_k)
+        union, acts = second_pass(run, labels, columns, members, neurons["sparse_neurons"])
     for kind, counts in union.items():
         fired, hit = counts.double().numpy()
         unions[kind] = dict(count=members[kind].sum(0).numpy(), recall=hit / np.maximum(labels.sum(0), 1),
@@ -91,17 +92,17 @@ def specificity(run, m):
     return out
 
 
-def second_pass(run, labels, columns, members, k):
+def second_pass(run, labels, columns, members, sparsified):
     """Stream the held-out tokens through the units that specificity needs, and only them: per kind
     (KINDS), (2, P) union counts of its specialists (union_counts) and the activations (n_tokens,
-    len(columns[kind])) of the units columns[kind]. k: sparse neurons kept per token (measure.sparsify)."""
+    len(columns[kind])) of the units columns[kind]. sparsified: fn(neurons) -> the sparsified neurons."""
     need = {kind: torch.unique(torch.cat([columns[kind], members[kind].any(1).nonzero().squeeze(1)]))
             for kind in members}
     column = {kind: torch.searchsorted(need[kind], columns[kind]) for kind in need}
     sets = {kind: members[kind][need[kind]] for kind in need}      # each predicate's specialists among them
     neurons, sparse = need["neurons"].to(run.device), need["sparse_neurons"].to(run.device)
     chosen = {"neurons": lambda h: h[:, neurons], "features": measure.select_encoder(run.main_sae, need["features"]),
-              "sparse_neurons": lambda h: measure.sparsify(h, k)[:, sparse]}
+              "sparse_neurons": lambda h: sparsified(h)[:, sparse]}
     union = {kind: torch.zeros(2, labels.shape[1], dtype=torch.long) for kind in chosen}
     acts = {kind: [] for kind in chosen}
     labels_t = torch.from_numpy(labels)

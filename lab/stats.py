@@ -9,6 +9,8 @@ resample, and keep the middle 95% of the recomputed values (Efron's percentile i
     bootstrap(stat, [a, b], n, rng)      # ... a and b resampled independently (two kinds of units)
     document_weights(rng, D, n)          # resampled documents, as weights (tokens of a document move together)
 
+And one fit the density histogram needs: two_gaussians, a two-component mixture fitted by EM.
+
 Every caller draws from a numpy Generator it owns, so a seed gives the same intervals on every run.
 """
 import numpy as np
@@ -45,3 +47,18 @@ def document_weights(rng, n_documents, n):
     with replacement (each row sums to n_documents): tokens of one document are not independent,
     so an interval over tokens resamples whole documents."""
     return rng.multinomial(n_documents, np.full(n_documents, 1 / n_documents), size=n)
+
+
+def two_gaussians(x, steps=300):
+    """A mixture of two Gaussians fitted to the 1-D sample x by EM, started at its 10th and 90th
+    percentiles: (mixture, mu, r): mixture(t) (len(t), 2) each component's weighted density at t
+    (up to a shared constant), mu (2,) the means, r (len(x), 2) each point's responsibilities."""
+    mu, sd, w = np.percentile(x, [10, 90]), np.full(2, x.std() / 2 + 1e-3), np.full(2, 0.5)
+    mixture = lambda t: w / sd * np.exp(-0.5 * ((np.asarray(t)[:, None] - mu) / sd) ** 2)  # (len(t), 2)
+    for _ in range(steps):
+        p = mixture(x) + 1e-300
+        r = p / p.sum(1, keepdims=True)
+        w = r.mean(0)
+        mu = (r * x[:, None]).sum(0) / r.sum(0)
+        sd = np.sqrt((r * (x[:, None] - mu) ** 2).sum(0) / r.sum(0)).clip(min=0.05)
+    return mixture, mu, r

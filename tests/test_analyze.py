@@ -43,7 +43,7 @@ def test_measure_counts_sums_and_top_contexts_exactly():
     g = torch.Generator().manual_seed(0)
     acts = torch.rand(N, U, generator=g) * (torch.rand(N, U, generator=g) < 0.2)
     acts[:, 0] = (torch.arange(N) % 2 == 0).float()  # fires on every other token
-    halves = measure.window_halves(N, 64)
+    halves = analyze.window_halves(N, 64)
     proxies = torch.rand(N, 2, generator=g).numpy() < 0.3
     s = measure.measure(batches_of(acts, 128), N, halves, proxies, ctx, k=(5, 3))["u"]
     assert s.fired[0].item() / N == 0.5
@@ -68,13 +68,14 @@ def test_measure_counts_sums_and_top_contexts_exactly():
 def score_synthetic(acts, tokens, eot, vocab, ctx=16, labels=None, max_entries=10, sizes=()):
     N = len(tokens)
     labels = np.zeros((N, 0), bool) if labels is None else labels
-    halves = measure.window_halves(N, 64)
+    halves = analyze.window_halves(N, 64)
     s = measure.measure(batches_of(acts, 512), N, halves, np.zeros((N, 1), bool), ctx, k=(40, 20))["u"]
     score_ctx = np.flatnonzero(halves[::ctx] == measure.SCORE)
     pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
     prev = np.concatenate([[eot], tokens[:-1]])
-    return analyze.score_units(range(acts.shape[1]), s, pool, tokens, prev, labels, vocab + 1, ctx, n_top=20,
-                              n_random=20, max_entries=max_entries, sizes=sizes)
+    text = analyze.HeldOut(tokens, prev, labels, vocab + 1, ctx)
+    return analyze.score_units(range(acts.shape[1]), s, pool, text, n_top=20, n_random=20, max_entries=max_entries,
+                               sizes=sizes)
 
 
 def test_simulation_scores_a_token_detector_near_one_and_noise_near_zero():
@@ -231,7 +232,7 @@ def test_precision_recall_and_the_specialists_union():
     fires[150:160, 3] = fires[300:310, 3] = True       # 10 on it, 10 off it
     fires[:measure.MIN_ACTIVE - 1, 4] = True            # only on it, but on too few tokens
     acts = torch.from_numpy(fires * np.linspace(1, 2, N)[:, None]).float()
-    s = measure.measure(batches_of(acts, 128), N, measure.window_halves(N, 64), labels, 16, k=(2, 2))["u"]
+    s = measure.measure(batches_of(acts, 128), N, analyze.window_halves(N, 64), labels, 16, k=(2, 2))["u"]
     assert s.proxy_fired[:, 0].tolist() == [100, 100, 200, 10, measure.MIN_ACTIVE - 1]
     precision, recall = specificity.precision_recall(s)
     assert precision[:, 0].tolist() == [1.0, 1.0, 200 / 600, 0.5, 1.0]
@@ -321,7 +322,7 @@ def test_report_builds_end_to_end(tiny_sae):
     # the random contexts, recomputed window by window, are the streaming pass's own activations
     run = analyze.load_run(cfg)
     model, s = run.model, run.saes[1024].sae
-    again = analyze.context_acts(model, run.tokens, np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
+    again = measure.context_acts(model, run.tokens, np.array([0, 5, 130]), 32, {"f": s.encode})["f"]
     acts = s.encode(harvest(model, run.tokens, 160 * 32)[0])
     assert torch.allclose(again, acts.view(-1, 32, 1024)[[0, 5, 130]], atol=1e-5)
     # a step on its own reuses the streaming pass
@@ -350,7 +351,7 @@ def test_report_builds_end_to_end(tiny_sae):
     sparse, neurons = res["measure"].stats["sparse_neurons"], res["measure"].stats["neurons"]
     assert sparse.fired.sum() <= min(k * run.n_tokens, neurons.fired.sum()) and (sparse.fired <= neurons.fired).all()
     h = harvest(run.model, run.tokens, 1024)[0]   # on each token, the k most active of the neurons that fire
-    assert torch.equal((measure.sparsify(h, k) > 0).sum(1), (h > 0).sum(1).clamp(max=k))
+    assert torch.equal((analyze.sparsify(h, k) > 0).sum(1), (h > 0).sum(1).clamp(max=k))
     for needle in ("### At matched density", "### At every activation level", "## 7. Grounded in the model"):
         assert needle in report
     g = summary["grounding"]

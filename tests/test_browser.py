@@ -97,7 +97,7 @@ def browse(**kw):
 def measured(cfg):
     """The run, its streaming pass and units.json, as analyze.py hands them to the browser."""
     run = analyze.load_run(cfg)
-    return run, measure.load_or_measure(cfg, run), report.load_units(cfg, run)
+    return run, analyze.measured(cfg, run), report.load_units(cfg, run)
 
 
 class Page(html.parser.HTMLParser):

@@ -46,7 +46,7 @@ def constructed(n=48000, q=0.15, seed=0):
 def world():
     tokens, acts, triggers, successor = constructed()
     n = len(tokens)
-    halves = measure.window_halves(n, 64)
+    halves = analyze.window_halves(n, 64)
     next_ids, counted = measure.next_rows(tokens, EOT)
     s = measure.measure([(i, {"u": acts[i:i + 512]}) for i in range(0, n, 512)], n, halves, np.zeros((n, 0), bool),
                         16, (40, 20), next_ids=next_ids, n_next=len(counted))["u"]
@@ -61,10 +61,10 @@ def test_the_construction_has_equal_densities(world):
 
 def test_sparsify_keeps_each_tokens_k_largest():
     h = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 4.0]])
-    assert torch.equal(measure.sparsify(h, 2), torch.tensor([[0.0, 3.0, 0.0, 2.0], [5.0, 0.0, 0.0, 4.0]]))
-    assert torch.equal(measure.sparsify(h, 1), torch.tensor([[0.0, 3.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(analyze.sparsify(h, 2), torch.tensor([[0.0, 3.0, 0.0, 2.0], [5.0, 0.0, 0.0, 4.0]]))
+    assert torch.equal(analyze.sparsify(h, 1), torch.tensor([[0.0, 3.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]]))
     # a zero among the k largest stays zero (a ReLU's silence is not made to fire)
-    assert (measure.sparsify(h, 4) > 0).sum() == (h > 0).sum()
+    assert (analyze.sparsify(h, 4) > 0).sum() == (h > 0).sum()
 
 
 def test_lexical_score_at_matched_density_ranks_monosemantic_units_first(world):
@@ -73,8 +73,8 @@ def test_lexical_score_at_matched_density_ranks_monosemantic_units_first(world):
     score_ctx = np.flatnonzero(world["halves"][::ctx] == measure.SCORE)
     pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
     prev = np.concatenate([[EOT], tokens[:-1]])
-    res = analyze.score_units(range(2 * N_UNITS), s, pool, tokens, prev, np.zeros((len(tokens), 0), bool), EOT + 1,
-                              ctx, 20, 20, 5)
+    text = analyze.HeldOut(tokens, prev, np.zeros((len(tokens), 0), bool), EOT + 1, ctx)
+    res = analyze.score_units(range(2 * N_UNITS), s, pool, text, 20, 20, 5)
     mono, mixed = res[:N_UNITS], res[N_UNITS:]
     best_mixed = max(r["score"] for r in mixed)
     assert min(r["score"] for r in mono) > 0.95 and best_mixed < min(r["score"] for r in mono) - 0.05
@@ -144,12 +144,12 @@ def test_the_control_is_compare_pys_random_model_and_its_sae_when_they_are_there
         shutil.copytree(os.path.join(tiny_sae, folder), os.path.join(out, folder))
     cfg = analyze.AnalyzeConfig(out=out, device="cpu", tokens=8192, bootstrap=20)
     run = analyze.load_run(cfg)
-    m = analyze.load_or_measure(cfg, run)
+    m = analyze.measured(cfg, run)
     _, sae, where = grounding.control_model(out, run)
     assert sae is None and where.startswith("the LM's initial weights")
     shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_random"))
     shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_random"))
-    g = grounding.measure_grounding(out, run, m)
+    g = grounding.measure_grounding(out, run, m, analyze.neuron_kinds(m.sparse_k))
     assert g["control_from"] == "lm_random and sae_random/F1024"
     median = lambda part, kind: np.median(g[part][kind]["scores"])
     assert median("control", "features") == pytest.approx(median("model", "features"), abs=0.02)

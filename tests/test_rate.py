@@ -180,7 +180,7 @@ def analysed(tiny_sae):
 def deck(analysed, tmp_path, **kw):
     cfg = rate.Config(**{"cards": 8, "pool_tokens": 4096, "control": False, "secret": "s3cret-for-the-test",
                          "html": str(tmp_path / "rate.html"), **kw})
-    return rate.write_deck(cfg, analysed)
+    return rate.write_deck(cfg, analysed, analyze.measured)
 
 
 def test_the_page_does_not_say_which_card_is_a_feature(analysed, tmp_path):

@@ -45,7 +45,7 @@ def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
     run = analyze.load_run(analysed)
     model, sae = run.model, run.main_sae
     effects = logit_effects(model, sae.directions(), residual_scale(model, run.tokens))
-    m = measure.load_or_measure(analysed, run)
+    m = analyze.measured(analysed, run)
     largest = m.stats["F1024"].max_activation()
     x = torch.from_numpy(run.tokens[:8 * 64].reshape(8, 64))
     for f in (0, 2, 100, 500):
