@@ -70,6 +70,8 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     def __post_init__(self):
         require(all(str(n).isdigit() and int(n) >= 1 for n in self.sweep), f"--sweep {' '.join(map(str, self.sweep))}",
                 "expects positive dictionary sizes, e.g. --sweep 512 1024")
+        require(len({int(n) for n in self.sweep}) == len(self.sweep), f"--sweep {' '.join(map(str, self.sweep))}",
+                "names a size twice: each size trains once, into its own F<n>/")
         require(all(str(n).isdigit() for n in self.snapshots), f"--snapshots {' '.join(map(str, self.snapshots))}",
                 "expects activation counts >= 0, e.g. --snapshots 0 1000000")
         require(self.max_activations >= 1, f"--max-activations {self.max_activations}", "must be at least 1")
@@ -328,6 +330,10 @@ def print_summary(st, run, snapshots_left, batch_size):
 def load_inputs(cfg, device):
     """The LM whose activations we decompose, its checkpoint, and the token shards it was trained on."""
     model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
+    if not lm_ckpt.get("final"):
+        print(f"warning: {cfg.out}/{cfg.lm_dir} is an unfinished run ({lm_ckpt.get('status')} at step "
+              f"{lm_ckpt['step']:,} of {lm_ckpt['max_steps']:,}): its SAE decomposes the LM as it is now; finish it "
+              "first with python train_lm.py --resume", flush=True)
     meta, train_tokens, val_tokens = data.load_shards(cfg.out)
     if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
         raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {cfg.out}/data: "

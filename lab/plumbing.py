@@ -9,6 +9,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -121,8 +122,8 @@ def run_main(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the last checkpoint is intact; rerun with --resume to continue", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training loop says what was kept (lab/run.py's crash_label)
+        print(f"\ninterrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         sys.exit(130)
 
 
@@ -154,6 +155,10 @@ def replacing(path):
     temporary file is removed and the error is one line naming the path and the fix."""
     tmp = f"{path}.tmp{os.getpid()}"
     make_folder(os.path.dirname(path) or ".")
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):  # left by a writer killed mid-way (SIGKILL, power)
+        pid = stale[len(path) + 4:]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            os.remove(stale)
     with removed_on_failure([tmp], path):
         yield tmp
         os.replace(tmp, path)
@@ -172,6 +177,17 @@ def removed_on_failure(paths, name):
         if isinstance(e, (OSError, RuntimeError)):  # (torch.save reports a full disk as a RuntimeError)
             raise UserError(write_error(getattr(e, "filename", None) or name, e)) from None
         raise
+
+
+def alive(pid):
+    """Is process pid running (on this machine)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def make_folder(path):
@@ -345,17 +361,23 @@ def resumed_config(cfg, path, what, dir_flag):
 
 
 def refuse_to_replace(paths, cfg, dir_flag):
-    """A finished run is never replaced silently: starting afresh over one needs --overwrite."""
+    """A run is never replaced silently, finished or not: starting afresh over one needs --overwrite
+    (over an unfinished one, --resume is what was usually forgotten)."""
     if cfg.resume or cfg.overwrite:
         return
     for path in paths:
         try:
-            final = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False).get("final")
-        except Exception:  # an unreadable file holds no finished run worth keeping
-            final = False
-        if final:
-            raise UserError(f"{path} holds a finished run: --resume continues it, --overwrite replaces it, "
-                            f"or choose another {dir_flag}")
+            ckpt = torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None
+        except Exception:  # an unreadable file holds no run worth keeping
+            ckpt = None
+        if not isinstance(ckpt, dict) or "step" not in ckpt:
+            continue
+        if ckpt.get("status") == "snapshot":
+            raise UserError(f"{path} holds a --snapshots copy: --overwrite replaces it, or choose another {dir_flag}")
+        what = "a finished run" if ckpt.get("final") else (f"an unfinished run ({ckpt.get('status', 'running')} at "
+                                                           f"step {ckpt['step']:,} of {ckpt['max_steps']:,})")
+        raise UserError(f"{path} holds {what}: --resume continues it, --overwrite replaces it, or choose another "
+                        f"{dir_flag}")
 
 
 def mark_crashed(paths, error, since):

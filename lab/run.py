@@ -18,16 +18,18 @@ each named for what it does:
 A checkpoint is what the trainer's contents() says (its weights, optimizer and random streams)
 beside what every run records here: the flags, the step, the run's length, the time spent, a status.
 """
+import contextlib
 import glob
+import json
 import os
 import time
 
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from lab.plumbing import (Progress, Stopwatch, atomic_save, broadcast_int, flat_dict, fmt_eta, labelled_crash,
-                          load_checkpoint, refuse_to_replace, require, require_memory, resumed_config,
-                          setup_processes, timed_steps, warn_if_repeating)
+from lab.plumbing import (Progress, Stopwatch, UserError, alive, atomic_save, atomic_write_text, broadcast_int,
+                          flat_dict, fmt_eta, labelled_crash, load_checkpoint, make_folder, refuse_to_replace,
+                          require, require_memory, resumed_config, setup_processes, timed_steps, warn_if_repeating)
 
 
 class Run:
@@ -50,6 +52,7 @@ class Run:
         self.cfg, self.paths = cfg, paths(cfg)
         self.step = self.max_steps = 0
         self.elapsed = 0.0  # seconds in the training loop, over all sessions
+        self.saved_step = None  # the step of the last checkpoint a --resume could go on from
 
     def refuse_unsafe_start(self, need, what, fix):
         """Before anything is written: a finished run is replaced only with --overwrite, and a run whose
@@ -64,6 +67,8 @@ class Run:
         after that many steps; restore(ckpts) puts them back. Opens the logs; returns the checkpoints
         resumed from, or None."""
         self.contents = contents
+        if self.rank == 0:
+            self.lock = take_lock(self.folder)
         self.logs = [Progress(os.path.join(os.path.dirname(p), "log.jsonl") if self.rank == 0 else None,
                               append=self.cfg.resume, quiet=True) for p in self.paths]
         self.printer = Progress(None, quiet=self.rank != 0)
@@ -75,6 +80,10 @@ class Run:
         ckpts = [load_checkpoint(p, f"{self.what} checkpoint to resume", fix) for p in self.paths]
         restore(ckpts)
         self.step, self.max_steps, self.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "elapsed"))
+        self.saved_step = self.step
+        for log, c in zip(self.logs, ckpts):  # what a crash left after the checkpoint (a record, half a line) goes
+            if log.log_path:
+                atomic_write_text("".join(json.dumps(r) + "\n" for r in c["history"]), log.log_path)
         return ckpts
 
     def announce(self, lines, per_step, available, what, why, fix):
@@ -87,9 +96,17 @@ class Run:
               + f"{self.max_steps} steps of {per_step:,} {self.unit} ({self.max_steps * per_step / 1e6:.1f}M)")
         warn_if_repeating(self.max_steps * per_step, available, what, why, fix)
 
+    @contextlib.contextmanager
     def crash_label(self):
-        """Around the loop: an exception labels the last checkpoint this run wrote "crashed"."""
-        return labelled_crash(self.paths if self.rank == 0 else [], since=0 if self.cfg.resume else self.t_run)
+        """Around the loop: an exception labels the last checkpoint this run wrote "crashed"; Ctrl-C
+        (no crash: the checkpoint stays resumable) says what --resume would go on from."""
+        try:
+            with labelled_crash(self.paths if self.rank == 0 else [], since=0 if self.cfg.resume else self.t_run):
+                yield
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                "no checkpoint was written yet: rerun to start over" if self.saved_step is None else
+                f"the checkpoint of step {self.saved_step:,} is intact: rerun with --resume to go on from it") from None
 
     def steps(self, on_step=None):
         """The steps left, each as the count of steps taken before it. on_step(steps taken) runs after
@@ -130,7 +147,8 @@ class Run:
         "crashed". Returns them (rank 0)."""
         now, step = time.time(), self.step if step is None else step
         self.elapsed, self.t_start = self.elapsed + now - self.t_start, now
-        self.t_saved = now if status == "running" else self.t_saved
+        if status == "running":
+            self.t_saved, self.saved_step = now, step
         if self.rank != 0:
             return None
         with self.watch("checkpoints"):
@@ -139,6 +157,8 @@ class Run:
                       "time_split": self.watch.split(), **final} for c in self.contents(step)]
             for c, path in zip(ckpts, self.paths):
                 atomic_save(c, path if folder is None else os.path.join(folder, os.path.relpath(path, self.folder)))
+        if status == "final":  # the run is over: the folder is free for the next one
+            os.remove(self.lock)
         return ckpts
 
     # processes: DDP over torchrun (NCCL between GPUs, gloo between CPU processes)
@@ -168,6 +188,29 @@ class Run:
         if self.ddp:
             dist.destroy_process_group()
         return self.rank == 0
+
+
+def take_lock(folder):
+    """One writer per run folder: a file named lock holds the writer's process id. Another live
+    process's lock refuses the run; a lock whose process is gone (a crash, a kill) is taken over, as is
+    one of this very process (an earlier run in it that raised). Returns the lock's path."""
+    make_folder(folder)
+    path = os.path.join(folder, "lock")
+    while True:
+        try:
+            with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "w") as f:
+                f.write(str(os.getpid()))
+            return path
+        except FileExistsError:
+            try:
+                pid = int(open(path).read() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and alive(pid):
+                raise UserError(f"{folder} is being written by another process (pid {pid}): wait for it to end, or "
+                                "choose another folder") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 # The memory estimates that refuse_unsafe_start checks, before anything is allocated (else a run

@@ -295,3 +295,54 @@ def test_every_script_documents_its_flags(script):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, *script.split(), "--help"], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0 and "--out" in out.stdout or script == "-m lab.bench" and "--quick" in out.stdout
+
+
+def test_damaged_or_missing_outputs_are_refused_then_rebuilt(tiny_data, tmp_path, capsys):
+    """A shard that no longer matches meta.json (zeroed, truncated, missing) is refused by every stage
+    in one line; data.py, with the same inputs, sees it and rebuilds the very same files; --overwrite
+    always rebuilds; an id beyond the vocabulary is refused before anything trains on it."""
+    import shutil
+    corpus = os.path.join(os.path.dirname(tiny_data), "corpus")
+    out = str(tmp_path / "o")
+    cfg = data.DataConfig(out=out, data=[corpus], vocab_size=400, val_fraction=0.2)
+    data.prepare(cfg)
+    d = os.path.join(out, "data")
+    good = {f: open(os.path.join(d, f), "rb").read() for f in ("train.bin", "val.bin", "tokenizer.tiktoken")}
+    damages = {"zeroed": lambda p: open(p, "r+b").write(bytes(400)),
+               "truncated": lambda p: os.truncate(p, os.path.getsize(p) - 4),
+               "missing": os.remove}
+    for name, damage in damages.items():
+        for shard in ("train.bin", "val.bin"):
+            damage(os.path.join(d, shard))
+            with pytest.raises(UserError, match=rf"{shard}.* rerun python data.py"):
+                data.load_shards(out)
+            capsys.readouterr()
+            data.prepare(cfg)
+            assert "rebuilding the tokenizer and shards" in capsys.readouterr().out, name
+            assert open(os.path.join(d, shard), "rb").read() == good[shard], (name, shard)
+    os.remove(os.path.join(d, "tokenizer.tiktoken"))
+    data.prepare(cfg)
+    assert open(os.path.join(d, "tokenizer.tiktoken"), "rb").read() == good["tokenizer.tiktoken"]
+    data.prepare(cfg)
+    assert "up to date" in capsys.readouterr().out
+    data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=400, val_fraction=0.2, overwrite=True))
+    assert "--overwrite; rebuilding" in capsys.readouterr().out
+    meta_path = os.path.join(d, "meta.json")
+    meta = json.load(open(meta_path))
+    shutil.copy(meta_path, str(tmp_path / "meta.json"))
+    json.dump({**meta, "vocab_size": 300}, open(meta_path, "w"))
+    with pytest.raises(UserError, match=r"train.bin holds token id 399, beyond the vocabulary of 300 in meta.json"):
+        data.load_shards(out)
+
+
+def test_a_big_shard_is_checked_by_samples(tmp_path, monkeypatch):
+    """Above FULL_DIGEST_BYTES a shard's digest covers its size and 64 sampled blocks: a change inside a
+    sampled block, or of the size, changes it."""
+    monkeypatch.setattr(data, "FULL_DIGEST_BYTES", 2**16)
+    path = str(tmp_path / "big.bin")
+    open(path, "wb").write(np.random.default_rng(0).integers(0, 256, 2**21, dtype=np.uint8).tobytes())
+    first = data.shard_digest(path)
+    with open(path, "r+b") as f:
+        f.seek(2**21 - 10)
+        f.write(b"\x00" * 10)
+    assert data.shard_digest(path) != first

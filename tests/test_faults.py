@@ -168,3 +168,110 @@ def test_every_entry_point_lets_waiting_threads_sleep_before_torch_loads(module)
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "at torch: PASSIVE", out.stdout
+
+
+# A run is continued or refused, never silently replaced; one writer per run folder; the log says
+# what the checkpoint holds.
+
+def small_lm(out, lm_dir, **kw):
+    from conftest import tiny_lm_config
+    return tiny_lm_config(out, lm_dir=lm_dir, **{**dict(max_tokens=30 * 8 * 32, batch_size=8, block_size=32,
+                                                         eval_every=5, ckpt_every=10), **kw})
+
+
+def stop_at(n, error=RuntimeError):
+    def on_step(step):
+        if step == n:
+            raise error()
+    return on_step
+
+
+def test_an_unfinished_run_is_refused_without_resume_and_ctrl_c_says_what_is_kept(tiny_data, capsys):
+    import train_lm
+    with pytest.raises(KeyboardInterrupt, match="^no checkpoint was written yet: rerun to start over$"):
+        train_lm.train(small_lm(tiny_data, "lm_ctrl_c"), on_step=stop_at(3, KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt, match=r"^the checkpoint of step 10 is intact: rerun with --resume to go on"):
+        train_lm.train(small_lm(tiny_data, "lm_ctrl_c"), on_step=stop_at(13, KeyboardInterrupt))
+    with pytest.raises(UserError, match=r"lm_ctrl_c/ckpt.pt holds an unfinished run \(running at step 10 of 30\): "
+                                        r"--resume continues it, --overwrite replaces it"):
+        train_lm.train(small_lm(tiny_data, "lm_ctrl_c", max_tokens=50000))
+    with pytest.raises(RuntimeError):
+        train_lm.train(small_lm(tiny_data, "lm_ctrl_c", resume=True), on_step=stop_at(17))
+    with pytest.raises(UserError, match=r"unfinished run \(crashed at step 10 of 30\)"):
+        train_lm.train(small_lm(tiny_data, "lm_ctrl_c"))
+    assert train_lm.train(small_lm(tiny_data, "lm_ctrl_c", overwrite=True))["final"]
+    # the scripts without --resume say only that they were interrupted
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        plumbing.run_main(lambda: stop_at(0, KeyboardInterrupt)(0))
+    assert capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_a_resume_rewrites_the_log_from_its_checkpoint(tiny_data):
+    """A crash after the checkpoint leaves records the resumed run writes again, and perhaps half a line:
+    the resumed log is the uninterrupted run's, record for record."""
+    import train_lm
+    train_lm.train(small_lm(tiny_data, "lm_log_whole"))
+    with pytest.raises(RuntimeError):   # checkpoint at step 10; records at 15 logged, then it dies at 17
+        train_lm.train(small_lm(tiny_data, "lm_log_crash"), on_step=stop_at(17))
+    log = os.path.join(tiny_data, "lm_log_crash", "log.jsonl")
+    text = open(log).read()
+    assert '"step": 15' in text
+    open(log, "w").write(text[:-20])        # the last line cut in half
+    train_lm.train(small_lm(tiny_data, "lm_log_crash", resume=True))
+    assert open(log).read() == open(os.path.join(tiny_data, "lm_log_whole", "log.jsonl")).read()
+
+
+def test_two_processes_cannot_write_one_run_folder(tiny_data):
+    import subprocess
+    import sys
+    import train_lm
+    folder = os.path.join(tiny_data, "lm_locked")
+    os.makedirs(folder)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        open(os.path.join(folder, "lock"), "w").write(str(other.pid))
+        with pytest.raises(UserError, match=r"lm_locked is being written by another process \(pid \d+\): wait"):
+            train_lm.train(small_lm(tiny_data, "lm_locked"))
+    finally:
+        other.kill()
+        other.wait()
+    # a lock whose process is gone (a crash, a kill) is taken over; a finished run leaves none
+    assert train_lm.train(small_lm(tiny_data, "lm_locked"))["final"]
+    assert not os.path.exists(os.path.join(folder, "lock"))
+
+
+def test_a_sweep_naming_a_size_twice_is_refused():
+    import train_sae
+    with pytest.raises(UserError, match=r"^--sweep 512 512 names a size twice"):
+        train_sae.SAETrainConfig(sweep=["512", "512"])
+
+
+def test_an_sae_on_an_unfinished_lm_says_so(tiny_data, capsys):
+    import train_lm
+    import train_sae
+    from test_train_sae import sae_config
+    with pytest.raises(RuntimeError):
+        train_lm.train(small_lm(tiny_data, "lm_half"), on_step=stop_at(12))
+    train_sae.train(sae_config(tiny_data, lm_dir="lm_half", sae_dir="sae_on_half", max_activations=2 * 1024,
+                               n_features=256))
+    assert ("warning: " + tiny_data + "/lm_half is an unfinished run (crashed at step 10 of 30)") in capsys.readouterr().out
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
+    """A writer killed mid-save (SIGKILL) leaves <file>.tmp<pid>; the next write of that file removes it,
+    never one whose process still runs."""
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = str(tmp_path / "measure.pt")
+        for pid in (dead.pid, living.pid):
+            open(f"{path}.tmp{pid}", "wb").write(bytes(100))
+        atomic_save({"x": torch.zeros(3)}, path)
+        assert sorted(os.listdir(tmp_path)) == ["measure.pt", f"measure.pt.tmp{living.pid}"]
+    finally:
+        living.kill()
+        living.wait()
