@@ -80,7 +80,7 @@ def prepare(cfg):
     scan = corpus.scan_corpus(files, held_out, cfg.data)
     want = {"corpus_hash": scan["hash"], **want}
     changed = corpus.changed_inputs(old, want, name, cfg.overwrite, meta_path)
-    damaged = old and outputs_problem(data_dir, old)
+    damaged = old and corpus.outputs_problem(data_dir, old)
     if old and not (changed or damaged or cfg.overwrite):
         print(f"data: {data_dir} is up to date ({old['tokens']['train']:,} train tokens); nothing to do")
         return old
@@ -102,14 +102,9 @@ def prepare(cfg):
     dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
     tokens, docs = corpus.write_shards(corpus.documents_or_blocks(files, block), held_out, make_tokenizer, dtype,
                                        data_dir, scan["bytes"])
-    if not docs["train"] or not docs["val"]:
-        for split in ("train", "val"):
-            os.remove(os.path.join(data_dir, f"{split}.bin.tmp"))
-        raise UserError(f"--data: {scan['characters']:,} characters of text are too few to hold out "
-                        f"--val-fraction {cfg.val_fraction} in blocks of {block:,}; add text or raise --val-fraction")
-    for split in ("train", "val"):
-        os.replace(os.path.join(data_dir, f"{split}.bin.tmp"), os.path.join(data_dir, f"{split}.bin"))
-    digests = {split: shard_digest(os.path.join(data_dir, f"{split}.bin")) for split in ("train", "val")}
+    digests = corpus.finish_shards(data_dir, docs, f"--data: {scan['characters']:,} characters of text are too few "
+                                   f"to hold out --val-fraction {cfg.val_fraction} in blocks of {block:,}; add text or "
+                                   "raise --val-fraction")
     meta = {**want, "tokenizer_hash": tok_hash, "digests": digests, "vocab_size": enc.n_vocab, "eot": enc.eot_token,
             "dtype": np.dtype(dtype).name, "tokens": tokens, "documents": docs, "corpus": name,
             "skipped_files": scan["skipped"], "characters": scan["characters"],
@@ -302,7 +297,7 @@ def load_meta(data_dir):
 def load_tokens(data_dir, split):
     """The split's token ids as a read-only numpy memmap, once its size and digest match meta.json."""
     meta = load_meta(data_dir)
-    problem = shard_problem(data_dir, meta, split)
+    problem = corpus.shard_problem(data_dir, meta, split)
     if problem:
         raise UserError(f"{problem}: rerun python data.py (with the same flags: it rebuilds what is damaged)")
     return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=meta["dtype"], mode="r")
@@ -320,48 +315,6 @@ def load_shards(out):
             raise UserError(f"{data_dir}/{split}.bin holds token id {top:,}, beyond the vocabulary of "
                             f"{meta['vocab_size']:,} in meta.json: rerun python data.py --overwrite")
     return (meta, *shards)
-
-
-# Each shard's digest is in meta.json, checked whenever a stage opens it: a whole-file sha256 up to
-# FULL_DIGEST_BYTES (the standard library's 21 MB hash in under a tenth of a second); above it,
-# so that opening a corpus of many GB stays instant, the sha256 of 64 blocks of 64 KB spread evenly
-# over the file. The size is always checked whole.
-FULL_DIGEST_BYTES = 2**28
-
-
-def shard_digest(path):
-    size = os.path.getsize(path)
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= FULL_DIGEST_BYTES:
-            for block in iter(lambda: f.read(2**22), b""):
-                h.update(block)
-        else:
-            for i in range(64):
-                f.seek(i * (size - 2**16) // 63)
-                h.update(f.read(2**16))
-    return h.hexdigest()
-
-
-def shard_problem(data_dir, meta, split):
-    """What is wrong with <split>.bin beside its meta.json (missing, another size, another digest), or None."""
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.exists(path):
-        return f"{path} is missing"
-    size, want = os.path.getsize(path), meta["tokens"][split] * np.dtype(meta["dtype"]).itemsize
-    if size != want:
-        return f"{path} holds {size:,} bytes, not the {want:,} of its {meta['tokens'][split]:,} tokens"
-    if "digests" in meta and shard_digest(path) != meta["digests"][split]:
-        return f"{path} is damaged (its bytes no longer match the digest in meta.json)"
-    return None
-
-
-def outputs_problem(data_dir, meta):
-    """What is missing or damaged among data.py's outputs, or None: the tokenizer, then the shards."""
-    path = os.path.join(data_dir, "tokenizer.tiktoken")
-    if meta["tokenizer"] == "bpe" and not (os.path.exists(path) and file_sha256(path) == meta["tokenizer_hash"]):
-        return f"{path} is missing or does not match meta.json"
-    return shard_problem(data_dir, meta, "train") or shard_problem(data_dir, meta, "val")
 
 
 def get_batch(tokens, batch_size, block_size, generator, device="cpu"):

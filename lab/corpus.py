@@ -348,6 +348,60 @@ def changed_inputs(old, want, name, overwrite, meta_path):
     return changed
 
 
+# Each shard's digest is in meta.json, checked whenever a stage opens it: a whole-file sha256 up to
+# FULL_DIGEST_BYTES (the standard library's 21 MB hash in under a tenth of a second); above it,
+# so that opening a corpus of many GB stays instant, the sha256 of 64 blocks of 64 KB spread evenly
+# over the file. The size is always checked whole.
+FULL_DIGEST_BYTES = 2**28
+
+
+def finish_shards(data_dir, docs, too_few):
+    """The written <split>.bin.tmp moved into place, once both splits hold a document (else the error
+    too_few); returns their digests, for meta.json."""
+    if not docs["train"] or not docs["val"]:
+        for split in ("train", "val"):
+            os.remove(os.path.join(data_dir, f"{split}.bin.tmp"))
+        raise UserError(too_few)
+    for split in ("train", "val"):
+        os.replace(os.path.join(data_dir, f"{split}.bin.tmp"), os.path.join(data_dir, f"{split}.bin"))
+    return {split: shard_digest(os.path.join(data_dir, f"{split}.bin")) for split in ("train", "val")}
+
+
+def shard_digest(path):
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= FULL_DIGEST_BYTES:
+            for block in iter(lambda: f.read(2**22), b""):
+                h.update(block)
+        else:
+            for i in range(64):
+                f.seek(i * (size - 2**16) // 63)
+                h.update(f.read(2**16))
+    return h.hexdigest()
+
+
+def shard_problem(data_dir, meta, split):
+    """What is wrong with <split>.bin beside its meta.json (missing, another size, another digest), or None."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.exists(path):
+        return f"{path} is missing"
+    size, want = os.path.getsize(path), meta["tokens"][split] * np.dtype(meta["dtype"]).itemsize
+    if size != want:
+        return f"{path} holds {size:,} bytes, not the {want:,} of its {meta['tokens'][split]:,} tokens"
+    if "digests" in meta and shard_digest(path) != meta["digests"][split]:
+        return f"{path} is damaged (its bytes no longer match the digest in meta.json)"
+    return None
+
+
+def outputs_problem(data_dir, meta):
+    """What is missing or damaged among data.py's outputs, or None: the tokenizer, then the shards."""
+    path = os.path.join(data_dir, "tokenizer.tiktoken")
+    if meta["tokenizer"] == "bpe" and not (os.path.exists(path) and hashlib.sha256(open(path, 'rb').read()).hexdigest() == meta["tokenizer_hash"]):
+        return f"{path} is missing or does not match meta.json"
+    return shard_problem(data_dir, meta, "train") or shard_problem(data_dir, meta, "val")
+
+
 def named_encoding(name):
     """One of tiktoken's own encodings (gpt2, cl100k_base, ...); it downloads its file once."""
     try:

@@ -338,11 +338,11 @@ def test_damaged_or_missing_outputs_are_refused_then_rebuilt(tiny_data, tmp_path
 def test_a_big_shard_is_checked_by_samples(tmp_path, monkeypatch):
     """Above FULL_DIGEST_BYTES a shard's digest covers its size and 64 sampled blocks: a change inside a
     sampled block, or of the size, changes it."""
-    monkeypatch.setattr(data, "FULL_DIGEST_BYTES", 2**16)
+    monkeypatch.setattr(lab.corpus, "FULL_DIGEST_BYTES", 2**16)
     path = str(tmp_path / "big.bin")
     open(path, "wb").write(np.random.default_rng(0).integers(0, 256, 2**21, dtype=np.uint8).tobytes())
-    first = data.shard_digest(path)
+    first = lab.corpus.shard_digest(path)
     with open(path, "r+b") as f:
         f.seek(2**21 - 10)
         f.write(b"\x00" * 10)
-    assert data.shard_digest(path) != first
+    assert lab.corpus.shard_digest(path) != first
