@@ -1,7 +1,8 @@
 """The usual mistakes, made on purpose: tests/test_course.py proves that lab/course.py catches each
 one and names it. A teacher can hand them out as "find the bug" exercises.
 
-MISTAKES: (the exercise, the wrong function, words the check's message must contain).
+MISTAKES: (the exercise, the wrong function, a pattern the check's one-line message must match).
+SLOW: (the exercise, a right function far slower than the reference's), which passes with a note.
 """
 import numpy as np
 import torch

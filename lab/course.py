@@ -543,7 +543,8 @@ def check_loss_recovered(student):
                           ".item() on it)")
                 diagnose(f"lm_loss with {name}", got, want, {
                     "the targets are not the next tokens: the model reads windows[:, :-1] and predicts "
-                    "windows[:, 1:]": model(w[:, :-1], w[:, :-1], mlp_hook=lambda i, h: fn(h.flatten(0, 1)).view_as(h))[1],
+                    "windows[:, 1:]":
+                        model(w[:, :-1], w[:, :-1], mlp_hook=lambda i, h: fn(h.flatten(0, 1)).view_as(h))[1],
                     "the replacement is not spliced in: pass it to the model as mlp_hook":
                         REF.lm_loss(model, w, lambda h: h)})
         done.append("lm_loss")
@@ -680,7 +681,8 @@ def bench_inputs(name):
         return "20,000 tokens", (expl, rng.integers(0, vocab + 1, 20000), rng.integers(0, vocab, 20000),
                                  rng.random((20000, 3)) < 0.2, vocab)
     if name == "pearson":
-        return "two arrays of 100,000", (np.random.default_rng(0).random(100000), np.random.default_rng(1).random(100000))
+        rng = np.random.default_rng(0)
+        return "two arrays of 100,000", (rng.random(100000), rng.random(100000))
     if name == "sparse_grads":
         return "1,024 inputs, 1,024 features", (random_sae(n_features=1024, d_in=128), torch.randn(1024, 128))
     return None   # recovered: four numbers, nothing to time
@@ -720,7 +722,8 @@ def slower(name, fn, ratio=5.0):
 
 # The scripts a student can run on their functions: python -m lab.course run SCRIPT --impl FILE [flags].
 # The trainers are imported only to run them: checking needs none of them.
-SCRIPTS = {"train_lm.py": lambda argv: (m := importlib.import_module("train_lm")).train(parse_config(m.TrainConfig, argv)),
+SCRIPTS = {"train_lm.py": lambda argv: (m := importlib.import_module("train_lm")).train(
+               parse_config(m.TrainConfig, argv)),
            "train_sae.py": lambda argv: (m := importlib.import_module("train_sae")).train(
                parse_config(m.SAETrainConfig, argv)),
            "analyze.py": analyze.main}

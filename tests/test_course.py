@@ -39,7 +39,8 @@ def test_stubs_are_left_out_of_every_check_and_every_swap():
     assert course.swap_in(stubs) == []
 
 
-@pytest.mark.parametrize("name,wrong,words", mistakes.MISTAKES, ids=[f"{m[0]}:{m[1].__name__}" for m in mistakes.MISTAKES])
+@pytest.mark.parametrize("name,wrong,words", mistakes.MISTAKES,
+                         ids=[f"{m[0]}:{m[1].__name__}" for m in mistakes.MISTAKES])
 def test_each_usual_mistake_is_caught_and_named(name, wrong, words):
     step = course.EXERCISES[name][0]
     with pytest.raises(course.Mistake, match=words) as caught:
