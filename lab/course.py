@@ -641,14 +641,17 @@ def check_step(step, student):
     """Run one step's checks on the functions the student has written (a stub is skipped); returns
     the names checked. Raises Mistake at the first difference from the reference, or when the
     student's code raises."""
+    functions = written(student) if isinstance(student, types.ModuleType) else vars(student)
     try:
-        return CHECKS[step](types.SimpleNamespace(**written(student)) if isinstance(student, types.ModuleType)
-                            else student)
+        return CHECKS[step](types.SimpleNamespace(**functions))
     except Mistake:
         raise
-    except Exception as e:   # the student's code failed: say how, in one line
+    except Exception as e:   # the student's code failed: say how and where, in one line
         hint = " (keep the stub's @torch.no_grad())" if "leaf Variable" in str(e) else ""
-        raise Mistake(f"your code raised {type(e).__name__}: {(str(e).splitlines() or [''])[0]}{hint}") from e
+        theirs = {os.path.abspath(fn.__code__.co_filename) for fn in functions.values() if hasattr(fn, "__code__")}
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) in theirs]
+        where = f" (in {frames[-1].name}, line {frames[-1].lineno} of {frames[-1].filename})" if frames else ""
+        raise Mistake(f"your code raised {type(e).__name__}: {(str(e).splitlines() or [''])[0]}{hint}{where}") from e
 
 
 # ----------------------------------------------------------------------------------------------

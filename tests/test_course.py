@@ -107,8 +107,10 @@ def test_both_commands_say_it_in_one_line(tmp_path):
 def test_code_that_raises_is_reported_in_one_line():
     def encode(self, x):   # W_enc not transposed
         return self.activate((x * self.act_scale - self.b_dec) @ self.W_enc + self.b_enc)
-    with pytest.raises(course.Mistake, match="^your code raised RuntimeError: mat1 and mat2 shapes"):
+    with pytest.raises(course.Mistake, match="^your code raised RuntimeError: mat1 and mat2 shapes") as e:
         course.check_step(1, types.SimpleNamespace(encode=encode))
+    line = encode.__code__.co_firstlineno + 1   # where it raised: the line of the product
+    assert str(e.value).endswith(f"(in encode, line {line} of {__file__})") and "\n" not in str(e.value)
 
 
 def test_a_students_functions_swapped_in_train_the_references_sae(tiny_lm, monkeypatch):
