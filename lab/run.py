@@ -158,7 +158,8 @@ class Run:
             for c, path in zip(ckpts, self.paths):
                 atomic_save(c, path if folder is None else os.path.join(folder, os.path.relpath(path, self.folder)))
         if status == "final":  # the run is over: the folder is free for the next one
-            os.remove(self.lock)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.lock)
         return ckpts
 
     # processes: DDP over torchrun (NCCL between GPUs, gloo between CPU processes)
