@@ -512,7 +512,8 @@ def summarize(compare, cfg):
                                        median_ci=ci(x))
     multi = {kind: np.array([r["score"] for r in rs if not r["single_token"]]) for kind, rs in compare.items()}
     out["median_diff"] = diff(scores("features"), scores("neurons"))
-    out["median_diff_sparse"] = diff(scores("features"), scores("sparse_neurons")) if compare["sparse_neurons"] else None
+    out["median_diff_sparse"] = (diff(scores("features"), scores("sparse_neurons")) if compare["sparse_neurons"]
+                                 else None)
     out["median_diff_multi"] = diff(multi["features"], multi["neurons"]) if all(map(len, multi.values())) else None
     # a long enough table lists a polysemantic unit's meanings one by one: the gap should shrink as tables grow
     kinds = [kind for kind in compare if compare[kind]]

@@ -40,7 +40,7 @@ from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosin
 from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margin, difference_ci, median_ci,
                               universality, universality_pass, universality_windows)
 from model import lm_fingerprint, load_lm
-from lab.report import shown, token_text
+from lab.report import shown, token_text, write_markdown
 from sae import load_sae
 
 
@@ -431,39 +431,52 @@ def plot_knob(k, path):
 
 
 def write_report(cfg, dirs, res):
+    """compare/report.md (and summary.json and the figures beside it): the runs compared, then universality,
+    the random-weights control, the knob and feature splitting, each section a function returning its lines."""
     folder = os.path.join(cfg.out, "compare")
     make_folder(folder)
-    n, enc, m, u = res["n_tokens"], res["enc"], res["match"], res["universality"]
-    write_summary(u, res["u_tokens"], os.path.join(folder, "summary.json"))
-    split = splitting(m, res["decoders"], cfg.families)
-    plot_universality(u, os.path.join(folder, "universality.png"))
-    plot_control(res["control"], n, os.path.join(folder, "control.png"))
+    write_summary(res["universality"], res["u_tokens"], os.path.join(folder, "summary.json"))
+    split = splitting(res["match"], res["decoders"], cfg.families)
+    plot_universality(res["universality"], os.path.join(folder, "universality.png"))
+    plot_control(res["control"], res["n_tokens"], os.path.join(folder, "control.png"))
     plot_knob(res["knob"], os.path.join(folder, "knob.png"))
+    sections = [universality_section(cfg, dirs, res), control_section(res["control"]),
+                knob_section(res, dirs), splitting_section(split, res, dirs)]
+    path = write_markdown(os.path.join(folder, "report.md"), [runs_section(cfg, dirs, res), *sections])
+    print("\n".join(line for section in sections for line in section))
+    return path
+
+
+def runs_section(cfg, dirs, res):
+    return [f"# Universality, the random-weights control and feature splitting: `{cfg.out}`", "",
+            f"Measured in {fmt_eta(res['seconds'])}, universality in {fmt_eta(res['u_seconds'])}. Runs compared:", "",
+            "| run | folder | trained on | final held-out line |", "| --- | --- | --- | --- |", *runs_table(cfg, dirs),
+            ""]
+
+
+def universality_section(cfg, dirs, res):
+    enc, u = res["enc"], res["universality"]
     F = dirs["n_features"]
     f = u["features"]
-    L = [f"# Universality, the random-weights control and feature splitting: `{cfg.out}`", "",
-         f"Measured in {fmt_eta(res['seconds'])}, universality in {fmt_eta(res['u_seconds'])}. Runs compared:", "",
-         "| run | folder | trained on | final held-out line |", "| --- | --- | --- | --- |"]
-    L += runs_table(cfg, dirs)
     bins = list(zip(DENSITY_BINS, DENSITY_BINS[1:]))
     cell = lambda r: f"**{r['median']:.3f}** [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] (n={r['n']:,})" if r else "-"
     diff = lambda r: f"{r['value']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r else "-"
     excluded = f"; the ultralow-density cluster's {f['ultralow']} features left out, as the paper does" if f["ultralow"] else ""
-    L += ["", "## Universality: model A vs model B (differing only in seed)", "",
-          f"Over {res['u_tokens']:,} tokens in random windows of the whole corpus (both splits), for each alive unit "
-          f"of model A (fired on at least {MIN_ACTIVE} of them{excluded}), the largest Pearson correlation of its "
-          "activations with any alive unit of the other set on the same tokens: the median, overall and by the "
-          "unit's density, with 95% intervals from resampling the corpus's documents (dealt into "
-          f"{cfg.groups} groups). The last row is a yardstick: A's features against a second SAE trained on model "
-          f"A itself (the sweep's F{dirs['sizes'][-1]}: another initialisation, the same data order, "
-          f"{millions(res['knob']['rows'][-1]['seen'])} activations). By chance, the best of thousands of "
-          "correlations is above 0 even between unrelated units: the column \"chance\" correlates A's units with "
-          "B's on other tokens (each token against one in another window, half a window apart in position). The "
-          "intervals are rough (few groups), and the resampled medians run a little below the estimate (presumably "
-          "because a resample holds fewer distinct documents), so an estimate can sit at the top of its interval "
-          "or just above it.", "",
-          "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins)
-          + " | chance: on other tokens | paper |", "| --- " * (len(bins) + 5) + "|"]
+    L = ["## Universality: model A vs model B (differing only in seed)", "",
+         f"Over {res['u_tokens']:,} tokens in random windows of the whole corpus (both splits), for each alive unit "
+         f"of model A (fired on at least {MIN_ACTIVE} of them{excluded}), the largest Pearson correlation of its "
+         "activations with any alive unit of the other set on the same tokens: the median, overall and by the "
+         "unit's density, with 95% intervals from resampling the corpus's documents (dealt into "
+         f"{cfg.groups} groups). The last row is a yardstick: A's features against a second SAE trained on model "
+         f"A itself (the sweep's F{dirs['sizes'][-1]}: another initialisation, the same data order, "
+         f"{millions(res['knob']['rows'][-1]['seen'])} activations). By chance, the best of thousands of "
+         "correlations is above 0 even between unrelated units: the column \"chance\" correlates A's units with "
+         "B's on other tokens (each token against one in another window, half a window apart in position). The "
+         "intervals are rough (few groups), and the resampled medians run a little below the estimate (presumably "
+         "because a resample holds fewer distinct documents), so an estimate can sit at the top of its interval "
+         "or just above it.", "",
+         "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins)
+         + " | chance: on other tokens | paper |", "| --- " * (len(bins) + 5) + "|"]
     for kind, label, paper in (("features", f"features (F{F}), A vs B", "0.72"), ("neurons", "neurons, A vs B", "0.46"),
                                ("same LM", "features, A vs a second SAE on A", "-")):
         r = u[kind]
@@ -485,32 +498,45 @@ def write_report(cfg, dirs, res):
         a, b = f["units"][i].item(), f["match"][i].item()
         L.append(f"| A/{a} | {top_tokens(res['mass']['A'], a, enc)} | {f['best'][i]:.2f} | B/{b} | "
                  f"{top_tokens(res['mass']['B'], b, enc)} |")
-    c = res["control"]
-    L += ["", "## The random-weights control", "",
-          "analyze.py's features-versus-neurons comparison (same units sampled, same score) on model A and on the "
-          "same transformer at its initialisation, never trained, with an SAE of the same size and recipe.", "",
-          "| model | units | scored | single-token | median score | median without single-token |",
-          "| --- | --- | --- | --- | --- | --- |"]
+    return L + [""]
+
+
+def control_section(c):
+    L = ["## The random-weights control", "",
+         "analyze.py's features-versus-neurons comparison (same units sampled, same score) on model A and on the "
+         "same transformer at its initialisation, never trained, with an SAE of the same size and recipe.", "",
+         "| model | units | scored | single-token | median score | median without single-token |",
+         "| --- | --- | --- | --- | --- | --- |"]
     for model in ("A", "random"):
         for kind in ("features", "neurons"):
             r = c[model]["summary"][kind]
             multi = f"{r['multi']['median']:.3f}" if "multi" in r else "-"
             L.append(f"| {'model A' if model == 'A' else 'random weights'} | {kind} | {r['n']} | "
                      f"{r['single']} ({100 * r['single'] / r['n']:.0f}%) | {r['all']['median']:.3f} | {multi} |")
-    L += ["", "![control](control.png)", "", "## The knob: dictionary size", "",
-          f"The sweep's dictionaries, all trained on one stream of model A's activations, measured on {n:,} held-out "
-          "tokens (feature splitting below too).", "",
-          "| size | MSE | FVU | L0 | dead (never fired on the held-out tokens) | loss recovered | activations seen |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
+    return L + ["", "![control](control.png)", ""]
+
+
+def knob_section(res, dirs):
+    n = res["n_tokens"]
+    L = ["## The knob: dictionary size", "",
+         f"The sweep's dictionaries, all trained on one stream of model A's activations, measured on {n:,} held-out "
+         "tokens (feature splitting below too).", "",
+         "| size | MSE | FVU | L0 | dead (never fired on the held-out tokens) | loss recovered | activations seen |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
     L += [f"| {r['size']:,} | {r['mse']:.4f} | {r['fvu']:.3f} | {r['l0']:.1f} | {100 * r['dead']:.1f}% | "
           f"{100 * r['recovered']:.1f}% | {millions(r['seen'])} |" for r in res["knob"]["rows"]]
+    return L + ["", "![knob](knob.png)", ""]
+
+
+def splitting_section(split, res, dirs):
+    enc, m = res["enc"], res["match"]
     small = dirs["sizes"][0]
-    L += ["", "![knob](knob.png)", "", "## Feature splitting", "",
-          f"Decoder cosine similarity between sizes, alive features only. \"Close match\": a feature of the size "
-          f"below whose best match here has cosine above 0.9. A F{small} feature \"splits\" here when at least two "
-          "features of this size have it as their nearest (cosine at least 0.5).", "",
-          "| size | alive | size below: close match here | F%d: median best cosine | F%d: median best r | "
-          "F%d features split here |" % (small, small, small), "| --- | --- | --- | --- | --- | --- |"]
+    L = ["## Feature splitting", "",
+         f"Decoder cosine similarity between sizes, alive features only. \"Close match\": a feature of the size "
+         f"below whose best match here has cosine above 0.9. A F{small} feature \"splits\" here when at least two "
+         "features of this size have it as their nearest (cosine at least 0.5).", "",
+         "| size | alive | size below: close match here | F%d: median best cosine | F%d: median best r | "
+         "F%d features split here |" % (small, small, small), "| --- | --- | --- | --- | --- | --- |"]
     L += [f"| {r['size']:,} | {r['alive']:,} | {r['close']:,} of {r['alive_prev']:,} "
           f"({100 * r['close'] / max(r['alive_prev'], 1):.0f}%) | {r['cos']:.2f} | {r['corr']:.2f} | {r['split']} |"
           for r in split["rows"]]
@@ -528,18 +554,15 @@ def write_report(cfg, dirs, res):
         for size, unit, up, cos in fam["tree"]:
             below.setdefault((size, up), []).append((size, unit, cos))  # children of `up`, one size down
 
-        def render(key, depth):
+        def children(key, depth):
             for size, unit, cos in below.get(key, []):
                 share = m["cover"][size][1][unit].item()
                 L.append("  " * depth + f"- F{size}/{unit} (cos {cos:.2f}, {100 * share:.0f}% of the parent) "
                          f"{top_tokens(m['mass'][size], unit, enc)}")
                 if size != largest:
-                    render((dirs["sizes"][dirs["sizes"].index(size) + 1], unit), depth + 1)
-        render((dirs["sizes"][1], p), 1)
-    path = os.path.join(folder, "report.md")
-    atomic_write_text("\n".join(L) + "\n", path)
-    print("\n".join(L[L.index("## Universality: model A vs model B (differing only in seed)"):]))
-    return path
+                    children((dirs["sizes"][dirs["sizes"].index(size) + 1], unit), depth + 1)
+        children((dirs["sizes"][1], p), 1)
+    return L
 
 
 def write_summary(u, n, path):

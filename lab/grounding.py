@@ -104,8 +104,8 @@ def summarize(g, n_boot, seed):
     with its 95% interval (units resampled) and the null's median (None where no unit is alive)."""
     ci = lambda x: bootstrap(np.median, [x], n_boot, np.random.default_rng(seed)) if len(x) else (float("nan"),) * 2
     median = lambda x: float(np.median(x)) if len(x) else None
-    return {part: {kind: dict(n=len(r["scores"]), median=median(r["scores"]), ci=ci(r["scores"]), null=median(r["null"]))
-                   for kind, r in g[part].items()} for part in ("model", "control")}
+    return {part: {kind: dict(n=len(r["scores"]), median=median(r["scores"]), ci=ci(r["scores"]),
+                              null=median(r["null"])) for kind, r in g[part].items()} for part in ("model", "control")}
 
 
 def unit_grounding(model, dirs, stats, total, n_tokens, counted, tokens, seed):

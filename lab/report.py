@@ -28,8 +28,26 @@ EXPLAINS = {"tokens": "a (previous token, token) pattern or a token pattern",
 
 
 def write_report(cfg, run, res):
-    """report.md: a one-screen summary beside the paper's numbers, then each measurement, and
-    summary.json beside it. run: lab/measure.py's Run; res: analyze.analyze's results."""
+    """report.md: a one-screen summary beside the paper's numbers, then one section per measurement in
+    the paper's order (each a function returning its lines), and summary.json beside it.
+    run: lab/measure.py's Run; res: analyze.analyze's results."""
+    sections = [summary_section(cfg, run, res), losses_section(run, res), density_section(res),
+                interp_section(cfg, run, res), specificity_section(res["specificity"]), res["browser"]["report"],
+                res["steering"]["report"], grounding_markdown(res.get("grounding")), saved_sections(run.dir),
+                ["## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`"]]
+    path = write_markdown(os.path.join(run.dir, "report.md"), sections)
+    write_summary(run, res)
+    return path
+
+
+def write_markdown(path, sections):
+    """A report: its sections (each a list of markdown lines) in order, written at once. Returns path."""
+    atomic_write_text("\n".join(line for section in sections for line in section) + "\n", path)
+    return path
+
+
+def summary_section(cfg, run, res):
+    """The one-screen summary: the run, then our numbers beside the paper's."""
     n, main = run.n_tokens, run.main
     lm, sae_ckpt = run.lm_ckpt, run.saes[main].ckpt
     row = next(r for r in res["losses"]["rows"] if r["name"] == f"F{main}")
@@ -43,139 +61,150 @@ def write_report(cfg, run, res):
     longest = max(it["by_size"])
     diff = it["median_diff"]
     ultralow = f"{cluster['members'].sum():,} features" if cluster else "none found"
-    L = [f"# Towards Monosemanticity, reproduced: analysis of `{cfg.out}`", "",
-         "## Summary", "",
-         f"- **LM** (`{cfg.lm_dir}`): {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters, "
-         f"{run.model.cfg.d_mlp} neurons, trained {lm['step']:,} steps on {lm_tokens / 1e6:.1f}M tokens in "
-         f"{fmt_eta(lm['elapsed'])}; validation loss {lm.get('val_loss', float('nan')):.3f} "
-         f"(count-based bigram model: {lm.get('bigram_loss', float('nan')):.3f}).",
-         f"- **SAE** F{main} (`{cfg.sae_dir}`): {main:,} features, trained on "
-         f"{sae_ckpt['seen'] / 1e6:.1f}M activations in {fmt_eta(sae_ckpt['elapsed'])} "
-         f"(L1 coefficient {sae_ckpt['config'].get('l1_coeff', '?')})"
-         + sae_state_note(sae_ckpt) + ".",
-         f"- **Analysis**: {n:,} held-out tokens ({run.meta['documents']['val']} validation documents), "
-         f"{fmt_eta(res['seconds'])} ({pass_note}).", "",
-         "| | ours | paper (A/1 unless noted) |", "| --- | --- | --- |",
-         f"| dead features (never active) | {dens['dead']:,} of {main:,} ({100 * dens['dead'] / main:.1f}%) "
-         f"on {n / 1e6:.2f}M tokens | {PAPER['dead']} on 100M |",
-         f"| ultralow-density cluster | {ultralow} | {PAPER['ultralow']} |",
-         f"| loss recovered, MLP zero-ablated | {100 * row['rec_zero']:.1f}% | {PAPER['recovered']} |",
-         f"| loss recovered, MLP mean-ablated ({mean_ablation_word(res['losses'])}) | {100 * row['rec_mean']:.1f}% "
-         "| not given |",
-         f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
-         *evidence_rows(res, run),
-         f"| interpretability (lexical): median score, features vs neurons ({cfg.max_entries}-row explanations, "
-         f"`--explain {res['interp']['explain']}`; a sparser unit scores higher, so this mixes meaning and density) | "
-         f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
-         f"| the same with 1-row / {longest}-row explanations | " + " / ".join(
-             f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
-             f"({signed(it['by_size'][e]['diff'])})" for e in (1, longest))
-         + " | (the paper's explanations are a sentence) |",
-         f"| best proxy match (Pearson r) | {best_proxy(sp)} | {PAPER['specificity']} |",
-         "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
-         "compare the sign of the difference, not the scale.", "",
-         "## 1. Reconstruction and loss recovered", "",
-         "The SAE's reconstruction replaces the MLP activations on held-out text; the loss it recovers is "
-         "(L_ablated - L_SAE) / (L_ablated - L_clean), against zero-ablating the MLP (the paper's lenient "
-         "baseline) and mean-ablating it (every neuron at its held-out mean). MSE is in the SAE's normalised "
-         "units (predicting 0 scores about 1) and, like FVU, is measured on the loss windows; L0, dead (never "
-         f"active) and dense (active on more than 10% of tokens) on all {n:,} held-out tokens. The neuron row is "
-         "the basis the SAE competes with.", "", losses_markdown(res["losses"]), "",
-         "## 2. Feature density", "",
-         "The fraction of held-out tokens on which each feature fires, as in the paper's histograms. The paper "
-         "finds a bimodal picture: real features, plus an ultralow-density cluster that is an artifact of training "
-         "(it counts 292 of them in A/1 and leaves them out of its analysis). We look for one with a two-Gaussian "
-         "fit of the alive features' log densities, accepted when the fit has two modes at least 1.5 decades apart "
-         "with a clear valley between them.", "",
-         "![feature density](density.png)", ""]
+    return [f"# Towards Monosemanticity, reproduced: analysis of `{cfg.out}`", "",
+            "## Summary", "",
+            f"- **LM** (`{cfg.lm_dir}`): {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters, "
+            f"{run.model.cfg.d_mlp} neurons, trained {lm['step']:,} steps on {lm_tokens / 1e6:.1f}M tokens in "
+            f"{fmt_eta(lm['elapsed'])}; validation loss {lm.get('val_loss', float('nan')):.3f} "
+            f"(count-based bigram model: {lm.get('bigram_loss', float('nan')):.3f}).",
+            f"- **SAE** F{main} (`{cfg.sae_dir}`): {main:,} features, trained on "
+            f"{sae_ckpt['seen'] / 1e6:.1f}M activations in {fmt_eta(sae_ckpt['elapsed'])} "
+            f"(L1 coefficient {sae_ckpt['config'].get('l1_coeff', '?')})"
+            + sae_state_note(sae_ckpt) + ".",
+            f"- **Analysis**: {n:,} held-out tokens ({run.meta['documents']['val']} validation documents), "
+            f"{fmt_eta(res['seconds'])} ({pass_note}).", "",
+            "| | ours | paper (A/1 unless noted) |", "| --- | --- | --- |",
+            f"| dead features (never active) | {dens['dead']:,} of {main:,} ({100 * dens['dead'] / main:.1f}%) "
+            f"on {n / 1e6:.2f}M tokens | {PAPER['dead']} on 100M |",
+            f"| ultralow-density cluster | {ultralow} | {PAPER['ultralow']} |",
+            f"| loss recovered, MLP zero-ablated | {100 * row['rec_zero']:.1f}% | {PAPER['recovered']} |",
+            f"| loss recovered, MLP mean-ablated ({mean_ablation_word(res['losses'])}) | {100 * row['rec_mean']:.1f}% "
+            "| not given |",
+            f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
+            *evidence_rows(res, run),
+            f"| interpretability (lexical): median score, features vs neurons ({cfg.max_entries}-row explanations, "
+            f"`--explain {res['interp']['explain']}`; a sparser unit scores higher, so this mixes meaning and "
+            "density) | "
+            f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
+            f"| the same with 1-row / {longest}-row explanations | " + " / ".join(
+                f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
+                f"({signed(it['by_size'][e]['diff'])})" for e in (1, longest))
+            + " | (the paper's explanations are a sentence) |",
+            f"| best proxy match (Pearson r) | {best_proxy(sp)} | {PAPER['specificity']} |",
+            "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
+            "compare the sign of the difference, not the scale.", ""]
+
+
+def losses_section(run, res):
+    return ["## 1. Reconstruction and loss recovered", "",
+            "The SAE's reconstruction replaces the MLP activations on held-out text; the loss it recovers is "
+            "(L_ablated - L_SAE) / (L_ablated - L_clean), against zero-ablating the MLP (the paper's lenient "
+            "baseline) and mean-ablating it (every neuron at its held-out mean). MSE is in the SAE's normalised "
+            "units (predicting 0 scores about 1) and, like FVU, is measured on the loss windows; L0, dead (never "
+            f"active) and dense (active on more than 10% of tokens) on all {run.n_tokens:,} held-out tokens. The "
+            "neuron row is the basis the SAE competes with.", "", losses_markdown(res["losses"]), ""]
+
+
+def density_section(res):
+    lines = ["## 2. Feature density", "",
+             "The fraction of held-out tokens on which each feature fires, as in the paper's histograms. The paper "
+             "finds a bimodal picture: real features, plus an ultralow-density cluster that is an artifact of training "
+             "(it counts 292 of them in A/1 and leaves them out of its analysis). We look for one with a two-Gaussian "
+             "fit of the alive features' log densities, accepted when the fit has two modes at least 1.5 decades apart "
+             "with a clear valley between them.", "",
+             "![feature density](density.png)", ""]
     for k, d in res["density"].items():
         c = d["cluster"]
-        L.append(f"- F{k}: {d['dead']:,} dead; " + (
+        lines.append(f"- F{k}: {d['dead']:,} dead; " + (
             f"ultralow cluster of {c['members'].sum():,} features below density {c['threshold']:.1e} (valley at "
             f"{100 * c['dip']:.0f}% of its peak); encoder-decoder cosine {d['cos_low']:.2f} in it vs "
             f"{d['cos_high']:.2f} for the "
             "others (the paper: the cluster is separable by it)" if c else "no separate ultralow cluster") + ".")
-    L += ["", "## 3. Features versus neurons: interpretability", "",
-          f"The paper's automated interpretability asks a language model to explain a unit from its activating "
-          f"examples, then to predict its activations on other examples from the explanation alone. Offline, our "
-          f"explanation is a lookup table of at most {cfg.max_entries} rows, each naming "
-          f"{EXPLAINS[res['interp']['explain']]} (`--explain {res['interp']['explain']}`), "
-          f"each with the mean activation of the tokens it matches, read off the unit's {cfg.explain_contexts} "
-          f"top-activating contexts of {cfg.context} tokens in one half of the held-out windows; the simulation "
-          f"predicts each token's activation from the table and is scored by Pearson correlation with the truth on "
-          f"the other half, over {cfg.score_top} top-activating and {cfg.score_random} random contexts (the paper's "
-          f"top-and-random scoring). {res['interp']['n']} units of each kind, drawn at random among the alive ones "
-          f"(active on at least {MIN_ACTIVE} tokens, in both halves"
-          f"{', outside the ultralow cluster' if cluster else ''}), "
-          f"same table size for both. Single-token units (one token carries "
-          f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their explanation contexts) are "
-          "trivial to "
-          "simulate; the paper reports them separately, and so do we.", "",
-          *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a table of "
-             "tokens alone would favour single-token detectors. So a row may also name one of the context predicates "
-             "of section 4, declared before any score was seen and the same for features and neurons. The rows are "
-             "chosen greedily by how much each reduces the simulation's squared error; when several rows match a "
-             "token, the most specific explains it: a (previous token, token) row, then a token row, then a "
-             "predicate row, and among predicates the one listed first in section 4.", ""]
-            if res["interp"]["explain"] == "contexts" else []),
-          interp_markdown(it), "",
-          "The figure: the score distributions of the two samples (all units, then without single-token ones); the "
-          "median score as the explanation grows from 1 to 20 rows (a long enough table lists a polysemantic unit's "
-          "meanings one by one, so the gap should narrow); and the median score of every scored unit per decade of "
-          "density (a unit that fires rarely leaves few examples to explain from and to score on).", "",
-          "![interpretability](interp.png)", "",
-          "Examples (the best, a median and the worst scored of each kind in the sample); "
-          "`a → b` is the pattern 'token b after token a', ⟨comment⟩ a context predicate:", ""]
-    L += examples_markdown(res["interp"]["compare"])
-    L += ["", "Every alive unit's explanation and score: `units.json`.", "",
-          "### At matched density", "",
-          f"A feature fires on fewer tokens than a neuron, and a rare unit is easier to describe with a short table, "
-          f"so the difference above mixes meaning with density. Two controls, fixed before any result was seen: the "
-          f"neurons sparsified to the features' density (on each token only the {res['measure'].sparse_k} most "
-          f"active neurons are kept, {res['measure'].sparse_k} = {run.model.cfg.d_mlp} x the features' mean density; "
-          "scored by the same measure), and the comparison within bins of half a decade of density (the difference "
-          "of medians in every bin with at least 10 units of each kind, averaged with weights the smaller count; "
-          "all scored units; 95% intervals with the units resampled):", "",
-          matched_markdown(it), "",
-          "## 4. Activation specificity", "",
-          "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
-          "are a fixed vocabulary of context predicates (`lab/predicates.py`), declared before any score was seen and "
-          "not tuned to the results: the Python ones come from Python's own tokenizer run on every held-out document "
-          "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
-          "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
-          *predicates_markdown(), "",
-          "Precision and recall, as the paper measures specificity and sensitivity: of the tokens where a unit fires "
-          "(activation > 0), the share where the predicate holds (precision), and of the tokens where the predicate "
-          "holds, the share where the unit fires (recall). For each predicate, the best feature and the best neuron by "
-          "F1 (the harmonic mean of the two); then the specialists, every unit that fires mostly on the predicate "
-          f"(precision at least {SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
-          "precision and recall of their union (a token counts when any specialist fires on it). Several features "
-          "that split a property between them each have a low recall, their union a high one; a neuron that fires on "
-          "a predicate and on much else is no specialist at all.", "",
-          precision_recall_markdown(sp), "",
-          "Pearson's view: the feature and the neuron whose activation correlates most with each predicate over all "
-          "held-out tokens, and the share of their activation that falls where it holds. Pearson r rewards covering "
-          "all of a broad predicate, which one dense neuron does more easily than each of the several features that "
-          "split it; the share of activation on the predicate is the paper's point, specificity.", "",
-          specificity_markdown(sp), "",
-          *(["![specificity](specificity.png)", "",
-             "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
-             f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
-             "keep the figure readable).", ""] if sp["plotted"] else []),
-          *levels_markdown(sp.get("levels")),
-          *res["browser"]["report"], *res["steering"]["report"],
-          *grounding_markdown(res.get("grounding")), *saved_sections(run.dir),
-          "## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`", ""]
-    path = os.path.join(run.dir, "report.md")
-    atomic_write_text("\n".join(L), path)
-    write_summary(run, res)
-    return path
+    return lines + [""]
+
+
+def interp_section(cfg, run, res):
+    it, cluster = res["interp"]["summary"], res["density"][run.main]["cluster"]
+    lines = ["## 3. Features versus neurons: interpretability", "",
+             f"The paper's automated interpretability asks a language model to explain a unit from its activating "
+             f"examples, then to predict its activations on other examples from the explanation alone. Offline, our "
+             f"explanation is a lookup table of at most {cfg.max_entries} rows, each naming "
+             f"{EXPLAINS[res['interp']['explain']]} (`--explain {res['interp']['explain']}`), "
+             f"each with the mean activation of the tokens it matches, read off the unit's {cfg.explain_contexts} "
+             f"top-activating contexts of {cfg.context} tokens in one half of the held-out windows; the simulation "
+             f"predicts each token's activation from the table and is scored by Pearson correlation with the truth on "
+             f"the other half, over {cfg.score_top} top-activating and {cfg.score_random} random contexts (the paper's "
+             f"top-and-random scoring). {res['interp']['n']} units of each kind, drawn at random among the alive ones "
+             f"(active on at least {MIN_ACTIVE} tokens, in both halves"
+             f"{', outside the ultralow cluster' if cluster else ''}), "
+             f"same table size for both. Single-token units (one token carries "
+             f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their explanation contexts) are "
+             "trivial to "
+             "simulate; the paper reports them separately, and so do we.", "",
+             *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a "
+                "table of tokens alone would favour single-token detectors. So a row may also name one of the context "
+                "predicates "
+                "of section 4, declared before any score was seen and the same for features and neurons. The rows are "
+                "chosen greedily by how much each reduces the simulation's squared error; when several rows match a "
+                "token, the most specific explains it: a (previous token, token) row, then a token row, then a "
+                "predicate row, and among predicates the one listed first in section 4.", ""]
+               if res["interp"]["explain"] == "contexts" else []),
+             interp_markdown(it), "",
+             "The figure: the score distributions of the two samples (all units, then without single-token ones); the "
+             "median score as the explanation grows from 1 to 20 rows (a long enough table lists a polysemantic unit's "
+             "meanings one by one, so the gap should narrow); and the median score of every scored unit per decade of "
+             "density (a unit that fires rarely leaves few examples to explain from and to score on).", "",
+             "![interpretability](interp.png)", "",
+             "Examples (the best, a median and the worst scored of each kind in the sample); "
+             "`a → b` is the pattern 'token b after token a', ⟨comment⟩ a context predicate:", ""]
+    lines += examples_markdown(res["interp"]["compare"])
+    return lines + ["", "Every alive unit's explanation and score: `units.json`.", "",
+                    "### At matched density", "",
+                    "A feature fires on fewer tokens than a neuron, and a rare unit is easier to describe with a short "
+                    "table, so the difference above mixes meaning with density. Two controls, fixed before any result "
+                    "was seen: the neurons sparsified to the features' density (on each token only the "
+                    f"{res['measure'].sparse_k} most active neurons are kept, {res['measure'].sparse_k} = "
+                    f"{run.model.cfg.d_mlp} x the features' mean density; scored by the same measure), and the "
+                    "comparison within bins of half a decade of density (the difference of medians in every bin "
+                    "with at least 10 units of each kind, averaged with weights the smaller count; all scored units; "
+                    "95% intervals with the units resampled):", "",
+                    matched_markdown(it), ""]
+
+
+def specificity_section(sp):
+    L = ["## 4. Activation specificity", "",
+         "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
+         "are a fixed vocabulary of context predicates (`lab/predicates.py`), declared before any score was seen and "
+         "not tuned to the results: the Python ones come from Python's own tokenizer run on every held-out document "
+         "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
+         "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
+         *predicates_markdown(), "",
+         "Precision and recall, as the paper measures specificity and sensitivity: of the tokens where a unit fires "
+         "(activation > 0), the share where the predicate holds (precision), and of the tokens where the predicate "
+         "holds, the share where the unit fires (recall). For each predicate, the best feature and the best neuron by "
+         "F1 (the harmonic mean of the two); then the specialists, every unit that fires mostly on the predicate "
+         f"(precision at least {SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
+         "precision and recall of their union (a token counts when any specialist fires on it). Several features "
+         "that split a property between them each have a low recall, their union a high one; a neuron that fires on "
+         "a predicate and on much else is no specialist at all.", "",
+         precision_recall_markdown(sp), "",
+         "Pearson's view: the feature and the neuron whose activation correlates most with each predicate over all "
+         "held-out tokens, and the share of their activation that falls where it holds. Pearson r rewards covering "
+         "all of a broad predicate, which one dense neuron does more easily than each of the several features that "
+         "split it; the share of activation on the predicate is the paper's point, specificity.", "",
+         specificity_markdown(sp), "",
+         *(["![specificity](specificity.png)", "",
+            "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
+            f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
+            "keep the figure readable).", ""] if sp["plotted"] else []),
+         *levels_markdown(sp.get("levels"))]
+    return L
 
 
 def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
-    """Section 3's table and figure: the median score of every scored unit per decade of density: units that fire rarely leave few
-    examples to explain from, so density alone moves the score; comparing kinds within a decade
-    takes that out."""
+    """Section 3's table and figure: the median score of every scored unit per decade of density. Units
+    that fire rarely leave few examples to explain from, so density alone moves the score; comparing
+    kinds within a decade takes that out."""
     out = []
     for lo, hi in zip(edges, edges[1:]):
         row = dict(lo=lo, hi=hi)
