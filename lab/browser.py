@@ -123,6 +123,9 @@ def check_config(cfg, positive=("top_contexts", "intervals", "interval_contexts"
 
 def page_path(cfg, run):
     """--html, or the default: the full page, or a separate one for chosen units."""
+    if cfg.html and os.path.isdir(cfg.html):
+        raise UserError(f"--html {cfg.html} is a folder: give the page a file name, e.g. --html "
+                        f"{os.path.join(cfg.html, 'browser.html')}")
     if cfg.html:
         return cfg.html
     return os.path.join(run.dir, "browser_selected.html" if cfg.features or cfg.neurons else "browser.html")

@@ -33,8 +33,9 @@ import analyze
 import data
 import train_lm
 import train_sae
-from lab.plumbing import (Progress, UserError, arg, atomic_write_text, finite, fmt_eta, from_dict, load_checkpoint,
-                          make_folder, parse_config, pick_device, require, run_main, save_figure)
+from lab.plumbing import (MAY_CHANGE_ON_RESUME, Progress, UserError, arg, atomic_write_text, finite, flat_dict, fmt_eta,
+                          from_dict, load_checkpoint, make_folder, parse_config, pick_device, require, run_main,
+                          save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margin, difference_ci, median_ci,
@@ -108,6 +109,9 @@ def run_stages(cfg):
     sae_cfg = recipe(train_sae.SAETrainConfig, a_sae["config"], out=cfg.out, device=cfg.device, sweep=[],
                      snapshots=[], n_features=n_features, max_activations=a_sae["seen"], max_minutes=0,
                      recipe=a_sae["config"].get("recipe", "paper"))  # (runs from before --recipe: the paper's)
+    if cfg.seed_b == lm_cfg.seed:
+        raise UserError(f"--seed-b {cfg.seed_b} is model A's own seed: universality across seeds needs another, "
+                        f"e.g. --seed-b {lm_cfg.seed + 1}")
     a_tokens = a_lm["step"] * lm_cfg.batch_size * lm_cfg.model.block_size
     stage("model B", os.path.join(cfg.out, "lm_b", "ckpt.pt"), train_lm.train,
           dataclasses.replace(lm_cfg, lm_dir="lm_b", seed=cfg.seed_b, max_tokens=a_tokens))
@@ -155,11 +159,23 @@ def stage(name, ckpt_path, train, run_cfg):
         if ckpt.get("final"):
             print(f"{name}: done ({ckpt_path})")
             return
+        refuse_other_settings(name, ckpt_path, ckpt.get("config", {}), run_cfg)
         run_cfg = dataclasses.replace(run_cfg, resume=True)
     else:  # this stage decided to start afresh: a finished part (say, of a sweep with new --sizes) is redone
         run_cfg = dataclasses.replace(run_cfg, overwrite=True)
     print(f"{name}: {'resuming' if run_cfg.resume else 'training'} ({ckpt_path})", flush=True)
     train(run_cfg)
+
+
+def refuse_other_settings(name, ckpt_path, saved, run_cfg):
+    """An interrupted stage goes on only with the settings it was started with; said in this script's
+    terms (--seed-b for model B's seed), since the training script's own flags are not this one's."""
+    changed = {k: v for k, v in flat_dict(run_cfg).items()
+               if k in saved and k not in MAY_CHANGE_ON_RESUME | {"overwrite"} and saved[k] != v}
+    if changed:
+        was = ", ".join(f"{'--seed-b' if k == 'seed' else k} {saved[k]} (now {v})" for k, v in changed.items())
+        raise UserError(f"{name} in {os.path.dirname(ckpt_path)} was started with {was}: rerun with the settings it "
+                        f"was started with to go on with it, or delete {os.path.dirname(ckpt_path)} to start it over")
 
 
 # ----------------------------------------------------------------------------------------------

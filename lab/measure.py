@@ -23,6 +23,7 @@ reduced to (the per-unit statistics) is on the CPU, handed over with one .cpu().
 """
 import dataclasses
 import glob
+import json
 import os
 import sys
 import time
@@ -32,11 +33,13 @@ import torch
 
 import data
 from lab import predicates
-from lab.plumbing import Progress, UserError, atomic_save, fmt_eta, make_folder, pick_device, tensor_digest
+from lab.plumbing import (Progress, UserError, atomic_save, atomic_write_text, fmt_eta, make_folder, pick_device,
+                          tensor_digest)
 from model import harvest, lm_fingerprint, load_lm
 from sae import load_sae
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
+FEW_TOKENS = 2**16        # fewer held-out tokens than this: every number of the analysis is said to rest on too few
 MEASURE_FORMAT = 6        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained, scored or a specialist
 MAX_NEXT = 4096           # next tokens counted per unit (the commonest; lab/grounding.py): memory for big vocabularies
@@ -113,11 +116,32 @@ def load_run(cfg):
     if T % cfg.context or cfg.context < 2:
         raise UserError(f"--context {cfg.context} must divide the LM's context length {T}")
     make_folder(os.path.join(cfg.out, cfg.analysis_dir))   # a folder that cannot be written: said now, not after
+    claim_folder(cfg)
+    if n_tokens < FEW_TOKENS:
+        print(f"warning: {n_tokens:,} held-out tokens (--tokens {cfg.tokens}) are too few for the loss recovered, the "
+              f"densities and the scores to mean much: the report says so beside them (the default analyses the "
+              f"whole validation split)", flush=True)
     return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
                tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
                enc=data.load_tokenizer(data_dir), device=device,
                batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
                dir=os.path.join(cfg.out, cfg.analysis_dir), context=cfg.context, seed=cfg.seed)
+
+
+def claim_folder(cfg):
+    """One LM/SAE pair's analysis per folder: pair.json names the pair an analysis folder holds, and
+    another pair is refused there (its report, figures and cache would replace this one's)."""
+    path, pair = os.path.join(cfg.out, cfg.analysis_dir, "pair.json"), {"lm_dir": cfg.lm_dir, "sae_dir": cfg.sae_dir}
+    try:
+        held = json.load(open(path)) if os.path.exists(path) else None
+    except (OSError, ValueError):
+        held = None   # unreadable: claimed anew
+    if held and held != pair:
+        raise UserError(f"{os.path.dirname(path)} holds the analysis of --lm-dir {held['lm_dir']} --sae-dir "
+                        f"{held['sae_dir']}: give this pair a folder of its own, e.g. --analysis-dir "
+                        f"analysis_{cfg.sae_dir.replace(os.sep, '_')}")
+    if held != pair:
+        atomic_write_text(json.dumps(pair), path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,12 +353,13 @@ class Measurement:
 
 def measure_key(cfg, run):
     """What the measurement depends on. Each SAE is named by its path under --out and a hash of its
-    weights (a retrained SAE with the same step count is another SAE), the data by its tokenizer
-    and corpus hashes, so a run folder copied or moved elsewhere keeps its cache."""
+    weights (a retrained SAE with the same step count is another SAE), the data by its tokenizer,
+    corpus and shards' hashes, so a run folder copied or moved elsewhere keeps its cache."""
     saes = [(os.path.relpath(s.path, cfg.out), lm_fingerprint({"model": s.ckpt["sae"]})) for s in run.saes.values()]
     return dict(lm=run.fingerprint, saes=saes, n_tokens=run.n_tokens, context=cfg.context,
                 k=(cfg.explain_contexts, cfg.score_top), proxies=predicates.PREDICATES,
                 tokenizer=run.meta["tokenizer_hash"], corpus=run.meta.get("corpus_hash"),
+                shards=run.meta.get("digests"),
                 format=MEASURE_FORMAT, python=sys.version.split()[0].rsplit(".", 1)[0])  # (its keywords)
 
 

@@ -70,7 +70,7 @@ def read(path, folder):
         body = f"{deck}|{rater}|" + ";".join(f"{c['id']}:{','.join(str(s) for s in c['scores'])}:"
                                               f"{round(c['seconds'] * 10)}" for c in cards)
         ok = fnv(body) == r["check"]
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):   # (seconds: Infinity)
         ok = False
     if not ok:
         raise UserError(f"{path} was changed after it was downloaded (its check does not match): {again}")

@@ -461,3 +461,8 @@ def test_logit_tables_leave_out_untrained_tokens_and_no_context_shows_twice(anal
         assert len(u["up"]) == cfg.logit_tokens
         shown = [tuple(ex[0]) for ex in u["top"]] + [tuple(ex[0]) for _, _, exs in u["intervals"] for ex in exs]
         assert len(shown) == len(set(shown))
+
+
+def test_a_folder_given_as_the_page_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"--html .* is a folder: give the page a file name, e.g. --html .*browser.html"):
+        browser.page_path(browser.Config(html=str(tmp_path)), None)

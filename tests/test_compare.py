@@ -12,7 +12,7 @@ import data
 from lab import matching, universality
 import sae as sae_lib
 import train_lm
-from lab.plumbing import UserError
+from lab.plumbing import UserError, atomic_save
 from model import ModelConfig, Transformer, load_lm
 from sae import load_sae
 
@@ -315,3 +315,18 @@ def test_the_matching_passes_on_cuda_equal_the_cpu_ones(tiny_sae):
     for k in cpu["mass"]:
         assert torch.isclose(gpu["mass"][k], cpu["mass"][k], rtol=1e-4, atol=1e-4).float().mean() >= 0.99, k
     assert gpu["fvu"] == pytest.approx(cpu["fvu"], rel=1e-4)
+
+
+def test_model_b_needs_its_own_seed_and_keeps_the_one_it_started_with(tiny_sae, tmp_path):
+    """--seed-b equal to model A's seed would measure universality on one seed; an interrupted model B
+    goes on only with its own seed, said in lab.compare's flags."""
+    with pytest.raises(UserError, match=r"^--seed-b 0 is model A's own seed: .* e.g. --seed-b 1$"):
+        compare.run_stages(compare.CompareConfig(out=tiny_sae, seed_b=0))
+    out = str(tmp_path / "out")
+    shutil.copytree(tiny_sae, out, ignore=shutil.ignore_patterns("analysis*", "compare", "*_b", "*_random", "*sweep"))
+    b = torch.load(os.path.join(out, "lm", "ckpt.pt"), weights_only=False)
+    b.update(final=False, status="running", config={**b["config"], "seed": 1})
+    atomic_save(b, os.path.join(out, "lm_b", "ckpt.pt"))
+    with pytest.raises(UserError, match=r"^model B in .*lm_b was started with --seed-b 1 \(now 2\): rerun with the "
+                                        r"settings it was started with to go on with it, or delete"):
+        compare.run_stages(compare.CompareConfig(out=out, seed_b=2))

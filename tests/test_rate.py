@@ -228,7 +228,7 @@ def test_the_random_weights_control_takes_its_share_when_compare_has_analysed_on
     shutil.copytree(out / "sae", out / "sae_random")
     shutil.copytree(os.path.join(analysed.out, analysed.analysis_dir), out / "analysis_browse")
     shutil.copytree(out / "analysis_browse", out / "compare" / "analysis_random",
-                    ignore=shutil.ignore_patterns("rate*"))
+                    ignore=shutil.ignore_patterns("rate*", "pair.json"))   # (compare's own names its pair)
     acfg = dataclasses.replace(analysed, out=str(out))
     made = deck(acfg, tmp_path, cards=9, control=True)
     kinds = [c["kind"] for c in made["cards"]]
@@ -401,3 +401,11 @@ def test_a_rater_rates_the_deck_by_keyboard_resumes_after_a_reload_and_the_ratin
         mine = [sum(typed[c["id"]]) for c in key if c["kind"] == kind]
         assert res["by_kind"][kind]["cards"] == len(mine) and res["by_kind"][kind]["median"] == np.median(mine)
     assert res["agreement"] is None and list(res["lexical_spearman"]) == ["Ann B"]
+
+
+def test_a_ratings_file_with_infinite_seconds_is_one_line(tmp_path):
+    path = tmp_path / "ratings-x.json"
+    path.write_text(json.dumps({"format": rate.FORMAT, "deck": "0123456789ab", "rater": "x", "check": 0,
+                                "cards": [{"id": 1, "scores": [1], "seconds": float("inf")}]}))
+    with pytest.raises(UserError, match="was changed after it was downloaded"):
+        ratings.read(str(path), str(tmp_path))
