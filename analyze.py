@@ -530,8 +530,9 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10)
     min_units of each kind, the difference of the two medians; those averaged, each bin weighted by
     the smaller of its two counts (the units that can be matched there). a, b: score_units' results;
     density_*: (U,) each unit's density. Returns dict(value, ci (95%, units of each kind resampled with
-    replacement), bins: [(lo, n_a, n_b, diff)])."""
-    def weighted(xa, ba, xb, bb):   # scores and bins of each kind -> (the weighted difference, its bins)
+    replacement), bins: [(lo, n_a, n_b, diff)], others: the same difference weighted by a's counts and
+    by b's, and the regression's, each with its interval: see other_matchings)."""
+    def weighted(xa, ba, xb, bb, weight=min):   # scores and bins of each kind -> (the weighted difference, its bins)
         rows = []
         for k in np.intersect1d(ba, bb):
             x, y = xa[ba == k], xb[bb == k]
@@ -539,13 +540,41 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10)
                 rows.append((10 ** (k / 2), len(x), len(y), float(np.median(x) - np.median(y))))
         if not rows:
             return float("nan"), rows
-        return float(np.average([r[3] for r in rows], weights=[min(r[1], r[2]) for r in rows])), rows
+        return float(np.average([r[3] for r in rows], weights=[weight(r[1], r[2]) for r in rows])), rows
 
     (xa, ba), (xb, bb) = density_bins(a, density_a), density_bins(b, density_b)
     value, bins = weighted(xa, ba, xb, bb)
     resampled = lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j])[0]   # i, j: the units drawn of each kind
     ci = bootstrap(resampled, [np.arange(len(xa)), np.arange(len(xb))], n, np.random.default_rng(seed))
-    return dict(value=value, ci=(value, value) if np.isnan(ci[0]) else ci, bins=bins)
+    others = other_matchings(weighted, (xa, ba, xb, bb), (log_density(a, density_a), log_density(b, density_b)),
+                             n, seed)
+    return dict(value=value, ci=(value, value) if np.isnan(ci[0]) else ci, bins=bins, others=others)
+
+
+def other_matchings(weighted, binned, logd, n, seed):
+    """The matched difference measured otherwise, beside the one reported (a protocol fixed before
+    looking): the bins weighted by the features' counts, or by the other kind's, and a regression of
+    score on kind plus a cubic in log10 density over every scored unit, whose kind coefficient is
+    the difference at equal density. Each with its 95% interval (units resampled, its own draws)."""
+    xa, ba, xb, bb = binned
+    regression = lambda i, j: kind_coefficient(xa[i], logd[0][i], xb[j], logd[1][j])
+    ways = {"by_features_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: na)[0],
+            "by_other_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: nb)[0],
+            "regression": regression}
+    whole = [np.arange(len(xa)), np.arange(len(xb))]
+    return {name: dict(value=float(f(*whole)), ci=bootstrap(f, whole, n, np.random.default_rng([seed, k])))
+            for k, (name, f) in enumerate(ways.items())}
+
+
+def kind_coefficient(xa, da, xb, db):
+    """Least squares of score on [1, kind (1: a), d, d^2, d^3] (d: log10 density): kind's coefficient."""
+    d, kind = np.concatenate([da, db]), np.concatenate([np.ones(len(da)), np.zeros(len(db))])
+    X = np.stack([np.ones_like(d), kind, d, d ** 2, d ** 3], 1)
+    return float(np.linalg.lstsq(X, np.concatenate([xa, xb]), rcond=None)[0][1])
+
+
+def log_density(results, density):
+    return np.log10(np.maximum(density[np.array([r["unit"] for r in results], dtype=np.int64)], 1e-12))
 
 
 def density_bins(results, density):

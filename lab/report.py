@@ -11,7 +11,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from lab.measure import MIN_ACTIVE
+from lab.measure import FEW_TOKENS, MIN_ACTIVE
 from lab.plumbing import UserError, atomic_write_text, fmt_eta, save_figure
 from lab.predicates import PREDICATE_HELP
 from lab.specificity import SPECIALIST, precision_recall_markdown, specificity_markdown
@@ -72,7 +72,9 @@ def summary_section(cfg, run, res):
             f"(L1 coefficient {sae_ckpt['config'].get('l1_coeff', '?')})"
             + sae_state_note(sae_ckpt) + ".",
             f"- **Analysis**: {n:,} held-out tokens ({run.meta['documents']['val']} validation documents), "
-            f"{fmt_eta(res['seconds'])} ({pass_note}).", "",
+            f"{fmt_eta(res['seconds'])} ({pass_note})."
+            + (f" **Too few tokens for the numbers below to mean much** (fewer than {FEW_TOKENS:,}: a loss recovered "
+               "above 100% or a correlation of exactly 1 is noise)." if n < FEW_TOKENS else ""), "",
             "| | ours | paper (A/1 unless noted) |", "| --- | --- | --- |",
             f"| dead features (never active) | {dens['dead']:,} of {main:,} ({100 * dens['dead'] / main:.1f}%) "
             f"on {n / 1e6:.2f}M tokens | {PAPER['dead']} on 100M |",
@@ -168,7 +170,22 @@ def interp_section(cfg, run, res):
                     "comparison within bins of half a decade of density (the difference of medians in every bin "
                     "with at least 10 units of each kind, averaged with weights the smaller count; all scored units; "
                     "95% intervals with the units resampled):", "",
-                    matched_markdown(it), ""]
+                    matched_markdown(it), "", *other_matchings_markdown(it), ""]
+
+
+def other_matchings_markdown(it):
+    """The matched difference measured otherwise, beside the reported weighting (the smaller count of
+    each bin, which lets the bins where both kinds are many decide): weighted by the features' counts,
+    by the other kind's, and a regression of score on kind plus a cubic in log10 density."""
+    lines = []
+    for kind in ("neurons", "sparse_neurons"):
+        o = it["matched"][kind].get("others")
+        if o and not np.isnan(o["regression"]["value"]):
+            lines.append(f"Features minus {kind.replace('_', ' ')}, measured otherwise: bins weighted by the "
+                         f"features' counts {signed(o['by_features_counts'])}, by the {kind.replace('_', ' ')}' "
+                         f"counts {signed(o['by_other_counts'])}; a regression on kind and a cubic in log density "
+                         f"{signed(o['regression'])}.")
+    return lines
 
 
 def specificity_section(sp):
@@ -239,8 +256,11 @@ def write_summary(run, res):
         sparse_k=res["measure"].sparse_k,
         sparse_neurons=dict(median=sparse.get("all", {}).get("median"), n=sparse.get("n", 0),
                             difference=interval(it.get("median_diff_sparse"))),
+        weighting="each density bin by the smaller of its two counts",
         features_minus_neurons=interval(it["matched"]["neurons"]),
-        features_minus_sparse_neurons=interval(it["matched"]["sparse_neurons"]))
+        features_minus_sparse_neurons=interval(it["matched"]["sparse_neurons"]),
+        otherwise={kind: {name: interval(o) for name, o in it["matched"][kind].get("others", {}).items()}
+                   for kind in ("neurons", "sparse_neurons")})
     lv = res["specificity"].get("levels")
     if lv:
         out["specificity_levels"] = dict(

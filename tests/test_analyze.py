@@ -279,7 +279,8 @@ def identity_sae_checkpoint(out, sae_dir):
 
 def test_identity_sae_recovers_all_of_the_loss(tiny_lm):
     identity_sae_checkpoint(tiny_lm, "sae_identity")
-    res = analyze.analyze(small_config(tiny_lm, sae_dir="sae_identity"), "losses")["losses"]
+    cfg = small_config(tiny_lm, sae_dir="sae_identity", analysis_dir="analysis_identity")
+    res = analyze.analyze(cfg, "losses")["losses"]
     neurons, identity = res["rows"]
     assert res["zero"] > res["clean"] + 0.05 and res["mean"] > res["clean"]
     assert identity["rec_zero"] == pytest.approx(1.0, abs=1e-4)
@@ -472,3 +473,21 @@ def test_missing_inputs_name_the_script_to_run(tiny_lm, tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "data.py" in r.stderr
 
+
+
+def test_another_pairs_analysis_never_writes_into_this_ones_folder(tiny_sae):
+    """An analysis folder holds one LM/SAE pair's report, figures and cache: another pair is refused there
+    in one line naming the flag, and gets its own folder."""
+    identity_sae_checkpoint(tiny_sae, "sae_pair_other")
+    analyze.analyze(small_config(tiny_sae, analysis_dir="analysis_pair"), "density")
+    before = open(os.path.join(tiny_sae, "analysis_pair", "density.png"), "rb").read()
+    with pytest.raises(UserError, match=r"analysis_pair holds the analysis of --lm-dir lm --sae-dir sae: give this "
+                                        r"pair a folder of its own, e.g. --analysis-dir analysis_sae_pair_other"):
+        analyze.analyze(small_config(tiny_sae, sae_dir="sae_pair_other", analysis_dir="analysis_pair"), "density")
+    assert open(os.path.join(tiny_sae, "analysis_pair", "density.png"), "rb").read() == before
+    analyze.analyze(small_config(tiny_sae, sae_dir="sae_pair_other", analysis_dir="analysis_sae_pair_other"), "density")
+
+
+def test_a_sample_too_small_to_mean_much_says_so(tiny_sae, capsys):
+    analyze.analyze(small_config(tiny_sae, tokens=300, analysis_dir="analysis_300"), "density")
+    assert "warning: 256 held-out tokens (--tokens 300) are too few for the loss recovered" in capsys.readouterr().out

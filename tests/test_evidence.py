@@ -154,3 +154,26 @@ def test_the_control_is_compare_pys_random_model_and_its_sae_when_they_are_there
     median = lambda part, kind: np.median(g[part][kind]["scores"])
     assert median("control", "features") == pytest.approx(median("model", "features"), abs=0.02)
     assert median("model", "features") > 0.1
+
+
+def test_matched_density_reports_its_weighting_beside_the_others_and_a_regression():
+    """Bins of one density each, so every estimate is known by hand: the features ahead by 0.1 at every
+    density gives 0.1 however the bins are weighted and by the regression (score linear in log
+    density); ahead by 0.2 in one bin and behind by 0.1 in the other, each weighting gives its own
+    weighted mean of the two."""
+    values = (1e-4, 1e-2)
+    def kind(counts, shift):   # units of each density, their scores falling with log density
+        d = np.repeat(values, counts)
+        return [dict(unit=i, score=0.5 - 0.1 * np.log10(d[i]) + shift(d[i])) for i in range(len(d))], d
+    neurons, dn = kind((10, 40), lambda d: 0.0)
+    features, df = kind((30, 20), lambda d: 0.1)
+    m = analyze.matched_difference(features, neurons, df, dn, n=50)
+    assert m["value"] == pytest.approx(0.1)
+    assert {k: round(o["value"], 9) for k, o in m["others"].items()} == {
+        "by_features_counts": 0.1, "by_other_counts": 0.1, "regression": 0.1}
+    features, df = kind((30, 20), lambda d: 0.2 if d < 1e-3 else -0.1)
+    m = analyze.matched_difference(features, neurons, df, dn, n=50)
+    assert m["value"] == pytest.approx((10 * 0.2 + 20 * -0.1) / 30)            # the smaller count of each bin
+    assert m["others"]["by_features_counts"]["value"] == pytest.approx((30 * 0.2 + 20 * -0.1) / 50)
+    assert m["others"]["by_other_counts"]["value"] == pytest.approx((10 * 0.2 + 40 * -0.1) / 50)
+    assert all(o["ci"][0] <= o["value"] + 1e-9 and o["value"] - 1e-9 <= o["ci"][1] for o in m["others"].values())
