@@ -33,7 +33,7 @@ from lab import browser, grounding, measure, report, specificity, steer, tools
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, require, run_main
 from lab.predicates import PREDICATES
-from lab.stats import bootstrap, median_difference, two_gaussians
+from lab.stats import bootstrap, median_difference, other_matchings, two_gaussians
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -549,28 +549,6 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10)
     others = other_matchings(weighted, (xa, ba, xb, bb), (log_density(a, density_a), log_density(b, density_b)),
                              n, seed)
     return dict(value=value, ci=(value, value) if np.isnan(ci[0]) else ci, bins=bins, others=others)
-
-
-def other_matchings(weighted, binned, logd, n, seed):
-    """The matched difference measured otherwise, beside the one reported (a protocol fixed before
-    looking): the bins weighted by the features' counts, or by the other kind's, and a regression of
-    score on kind plus a cubic in log10 density over every scored unit, whose kind coefficient is
-    the difference at equal density. Each with its 95% interval (units resampled, its own draws)."""
-    xa, ba, xb, bb = binned
-    regression = lambda i, j: kind_coefficient(xa[i], logd[0][i], xb[j], logd[1][j])
-    ways = {"by_features_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: na)[0],
-            "by_other_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: nb)[0],
-            "regression": regression}
-    whole = [np.arange(len(xa)), np.arange(len(xb))]
-    return {name: dict(value=float(f(*whole)), ci=bootstrap(f, whole, n, np.random.default_rng([seed, k])))
-            for k, (name, f) in enumerate(ways.items())}
-
-
-def kind_coefficient(xa, da, xb, db):
-    """Least squares of score on [1, kind (1: a), d, d^2, d^3] (d: log10 density): kind's coefficient."""
-    d, kind = np.concatenate([da, db]), np.concatenate([np.ones(len(da)), np.zeros(len(db))])
-    X = np.stack([np.ones_like(d), kind, d, d ** 2, d ** 3], 1)
-    return float(np.linalg.lstsq(X, np.concatenate([xa, xb]), rcond=None)[0][1])
 
 
 def log_density(results, density):

@@ -9,7 +9,9 @@ resample, and keep the middle 95% of the recomputed values (Efron's percentile i
     bootstrap(stat, [a, b], n, rng)      # ... a and b resampled independently (two kinds of units)
     document_weights(rng, D, n)          # resampled documents, as weights (tokens of a document move together)
 
-And one fit the density histogram needs: two_gaussians, a two-component mixture fitted by EM.
+Two fits: two_gaussians, a two-component mixture fitted by EM (the density histogram's ultralow
+cluster), and other_matchings, analyze.py's matched-density difference measured otherwise (other
+weightings of its bins, a regression on kind and log density), beside the one it reports.
 
 Every caller draws from a numpy Generator it owns, so a seed gives the same intervals on every run.
 """
@@ -62,3 +64,25 @@ def two_gaussians(x, steps=300):
         mu = (r * x[:, None]).sum(0) / r.sum(0)
         sd = np.sqrt((r * (x[:, None] - mu) ** 2).sum(0) / r.sum(0)).clip(min=0.05)
     return mixture, mu, r
+
+
+def other_matchings(weighted, binned, logd, n, seed):
+    """The matched difference measured otherwise, beside the one reported (a protocol fixed before
+    looking): the bins weighted by the features' counts, or by the other kind's, and a regression of
+    score on kind plus a cubic in log10 density over every scored unit, whose kind coefficient is
+    the difference at equal density. Each with its 95% interval (units resampled, its own draws)."""
+    xa, ba, xb, bb = binned
+    regression = lambda i, j: kind_coefficient(xa[i], logd[0][i], xb[j], logd[1][j])
+    ways = {"by_features_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: na)[0],
+            "by_other_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: nb)[0],
+            "regression": regression}
+    whole = [np.arange(len(xa)), np.arange(len(xb))]
+    return {name: dict(value=float(f(*whole)), ci=bootstrap(f, whole, n, np.random.default_rng([seed, k])))
+            for k, (name, f) in enumerate(ways.items())}
+
+
+def kind_coefficient(xa, da, xb, db):
+    """Least squares of score on [1, kind (1: a), d, d^2, d^3] (d: log10 density): kind's coefficient."""
+    d, kind = np.concatenate([da, db]), np.concatenate([np.ones(len(da)), np.zeros(len(db))])
+    X = np.stack([np.ones_like(d), kind, d, d ** 2, d ** 3], 1)
+    return float(np.linalg.lstsq(X, np.concatenate([xa, xb]), rcond=None)[0][1])
