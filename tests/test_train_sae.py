@@ -168,7 +168,8 @@ def test_snapshots_keep_the_sae_as_it_was(tiny_lm, capsys):
         assert ref["step"] == 8 and ref["history"] == snap[8192][1]["history"]
         for k, v in ref["sae"].items():
             assert torch.equal(v, snap[8192][1]["sae"][k]), k
-    run = analyze.load_run(analyze.AnalyzeConfig(out=tiny_lm, sae_dir="sae_snap_at0", device="cpu"))
+    run = analyze.load_run(analyze.AnalyzeConfig(out=tiny_lm, sae_dir="sae_snap_at0", device="cpu",
+                                                 analysis_dir="analysis_snap_at0"))
     assert list(run.saes) == [256, 512] and run.saes[512].ckpt["seen"] == 0
     with pytest.raises(UserError, match="--snapshots copy"):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_snap_at8192", recipe="2024", sweep=[256, 512], resume=True))
