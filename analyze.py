@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import data
-from lab import browser, grounding, measure, report, specificity, steer, tools
+from lab import browser, figures, grounding, measure, report, specificity, steer, tools
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, require, run_main
 from lab.predicates import PREDICATES
@@ -255,7 +255,7 @@ def density(run, m):
                       cos_high=float(cos[(d > 0) & ~members].mean()))
         note = f"ultralow cluster of {members.sum()}" if cluster else "no separate ultralow-density cluster"
         print(f"density: F{k}: {out[k]['dead']} dead of {k} on {run.n_tokens:,} held-out tokens; {note}")
-    report.plot_density(out, run.n_tokens, os.path.join(run.dir, "density.png"))
+    figures.plot_density(out, run.n_tokens, os.path.join(run.dir, "density.png"))
     return out
 
 
@@ -459,7 +459,7 @@ def interpretability(cfg, run, m, dens=None):
     d = {kind: stats[kind].fired.double().numpy() / run.n_tokens for kind in stats}
     summary["matched"] = {other: matched_difference(results["features"], results[other], d["features"], d[other],
                                                     cfg.bootstrap, cfg.seed) for other in ("neurons", "sparse_neurons")}
-    report.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
+    figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     report.save_units(run, stats, results)
     print(f"interp: median score, features minus neurons {report.signed(summary['median_diff'])}")
     return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,

@@ -41,6 +41,7 @@ from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosin
 from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margin, difference_ci, median_ci,
                               universality, universality_pass, universality_windows)
 from model import lm_fingerprint, load_lm
+from lab.figures import millions, plot_control, plot_knob
 from lab.report import shown, token_text, write_markdown
 from sae import load_sae
 
@@ -357,10 +358,6 @@ def density_label(lo, hi):
     return f"density < {decade(hi)}" if lo == 0 else f"{decade(lo)} to {decade(hi)}" if hi < 1 else f">= {decade(lo)}"
 
 
-def millions(x):
-    return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x:,}"
-
-
 def plot_universality(u, path):
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, 2)
@@ -393,55 +390,6 @@ def plot_universality(u, path):
     axes[1].set_xlabel("the unit's density in model A (bins: decades)")
     axes[1].set_ylabel("median best correlation, 95% interval")
     axes[1].set_title("at the same density: do features match better than neurons?", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_control(c, n, path):
-    fig = Figure(figsize=(11, 3.8))
-    axes = fig.subplots(1, 2)
-    groups = [("A", "features"), ("A", "neurons"), ("random", "features"), ("random", "neurons")]
-    x = np.arange(len(groups))
-    for dx, part, color in ((-0.2, "all", "tab:blue"), (0.2, "multi", "tab:orange")):
-        med = [c[m]["summary"][k].get(part, {}).get("median", np.nan) for m, k in groups]
-        axes[0].bar(x + dx, med, 0.4, color=color,
-                    label="all sampled units" if part == "all" else "without single-token units")
-    for i, (m, k) in enumerate(groups):
-        r = c[m]["summary"][k]
-        axes[0].text(i, 0.02, f"{100 * r['single'] / r['n']:.0f}%\nsingle-\ntoken", ha="center", fontsize=7,
-                     color="white")
-    axes[0].set_xticks(x, [f"{'model A' if m == 'A' else 'random model'}\n{k}" for m, k in groups], fontsize=8)
-    axes[0].set_ylabel("median interpretability score")
-    axes[0].set_title("features vs neurons, trained and random-weights transformer", fontsize=9)
-    axes[0].legend(fontsize=8, loc="upper right")
-    bins = np.arange(np.floor(np.log10(1 / n)) - 0.25, 0.25, 0.125)
-    for m, color in (("A", "tab:blue"), ("random", "tab:gray")):
-        d = (c[m]["fired"].double() / n).numpy()
-        axes[1].hist(np.log10(d[d > 0]), bins=bins, histtype="step", linewidth=2, color=color,
-                     label=f"{'model A' if m == 'A' else 'random model'}: {(d == 0).sum()} dead")
-    axes[1].set_xlabel(f"log10 feature density ({n:,} held-out tokens)")
-    axes[1].set_ylabel("features")
-    axes[1].set_title("feature density, trained vs random-weights transformer", fontsize=9)
-    axes[1].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_knob(k, path):
-    rows = k["rows"]
-    sizes = [r["size"] for r in rows]
-    fig = Figure(figsize=(14, 3.2))
-    axes = fig.subplots(1, 4)
-    for ax, key, label in zip(axes, ("fvu", "l0", "dead", "recovered"),
-                              ("FVU (unexplained variance)", "L0 (features per token)", "dead fraction",
-                               "loss recovered (zero ablation)")):
-        ax.plot(sizes, [r[key] for r in rows], marker="o")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes], fontsize=8)
-        ax.set_xlabel("dictionary size")
-        ax.set_title(label, fontsize=9)
-    fig.suptitle(f"the knob: one LM, one stream of {millions(rows[0]['seen'])} activations, "
-                 f"{len(rows)} dictionary sizes", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -9,10 +9,9 @@ import json
 import os
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from lab.measure import FEW_TOKENS, MIN_ACTIVE
-from lab.plumbing import UserError, atomic_write_text, fmt_eta, save_figure
+from lab.plumbing import UserError, atomic_write_text, fmt_eta
 from lab.predicates import PREDICATE_HELP
 from lab.specificity import SPECIALIST, precision_recall_markdown, specificity_markdown
 
@@ -549,66 +548,6 @@ def shown(text):
 
 # ----------------------------------------------------------------------------------------------
 # The figures
-
-
-def plot_density(out, n, path):
-    fig = Figure(figsize=(4.5 * len(out), 3.4))
-    axes = fig.subplots(1, len(out), squeeze=False)
-    bins = np.arange(np.floor(np.log10(1 / n)) - 0.25, 0.25, 0.125)
-    for ax, (k, r) in zip(axes[0], out.items()):
-        d = r["density"]
-        ax.hist(np.log10(d[d > 0]), bins=bins, color="tab:blue")
-        if r["cluster"]:
-            ax.hist(np.log10(d[r["cluster"]["members"]]), bins=bins, color="tab:orange",
-                    label=f"ultralow cluster: {r['cluster']['members'].sum()}")
-            ax.legend(loc="upper left", fontsize=8)
-        ax.set_title(f"F{k}: {k - r['dead']:,} alive, {r['dead']:,} dead (never fired)", fontsize=9)
-        ax.set_xlabel(f"log10 feature density ({n:,} held-out tokens)")
-    axes[0][0].set_ylabel("features")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_interp(compare, summary, max_entries, path):
-    fig = Figure(figsize=(11, 7.6))
-    axes = fig.subplots(2, 2)
-    axes = axes.ravel()
-    bins = np.linspace(-0.2, 1, 25)
-    for ax, part in zip(axes, ("all", "multi")):
-        for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
-            x = [r["score"] for r in compare[kind] if part == "all" or not r["single_token"]]
-            ax.hist(x, bins=bins, histtype="step", linewidth=2, color=color, label=f"{kind} (n={len(x)})")
-            if x:
-                ax.axvline(np.median(x), color=color, linestyle="--", linewidth=1)
-        ax.set_title("all sampled units" if part == "all" else "without single-token units", fontsize=10)
-        ax.set_xlabel(f"simulation score (Pearson r), {max_entries}-row explanations; dashed: median", fontsize=9)
-        ax.legend(fontsize=8, loc="upper left")
-        ax.set_ylabel("units")
-    ax = axes[2]
-    sizes = list(summary["by_size"])
-    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
-        med = np.array([summary["by_size"][e][kind] for e in sizes])
-        ci = np.array([summary["by_size"][e][kind + "_ci"] for e in sizes]).T
-        ax.errorbar(sizes, med, yerr=[med - ci[0], ci[1] - med], color=color, marker="o", capsize=3, label=kind)
-    ax.axvline(max_entries, color="gray", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xticks(sizes, [str(e) for e in sizes])
-    ax.set_xlabel("rows in the explanation table")
-    ax.set_ylabel("median score (95% CI)")
-    ax.set_title("longer explanations: neurons catch up?", fontsize=10)
-    ax.legend(fontsize=8)
-    ax = axes[3]
-    for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
-        rows = [r for r in summary["by_density"] if r[kind][0] >= 5]
-        ax.plot([np.sqrt(r["lo"] * r["hi"]) for r in rows], [r[kind][1] for r in rows], color=color, marker="o",
-                label=kind)
-    ax.set_xscale("log")
-    ax.set_xlabel("density (decade bins with at least 5 units)")
-    ax.set_ylabel("median score, all scored units")
-    ax.set_title("the same density, the same score?", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
