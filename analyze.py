@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import data
-from lab import browser, figures, grounding, measure, report, specificity, steer, tools
+from lab import browser, figures, grounding, measure, predicates, report, specificity, steer, tools
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, require, run_main
 from lab.predicates import PREDICATES
@@ -391,11 +391,18 @@ class HeldOut:
     labels: np.ndarray   # (N, P) bool: the predicates a row may name, the same for every unit (P = 0: none)
     vocab: int           # the vocabulary's size: the base of the explanation keys
     ctx: int             # tokens per context: context c is positions c*ctx to (c+1)*ctx - 1
+    docs: np.ndarray = None          # (N,) each token's document (the intervals resample documents)
+    alone_labels: np.ndarray = None  # (vocab, P) the predicates on each token read alone, as a document of its own
+    eot: int = 0                     # the end of text: the "previous token" of a token read alone
 
     def at(self, contexts):
         """(prev, tokens, labels) at every position of the given contexts, in order."""
         pos = (np.asarray(contexts)[:, None] * self.ctx + np.arange(self.ctx)).ravel()
         return self.prev[pos], self.tokens[pos], self.labels[pos]
+
+    def alone(self, tokens):
+        """(prev, tokens, labels) of tokens read out of context."""
+        return np.full(len(tokens), self.eot), np.asarray(tokens), self.alone_labels[tokens]
 
 
 def score_units(units, stats, pool, text, n_top, n_random, max_entries, sizes=(), seed=0):
@@ -413,13 +420,12 @@ def score_units(units, stats, pool, text, n_top, n_random, max_entries, sizes=()
         acts = top.acts[u][keep].numpy().ravel()
         longest = explain(prev, cur, labels, acts, max([max_entries, *sizes]), text.vocab)
         cut = lambda e: table(longest["order"][:e], prev, cur, labels, acts, text.vocab)
-        share = np.bincount(cur, weights=acts).max() / acts.sum() if acts.sum() > 0 else 0.0
         ids, truth = scoring_contexts(u, stats.top[SCORE], pool, n_top, n_random, seed)
         seen = text.at(ids)
         score = lambda expl: pearson(simulate(expl, *seen, text.vocab), truth)
         expl = cut(max_entries)
         out.append(dict(unit=int(u), score=score(expl), explanation=expl,
-                        by_size={e: score(cut(e)) for e in sizes}, single_token=bool(share >= SINGLE_TOKEN_SHARE)))
+                        by_size={e: score(cut(e)) for e in sizes}, single_token=single_token(top, u, text)))
     return out
 
 
@@ -434,36 +440,216 @@ def scoring_contexts(u, top, pool, n_top, n_random, seed):
     return np.concatenate([ids_top, pool["ctx"][pick]]), truth
 
 
+# The paper's protocol (Bricken et al. 2023): a unit is explained from 49 examples and scored on 60,
+# drawn the same way in the two halves: its top contexts, 2 from each of the 12 activation intervals
+# below the top one (lab/measure.py's sample_intervals, the rating cards' sampler too), random
+# contexts, and its top tokens read out of context. Scoring on top and random contexts alone rewards a
+# sparse unit mechanically and never looks at the middle of its range, where a polysemantic unit shows
+# its other meanings. The 20 tokens scored alone are the next 20 after the 10 it was explained from.
+EXPLAIN_SET = dict(top=10, random=5, tokens=(0, 10))     # + 2 x 12 from the intervals: 49
+SCORE_SET = dict(top=6, random=10, tokens=(10, 30))      # + 2 x 12 from the intervals: 60
+DETECT_SILENT = 30   # silent contexts a unit's detection is tested on, beside its firing ones
+
+
+@dataclasses.dataclass
+class Examples:
+    """A unit's examples in one half: contexts, and tokens read alone, with its activations there."""
+    ctx: np.ndarray          # (C,) context ids
+    acts: np.ndarray         # (C, ctx)
+    alone: np.ndarray        # (A,) token ids
+    alone_acts: np.ndarray   # (A,)
+    firing: int              # the first `firing` contexts are its top and interval ones (all fire)
+
+
+def paper_examples(u, n, top, intervals, pool, alone, order, rng):
+    """Unit u's examples in one half, the paper's way (n: EXPLAIN_SET or SCORE_SET). top: the half's
+    TopContexts; intervals: its per-interval samples (the last, the top interval, is the top
+    contexts'); pool: dict(ctx (Q,), acts (Q, ctx, U)) random contexts of the half; alone (vocab, U)
+    every token's activations out of context, order (vocab, U) the tokens by them, largest first."""
+    keep = top.val[u] > 0
+    ids, acts = [top.ctx[u][keep][:n["top"]].numpy()], [top.acts[u][keep][:n["top"]].numpy()]
+    for t in intervals[:-1]:
+        drawn = (t.val[u] > -float("inf")).numpy() & ~np.isin(t.ctx[u].numpy(), ids[0])
+        ids.append(t.ctx[u].numpy()[drawn])
+        acts.append(t.acts[u].numpy()[drawn])
+    firing = sum(map(len, ids))
+    free = np.flatnonzero(~np.isin(pool["ctx"], np.concatenate(ids)))
+    pick = rng.choice(free, min(n["random"], len(free)), replace=False)
+    tokens = order[n["tokens"][0]:n["tokens"][1], u]
+    return Examples(np.concatenate(ids + [pool["ctx"][pick]]), np.concatenate(acts + [pool["acts"][pick, :, u]]),
+                    tokens, alone[tokens, u], firing)
+
+
+def positions(ex, text):
+    """(prev, tokens, labels, activations, context of each position (-1: a token alone)) of examples."""
+    prev, cur, labels = (np.concatenate(parts) for parts in zip(text.at(ex.ctx), text.alone(ex.alone)))
+    where = np.append(np.repeat(np.arange(len(ex.ctx)), text.ctx), np.full(len(ex.alone), -1))
+    return prev, cur, labels, np.append(ex.acts.ravel(), ex.alone_acts).astype(np.float64), where
+
+
+def score_paper(units, stats, intervals, pools, alone, text, max_entries, sizes=(), seed=0):
+    """The paper's protocol, per unit: explained from its EXPLAIN-half examples, scored on its SCORE-half
+    ones by the Pearson correlation of simulated and true activations (and Spearman's, the paper's
+    statistic, beside) and detected (detect), both also with another unit's explanation (the control:
+    the previous unit's). Per explanation length, sums (C + 1, 6) of simulation and truth per scored
+    context (row 0: the tokens alone) and their documents (docs), for document_resamples. stats:
+    UnitStats; intervals: [half][interval] TopContexts; pools: [half] dict(ctx, acts (Q, ctx, U));
+    alone (vocab, U): every token's activations out of context; text: HeldOut."""
+    alone = alone.clone().numpy()
+    alone[text.eot] = -np.inf                       # the end of text is no token to read alone
+    order = np.argsort(-alone, axis=0, kind="stable")
+    alone[text.eot] = 0
+    lengths = sorted({max_entries, *sizes})
+    out = [score_one(u, stats, intervals, pools, alone, order, text, lengths, max_entries, seed) for u in units]
+    for r, other in zip(out, out[-1:] + out[:-1]):
+        scored, silent = r.pop("examples")
+        r["control"] = pearson_from_sums(context_sums(other["explanation"], scored, text).sum(0))
+        r["detect_control"] = detect(other["explanation"], scored, silent, text)
+        r["detection"] = balanced_accuracy(r["detect"])
+    return out
+
+
+def score_one(u, stats, intervals, pools, alone, order, text, lengths, max_entries, seed):
+    """score_paper for one unit, without the control (its examples are kept for it)."""
+    rng = np.random.default_rng([seed, int(u)])
+    ex, sc = (paper_examples(u, n, stats.top[h], intervals[h], pools[h], alone, order, rng)
+              for n, h in ((EXPLAIN_SET, EXPLAIN), (SCORE_SET, SCORE)))
+    prev, cur, labels, acts, _ = positions(ex, text)
+    longest = explain(prev, cur, labels, acts, lengths[-1], text.vocab)
+    tables = {e: table(longest["order"][:e], prev, cur, labels, acts, text.vocab) for e in lengths}
+    sums = {e: context_sums(t, sc, text) for e, t in tables.items()}
+    silent = silent_contexts(u, pools[SCORE], rng)
+    scored_at = positions(sc, text)
+    sums["score"] = sums[max_entries]
+    return dict(unit=int(u), explanation=tables[max_entries], score=pearson_from_sums(sums[max_entries].sum(0)),
+                by_size={e: pearson_from_sums(sums[e].sum(0)) for e in lengths},
+                spearman=spearman(simulate(tables[max_entries], *scored_at[:3], text.vocab), scored_at[3]),
+                sums=sums, docs=np.append(-1, text.docs[sc.ctx * text.ctx]),
+                detect=detect(tables[max_entries], sc, silent, text), examples=(sc, silent),
+                single_token=single_token(stats.top[EXPLAIN], u, text))
+
+
+def context_sums(expl, ex, text):
+    """(C + 1, 6): per context of the examples (row 0: the tokens alone), the sums n, s, t, s^2, t^2, st
+    of the simulation s and the truth t: a correlation over any reweighting of the contexts follows."""
+    prev, cur, labels, t, where = positions(ex, text)
+    sim = simulate(expl, prev, cur, labels, text.vocab)
+    cols = (np.ones_like(t), sim, t, sim * sim, t * t, sim * t)
+    return np.stack([np.bincount(where + 1, c, minlength=len(ex.ctx) + 1) for c in cols], 1)
+
+
+def pearson_from_sums(S):
+    """The Pearson correlation from sums (..., 6) of n, s, t, s^2, t^2, st; 0 where either is constant."""
+    n, s, t, ss, tt, st = np.moveaxis(np.asarray(S, np.float64), -1, 0)
+    n = np.maximum(n, 1e-12)
+    cov, vs, vt = st - s * t / n, ss - s * s / n, tt - t * t / n
+    den = np.sqrt(np.clip(vs, 0, None) * np.clip(vt, 0, None))
+    ok = den > 1e-12 * np.maximum(n, 1)
+    r = np.where(ok, cov / np.where(ok, den, 1), 0.0)
+    return float(r) if r.ndim == 0 else r
+
+
+def spearman(a, b):
+    """Spearman's rank correlation (ties share their mean rank): the paper's statistic."""
+    return pearson(mean_ranks(a), mean_ranks(b))
+
+
+def mean_ranks(x):
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+
+
+def silent_contexts(u, pool, rng):
+    """Up to DETECT_SILENT contexts of the pool where unit u never fires, drawn at random."""
+    silent = np.flatnonzero(pool["acts"][:, :, u].amax(1).numpy() <= 0)
+    return pool["ctx"][rng.choice(silent, min(DETECT_SILENT, len(silent)), replace=False)]
+
+
+def detect(expl, ex, silent, text):
+    """Detection (the field's current automated interpretability, e.g. EleutherAI's delphi): from the
+    explanation alone, tell the contexts where the unit fires (ex's top and interval ones, drawn across
+    its activation range) from silent ones. The table says "fires" where some token matches a row
+    whose value exceeds its "anything else" value. Returns dict(positive, predicted, docs) per context
+    (balanced_accuracy reads it: a unit's base rate does not decide it)."""
+    ids = np.concatenate([ex.ctx[:ex.firing], silent])
+    peak = simulate(expl, *text.at(ids), text.vocab).reshape(len(ids), text.ctx).max(1)
+    return dict(positive=np.arange(len(ids)) < ex.firing, predicted=peak > expl["default"] + 1e-9,
+                docs=text.docs[ids * text.ctx])
+
+
+def balanced_accuracy(d, w=None):
+    """(TPR + TNR) / 2 of a detect() result, its contexts weighted by their documents' weights w
+    (B, D + 1) (None: once each); NaN without both firing and silent contexts."""
+    w = np.ones((1, 1)) if w is None else w[:, d["docs"]]
+    pos, hit = d["positive"], d["positive"] == d["predicted"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ba = ((w * (pos & hit)).sum(-1) / (w * pos).sum(-1) + (w * (~pos & hit)).sum(-1) / (w * ~pos).sum(-1)) / 2
+    return float(ba[0]) if ba.shape == (1,) and w.shape[0] == 1 else ba
+
+
+def single_token(top, u, text):
+    """One token carries SINGLE_TOKEN_SHARE of the unit's activation in its top contexts of the EXPLAIN
+    half: the paper reports those units apart, as they are trivial to simulate."""
+    keep = top.val[u] > 0
+    cur, acts = text.at(top.ctx[u][keep])[1], top.acts[u][keep].numpy().ravel()
+    return bool(acts.sum() > 0 and np.bincount(cur, weights=acts).max() / acts.sum() >= SINGLE_TOKEN_SHARE)
+
+
 def interpretability(cfg, run, m, dens=None):
-    """Score every alive neuron, feature and sparsified neuron of the main SAE; compare a random sample
-    of each kind, of the same size; writes interp.png and units.json (every unit's explanation and score)."""
+    """Score every alive neuron, feature and sparsified neuron of the main SAE by the paper's protocol
+    (score_paper) and by top-and-random (score_units, kept beside it); compare a random sample of each
+    kind, of the same size; writes interp.png and units.json (every unit's explanation and scores)."""
     stats = {"neurons": m.stats["neurons"], "features": m.stats[run.main_name],
              "sparse_neurons": m.stats["sparse_neurons"]}
+    intervals = {"neurons": m.intervals["neurons"], "features": m.intervals[run.main_name],
+                 "sparse_neurons": m.intervals["sparse_neurons"]}
     ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
         (stats["features"].fired.double() / run.n_tokens).numpy())
     rng = np.random.default_rng(cfg.seed)
     pool = score_pool(cfg, run, m, rng)
-    labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]   # "tokens": token patterns only
-    text = HeldOut(run.tokens, np.concatenate([[run.meta["eot"]], run.tokens[:-1]]), labels,
-                   run.meta["vocab_size"], cfg.context)
+    text, pools, alone = paper_inputs(cfg, run, m)
     results = {}
     for kind, s in stats.items():
         t0, units = time.time(), alive(s, ultralow if kind == "features" else None)
-        results[kind] = score_units(units, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top,
-                                    cfg.score_random, cfg.max_entries, SIZES, cfg.seed)
-        for r in results[kind]:  # the table in words, for the report, the browser and units.json
+        results[kind] = score_paper(units, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools], alone[kind],
+                                    text, cfg.max_entries, SIZES, cfg.seed)
+        old = score_units(units, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top, cfg.score_random,
+                          cfg.max_entries, seed=cfg.seed)
+        for r, o in zip(results[kind], old):  # the table in words, for the report, the browser and units.json
+            r["top_random"] = o["score"]
             r["rows"], r["otherwise"] = describe(r["explanation"], run.enc, run.meta["vocab_size"])
         print(f"interp: scored {len(units)} alive {kind} in {time.time() - t0:.1f}s")
     n, compare = sample(cfg, results, rng)
-    summary = dict(summarize(compare, cfg), by_density=report.by_density(results, stats, run.n_tokens))
+    summary = dict(summarize(compare, cfg, len(np.unique(text.docs))),
+                   by_density=report.by_density(results, stats, run.n_tokens))
     d = {kind: stats[kind].fired.double().numpy() / run.n_tokens for kind in stats}
     summary["matched"] = {other: matched_difference(results["features"], results[other], d["features"], d[other],
-                                                    cfg.bootstrap, cfg.seed) for other in ("neurons", "sparse_neurons")}
+                                                    cfg.bootstrap, cfg.seed, n_docs=len(np.unique(text.docs)))
+                          for other in ("neurons", "sparse_neurons")}
     figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     report.save_units(run, stats, results)
     print(f"interp: median score, features minus neurons {report.signed(summary['median_diff'])}")
     return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,
                 single_token_share=SINGLE_TOKEN_SHARE)
+
+
+def paper_inputs(cfg, run, m):
+    """What the paper's protocol reads beyond the streaming pass: the held-out text (HeldOut, with each
+    token's document and the predicates on every token read alone), random contexts of each half (50
+    EXPLAIN, 200 SCORE: 10 random and up to DETECT_SILENT silent ones per unit) with every kind's
+    activations, and every token's activations out of context."""
+    eot, vocab = run.meta["eot"], run.meta["vocab_size"]
+    labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]   # "tokens": token patterns only
+    alone_labels = predicates.alone_labels(run.enc, vocab, eot)[:, :labels.shape[1]]
+    text = HeldOut(run.tokens, np.concatenate([[eot], run.tokens[:-1]]), labels, vocab, cfg.context,
+                   docs=np.cumsum(run.tokens == eot), alone_labels=alone_labels, eot=eot)
+    kinds = {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}
+    rng, pools = np.random.default_rng([cfg.seed, 1]), []
+    for half, q in ((EXPLAIN, 50), (SCORE, 200)):
+        ctx = np.flatnonzero(m.halves[::cfg.context] == half)
+        ids = np.sort(rng.choice(ctx, min(len(ctx), q), replace=False))
+        pools.append(dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds)))
+    return text, pools, measure.alone_acts(run.model, vocab, kinds)
 
 
 def alive(s, ultralow=None):
@@ -495,43 +681,104 @@ def sample(cfg, results, rng):
     return n, {kind: [results[kind][i] for i in idx] for kind, idx in drawn.items()}
 
 
-def summarize(compare, cfg):
-    """Means and medians with bootstrap intervals (units resampled), overall and without single-token
-    units, and the medians' difference, features minus neurons (and minus sparsified neurons), at
-    every explanation length of SIZES."""
-    ci = lambda x, stat=np.median: bootstrap(stat, [x], cfg.bootstrap, np.random.default_rng(cfg.seed))
-    diff = lambda a, b: median_difference(a, b, cfg.bootstrap, cfg.seed)
-    scores = lambda kind, e=None: np.array([r["score"] if e is None else r["by_size"][e] for r in compare[kind]])
-    out = {}
-    for kind, rs in compare.items():
-        single = np.array([r["single_token"] for r in rs])
-        out[kind] = dict(n=len(rs), single=int(single.sum()))
-        for part, x in (("all", scores(kind)), ("multi", scores(kind)[~single])):
-            if len(x):
-                out[kind][part] = dict(mean=float(x.mean()), median=float(np.median(x)), mean_ci=ci(x, np.mean),
-                                       median_ci=ci(x))
-    multi = {kind: np.array([r["score"] for r in rs if not r["single_token"]]) for kind, rs in compare.items()}
-    out["median_diff"] = diff(scores("features"), scores("neurons"))
-    out["median_diff_sparse"] = (diff(scores("features"), scores("sparse_neurons")) if compare["sparse_neurons"]
-                                 else None)
-    out["median_diff_multi"] = diff(multi["features"], multi["neurons"]) if all(map(len, multi.values())) else None
-    # a long enough table lists a polysemantic unit's meanings one by one: the gap should shrink as tables grow
+def summarize(compare, cfg, n_docs):
+    """Medians and means per kind with 95% intervals, and the medians' differences, features minus
+    neurons (and minus sparsified neurons), overall, without single-token units and at every
+    explanation length of SIZES. Every interval resamples the held-out documents (one resample for
+    every kind: paired) and the units of each kind. Beside them: detection's balanced accuracy, the
+    control (another unit's explanation), Spearman's correlation, and top-and-random's score."""
+    w, rng = document_resamples(n_docs, cfg.bootstrap, cfg.seed), np.random.default_rng([cfg.seed, 3])
     kinds = [kind for kind in compare if compare[kind]]
-    out["by_size"] = {e: {**{kind: float(np.median(scores(kind, e))) for kind in kinds},
-                          **{kind + "_ci": ci(scores(kind, e)) for kind in kinds},
-                          "diff": diff(scores("features", e), scores("neurons", e))} for e in SIZES}
+    single = {kind: np.array([r["single_token"] for r in compare[kind]]) for kind in kinds}
+    picks = {(kind, part): np.flatnonzero(~single[kind] if part == "multi" else np.ones(len(single[kind]), bool))
+             for kind in kinds for part in ("all", "multi")}
+    draws = {key: idx[rng.integers(0, len(idx), (len(w), len(idx)))] for key, idx in picks.items() if len(idx)}
+    under = {kind: {e: resampled(compare[kind], w, e) for e in sorted({cfg.max_entries, *SIZES})} for kind in kinds}
+    point = {kind: {e: np.array([r["by_size"][e] for r in compare[kind]]) for e in under[kind]} for kind in kinds}
+    med = lambda kind, part, e=cfg.max_entries: (float(np.median(point[kind][e][picks[kind, part]])),
+                                                 resampled_medians(under[kind][e], draws[kind, part]))
+    out = {}
+    for kind in kinds:
+        out[kind] = dict(n=len(compare[kind]), single=int(single[kind].sum()))
+        for part in ("all", "multi"):
+            if (kind, part) in draws:
+                x, (m, ms) = point[kind][cfg.max_entries][picks[kind, part]], med(kind, part)
+                means = np.take_along_axis(under[kind][cfg.max_entries], draws[kind, part], 1).mean(1)
+                out[kind][part] = dict(mean=float(x.mean()), median=m, mean_ci=percentiles(means), median_ci=percentiles(ms))
+    diff = lambda a, b, part="all", e=cfg.max_entries: (
+        None if (a, part) not in draws or (b, part) not in draws else
+        dict(value=med(a, part, e)[0] - med(b, part, e)[0], ci=percentiles(med(a, part, e)[1] - med(b, part, e)[1])))
+    out.update(median_diff=diff("features", "neurons"), median_diff_sparse=diff("features", "sparse_neurons"),
+               median_diff_multi=diff("features", "neurons", "multi"))
+    out["by_size"] = {e: {**{kind: med(kind, "all", e)[0] for kind in kinds},
+                          **{kind + "_ci": percentiles(med(kind, "all", e)[1]) for kind in kinds},
+                          "diff": diff("features", "neurons", "all", e)} for e in SIZES}
+    out["detection"] = detection_summary(compare, kinds, w, draws)
+    out["beside"] = beside_summary(compare, kinds, cfg)
     return out
 
 
-def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10):
+def document_resamples(n_docs, n, seed):
+    """(n, n_docs + 1): n resamples of the held-out documents, each a document's weight (how often it
+    was drawn, with replacement); the last column, 1, weighs the tokens read alone (no document's)."""
+    rng = np.random.default_rng([seed, 2])
+    return np.hstack([rng.multinomial(n_docs, np.full(n_docs, 1 / n_docs), size=n), np.ones((n, 1))])
+
+
+def resampled(rs, w, e):
+    """(B, units): each unit's score (its explanation of e rows) with the documents weighted by w."""
+    return np.stack([pearson_from_sums(w[:, r["docs"]] @ r["sums"][e]) for r in rs], 1)
+
+
+def resampled_medians(x, draws):
+    """(B,) the median of each resample: x (B, units) under each document resample, draws the units drawn."""
+    return np.nanmedian(np.take_along_axis(x, draws, 1), 1)
+
+
+def percentiles(x):
+    return tuple(float(v) for v in np.nanpercentile(x, [2.5, 97.5]))
+
+
+def detection_summary(compare, kinds, w, draws):
+    """Detection's balanced accuracy: the median per kind (units with firing and silent contexts),
+    features minus each other kind, with the intervals of summarize; the control (another unit's
+    explanation) beside."""
+    ba = {kind: np.stack([balanced_accuracy(r["detect"], w) for r in compare[kind]], 1) for kind in kinds}
+    point = {kind: np.array([balanced_accuracy(r["detect"]) for r in compare[kind]]) for kind in kinds}
+    control = {kind: np.array([balanced_accuracy(r["detect_control"]) for r in compare[kind]]) for kind in kinds}
+    meds = {kind: resampled_medians(ba[kind], draws[kind, "all"]) for kind in kinds}
+    out = {kind: dict(n=int((~np.isnan(point[kind])).sum()), median=float(np.nanmedian(point[kind])),
+                      ci=percentiles(meds[kind]), control=float(np.nanmedian(control[kind]))) for kind in kinds}
+    out["diff"] = {other: dict(value=out["features"]["median"] - out[other]["median"],
+                               ci=percentiles(meds["features"] - meds[other]))
+                   for other in kinds if other != "features"}
+    return out
+
+
+def beside_summary(compare, kinds, cfg):
+    """The scores beside the paper protocol's Pearson, per kind (median, units resampled): the control
+    (another unit's explanation), Spearman's correlation (the paper's statistic), and the top-and-random
+    score; and each one's median difference, features minus the other kinds."""
+    out = {}
+    for key in ("control", "spearman", "top_random"):
+        x = {kind: np.array([r[key] for r in compare[kind]]) for kind in kinds}
+        ci = lambda v: bootstrap(np.median, [v], cfg.bootstrap, np.random.default_rng(cfg.seed))
+        out[key] = {**{kind: dict(median=float(np.median(x[kind])), ci=ci(x[kind])) for kind in kinds},
+                    "diff": {other: median_difference(x["features"], x[other], cfg.bootstrap, cfg.seed)
+                             for other in kinds if other != "features"}}
+    return out
+
+
+def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10, n_docs=0):
     """Features (a) minus another kind (b) at matched density, a protocol fixed before any result was
     seen: every scored unit falls in a bin of half a decade of density (a unit's score falls with its
     density, and within a whole decade density still varies tenfold); in every bin with at least
     min_units of each kind, the difference of the two medians; those averaged, each bin weighted by
-    the smaller of its two counts (the units that can be matched there). a, b: score_units' results;
-    density_*: (U,) each unit's density. Returns dict(value, ci (95%, units of each kind resampled with
-    replacement), bins: [(lo, n_a, n_b, diff)], others: the same difference weighted by a's counts and
-    by b's, and the regression's, each with its interval: see other_matchings)."""
+    the smaller of its two counts (the units that can be matched there). a, b: score_paper's (or
+    score_units') results; density_*: (U,) each unit's density. Returns dict(value, ci (95%: the units of
+    each kind resampled with replacement and, given n_docs, the held-out documents too, as in
+    summarize), bins: [(lo, n_a, n_b, diff)], others: the same difference weighted by a's counts and by
+    b's, and the regression's, each with its interval, units resampled: see other_matchings)."""
     def weighted(xa, ba, xb, bb, weight=min):   # scores and bins of each kind -> (the weighted difference, its bins)
         rows = []
         for k in np.intersect1d(ba, bb):
@@ -544,8 +791,14 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10)
 
     (xa, ba), (xb, bb) = density_bins(a, density_a), density_bins(b, density_b)
     value, bins = weighted(xa, ba, xb, bb)
-    resampled = lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j])[0]   # i, j: the units drawn of each kind
-    ci = bootstrap(resampled, [np.arange(len(xa)), np.arange(len(xb))], n, np.random.default_rng(seed))
+    if n_docs:   # each resample: the documents, and the units of each kind
+        w, rng = document_resamples(n_docs, n, seed), np.random.default_rng([seed, 3])
+        xa_w, xb_w = resampled(a, w, "score"), resampled(b, w, "score")
+        ia, ib = rng.integers(0, len(xa), (n, len(xa))), rng.integers(0, len(xb), (n, len(xb)))
+        ci = percentiles([weighted(xa_w[k, ia[k]], ba[ia[k]], xb_w[k, ib[k]], bb[ib[k]])[0] for k in range(n)])
+    else:
+        units = lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j])[0]   # i, j: the units drawn of each kind
+        ci = bootstrap(units, [np.arange(len(xa)), np.arange(len(xb))], n, np.random.default_rng(seed))
     others = other_matchings(weighted, (xa, ba, xb, bb), (log_density(a, density_a), log_density(b, density_b)),
                              n, seed)
     return dict(value=value, ci=(value, value) if np.isnan(ci[0]) else ci, bins=bins, others=others)

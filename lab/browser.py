@@ -241,12 +241,7 @@ def sample_pool(cfg, run, chosen, maxima, dead=()):
             row, col = a.nonzero().unbind(1)    # bins 1..bins over (0, max]: ceil(bins * a / max)
             b = (a[row, col] / mx[col] * cfg.bins).ceil().long().clamp(1, cfg.bins) - 1
             o["hist"].view(-1).index_add_(0, col * cfg.bins + b, torch.ones_like(b))
-            cacts = a.view(-1, ctx, a.shape[1])
-            cmax = cacts.amax(1)
-            interval = (cmax / mx * K).ceil().long().clamp(1, K) - 1
-            priority = torch.rand(cmax.shape, generator=g).masked_fill_(cmax <= 0, -float("inf"))
-            for i in range(K):
-                measure.update_top(o["tops"][i], priority.masked_fill(interval != i, -float("inf")), ids, cacts)
+            measure.sample_intervals(o["tops"], a.view(-1, ctx, a.shape[1]), mx, ids, g)
     for o in out.values():
         for top in o["tops"]:
             measure.sort_top(top)

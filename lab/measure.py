@@ -40,9 +40,11 @@ from sae import load_sae
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
 FEW_TOKENS = 2**16        # fewer held-out tokens than this: every number of the analysis is said to rest on too few
-MEASURE_FORMAT = 6        # bump when what measure() computes or stores changes: measure.pt is keyed on it
+MEASURE_FORMAT = 7        # bump when what measure() computes or stores changes: measure.pt is keyed on it
 MIN_ACTIVE = 10           # a unit must fire on this many held-out tokens to be explained, scored or a specialist
 MAX_NEXT = 4096           # next tokens counted per unit (the commonest; lab/grounding.py): memory for big vocabularies
+INTERVALS = 13            # the paper's activation intervals: the top one and 12 below it (equal fractions of the max)
+PER_INTERVAL = 2          # contexts drawn from each of the 12, per half: the paper's 2
 MIN_NEXT = 10             # ... and each must follow at least this many held-out tokens, or its lift is noise
 
 
@@ -324,6 +326,51 @@ def sort_top(top):
     top.acts = top.acts.gather(1, order[..., None].expand_as(top.acts))
 
 
+def sample_intervals(tops, cacts, mx, ids, g):
+    """Merge a batch's contexts into a random sample per activation interval, the one sampler of the
+    score (analyze.py) and of the browser's and rating cards' interval examples. tops: K TopContexts,
+    the i-th for the contexts whose peak lies in (i/K, (i+1)/K] of the unit's largest activation mx
+    (U,), the paper's intervals; cacts (n, ctx, U) the batch's contexts, ids (n,) their ids. Each
+    (context, unit) gets a random priority and update_top keeps the largest: a streaming sample
+    without replacement (val then holds priorities, not activations)."""
+    K = len(tops)
+    cmax = cacts.amax(1)
+    interval = (cmax / mx * K).ceil().long().clamp(1, K) - 1
+    priority = torch.rand(cmax.shape, generator=g).masked_fill_(cmax <= 0, -float("inf"))
+    for i in range(K):
+        update_top(tops[i], priority.masked_fill(interval != i, -float("inf")), ids, cacts)
+
+
+@torch.no_grad()
+def interval_pass(batches, maxima, halves, ctx, K, per_interval, seed):
+    """A second streaming pass, once each unit's largest activation is known: per source and half,
+    per_interval contexts drawn at random from each of the K intervals (sample_intervals).
+    maxima: {name: (U,)}; returns {name: [half][interval] TopContexts}, each sorted by priority."""
+    g, halves_t, out = torch.Generator().manual_seed(seed), torch.from_numpy(halves), {}
+    for start, acts in batches:
+        n = next(iter(acts.values())).shape[0]
+        ids = torch.arange(start // ctx, (start + n) // ctx)
+        ctx_half = halves_t[start:start + n][::ctx]
+        for name, a in acts.items():
+            tops = out.setdefault(name, [[new_top(a.shape[1], per_interval, ctx) for _ in range(K)] for _ in (0, 1)])
+            cacts = a.float().cpu().view(-1, ctx, a.shape[1])
+            for h in (EXPLAIN, SCORE):
+                mine = ctx_half == h
+                sample_intervals(tops[h], cacts[mine], maxima[name].clamp_min(1e-12), ids[mine], g)
+    for tops in out.values():
+        for top in (t for half in tops for t in half):
+            sort_top(top)
+    return out
+
+
+@torch.no_grad()
+def alone_acts(model, vocab, sources):
+    """{name: (vocab, U)}: every token's activations out of context, the LM reading it alone (the
+    paper's "top tokens out of context")."""
+    h = model.mlp_activations(torch.arange(vocab, device=model.unembed.weight.device)[:, None]).flatten(0, 1)
+    return {name: fn(h).float().cpu() for name, fn in sources.items()}
+
+
 def select_encoder(sae, units):
     """An encoder computing only some features: a ReLU SAE needs only their encoder rows; TopK
     needs every pre-activation to know which k win."""
@@ -347,6 +394,7 @@ class Measurement:
     halves: np.ndarray    # (n_tokens,) each token's half (analyze.window_halves)
     sparse_k: int         # neurons kept per token in "sparse_neurons" (analyze.matched_k)
     next_tokens: np.ndarray   # (K,) the next tokens next_counts counts, row by row (next_rows)
+    intervals: dict       # {"neurons", "sparse_neurons", main SAE's name: [half][interval] TopContexts} (interval_pass)
     seconds: float        # how long the pass took when it ran
     reused: bool = False  # read from measure.pt
 
@@ -357,7 +405,8 @@ def measure_key(cfg, run):
     corpus and shards' hashes, so a run folder copied or moved elsewhere keeps its cache."""
     saes = [(os.path.relpath(s.path, cfg.out), lm_fingerprint({"model": s.ckpt["sae"]})) for s in run.saes.values()]
     return dict(lm=run.fingerprint, saes=saes, n_tokens=run.n_tokens, context=cfg.context,
-                k=(cfg.explain_contexts, cfg.score_top), proxies=predicates.PREDICATES,
+                k=(cfg.explain_contexts, cfg.score_top), intervals=(INTERVALS, PER_INTERVAL, run.seed),
+                proxies=predicates.PREDICATES,
                 tokenizer=run.meta["tokenizer_hash"], corpus=run.meta.get("corpus_hash"),
                 shards=run.meta.get("digests"),
                 format=MEASURE_FORMAT, python=sys.version.split()[0].rsplit(".", 1)[0])  # (its keywords)
@@ -380,7 +429,9 @@ def load_or_measure(cfg, run, halves, units):
         if cached["key"] == key:
             print(f"measure: reusing {path} (--remeasure to redo)")
             stats = {name: UnitStats.from_dict(s) for name, s in cached["stats"].items()}
-            return Measurement(**{**cached, "stats": stats, "reused": True})
+            intervals = {name: [[TopContexts(**t) for t in half] for half in tops]
+                         for name, tops in cached["intervals"].items()}
+            return Measurement(**{**cached, "stats": stats, "intervals": intervals, "reused": True})
     t0 = time.time()
     n, eot = run.n_tokens, run.meta["eot"]
     proxies = predicates.context_labels(run.tokens, n, run.enc, eot)
@@ -397,7 +448,12 @@ def load_or_measure(cfg, run, halves, units):
 
     stats = measure(stream(run.model, run.tokens, n, sources, run.batch), n, halves, proxies, cfg.context,
                     (cfg.explain_contexts, cfg.score_top), report, next_ids, len(counted))
+    sampled = {name: fn for name, fn in sources.items() if name in ("neurons", "sparse_neurons", run.main_name)}
+    print(f"measure: sampling contexts from {INTERVALS} activation intervals per unit, a second pass")
+    intervals = interval_pass(stream(run.model, run.tokens, n, sampled, run.batch),
+                              {name: stats[name].max_activation() for name in sampled}, halves, cfg.context,
+                              INTERVALS, PER_INTERVAL, run.seed)
     result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, sparse_k=k, next_tokens=counted,
-                         seconds=time.time() - t0)
+                         intervals=intervals, seconds=time.time() - t0)
     atomic_save(dataclasses.asdict(result), path)
     return result

@@ -97,6 +97,21 @@ def context_labels(tokens, n_tokens, enc, eot):
     return labels
 
 
+def alone_labels(enc, vocab, eot):
+    """(vocab, len(PREDICATES)) bool: the predicates on each token read alone, as a document of its own;
+    none on a token whose bytes are not text by themselves (a piece of a multi-byte character)."""
+    def text(t):
+        try:
+            return enc.decode_single_token_bytes(t).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    whole = np.array([t != eot and text(t) is not None for t in range(vocab)])
+    ids = np.flatnonzero(whole)
+    labels = np.zeros((vocab, len(PREDICATES)), dtype=bool)
+    labels[ids] = context_labels(np.stack([np.full(len(ids), eot), ids], 1).ravel(), 2 * len(ids), enc, eot)[1::2]
+    return labels
+
+
 def char_mask(spans, length):
     """(length,) bool: characters inside any of the [start, end) spans."""
     depth = np.zeros(length + 1, dtype=np.int64)

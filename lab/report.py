@@ -83,7 +83,8 @@ def summary_section(cfg, run, res):
             "| not given |",
             f"| L0 (active features per token), FVU | {row['l0']:.1f}, {row['fvu']:.3f} | not given here |",
             *evidence_rows(res, run),
-            f"| interpretability (lexical): median score, features vs neurons ({cfg.max_entries}-row explanations, "
+            f"| interpretability (lexical, the paper's sampling): median score, features vs neurons "
+            f"({cfg.max_entries}-row explanations, "
             f"`--explain {res['interp']['explain']}`; a sparser unit scores higher, so this mixes meaning and "
             "density) | "
             f"{f_med:.2f} vs {n_med:.2f} (difference {signed(diff)}) | {PAPER['interp']} |",
@@ -91,6 +92,13 @@ def summary_section(cfg, run, res):
                 f"{it['by_size'][e]['features']:.2f} vs {it['by_size'][e]['neurons']:.2f} "
                 f"({signed(it['by_size'][e]['diff'])})" for e in (1, longest))
             + " | (the paper's explanations are a sentence) |",
+            f"| detection, balanced accuracy, features vs neurons | {it['detection']['features']['median']:.2f} vs "
+            f"{it['detection']['neurons']['median']:.2f} ({signed(it['detection']['diff']['neurons'])}); another "
+            f"unit's table: {it['detection']['features']['control']:.2f} vs {it['detection']['neurons']['control']:.2f}"
+            " | not measured |",
+            f"| the old top-and-random score, features vs neurons | {it['beside']['top_random']['features']['median']:.2f}"
+            f" vs {it['beside']['top_random']['neurons']['median']:.2f} "
+            f"({signed(it['beside']['top_random']['diff']['neurons'])}) | - |",
             f"| best proxy match (Pearson r) | {best_proxy(sp)} | {PAPER['specificity']} |",
             "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
             "compare the sign of the difference, not the scale.", ""]
@@ -131,17 +139,25 @@ def interp_section(cfg, run, res):
              f"examples, then to predict its activations on other examples from the explanation alone. Offline, our "
              f"explanation is a lookup table of at most {cfg.max_entries} rows, each naming "
              f"{EXPLAINS[res['interp']['explain']]} (`--explain {res['interp']['explain']}`), "
-             f"each with the mean activation of the tokens it matches, read off the unit's {cfg.explain_contexts} "
-             f"top-activating contexts of {cfg.context} tokens in one half of the held-out windows; the simulation "
-             f"predicts each token's activation from the table and is scored by Pearson correlation with the truth on "
-             f"the other half, over {cfg.score_top} top-activating and {cfg.score_random} random contexts (the paper's "
-             f"top-and-random scoring). {res['interp']['n']} units of each kind, drawn at random among the alive ones "
-             f"(active on at least {MIN_ACTIVE} tokens, in both halves"
+             "each with the mean activation of the tokens it matches. The examples are the paper's, drawn the same "
+             "way in two halves of the held-out windows: the table is read off 49 in one half (the unit's 10 "
+             "top-activating contexts, 2 drawn at random from each of the 12 activation intervals below the top "
+             "one, 5 random contexts, its 10 top tokens read out of context) and scored on 60 in the other (6 top, 2 "
+             f"per interval, 10 random, the next 20 tokens out of context), contexts of {cfg.context} tokens; the "
+             "score is the Pearson correlation of the simulated and the true activations (the paper's Spearman "
+             "beside it). Beside them: **detection**, from the table alone telling the contexts where the unit fires "
+             "(its top and interval ones) from up to 30 where it is silent (balanced accuracy: 0.5 is chance, "
+             "whatever the unit's density); the **control**, each unit scored with another unit's table; and the "
+             f"old **top-and-random** score (read off the {cfg.explain_contexts} top contexts, scored on "
+             f"{cfg.score_top} top and {cfg.score_random} random ones), which rewards a sparse unit mechanically and "
+             f"never scores the middle of its range. {res['interp']['n']} units of each kind, drawn at random among "
+             f"the alive ones (active on at least {MIN_ACTIVE} tokens, in both halves"
              f"{', outside the ultralow cluster' if cluster else ''}), "
-             f"same table size for both. Single-token units (one token carries "
-             f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their explanation contexts) are "
-             "trivial to "
-             "simulate; the paper reports them separately, and so do we.", "",
+             f"same table size for both. The 95% intervals resample the held-out documents (the same resample for "
+             "every kind: paired) and the units of each kind; those of the control, Spearman and top-and-random "
+             "resample units only. Single-token units (one token carries "
+             f"{100 * res['interp']['single_token_share']:.0f}% of the activation in their top contexts) are "
+             "trivial to simulate; the paper reports them separately, and so do we.", "",
              *(["The paper's explanations are sentences about contexts (\"inside a docstring\", \"base64\"); a "
                 "table of tokens alone would favour single-token detectors. So a row may also name one of the context "
                 "predicates "
@@ -150,7 +166,7 @@ def interp_section(cfg, run, res):
                 "token, the most specific explains it: a (previous token, token) row, then a token row, then a "
                 "predicate row, and among predicates the one listed first in section 4.", ""]
                if res["interp"]["explain"] == "contexts" else []),
-             interp_markdown(it), "",
+             interp_markdown(it), "", beside_markdown(it), "",
              "The figure: the score distributions of the two samples (all units, then without single-token ones); the "
              "median score as the explanation grows from 1 to 20 rows (a long enough table lists a polysemantic unit's "
              "meanings one by one, so the gap should narrow); and the median score of every scored unit per decade of "
@@ -168,7 +184,7 @@ def interp_section(cfg, run, res):
                     f"{run.model.cfg.d_mlp} x the features' mean density; scored by the same measure), and the "
                     "comparison within bins of half a decade of density (the difference of medians in every bin "
                     "with at least 10 units of each kind, averaged with weights the smaller count; all scored units; "
-                    "95% intervals with the units resampled):", "",
+                    "95% intervals with the documents and the units resampled):", "",
                     matched_markdown(it), "", *other_matchings_markdown(it), ""]
 
 
@@ -245,9 +261,12 @@ def write_summary(run, res):
     out = dict(sae=run.main_name, n_tokens=run.n_tokens,
                loss_recovered=dict(zero_ablation=row["rec_zero"], mean_ablation=row["rec_mean"]),
                dead_fraction=row["dead"] / row["units"], l0=row["l0"], fvu=row["fvu"],
-               interpretability=dict(explain=res["interp"]["explain"], units_per_kind=res["interp"]["n"],
+               interpretability=dict(protocol="the paper's sampling: explained from 49 examples, scored on 60",
+                                     intervals="held-out documents and units resampled, paired across kinds",
+                                     explain=res["interp"]["explain"], units_per_kind=res["interp"]["n"],
                                      all=versus("all", it["median_diff"]),
-                                     without_single_token=versus("multi", it["median_diff_multi"])),
+                                     without_single_token=versus("multi", it["median_diff_multi"]),
+                                     detection=plain(it["detection"]), beside=plain(it["beside"])),
                specificity=specificity_summary(res["specificity"]), **saved_summaries(run.dir))
     sparse = it.get("sparse_neurons", {})
     interval = lambda d: dict(value=d["value"], ci=list(d["ci"])) if d else None
@@ -320,7 +339,8 @@ def evidence_rows(res, run):
     sparse = it.get("sparse_neurons", {}).get("all")
     if sparse:
         m = it["matched"]
-        rows += [f"| **features vs neurons at matched density** (lexical score within half-decade density bins) | "
+        rows += [f"| **features vs neurons at matched density** (lexical score, the paper's sampling, within "
+                 "half-decade density bins) | "
                  f"{signed(m['neurons'])} | - |",
                  f"| **features vs neurons sparsified to the features' density** ({res['measure'].sparse_k} per token; "
                  f"lexical median; within density bins) | {it['features']['all']['median']:.2f} vs "
@@ -440,6 +460,27 @@ def losses_markdown(r):
     return "\n".join(lines)
 
 
+def beside_markdown(s):
+    """Detection, the control, Spearman's and top-and-random's medians, per kind, beside the score."""
+    kinds = [k for k in ("features", "neurons", "sparse_neurons") if k in s["detection"]]
+    d, b = s["detection"], s["beside"]
+    cell = lambda x: f"{x['median']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}]"
+    lines = ["| | " + " | ".join(k.replace("_", " ") for k in kinds) + " | features minus neurons | "
+             "features minus sparsified neurons |", "|---" * (3 + len(kinds)) + "|",
+             "| detection, balanced accuracy (units with both kinds of context) | "
+             + " | ".join(f"{cell(d[k])} (n={d[k]['n']})" for k in kinds) + " | "
+             + " | ".join(signed(d["diff"][k]) if k in d["diff"] else "-" for k in ("neurons", "sparse_neurons")) + " |",
+             "| detection with another unit's table (control) | " + " | ".join(f"{d[k]['control']:.2f}" for k in kinds)
+             + " | | |"]
+    for key, label in (("control", "score with another unit's table (control)"),
+                       ("spearman", "Spearman's correlation (the paper's statistic)"),
+                       ("top_random", "top-and-random score (the old protocol)")):
+        lines.append(f"| {label} | " + " | ".join(cell(b[key][k]) for k in kinds) + " | "
+                     + " | ".join(signed(b[key]["diff"][k]) if k in b[key]["diff"] else "-"
+                                  for k in ("neurons", "sparse_neurons")) + " |")
+    return "\n".join(lines)
+
+
 def interp_markdown(s):
     sizes = list(s["by_size"])
     lines = ["| units | n | single-token | mean score [95% CI] | median score [95% CI] | "
@@ -554,13 +595,26 @@ def shown(text):
 # units.json: every scored unit's explanation, for the browser, the steering table and readers
 
 
+def plain(d):
+    """A summary's nested dicts with tuples as lists and numpy numbers as floats, for json."""
+    if isinstance(d, dict):
+        return {str(k): plain(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [plain(v) for v in d]
+    if isinstance(d, (float, np.floating, np.integer)):
+        return None if np.isnan(d) else float(d)   # json has no NaN
+    return d
+
+
 def save_units(run, stats, results):
     """units.json: every scored unit's density, score, single-token flag and explanation in words (for
     the browser, the steering table and readers). stats: {kind: UnitStats}; results: score_units'."""
     out = {"n_tokens": run.n_tokens, "sae": run.main_name}
     for kind, rs in results.items():
         out[kind] = [dict(unit=r["unit"], density=float(stats[kind].fired[r["unit"]]) / run.n_tokens,
-                          score=round(r["score"], 4), single_token=r["single_token"], explanation=r["rows"],
+                          score=round(r["score"], 4), top_random=round(r["top_random"], 4),
+                          detection=plain(round(r["detection"], 4)),
+                          single_token=r["single_token"], explanation=r["rows"],
                           otherwise=r["otherwise"]) for r in rs]
     atomic_write_text(json.dumps(out), os.path.join(run.dir, "units.json"))
 
