@@ -458,7 +458,6 @@ class Examples:
     acts: np.ndarray         # (C, ctx)
     alone: np.ndarray        # (A,) token ids
     alone_acts: np.ndarray   # (A,)
-    firing: int              # the first `firing` contexts are its top and interval ones (all fire)
 
 
 def paper_examples(u, n, top, intervals, pool, alone, order, rng):
@@ -472,12 +471,11 @@ def paper_examples(u, n, top, intervals, pool, alone, order, rng):
         drawn = (t.val[u] > -float("inf")).numpy() & ~np.isin(t.ctx[u].numpy(), ids[0])
         ids.append(t.ctx[u].numpy()[drawn])
         acts.append(t.acts[u].numpy()[drawn])
-    firing = sum(map(len, ids))
     free = np.flatnonzero(~np.isin(pool["ctx"], np.concatenate(ids)))
     pick = rng.choice(free, min(n["random"], len(free)), replace=False)
     tokens = order[n["tokens"][0]:n["tokens"][1], u]
     return Examples(np.concatenate(ids + [pool["ctx"][pick]]), np.concatenate(acts + [pool["acts"][pick, :, u]]),
-                    tokens, alone[tokens, u], firing)
+                    tokens, alone[tokens, u])
 
 
 def positions(ex, text):
@@ -567,14 +565,15 @@ def silent_contexts(u, pool, rng):
 
 def detect(expl, ex, silent, text):
     """Detection (the field's current automated interpretability, e.g. EleutherAI's delphi): from the
-    explanation alone, tell the contexts where the unit fires (ex's top and interval ones, drawn across
-    its activation range) from silent ones. The table says "fires" where some token matches a row
-    whose value exceeds its "anything else" value. Returns dict(positive, predicted, docs) per context
-    (balanced_accuracy reads it: a unit's base rate does not decide it)."""
-    ids = np.concatenate([ex.ctx[:ex.firing], silent])
+    explanation alone, tell the contexts where the unit fires from those where it is silent: ex's
+    contexts (its scoring ones, drawn across its activation range), and the silent ones. The table says
+    "fires" where some token matches a row whose value exceeds its "anything else" value. Returns
+    dict(positive, predicted, docs) per context (balanced_accuracy reads it: a unit's base rate does
+    not decide it)."""
+    ids = np.concatenate([ex.ctx, silent])
     peak = simulate(expl, *text.at(ids), text.vocab).reshape(len(ids), text.ctx).max(1)
-    return dict(positive=np.arange(len(ids)) < ex.firing, predicted=peak > expl["default"] + 1e-9,
-                docs=text.docs[ids * text.ctx])
+    return dict(positive=np.append(ex.acts.max(1) > 0, np.zeros(len(silent), bool)),
+                predicted=peak > expl["default"] + 1e-9, docs=text.docs[ids * text.ctx])
 
 
 def balanced_accuracy(d, w=None):
