@@ -321,17 +321,17 @@ def explain(prev, cur, labels, acts, max_entries, vocab):
     owner = np.concatenate([np.arange(len(cur)), np.arange(len(cur)), held])   # the token behind each candidate
     keys, inverse = np.unique(np.concatenate([pair_key(prev, cur, vocab), token_key(cur, vocab),
                                               context_key(p, vocab)]), return_inverse=True)
-    count = np.bincount(inverse)
+    count, chosen = np.bincount(inverse), np.zeros(len(keys), bool)
     order = np.zeros(0, np.int64)
-    expl = table(order, prev, cur, labels, acts, vocab)
+    expl, sim = fit(order, prev, cur, labels, acts, vocab)
     for _ in range(max_entries):
-        residual = (acts - simulate(expl, prev, cur, labels, vocab))[owner]
-        gain = np.bincount(inverse, residual) ** 2 / count
-        gain[np.isin(keys, order)] = -1
+        gain = np.bincount(inverse, (acts - sim)[owner]) ** 2 / count
+        gain[chosen] = -1
         if len(gain) == 0 or gain.max() <= 1e-12:
             break
+        chosen[gain.argmax()] = True
         order = np.append(order, keys[gain.argmax()])
-        expl = table(order, prev, cur, labels, acts, vocab)
+        expl, sim = fit(order, prev, cur, labels, acts, vocab)
     return dict(expl, order=order)
 
 
@@ -339,14 +339,19 @@ def table(keys, prev, cur, labels, acts, vocab):
     """The explanation with rows keys: each row's value is the mean activation of the tokens it
     explains (match); "anything else" the mean of the tokens no row explains. A row that explains
     nothing (every match taken by a row of higher precedence) is dropped."""
+    return fit(keys, prev, cur, labels, acts, vocab)[0]
+
+
+def fit(keys, prev, cur, labels, acts, vocab):
+    """(table(keys, ...), its simulation of these very tokens), from one match."""
     keys = np.sort(keys)
     row = match(keys, prev, cur, labels, vocab)
     counts = np.bincount(row + 1, minlength=len(keys) + 1)      # slot 0: "anything else"
     sums = np.bincount(row + 1, acts, minlength=len(keys) + 1)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
     kept = counts[1:] > 0
-    default = sums[0] / counts[0] if counts[0] else 0.0
-    return dict(keys=keys[kept], values=sums[1:][kept] / counts[1:][kept], counts=counts[1:][kept],
-                default=float(default))
+    return (dict(keys=keys[kept], values=means[1:][kept], counts=counts[1:][kept], default=float(means[0])),
+            means[row + 1])
 
 
 def match(keys, prev, cur, labels, vocab):
@@ -462,20 +467,24 @@ class Examples:
 
 def paper_examples(u, n, top, intervals, pool, alone, order, rng):
     """Unit u's examples in one half, the paper's way (n: EXPLAIN_SET or SCORE_SET). top: the half's
-    TopContexts; intervals: its per-interval samples (the last, the top interval, is the top
-    contexts'); pool: dict(ctx (Q,), acts (Q, ctx, U)) random contexts of the half; alone (vocab, U)
-    every token's activations out of context, order (vocab, U) the tokens by them, largest first."""
+    TopContexts; intervals: the contexts drawn from its 12 intervals below the top one (stack_intervals);
+    pool: dict(ctx (Q,), acts (Q, ctx, U)) random contexts of the half; alone (vocab, U) every token's
+    activations out of context, order (vocab, U) the tokens by them, largest first."""
     keep = top.val[u] > 0
-    ids, acts = [top.ctx[u][keep][:n["top"]].numpy()], [top.acts[u][keep][:n["top"]].numpy()]
-    for t in intervals[:-1]:
-        drawn = (t.val[u] > -float("inf")).numpy() & ~np.isin(t.ctx[u].numpy(), ids[0])
-        ids.append(t.ctx[u].numpy()[drawn])
-        acts.append(t.acts[u].numpy()[drawn])
-    free = np.flatnonzero(~np.isin(pool["ctx"], np.concatenate(ids)))
+    ids, acts = top.ctx[u][keep][:n["top"]].numpy(), top.acts[u][keep][:n["top"]].numpy()
+    drawn = (intervals.val[u] > -float("inf")).numpy() & ~np.isin(intervals.ctx[u].numpy(), ids)
+    ids, acts = np.append(ids, intervals.ctx[u].numpy()[drawn]), np.concatenate([acts, intervals.acts[u].numpy()[drawn]])
+    free = np.flatnonzero(~np.isin(pool["ctx"], ids))
     pick = rng.choice(free, min(n["random"], len(free)), replace=False)
     tokens = order[n["tokens"][0]:n["tokens"][1], u]
-    return Examples(np.concatenate(ids + [pool["ctx"][pick]]), np.concatenate(acts + [pool["acts"][pick, :, u]]),
+    return Examples(np.append(ids, pool["ctx"][pick]), np.concatenate([acts, pool["acts"][pick, :, u]]),
                     tokens, alone[tokens, u])
+
+
+def stack_intervals(tops):
+    """A half's per-interval samples below the top interval (the top one is the top contexts'), as one
+    TopContexts with val, ctx (U, 12 x 2) and acts (U, 12 x 2, ctx)."""
+    return measure.TopContexts(*(torch.cat([getattr(t, f) for t in tops[:-1]], 1) for f in ("val", "ctx", "acts")))
 
 
 def positions(ex, text):
@@ -497,7 +506,7 @@ def score_paper(units, stats, intervals, pools, alone, text, max_entries, sizes=
     alone[text.eot] = -np.inf                       # the end of text is no token to read alone
     order = np.argsort(-alone, axis=0, kind="stable")
     alone[text.eot] = 0
-    lengths = sorted({max_entries, *sizes})
+    lengths, intervals = sorted({max_entries, *sizes}), [stack_intervals(half) for half in intervals]
     out = [score_one(u, stats, intervals, pools, alone, order, text, lengths, max_entries, seed) for u in units]
     for r, other in zip(out, out[-1:] + out[:-1]):
         scored, silent = r.pop("examples")
@@ -607,18 +616,22 @@ def interpretability(cfg, run, m, dens=None):
     rng = np.random.default_rng(cfg.seed)
     pool = score_pool(cfg, run, m, rng)
     text, pools, alone = paper_inputs(cfg, run, m)
-    results = {}
-    for kind, s in stats.items():
-        t0, units = time.time(), alive(s, ultralow if kind == "features" else None)
-        results[kind] = score_paper(units, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools], alone[kind],
-                                    text, cfg.max_entries, SIZES, cfg.seed)
-        old = score_units(units, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top, cfg.score_random,
+    units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in stats.items()}
+    n, drawn = sample(cfg, units, rng)
+    results, compare = {}, {}
+    for kind, s in stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
+        t0, picked = time.time(), units[kind][drawn[kind]]
+        score = lambda us, sizes: score_paper(us, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools],
+                                              alone[kind], text, cfg.max_entries, sizes, cfg.seed)
+        compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(units[kind], picked), ())
+        old = score_units(picked, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top, cfg.score_random,
                           cfg.max_entries, seed=cfg.seed)
-        for r, o in zip(results[kind], old):  # the table in words, for the report, the browser and units.json
+        for r, o in zip(compare[kind], old):
             r["top_random"] = o["score"]
+        results[kind] = sorted(compare[kind] + rest, key=lambda r: r["unit"])
+        for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = describe(r["explanation"], run.enc, run.meta["vocab_size"])
-        print(f"interp: scored {len(units)} alive {kind} in {time.time() - t0:.1f}s")
-    n, compare = sample(cfg, results, rng)
+        print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
     summary = dict(summarize(compare, cfg, len(np.unique(text.docs))),
                    by_density=report.by_density(results, stats, run.n_tokens))
     d = {kind: stats[kind].fired.double().numpy() / run.n_tokens for kind in stats}
@@ -669,15 +682,15 @@ def score_pool(cfg, run, m, rng):
     return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds))
 
 
-def sample(cfg, results, rng):
-    """(n, {kind: results of n units drawn at random}): the comparison's sample, n of each kind (the
-    sparsified neurons, drawn last, may have fewer alive: a neuron rarely among the top k)."""
-    n = min(cfg.n_units, len(results["features"]), len(results["neurons"]))
+def sample(cfg, units, rng):
+    """(n, {kind: indices into units[kind]}): the comparison's sample, n units of each kind drawn at random
+    among the alive ones (the sparsified neurons, drawn last, may have fewer alive: a neuron rarely among
+    the top k)."""
+    n = min(cfg.n_units, len(units["features"]), len(units["neurons"]))
     if n == 0:
         raise UserError("no alive unit fires in both halves of the held-out data: analyse more --tokens")
-    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(results["sparse_neurons"])))
-    drawn = {kind: sorted(rng.choice(len(r), sizes[kind], replace=False)) for kind, r in results.items()}
-    return n, {kind: [results[kind][i] for i in idx] for kind, idx in drawn.items()}
+    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(units["sparse_neurons"])))
+    return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in units.items()}
 
 
 def summarize(compare, cfg, n_docs):

@@ -229,7 +229,7 @@ def specificity_section(sp):
             "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
             f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
             "keep the figure readable).", ""] if sp["plotted"] else []),
-         *levels_markdown(sp.get("levels"))]
+         *levels_markdown(sp.get("levels"), sp["names"])]
     return L
 
 
@@ -279,19 +279,15 @@ def write_summary(run, res):
         features_minus_sparse_neurons=interval(it["matched"]["sparse_neurons"]),
         otherwise={kind: {name: interval(o) for name, o in it["matched"][kind].get("others", {}).items()}
                    for kind in ("neurons", "sparse_neurons")})
-    lv = res["specificity"].get("levels")
-    if lv:
-        out["specificity_levels"] = dict(
-            wins={k: dict(v, ci=list(v["ci"])) for k, v in lv["wins"].items()}, documents=lv["documents"],
-            predicates={res["specificity"]["names"][j]: {kind: dict(unit=int(lv["units"][kind][i]),
-                                                                    area=float(lv["area"][kind][i]),
-                                                                    ci=[float(x) for x in lv["area_ci"][kind][i]])
-                                                         for kind in lv["area"]} for i, j in enumerate(lv["rare"])})
+    if res["specificity"].get("levels"):
+        out["specificity_levels"] = levels_summary(res["specificity"])
     if res.get("grounding"):
         g = res["grounding"]["summary"]
-        out["grounding"] = dict(**{part: {k: dict(v, ci=list(v["ci"])) for k, v in g[part].items()}
-                                   for part in ("model", "control")},
+        out["grounding"] = dict(**{part: {k: dict(v, ci=list(v["ci"]), null_ci=list(v["null_ci"]))
+                                          for k, v in g[part].items()} for part in ("model", "control")},
                                 features_minus={k: interval(v) for k, v in g["diff"].items()},
+                                headline_control="each unit against another unit's effects (null)",
+                                intervals="units resampled (lab/grounding.py says why not documents)",
                                 control_from=res["grounding"]["control_from"])
     atomic_write_text(json.dumps(out, indent=2) + "\n", os.path.join(run.dir, "summary.json"))
     return out
@@ -347,25 +343,29 @@ def evidence_rows(res, run):
                  f"{sparse['median']:.2f} "
                  f"({signed(it['median_diff_sparse'])}); {signed(m['sparse_neurons'])} | - |"]
     if lv:
-        w = lv["wins"]
-        rows.append(f"| **specificity**: rare predicates (at most 1% of tokens) where the best feature is more precise "
-                    f"across activation levels than the best neuron / sparsified neuron | {wins(w['neurons'])} / "
-                    f"{wins(w['sparse_neurons'])} | Arabic, base64, DNA features: precise at every level |")
+        d = lv["difference"]
+        rows.append(f"| **specificity**: rare predicates (at most 1% of tokens), mean area of precision across "
+                    f"activation levels, the best feature minus the best neuron / sparsified neuron; beside it the "
+                    f"null, the best of as many random directions as features | {area_cell(d, 'features')}; null: "
+                    f"{area_cell(d, 'null')} | Arabic, base64, DNA features: precise at every level |")
     if g:
         m, c = g["summary"]["model"], g["summary"]["control"]
         rows.append(f"| **grounded in the model**: median correlation of a unit's logit effects with how much more "
-                    f"often each token follows where it fires, features / neurons / sparsified neurons | "
-                    f"{grounding_cell(m)}; random-weights control: {grounding_cell(c)} | logit weights agree with "
+                    f"often each token follows where it fires, features / neurons / sparsified neurons (units "
+                    f"resampled) | {grounding_cell(m)}; against another unit's effects (the control): "
+                    f"{grounding_cell(m, 'null')}; random weights: {grounding_cell(c)} | logit weights agree with "
                     "where features fire |")
     return rows
 
 
-def wins(w):
-    return f"{w['count']} of {w['of']} [95% CI {w['ci'][0]:.0f}, {w['ci'][1]:.0f}]"
+def area_cell(d, kind):
+    """kind's paired differences of mean area against the neurons and the sparsified neurons."""
+    return " / ".join(signed(d[f"{kind}_minus_{other}"]) if f"{kind}_minus_{other}" in d else "-"
+                      for other in ("neurons", "sparse_neurons"))
 
 
-def grounding_cell(part):
-    return " / ".join(f"{part[k]['median']:.2f}" if part.get(k, {}).get("median") is not None else "-"
+def grounding_cell(part, key="median"):
+    return " / ".join(f"{part[k][key]:.2f}" if part.get(k, {}).get(key) is not None else "-"
                       for k in ("features", "neurons", "sparse_neurons"))
 
 
@@ -387,47 +387,81 @@ def matched_markdown(s):
     return "\n".join(lines)
 
 
-def levels_markdown(lv):
-    """Section 4's second view: the paper's plot of precision per activation level, one figure."""
+def levels_markdown(lv, names):
+    """Section 4's second view: the paper's plot of precision per activation level, as areas per rare
+    predicate and paired differences of them, beside the null; one figure."""
     if not lv:
         return ["### At every activation level", "", "No predicate is rare enough (at most 1% of the tokens, on at "
                 "least 50 tokens of each half) on these tokens.", ""]
-    w = lv["wins"]
-    return ["### At every activation level", "",
-            "The paper shows a feature's specificity as a histogram of its activations, coloured by whether its "
-            "predicate holds: at every level but the lowest, nearly all of its tokens are Arabic. For every predicate "
-            "rare enough to be specific about (fixed before looking: at most 1% of the held-out tokens, at least 50 of "
-            "each half), the best feature, the best neuron and the best sparsified neuron by F1 on the explain half, "
-            "measured on the score half: their firing tokens in 10 equal bins of activation, the share of each bin's "
-            "tokens where the predicate holds (bins of 5 tokens or more), and its area (the mean share over the bins; "
-            f"1 for a unit precise at every level). The best feature's area is larger on {wins(w['neurons'])} against "
-            f"the best neuron and {wins(w['sparse_neurons'])} against the best sparsified neuron (intervals: the "
-            f"{lv['documents']} documents resampled).", "", "![precision per activation level](levels.png)", ""]
+    d, kinds = lv["difference"], [k for k in ("features", "neurons", "sparse_neurons", "null") if k in lv["area"]]
+    ci = lambda x, c: f"{x:+.2f} [{c[0]:+.2f}, {c[1]:+.2f}]"
+    L = ["### At every activation level", "",
+         "The paper shows a feature's specificity as a histogram of its activations, coloured by whether its "
+         "predicate holds: at every level but the lowest, nearly all of its tokens are Arabic. For every predicate "
+         "rare enough to be specific about (fixed before looking: at most 1% of the held-out tokens, at least 50 of "
+         "each half), the best unit of each kind by F1 on the explain half, measured on the score half: its firing "
+         "tokens in 10 equal bins of activation, the share of each bin's tokens where the predicate holds (bins of 5 "
+         "tokens or more), and its area (the mean share over the bins; 1 for a unit precise at every level). The best "
+         "of 4,096 features has more chances than the best of 512 neurons, so beside them stands a null with as many "
+         "candidates as features and nothing learned: random directions in the neurons' space, each firing as often "
+         "as one feature, chosen and measured the same way. Differences are paired per predicate, then averaged; "
+         f"95% intervals resample the score half's {lv['documents']} documents (a resample where a unit has no "
+         "level, its documents left out, takes one of that predicate's own resampled differences).", "",
+         "| predicate | " + " | ".join(f"best {k.replace('_', ' ')}: area" for k in kinds)
+         + " | feature minus neuron [95% CI] | null minus neuron [95% CI] |", "| --- " * (len(kinds) + 3) + "|"]
+    for i, j in enumerate(lv["rare"]):
+        pair = lambda key: ci(d[key]["per_predicate"][i], d[key]["per_predicate_ci"][i]) if key in d else "-"
+        L.append(f"| {names[j]} | " + " | ".join(f"#{lv['units'][k][i]}: {lv['area'][k][i]:.2f}" for k in kinds)
+                 + f" | {pair('features_minus_neurons')} | {pair('null_minus_neurons')} |")
+    said = {"features_minus_neurons": "features minus neurons", "null_minus_neurons": "the null minus neurons",
+            "features_minus_sparse_neurons": "features minus sparsified neurons",
+            "null_minus_sparse_neurons": "the null minus sparsified neurons", "features_minus_null": "features minus the null"}
+    L += ["", "Mean over the predicates: " + "; ".join(f"{said[k]} {signed(v)}" for k, v in d.items()) + ".", "",
+          "![precision per activation level](levels.png)", ""]
+    return L
+
+
+def levels_summary(sp):
+    """summary.json's specificity_levels: the paired differences of area (mean over the rare predicates
+    and per predicate, with 95% intervals, documents resampled) and each kind's unit and area."""
+    lv, names = sp["levels"], [sp["names"][j] for j in sp["levels"]["rare"]]
+    pair = lambda v: dict(value=v["value"], ci=list(v["ci"]), per_predicate={
+        name: dict(value=float(x), ci=[float(c) for c in ci]) for name, x, ci in zip(names, v["per_predicate"],
+                                                                                  v["per_predicate_ci"])})
+    return dict(documents=lv["documents"], null="random directions in the neurons' space, as many as the features, "
+                "each firing as often as one feature", difference={k: pair(v) for k, v in lv["difference"].items()},
+                predicates={name: {kind: dict(unit=int(lv["units"][kind][i]), area=float(lv["area"][kind][i]),
+                                              ci=[float(x) for x in lv["area_ci"][kind][i]]) for kind in lv["area"]}
+                            for i, name in enumerate(names)})
 
 
 def grounding_markdown(g):
     if not g:
         return []
     s = g["summary"]
+    ci = lambda m, c: f"{m:.3f} [{c[0]:.3f}, {c[1]:.3f}]"
     lines = ["## 7. Grounded in the model: logit effects against what follows", "",
              "The paper argues from the model as well as the text: a feature's logit weights predict the tokens that "
              "follow where it fires. Per unit that fires on 10 tokens or more: the Pearson correlation, over the next "
              "tokens that follow 10 held-out tokens or more, of its logit effects (section 6) with its lift, the log "
-             "of "
-             "how much more often each token follows the tokens where it fires than the others (smoothed, so a unit "
-             "seen on few tokens has a lift near 0). The random-weights control (" + g["control_from"] +
-             f", on the first {g['control_tokens']:,} tokens) and each unit scored against another unit's effects "
-             "should give 0.", "",
-             "| units | n | median [95% CI] | against another unit's effects | random-weights control: n, median "
-             "[95% CI] |", "| --- | --- | --- | --- | --- |"]
+             "of how much more often each token follows the tokens where it fires than the others (smoothed, so a "
+             "unit seen on few tokens has a lift near 0). The control: each unit scored against another unit's "
+             "effects (the same model, the same text), which says how far a score rises by chance. A second one "
+             "that cannot fail: the random-weights model (" + g["control_from"] + f", on the first "
+             f"{g['control_tokens']:,} tokens), which knows nothing of the corpus. The 95% intervals resample the "
+             "units, not the documents: a unit's score reads next-token counts pooled over all the held-out text, "
+             "and recomputing every unit's score on each resample of the documents would cost hundreds of times "
+             "this step (`lab/grounding.py`).", "",
+             "| units | n | median [95% CI] | control: against another unit's effects, median [95% CI] | "
+             "random-weights model: n, median [95% CI] |", "| --- | --- | --- | --- | --- |"]
     for kind in ("features", "neurons", "sparse_neurons"):
         r, c = s["model"][kind], s["control"].get(kind)
-        control = f"{c['n']}, {c['median']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]" if c and c["n"] else "-"
-        cell = (f"{r['median']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", f"{r['null']:.3f}") if r["n"] else ("-", "-")
+        control = f"{c['n']}, {ci(c['median'], c['ci'])}" if c and c["n"] else "-"
+        cell = (ci(r["median"], r["ci"]), ci(r["null"], r["null_ci"])) if r["n"] else ("-", "-")
         lines.append(f"| {kind.replace('_', ' ')} | {r['n']} | {cell[0]} | {cell[1]} | {control} |")
     d = s["diff"]
     lines += ["", f"Features minus neurons: {signed(d['neurons'])}; features minus sparsified neurons: "
-              f"{signed(d['sparse_neurons'])}.", ""]
+              f"{signed(d['sparse_neurons'])} (units resampled).", ""]
     return lines
 
 
@@ -612,7 +646,7 @@ def save_units(run, stats, results):
     out = {"n_tokens": run.n_tokens, "sae": run.main_name}
     for kind, rs in results.items():
         out[kind] = [dict(unit=r["unit"], density=float(stats[kind].fired[r["unit"]]) / run.n_tokens,
-                          score=round(r["score"], 4), top_random=round(r["top_random"], 4),
+                          score=round(r["score"], 4), top_random=round(r["top_random"], 4) if "top_random" in r else None,
                           detection=plain(round(r["detection"], 4)),
                           single_token=r["single_token"], explanation=r["rows"],
                           otherwise=r["otherwise"]) for r in rs]

@@ -85,7 +85,8 @@ def test_the_papers_examples_come_from_each_interval_and_the_tokens_alone():
     order = np.argsort(-alone.numpy(), axis=0, kind="stable")
     ids = np.flatnonzero(halves[::CTX] == measure.EXPLAIN)[:50]
     pool = dict(ctx=ids, acts=acts.view(-1, CTX, 1)[ids])
-    ex = analyze.paper_examples(0, analyze.EXPLAIN_SET, s.top[0], intervals[0], pool, alone.numpy(), order,
+    ex = analyze.paper_examples(0, analyze.EXPLAIN_SET, s.top[0], analyze.stack_intervals(intervals[0]), pool,
+                                alone.numpy(), order,
                                 np.random.default_rng(0))
     drawn = sum(int(((t.val[0] > -float("inf")) & ~torch.isin(t.ctx[0], s.top[0].ctx[0][:10])).sum())
                 for t in intervals[0][:-1])   # the 12 intervals below the top one, none a top context again
