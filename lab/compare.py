@@ -436,9 +436,11 @@ def universality_section(cfg, dirs, res):
          f"{millions(res['knob']['rows'][-1]['seen'])} activations). By chance, the best of thousands of "
          "correlations is above 0 even between unrelated units: the column \"chance\" correlates A's units with "
          "B's on other tokens (each token against one in another window, half a window apart in position). The "
-         "intervals are rough (few groups), and the resampled medians run a little below the estimate (presumably "
-         "because a resample holds fewer distinct documents), so an estimate can sit at the top of its interval "
-         "or just above it.", "",
+         "intervals are rough (few groups). A resample that leaves out every group where a unit fires leaves its "
+         "correlation undefined (a constant's): it takes one of the unit's own resampled values, not 0, which "
+         "would pull the resampled medians down, most for the rarer kind (so for "
+         f"{100 * f['silent']:.1f}% of the features' resamples, {100 * u['neurons']['silent']:.1f}% of the neurons', "
+         f"{100 * u['same LM']['silent']:.1f}% of the second SAE's).", "",
          "| units | alive | median best r, all | " + " | ".join(density_label(lo, hi) for lo, hi in bins)
          + " | chance: on other tokens | paper |", "| --- " * (len(bins) + 5) + "|"]
     for kind, label, paper in (("features", f"features (F{F}), A vs B", "0.72"), ("neurons", "neurons, A vs B", "0.46"),
@@ -531,11 +533,12 @@ def splitting_section(split, res, dirs):
 
 def write_summary(u, n, path):
     """summary.json beside report.md: the universality medians with their intervals, overall and
-    by density, for programs. Returns them."""
+    by density, and the share of each kind's resamples where a unit was silent (filled), for
+    programs. Returns them."""
     bins = list(zip(DENSITY_BINS, DENSITY_BINS[1:]))
     out = dict(n_tokens=n, universality={
-        name: dict(**median_ci(u[kind]), chance=u[kind].get("chance"), by_density=[dict(lo=lo, hi=hi, **(median_ci(u[kind], lo, hi) or {}))
-                                                     for lo, hi in bins])
+        name: dict(**median_ci(u[kind]), chance=u[kind].get("chance"), silent_resamples=u[kind]["silent"],
+                   by_density=[dict(lo=lo, hi=hi, **(median_ci(u[kind], lo, hi) or {})) for lo, hi in bins])
         for name, kind in (("features", "features"), ("neurons", "neurons"), ("same_lm_features", "same LM"))})
     out["universality"]["features_minus_neurons"] = dict(
         **difference_ci(u["features"], u["neurons"]), clear_margin=clear_margin(u),

@@ -8,6 +8,7 @@ resample, and keep the middle 95% of the recomputed values (Efron's percentile i
     bootstrap(stat, [x], n, rng)         # stat(x) recomputed on n resamples of x's elements
     bootstrap(stat, [a, b], n, rng)      # ... a and b resampled independently (two kinds of units)
     document_weights(rng, D, n)          # resampled documents, as weights (tokens of a document move together)
+    fill_missing(draws, rng)             # a unit undefined on a resample (silent there) takes one of its own draws
 
 Two fits: two_gaussians, a two-component mixture fitted by EM (the density histogram's ultralow
 cluster), and other_matchings, analyze.py's matched-density difference measured otherwise (other
@@ -49,6 +50,22 @@ def document_weights(rng, n_documents, n):
     with replacement (each row sums to n_documents): tokens of one document are not independent,
     so an interval over tokens resamples whole documents."""
     return rng.multinomial(n_documents, np.full(n_documents, 1 / n_documents), size=n)
+
+
+def fill_missing(draws, rng):
+    """draws (R, U): a statistic of U units (or predicates) on R resamples, NaN where it is undefined
+    on a resample (the unit is silent there: every document where it fires was left out). Each NaN
+    becomes one of the same unit's defined draws, chosen at random from the Generator rng; a column
+    with none stays NaN. Why not 0, or leave it out: a 0 (the correlation of a constant) pulls every
+    resampled median of many units down, and leaving the unit out changes which units the median is
+    over, always against the rare ones (a unit in one document of many is absent from a third of
+    the resamples). Filled, every resample measures the same units, each as often as the text allows
+    it to be measured: the interval conditions on the units measured, as the estimate does."""
+    out = np.array(draws, dtype=np.float64)
+    missing = np.isnan(out)
+    for u in np.flatnonzero(missing.any(0) & ~missing.all(0)):
+        out[missing[:, u], u] = rng.choice(out[~missing[:, u], u], missing[:, u].sum())
+    return out
 
 
 def two_gaussians(x, steps=300):

@@ -7,9 +7,12 @@ yardstick, A's features against a second SAE trained on model A itself. Over ran
 whole corpus, the training split too: the held-out split is 215 documents (on the default corpus),
 too few to resample, and whether two LMs learn the same features needs no unseen text. Documents
 are dealt at random into groups, and every 95% interval resamples the groups (tokens of one
-document are not independent). Medians overall and per decade of density (a feature fires far
-more rarely than a neuron), beside chance (the same units on other tokens). The rule for "a clear
-margin" was fixed here before any number was seen. The sums are lab/matching.py's.
+document are not independent). A resample that leaves out every group where a rare unit fires
+leaves its correlation undefined (a constant's): it takes one of the unit's own resampled values
+instead of 0 (lab/stats.fill_missing says why), so the silent do not pull the resampled medians
+down, most for the rarer kind, the features. Medians overall and per decade of density (a feature
+fires far more rarely than a neuron), beside chance (the same units on other tokens). The rule for
+"a clear margin" was fixed here before any number was seen. The sums are lab/matching.py's.
 """
 import time
 
@@ -22,7 +25,7 @@ from lab import sae_fast
 from lab.matching import Acts, Correlator
 from lab.measure import MIN_ACTIVE
 from lab.plumbing import Progress, UserError, fast_bf16, fmt_eta, require_memory
-from lab.stats import document_weights, interval
+from lab.stats import document_weights, fill_missing, interval
 
 
 DENSITY_BINS = (0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)   # the universality table's columns, fixed before its numbers were seen
@@ -122,23 +125,38 @@ def universality(p, seed, n_resamples=1000):
     cluster left out of the features, where there is one), its best-correlated alive unit of the
     other set: B's features, B's neurons, or the second SAE's features on A. Beside each best
     correlation, the same on n_resamples resamples of the groups of documents (the same resamples
-    for every kind, so that differences between kinds are paired). p: universality_pass's result."""
+    for every kind, so that differences between kinds are paired; a unit silent in a resample
+    filled, resampled_best), and the share of the units' resamples that were silent. p:
+    universality_pass's result."""
     n, G = p["n_tokens"], p["groups"]
     draws = torch.from_numpy(document_weights(np.random.default_rng(seed), G, n_resamples))
     out = {}
-    for kind, a, b in (("features", "A", "B"), ("neurons", "neurons A", "neurons B"), ("same LM", "A", "same LM")):
+    for i, (kind, a, b) in enumerate((("features", "A", "B"), ("neurons", "neurons A", "neurons B"),
+                                      ("same LM", "A", "same LM"))):
         density = p["fired"][a].double().numpy() / n
         keep = p["fired"][a] >= MIN_ACTIVE
         cluster = analyze.ultralow_cluster(density) if kind != "neurons" else None
         if cluster:
             keep &= ~torch.from_numpy(cluster["members"])
         rows, cols = keep.nonzero().squeeze(1), (p["fired"][b] >= MIN_ACTIVE).nonzero().squeeze(1)
-        best, match, resampled = p["corr"][kind].best_matches(rows, cols, draws)
+        best, match, resampled, silent = resampled_best(p["corr"][kind], rows, cols, draws,
+                                                        np.random.default_rng([seed, i]))
         out[kind] = dict(units=rows, best=best.numpy(), match=match, total=len(density), density=density[rows.numpy()],
-                         resampled=resampled.numpy(), ultralow=int(cluster["members"].sum()) if cluster else 0)
+                         resampled=resampled, silent=float(silent.mean()),
+                         ultralow=int(cluster["members"].sum()) if cluster else 0)
         if f"{kind}, other tokens" in p["corr"]:
             out[kind]["chance"] = float(p["corr"][f"{kind}, other tokens"].correlations()[rows][:, cols].max(1).values.median())
     return out
+
+
+def resampled_best(corr, rows, cols, draws, rng):
+    """corr.best_matches (lab/matching.py) on the resamples draws (R, groups), with a row unit that is
+    0 on every token of a resample (its sum of squares over the drawn groups is 0; a ReLU feature
+    whose documents were all left out) filled from its own resamples (lab/stats.fill_missing), not
+    scored 0. Returns (best, match, resampled (R, len(rows)) numpy, silent (R, len(rows)) bool)."""
+    best, match, resampled = corr.best_matches(rows, cols, draws)
+    silent = (draws.double() @ corr.sa2[:, rows.to(corr.sa2.device)].double().cpu() == 0).numpy()
+    return best, match, fill_missing(np.where(silent, np.nan, resampled.numpy()), rng), silent
 
 
 def median_ci(r, lo=0.0, hi=1.0):
@@ -147,7 +165,7 @@ def median_ci(r, lo=0.0, hi=1.0):
     sel = in_bin(r, lo, hi)
     if sel.sum() < MIN_UNITS:
         return None
-    resampled = np.median(r["resampled"][:, sel], axis=1)
+    resampled = np.nanmedian(r["resampled"][:, sel], axis=1)   # (NaN: a unit silent on every resample)
     return dict(median=float(np.median(r["best"][sel])), ci=list(interval(resampled)),
                 n=int(sel.sum()))
 
@@ -171,6 +189,6 @@ def difference_ci(a, b, lo=0.0, hi=1.0):
     sa, sb = in_bin(a, lo, hi), in_bin(b, lo, hi)
     if min(sa.sum(), sb.sum()) < MIN_UNITS:
         return None
-    diffs = np.median(a["resampled"][:, sa], axis=1) - np.median(b["resampled"][:, sb], axis=1)
+    diffs = np.nanmedian(a["resampled"][:, sa], axis=1) - np.nanmedian(b["resampled"][:, sb], axis=1)
     return dict(value=float(np.median(a["best"][sa]) - np.median(b["best"][sb])),
                 ci=list(interval(diffs)))

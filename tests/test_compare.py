@@ -13,6 +13,7 @@ from lab import matching, universality
 import sae as sae_lib
 import train_lm
 from lab.plumbing import UserError, atomic_save
+from lab.stats import document_weights
 from model import ModelConfig, Transformer, load_lm
 from sae import load_sae
 
@@ -106,6 +107,37 @@ def test_groups_add_up_and_resampling_a_group_measures_that_group_alone():
     for r, part in zip(best, (slice(None), slice(0, 3000), slice(3000, None))):
         assert torch.allclose(r, matching.best_matches(correlations(a[part], b[part]))[0], atol=1e-5)
     assert best[2, 1] > 0.99 and best[1, 1] < 0.5 and best[:, 0].min() > 0.9
+
+
+def test_a_unit_silent_in_a_resample_does_not_pull_the_median_down():
+    """16 groups of documents. 60 of model A's 100 units fire in one group only, each matching its
+    partner in B almost exactly (r ~ 0.99); the other 40 fire everywhere and match at r ~ 0.7. The
+    median is a rare unit's. A resample leaves out a rare unit's group a third of the time: scored 0
+    there (the correlation of a constant), the resampled medians fall to the common units' 0.7;
+    merely left out, the rare units are fewer than half of those left and the medians fall too.
+    Filled from the unit's own resamples, the interval holds the estimate."""
+    G, per, gen = 16, 400, torch.Generator().manual_seed(0)
+    group = torch.arange(G * per) // per
+    rare = (torch.rand(G * per, 60, generator=gen) < 0.2) & (group[:, None] == torch.arange(60) % G)
+    a = torch.cat([rare * torch.rand(G * per, 60, generator=gen), sparse_acts(G * per, 40, 0.1, seed=1)], 1)
+    b = a.clone()
+    b[:, :60] *= 1 + 0.5 * torch.rand(G * per, 60, generator=gen)   # the rare units' partners: r ~ 0.99
+    b[:, 60:] += sparse_acts(G * per, 40, 0.1, seed=2)                 # the common units' partners: r ~ 0.7
+    corr = matching.Correlator(100, 100, groups=G)
+    for g in range(G):
+        corr.add(a[group == g], b[group == g], g)
+    draws = torch.from_numpy(document_weights(np.random.default_rng(0), G, 400))
+    units = torch.arange(100)
+    best, _, filled, silent = universality.resampled_best(corr, units, units, draws, np.random.default_rng(1))
+    zeros = corr.best_matches(units, units, draws)[2].numpy()           # the old code: 0 where silent
+    assert best[:60].min() > 0.95 and 0.6 < best[60:].max() < 0.8 and np.median(best.numpy()) > 0.95
+    assert 0.25 < silent[:, :60].mean() < 0.45 and not silent[:, 60:].any() and (zeros[silent] == 0).all()
+    ci = lambda resampled: universality.median_ci(dict(best=best.numpy(), density=np.full(100, 0.01),
+                                                       resampled=resampled))["ci"]
+    assert ci(zeros)[1] < 0.8                                           # visibly biased: far below the estimate
+    assert ci(np.where(silent, np.nan, zeros))[0] < 0.8                 # left out: the lower end falls as far
+    assert 0.95 < ci(filled)[0] <= np.median(best.numpy()) <= ci(filled)[1] + 1e-6   # (equal groups: often equal)
+    assert (filled[~silent] == zeros[~silent].astype(np.float64)).all()   # a unit that fires keeps its value
 
 
 def test_a_clear_margin_needs_the_whole_interval_above_it_and_no_density_bin_against():
@@ -247,6 +279,7 @@ def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
     for name, kind in (("features", "features"), ("neurons", "neurons"), ("same_lm_features", "same LM")):
         assert summary[name]["median"] == float(np.median(u[kind]["best"])) and summary[name]["n"] == len(u[kind]["best"])
     assert summary["features"]["ci"][0] <= summary["features"]["median"] <= summary["features"]["ci"][1]
+    assert summary["features"]["silent_resamples"] == u["features"]["silent"] and 0 <= u["neurons"]["silent"] < 0.01
     assert sum(b.get("n", 0) for b in summary["features"]["by_density"]) <= summary["features"]["n"]
     assert summary["features_minus_neurons"]["value"] == pytest.approx(0, abs=1e-4)
     assert summary["features_minus_neurons"]["clear_margin"] is False and "clear margin" in open(
