@@ -8,17 +8,17 @@ text that neither the choice of the units nor the fit saw?
     probing_markdown(out), probing_summary(out)   # the report's lines, summary.json's entry
 
 The protocol, fixed in code before its result on a real run was seen:
-  1. A seeded sample of whole LM windows, up to TOKENS tokens of each half (analyze.window_halves).
+  1. A seeded sample of whole LM windows of each half (analyze.window_halves), up to SAMPLE tokens.
   2. Per kind and predicate, the max(KS) units whose mean activation differs most between the tokens
      where it holds and the others, on the EXPLAIN sample (SAEBench's selection).
   3. The SCORE sample split by documents (end-of-text separated): even-numbered documents fit, odd ones
      test. A logistic regression on the k chosen units (k in KS), fitted on the fit part; the same on
      all the neurons at once, the ceiling a sparse probe could reach from the neurons.
   4. Balanced accuracy on the test part: the mean of the rates of true positives and true negatives at
-     the fit's own threshold (probability 1/2, the classes weighted equally in the fit). The predicates'
-     base rates run from 0.002% to 31% of the tokens: plain accuracy would reward saying "no", while
-     balanced accuracy is 0.5 for a guess whatever the base rate (the detection score's measure, and
-     SAEBench's accuracy on its balanced probing sets). 95% intervals: the test documents resampled,
+     the fit's own threshold (probability 1/2, the classes weighted equally in the fit). A predicate may
+     hold on a third of the tokens or on one in ten thousand: plain accuracy would reward saying "no",
+     while balanced accuracy is 0.5 for a guess whatever the base rate (the detection score's measure,
+     and SAEBench's accuracy on its balanced probing sets). 95% intervals: the test documents resampled,
      the same draws for every kind, k and predicate, so differences between kinds are paired.
 """
 import time
@@ -33,11 +33,13 @@ from lab.stats import document_weights, interval
 
 KS = (1, 2, 5)            # units per probe (SAEBench's k)
 KINDS = ("features", "neurons", "sparse_neurons")
-TOKENS = 2**16            # tokens sampled per half, in whole LM windows (the default run holds about 500k each)
+# tokens sampled, in whole LM windows, of the explain half (every feature encoded: the cost) and of the score half
+# (only the chosen ones: cheap, and the rare predicates need its documents); the default run holds ~500k per half
+SAMPLE = (2**16, 2**18)
 MIN_TOKENS = 20           # a predicate is probed when it holds, and fails, on this many tokens of the explain
                           # sample, of the fit part and of the test part; rarer ones are listed as skipped
 L2 = 1e-3                 # penalty on the standardised weights: a unit that separates perfectly keeps a finite weight
-STEPS = 100               # L-BFGS iterations of each fit (the loss is convex; it converges well within them)
+STEPS = 50                # L-BFGS iterations per fit: the loss is convex, and the ceiling (most inputs) settles first
 
 
 @torch.no_grad()
@@ -47,7 +49,7 @@ def probing(run, m, neurons, seed=0, n_boot=1000):
     (its LM, main SAE, held-out tokens, end-of-text token); m: its Measurement (proxies, halves);
     neurons: analyze.neuron_kinds, {"neurons": fn, "sparse_neurons": fn} of the MLP activations."""
     t0 = time.time()
-    explain, score = sample_windows(m.halves, run.model.cfg.block_size, TOKENS, seed)
+    explain, score = sample_windows(m.halves, run.model.cfg.block_size, SAMPLE, seed)
     docs = np.cumsum(run.tokens[:run.n_tokens] == run.meta["eot"])[score]
     fit = docs % 2 == 0
     probed = probed_predicates(m.proxies[explain], m.proxies[score], fit)
@@ -68,15 +70,15 @@ def probing(run, m, neurons, seed=0, n_boot=1000):
     return out
 
 
-def sample_windows(halves, T, per_half, seed):
+def sample_windows(halves, T, sizes, seed):
     """(explain, score): the positions of a seeded sample of whole LM windows of T tokens, up to
-    per_half tokens of each half, in order (whole windows: each token keeps the context the LM saw)."""
+    sizes[h] tokens of half h, in order (whole windows: each token keeps the context the LM saw)."""
     rng = np.random.default_rng(seed)
     window_half = halves[::T]
     out = []
     for h in (EXPLAIN, SCORE):
         windows = np.flatnonzero(window_half == h)
-        pick = np.sort(rng.choice(windows, min(len(windows), per_half // T), replace=False))
+        pick = np.sort(rng.choice(windows, min(len(windows), sizes[h] // T), replace=False))
         out.append((pick[:, None] * T + np.arange(T)).ravel())
     return out
 
@@ -122,11 +124,10 @@ def score_inputs(run, positions, chosen, neurons):
                "neurons": lambda h: neurons["neurons"](h)[:, on["neurons"]],
                "sparse_neurons": lambda h: neurons["sparse_neurons"](h)[:, on["sparse_neurons"]],
                "ceiling": neurons["neurons"]}
-    acts = {kind: [] for kind in sources}
-    for _, a in sampled(run, positions, sources):
-        for kind, x in a.items():
-            acts[kind].append(x.float().cpu())
-    acts = {kind: torch.cat(x) for kind, x in acts.items()}
+    acts = {}
+    for start, a in sampled(run, positions, sources):
+        for kind, x in a.items():   # (filled in place: the ceiling's neurons are the largest thing held)
+            acts.setdefault(kind, torch.empty(len(positions), x.shape[1]))[start:start + len(x)] = x.float().cpu()
     return {"ceiling": acts["ceiling"],
             **{kind: acts[kind][:, torch.searchsorted(units[kind], c)] for kind, c in chosen.items()}}
 
@@ -147,38 +148,39 @@ def predictions(inputs, labels, fit):
 
 
 def predict(x, y, mask, fit):
-    """(N_test, P) bool: a logistic regression per predicate, fitted on the fit tokens (inputs
-    standardised on them), predicting the others. x (N, D); y (N, P) bool; mask (D, P): the inputs
-    each predicate's regression reads."""
-    mean, std = x[fit].mean(0), x[fit].std(0).clamp_min(1e-6)   # a constant input reads as 0
-    z = (x - mean) / std
-    W, b = fit_logistic(z[fit], y[fit].float(), mask)
-    return z[~fit] @ W + b > 0
+    """(N_test, P) bool: a logistic regression per predicate, fitted on the fit tokens, predicting
+    the others. x (N, D); y (N, P) bool; mask (D, P): the inputs each predicate's regression reads."""
+    W, b = fit_logistic(x[fit], y[fit].float(), mask)
+    return (x @ W + b)[~fit] > 0
 
 
 def fit_logistic(x, y, mask):
-    """W (D, P), b (P,): P logistic regressions at once, minimising each one's class-balanced cross
+    """W (D, P), b (P,): P logistic regressions at once on the inputs standardised (to mean 0 and
+    variance 1 on these tokens; a constant input reads as 0), each minimising its class-balanced cross
     entropy (the tokens where its predicate holds weigh as much in all as those where it does not)
-    plus L2/2 |W|^2, by full-batch L-BFGS. x (n, D); y (n, P) float 0/1; mask (D, P) which inputs
-    each may use. The P losses are independent, so their sum is minimised at each one's minimum."""
+    plus L2/2 |W|^2, by full-batch L-BFGS; returned for the inputs as they are. x (n, D); y (n, P)
+    float 0/1; mask (D, P) which inputs each may use. The P losses are independent: their sum is
+    minimised at each one's minimum. The standardisation is folded into the weights, never copying x."""
+    mean, scale = x.mean(0), 1 / x.std(0).clamp_min(1e-6)
     pos = y.sum(0)
     weight = torch.where(y > 0, 0.5 / pos, 0.5 / (len(y) - pos))
     W = torch.zeros(mask.shape, requires_grad=True)
     b = torch.zeros(y.shape[1], requires_grad=True)
     opt = torch.optim.LBFGS([W, b], max_iter=STEPS, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-6, tolerance_change=1e-9)
+    as_is = lambda: (W * mask * scale[:, None], b - (mean * scale) @ (W * mask))   # (x - mean) * scale @ W + b
 
     def loss():
         opt.zero_grad()
-        w = W * mask
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")
-        total = (weight * bce).sum() + L2 / 2 * w.square().sum()
+        w, c = as_is()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + c, y, reduction="none")
+        total = (weight * bce).sum() + L2 / 2 * (W * mask).square().sum()
         total.backward()
         return total
 
     with torch.enable_grad():
         opt.step(loss)
-    return (W * mask).detach(), b.detach()
+    return tuple(t.detach() for t in as_is())
 
 
 def summarize(pred, labels, docs, names, seed, n_boot):
@@ -206,9 +208,8 @@ def document_draws(pred, labels, docs, seed, n_boot):
     _, doc = np.unique(docs, return_inverse=True)
     D = int(doc.max()) + 1
     weights = np.vstack([np.ones(D), document_weights(np.random.default_rng(seed), D, n_boot)])   # (1 + B, D)
-    onehot = np.zeros((len(doc), D))
-    onehot[np.arange(len(doc)), doc] = 1
-    drawn = lambda x: x.T.astype(np.float64) @ onehot @ weights.T        # (P, 1 + B): tokens counted per draw
+    per_doc = lambda x: np.stack([np.bincount(doc, x[:, j], minlength=D) for j in range(x.shape[1])])   # (P, D)
+    drawn = lambda x: per_doc(x) @ weights.T                             # (P, 1 + B): tokens counted per draw
     holds, fails = drawn(labels), drawn(~labels)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = lambda hit, of: np.where(of > 0, hit / of, np.nan)
