@@ -29,7 +29,7 @@ import torch
 from lab import measure
 from lab.measure import EXPLAIN, SCORE
 from lab.predicates import PREDICATES
-from lab.stats import document_weights, interval
+from lab.stats import document_weights, fill_missing, interval
 
 KS = (1, 2, 5)            # units per probe (SAEBench's k)
 KINDS = ("features", "neurons", "sparse_neurons")
@@ -189,15 +189,15 @@ def summarize(pred, labels, docs, names, seed, n_boot):
     resampled n_boot times, the same draws for every probe (paired). pred: predictions'; labels
     (N_test, P) bool; docs (N_test,) each test token's document; names: the probed predicates."""
     draws = document_draws(pred, labels, docs, seed, n_boot)          # {key: (P, 1 + n_boot)}
+    rng = np.random.default_rng([seed, 1])                            # (predicate_mean's fills)
     point = lambda d: dict(value=float(d[0]), ci=interval(d[1:]))
+    mean = lambda d: point(predicate_mean(d, rng))
     by_name = lambda d: {name: point(d[j]) for j, name in enumerate(names)}
     out = dict(names=names, ks=KS, n_boot=n_boot,
-               mean={kind: {k: point(predicate_mean(draws[kind, k])) for k in KS} for kind in KINDS},
+               mean={kind: {k: mean(draws[kind, k]) for k in KS} for kind in KINDS},
                per_predicate={kind: {k: by_name(draws[kind, k]) for k in KS} for kind in KINDS},
-               difference={other: {k: point(predicate_mean(draws["features", k] - draws[other, k])) for k in KS}
-                           for other in KINDS[1:]})
-    out["mean"]["ceiling"], out["per_predicate"]["ceiling"] = point(predicate_mean(draws["ceiling"])), by_name(
-        draws["ceiling"])
+               difference={other: {k: mean(draws["features", k] - draws[other, k]) for k in KS} for other in KINDS[1:]})
+    out["mean"]["ceiling"], out["per_predicate"]["ceiling"] = mean(draws["ceiling"]), by_name(draws["ceiling"])
     return out
 
 
@@ -216,11 +216,12 @@ def document_draws(pred, labels, docs, seed, n_boot):
         return {key: (rate(drawn(p & labels), holds) + rate(drawn(~p & ~labels), fails)) / 2 for key, p in pred.items()}
 
 
-def predicate_mean(draws):
-    """(1 + B,) the mean over predicates (rows) of each draw, leaving out a predicate undefined in it."""
-    defined = ~np.isnan(draws)
-    count = defined.sum(0)
-    return np.where(count > 0, np.where(defined, draws, 0).sum(0) / np.maximum(count, 1), np.nan)
+def predicate_mean(draws, rng):
+    """(1 + B,) the mean over the predicates (rows of draws (P, 1 + B)) of the estimate and of each
+    resample. A predicate undefined on a resample (every test document where it holds, or where it
+    fails, left out) takes one of its own resampled values there (lab.stats.fill_missing, from rng):
+    every resample averages the same predicates, the rare ones too, as the estimate does."""
+    return np.hstack([draws[:, :1], fill_missing(draws[:, 1:].T, rng).T]).mean(0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -131,3 +131,28 @@ def test_intervals_resample_documents_paired_across_kinds():
     np.testing.assert_allclose(out["per_predicate"]["ceiling"]["a"]["ci"], interval(per_a))
     assert out["per_predicate"]["ceiling"]["a"]["value"] == pytest.approx(balanced_accuracy(pred["ceiling"][:, 0],
                                                                                           labels[:, 0]))
+
+
+def test_a_predicate_missing_from_a_resample_still_counts_in_its_mean():
+    """Predicate a, probed perfectly (1), holds in every document; b only in the first, where each
+    probe misses it, and each is right on exactly half of every document's other tokens (0.25). On a
+    third of the resamples b is undefined: left out, their mean would be 1; taken as 0, 0.5; filled
+    with its own values, every mean is 0.625."""
+    rng = np.random.default_rng(0)
+    sizes = [30, 6, 60, 12, 40, 24, 8]
+    docs = np.repeat(2 * np.arange(len(sizes)) + 1, sizes)
+    a = rng.random(len(docs)) < 0.4
+    b = np.zeros(len(docs), bool)
+    b[:4] = True
+    said_b = np.zeros(len(docs), bool)
+    for d in np.unique(docs):
+        others = np.flatnonzero((docs == d) & ~b)
+        said_b[others[::2]] = True                              # half of each document's other tokens
+    labels, said = np.stack([a, b], 1), np.stack([a, said_b], 1)
+    keys = [(kind, k) for kind in probing.KINDS for k in probing.KS] + ["ceiling"]
+    undefined = np.isnan(probing.document_draws({"ceiling": said}, labels, docs, 0, 300)["ceiling"][1, 1:])
+    assert 0.2 < undefined.mean() < 0.5
+    out = probing.summarize(dict.fromkeys(keys, said), labels, docs, ["a", "b"], seed=0, n_boot=300)
+    assert out["mean"]["features"][1]["value"] == pytest.approx(0.625)
+    np.testing.assert_allclose(out["mean"]["features"][1]["ci"], (0.625, 0.625))
+    np.testing.assert_allclose(out["difference"]["neurons"][5]["ci"], (0, 0))
