@@ -264,7 +264,8 @@ def probing_summary(out):
                  predicates=out["names"], skipped=out["skipped"], tokens=out["tokens"], documents=out["documents"])
     if out["names"]:
         p = out["per_predicate"]
-        entry.update(mean={**{kind: per_k(out["mean"][kind]) for kind in KINDS}, "ceiling": number(out["mean"]["ceiling"])},
+        entry.update(mean={**{kind: per_k(out["mean"][kind]) for kind in KINDS},
+                           "ceiling": number(out["mean"]["ceiling"])},
                      features_minus={other: per_k(out["difference"][other]) for other in KINDS[1:]},
                      per_predicate={name: {**{kind: {f"k{k}": number(p[kind][k][name]) for k in KS} for kind in KINDS},
                                            "ceiling": number(p["ceiling"][name])} for name in out["names"]},
