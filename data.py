@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import hashlib
 import heapq
-import json
 import os
 import sys
 import sysconfig
@@ -39,7 +38,8 @@ import tiktoken
 import torch
 
 from lab import corpus
-from lab.plumbing import UserError, arg, atomic_write_text, make_folder, parse_config, run_main
+from lab.corpus import load_meta, load_shards, load_tokens  # noqa: F401 (the later stages read the shards as data.*)
+from lab.plumbing import UserError, arg, atomic_write_text, check_fields, parse_config, run_main
 
 MIN_DOCUMENTS = 20    # fewer documents than this are split by blocks, not by name
 
@@ -56,61 +56,38 @@ class DataConfig:
     data: list = arg([], "files, folders or globs of text (any extension), .jsonl with a \"text\" field, "
                          ".gz of these; empty = Python's standard library")
     tokenizer: str = arg("bpe", "'bpe' trains our own; or a tiktoken encoding name such as gpt2")
-    vocab_size: int = arg(4096, "BPE vocabulary size, the end-of-text token included")
+    vocab_size: int = arg(4096, "BPE vocabulary size, the end-of-text token included", at_least=257, at_most=2**32,
+                          note=" (above the 256 bytes; ids fit uint32)")
     val_fraction: float = arg(0.1, "fraction of documents held out for validation, by path hash "
-                              "(10%: the analysis wants a million held-out tokens)")
+                              "(10%: the analysis wants a million held-out tokens)",
+                              check=(lambda v: 0 < v < 0.5, "must be a small fraction such as 0.02"))
     bpe_sample_mb: float = arg(100.0, "the BPE trains on the first this many MB of the training split "
-                               "(the standard library's 37 MB fit whole)")
+                               "(the standard library's 37 MB fit whole)",
+                               check=(lambda v: v > 0, "must be > 0 (inf: the whole split)"))
     overwrite: bool = arg(False, "rebuild <out>/data/ even if it was made from other inputs "
                           "(what was trained on it then no longer matches)")
 
+    def __post_init__(self):
+        check_fields(self)
+
 
 def prepare(cfg):
-    """Corpus -> tokenizer -> train.bin/val.bin/meta.json. Reuses what is already there."""
-    check_flags(cfg)
-    data_dir, name = os.path.join(cfg.out, "data"), corpus_name(cfg)
-    meta_path = os.path.join(data_dir, "meta.json")
-    files = corpus_files(cfg)
-    old = json.load(open(meta_path)) if os.path.exists(meta_path) else None
-    want = {"tokenizer": cfg.tokenizer, "vocab_size_requested": cfg.vocab_size,
-            "val_fraction": cfg.val_fraction, "bpe_sample_mb": cfg.bpe_sample_mb}
-    # a changed flag is refused before reading the corpus; a changed text once the scan has hashed it
-    corpus.changed_inputs(old, want, name, cfg.overwrite, meta_path)
-    held_out = functools.partial(is_validation, fraction=cfg.val_fraction)
-    scan = corpus.scan_corpus(files, held_out, cfg.data)
-    want = {"corpus_hash": scan["hash"], **want}
-    changed = corpus.changed_inputs(old, want, name, cfg.overwrite, meta_path)
-    damaged = old and corpus.outputs_problem(data_dir, old)
-    if old and not (changed or damaged or cfg.overwrite):
-        print(f"data: {data_dir} is up to date ({old['tokens']['train']:,} train tokens); nothing to do")
-        return old
-    if old:  # the same inputs give the same tokenizer and shards, so what was trained on them still matches
-        why = "inputs changed since it was written" if changed else damaged or "--overwrite"
-        print(f"data: {meta_path}: {why}; rebuilding the tokenizer and shards")
-
-    # split by document name, or (a few large documents: one book as one .txt) by blocks of text
-    block = corpus.block_size(scan, cfg.val_fraction, MIN_DOCUMENTS)
-    make_folder(data_dir)
-    # Remove the old meta first: a crash mid-way then leaves no meta.json claiming the old shards
-    # go with a new tokenizer.
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    tok_path = os.path.join(data_dir, "tokenizer.tiktoken")
-    tok_hash = build_tokenizer(cfg, corpus.documents_or_blocks(files, block), held_out, tok_path)
-    make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, tok_path)  # called in each encoding process
+    """Corpus -> tokenizer -> train.bin/val.bin/meta.json. lab/corpus.py keeps the books: what is up to
+    date is reused, changed inputs are refused without --overwrite, meta.json records the shards' digests."""
+    files, held_out = corpus_files(cfg), functools.partial(is_validation, fraction=cfg.val_fraction)
+    meta, plan = corpus.plan_rebuild(cfg, files, held_out, corpus_name(cfg), MIN_DOCUMENTS)
+    if meta:
+        return meta
+    # documents, or (a few large ones: one book as one .txt) blocks of text, split by name
+    documents = lambda: corpus.documents_or_blocks(files, plan["block"])
+    tok_hash = build_tokenizer(cfg, documents(), held_out, plan["tok_path"])
+    # the tokenizer is made again in each encoding process
+    make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, plan["tok_path"])
     enc = make_tokenizer()
     dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
-    tokens, docs = corpus.write_shards(corpus.documents_or_blocks(files, block), held_out, make_tokenizer, dtype,
-                                       data_dir, scan["bytes"])
-    digests = corpus.finish_shards(data_dir, docs, f"--data: {scan['characters']:,} characters of text are too few "
-                                   f"to hold out --val-fraction {cfg.val_fraction} in blocks of {block:,}; add text or "
-                                   "raise --val-fraction")
-    meta = {**want, "tokenizer_hash": tok_hash, "digests": digests, "vocab_size": enc.n_vocab, "eot": enc.eot_token,
-            "dtype": np.dtype(dtype).name, "tokens": tokens, "documents": docs, "corpus": name,
-            "skipped_files": scan["skipped"], "characters": scan["characters"],
-            "split": f"by blocks of up to {block} characters" if block else "by document name"}
-    atomic_write_text(json.dumps(meta, indent=1), meta_path)
-    return meta
+    tokens, docs = corpus.write_shards(documents(), held_out, make_tokenizer, dtype, plan["data_dir"],
+                                       plan["scan"]["bytes"])
+    return corpus.write_meta(plan, tok_hash, enc, dtype, tokens, docs)
 
 
 def build_tokenizer(cfg, documents, held_out, path):
@@ -125,16 +102,7 @@ def build_tokenizer(cfg, documents, held_out, path):
         print(f"note: the BPE stopped at {len(ranks) + 1:,} tokens, fewer than --vocab-size {cfg.vocab_size:,}: "
               "every word of its sample is one token by then (more, or more varied, text gives more)")
     save_ranks(ranks, path)
-    return file_sha256(path)
-
-
-def check_flags(cfg):
-    if not 256 < cfg.vocab_size <= 2**32:
-        raise UserError(f"--vocab-size {cfg.vocab_size}: must be above 256 (the byte alphabet) and fit uint32")
-    if not 0 < cfg.val_fraction < 0.5:  # also refuses nan
-        raise UserError(f"--val-fraction {cfg.val_fraction}: use a small fraction such as 0.02")
-    if not cfg.bpe_sample_mb > 0:
-        raise UserError(f"--bpe-sample-mb {cfg.bpe_sample_mb}: use a size in MB such as 100 (inf: the whole split)")
+    return corpus.file_sha256(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,50 +239,16 @@ def load_ranks(path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading the shards back: what the later stages call
+# What the later stages call: the tokenizer, the shards (read by lab/corpus.py) and windows of them
 
 
 def load_tokenizer(data_dir):
     """The tiktoken Encoding the shards in data_dir were made with."""
     meta = load_meta(data_dir)
     path = os.path.join(data_dir, "tokenizer.tiktoken")
-    if meta["tokenizer"] == "bpe" and file_sha256(path) != meta["tokenizer_hash"]:
+    if meta["tokenizer"] == "bpe" and corpus.file_sha256(path) != meta["tokenizer_hash"]:
         raise UserError(f"{path} does not match {data_dir}/meta.json: rerun python data.py")
     return open_tokenizer(meta["tokenizer"], path)
-
-
-def file_sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def load_meta(data_dir):
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        raise UserError(f"no token shards in {data_dir}: run python data.py first (with the same --out)")
-    return json.load(open(path))
-
-
-def load_tokens(data_dir, split):
-    """The split's token ids as a read-only numpy memmap, once its size and digest match meta.json."""
-    meta = load_meta(data_dir)
-    problem = corpus.shard_problem(data_dir, meta, split)
-    if problem:
-        raise UserError(f"{problem}: rerun python data.py (with the same flags: it rebuilds what is damaged)")
-    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=meta["dtype"], mode="r")
-
-
-def load_shards(out):
-    """meta.json and both splits' token ids, from <out>/data/: what the training stages read. Every id
-    is checked against the vocabulary before anything trains on it."""
-    data_dir = os.path.join(out, "data")
-    meta = load_meta(data_dir)
-    shards = [load_tokens(data_dir, split) for split in ("train", "val")]
-    for split, tokens in zip(("train", "val"), shards):
-        top = int(tokens.max()) if len(tokens) else 0
-        if top >= meta["vocab_size"]:
-            raise UserError(f"{data_dir}/{split}.bin holds token id {top:,}, beyond the vocabulary of "
-                            f"{meta['vocab_size']:,} in meta.json: rerun python data.py --overwrite")
-    return (meta, *shards)
 
 
 def get_batch(tokens, batch_size, block_size, generator, device="cpu"):
@@ -336,11 +270,7 @@ def windows(tokens, starts, length, device="cpu"):
 def main():
     cfg = parse_config(DataConfig, description=__doc__.split("\n\n")[0])
     print(f"config: {dataclasses.asdict(cfg)}")
-    meta = prepare(cfg)
-    print(f"corpus: {meta['corpus']}: {meta['documents']['train']:,} train / {meta['documents']['val']:,} val "
-          f"documents, {meta['characters'] / 1e6:.1f}M characters; skipped {meta['skipped_files'] or 'nothing'}")
-    print(f"tokens: {meta['tokens']['train']:,} train | {meta['tokens']['val']:,} val | "
-          f"vocabulary {meta['vocab_size']} ({meta['dtype']})")
+    corpus.report(prepare(cfg))
 
 
 if __name__ == "__main__":

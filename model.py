@@ -12,7 +12,6 @@ What the paper does not state (heads, context, positions, norms) is ours: 4 head
 learned positions, pre-LayerNorm, a context of 128, untied embedding and unembedding.
 """
 import dataclasses
-import hashlib
 import math
 import os
 
@@ -22,28 +21,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from lab.plumbing import UserError, arg, load_checkpoint, require
+from lab.plumbing import UserError, arg, check_fields, load_checkpoint, require
+from lab.plumbing import lm_fingerprint  # noqa: F401 (the analysis checks an SAE's LM by it, as model.lm_fingerprint)
 
 
 @dataclasses.dataclass
 class ModelConfig:
     # the vocabulary comes with the data (data.py's meta.json), so it is not a flag
-    vocab_size: int = arg(4096, "tokens in the vocabulary", flag=False)
-    block_size: int = arg(128, "context length")
-    n_layer: int = arg(1, "transformer layers (the paper: 1)")
-    n_head: int = arg(4, "attention heads")
-    d_model: int = arg(128, "residual stream width (the paper: 128)")
-    d_mlp: int = arg(512, "MLP neurons (the paper: 512)")
-    activation: str = arg("relu", "MLP nonlinearity: relu (the paper) or gelu (other replications)")
+    vocab_size: int = arg(4096, "tokens in the vocabulary", False, at_least=1)
+    block_size: int = arg(128, "context length", at_least=1)
+    n_layer: int = arg(1, "transformer layers (the paper: 1)", at_least=1)
+    n_head: int = arg(4, "attention heads", at_least=1)
+    d_model: int = arg(128, "residual stream width (the paper: 128)", at_least=1)
+    d_mlp: int = arg(512, "MLP neurons (the paper: 512)", at_least=1)
+    activation: str = arg("relu", "MLP nonlinearity: relu (the paper) or gelu (other replications)",
+                          one_of=("relu", "gelu"))
 
     def __post_init__(self):
         self.validate()
 
     def validate(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_mlp"):
-            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')}", "must be at least 1")
+        check_fields(self)
         require(self.d_model % self.n_head == 0, f"--d-model {self.d_model}", f"must be divisible by --n-head {self.n_head}")
-        require(self.activation in ("relu", "gelu"), f"--activation {self.activation}", "unknown: use relu (the paper) or gelu")
 
 
 class Attention(nn.Module):
@@ -194,12 +193,3 @@ def load_lm(out, lm_dir="lm", device="cpu"):
     model = Transformer(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
-
-
-def lm_fingerprint(ckpt):
-    """A short hash of the LM's weights: SAE checkpoints carry it, so an SAE is never analysed
-    against another LM than the one it decomposed."""
-    h = hashlib.sha256()
-    for k, v in sorted(ckpt["model"].items()):
-        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -25,7 +25,7 @@ from collections import Counter, deque
 import numpy as np
 import tiktoken
 
-from lab.plumbing import UserError, fmt_eta, removed_on_failure
+from lab.plumbing import UserError, atomic_write_text, fmt_eta, make_folder, removed_on_failure
 
 SNIFF = 8192          # bytes: a file is text if these have no NUL byte and are UTF-8 (as git and grep decide)
 PIECE = 1 << 20       # characters: documents are read, hashed and encoded in pieces of at most this
@@ -330,6 +330,102 @@ def damaged(path, e):
 
 
 # ----------------------------------------------------------------------------------------------
+# data.prepare's books: what is reused, what is refused, what meta.json records
+
+
+def plan_rebuild(cfg, files, held_out, name, min_documents):
+    """(meta, None) when <out>/data/ is up to date with these inputs; else (None, plan), the folder
+    emptied of its meta.json and the plan of the build: its paths, the corpus' scan, the block size
+    (0: split by document name) and the inputs meta.json records. A changed flag is refused before
+    the corpus is read, a changed text once the scan has hashed it (unless --overwrite); a damaged
+    output is rebuilt."""
+    data_dir = os.path.join(cfg.out, "data")
+    meta_path = os.path.join(data_dir, "meta.json")
+    old = json.load(open(meta_path)) if os.path.exists(meta_path) else None
+    want = {"tokenizer": cfg.tokenizer, "vocab_size_requested": cfg.vocab_size,
+            "val_fraction": cfg.val_fraction, "bpe_sample_mb": cfg.bpe_sample_mb}
+    changed_inputs(old, want, name, cfg.overwrite, meta_path)
+    scan = scan_corpus(files, held_out, cfg.data)
+    want = {"corpus_hash": scan["hash"], **want}
+    changed = changed_inputs(old, want, name, cfg.overwrite, meta_path)
+    damaged = old and outputs_problem(data_dir, old)
+    if old and not (changed or damaged or cfg.overwrite):
+        print(f"data: {data_dir} is up to date ({old['tokens']['train']:,} train tokens); nothing to do")
+        return old, None
+    if old:  # the same inputs give the same tokenizer and shards, so what was trained on them still matches
+        why = "inputs changed since it was written" if changed else damaged or "--overwrite"
+        print(f"data: {meta_path}: {why}; rebuilding the tokenizer and shards")
+    block = block_size(scan, cfg.val_fraction, min_documents)
+    make_folder(data_dir)
+    # Remove the old meta first: a crash mid-way then leaves no meta.json claiming the old shards
+    # go with a new tokenizer.
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
+    return None, dict(data_dir=data_dir, meta_path=meta_path, tok_path=os.path.join(data_dir, "tokenizer.tiktoken"),
+                      scan=scan, block=block, want=want, name=name, val_fraction=cfg.val_fraction)
+
+
+def write_meta(plan, tok_hash, enc, dtype, tokens, docs):
+    """The shards moved into place with their digests, and meta.json written last; returns it."""
+    scan, block = plan["scan"], plan["block"]
+    digests = finish_shards(plan["data_dir"], docs, f"--data: {scan['characters']:,} characters of text are too few "
+                            f"to hold out --val-fraction {plan['val_fraction']} in blocks of {block:,}; add text or "
+                            "raise --val-fraction")
+    meta = {**plan["want"], "tokenizer_hash": tok_hash, "digests": digests, "vocab_size": enc.n_vocab,
+            "eot": enc.eot_token, "dtype": np.dtype(dtype).name, "tokens": tokens, "documents": docs,
+            "corpus": plan["name"], "skipped_files": scan["skipped"], "characters": scan["characters"],
+            "split": f"by blocks of up to {block} characters" if block else "by document name"}
+    atomic_write_text(json.dumps(meta, indent=1), plan["meta_path"])
+    return meta
+
+
+def report(meta):
+    """data.py's last lines: the corpus and the tokens."""
+    print(f"corpus: {meta['corpus']}: {meta['documents']['train']:,} train / {meta['documents']['val']:,} val "
+          f"documents, {meta['characters'] / 1e6:.1f}M characters; skipped {meta['skipped_files'] or 'nothing'}")
+    print(f"tokens: {meta['tokens']['train']:,} train | {meta['tokens']['val']:,} val | "
+          f"vocabulary {meta['vocab_size']} ({meta['dtype']})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the shards back: what the later stages call (data.py names them too)
+
+
+def file_sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        raise UserError(f"no token shards in {data_dir}: run python data.py first (with the same --out)")
+    return json.load(open(path))
+
+
+def load_tokens(data_dir, split):
+    """The split's token ids as a read-only numpy memmap, once its size and digest match meta.json."""
+    meta = load_meta(data_dir)
+    problem = shard_problem(data_dir, meta, split)
+    if problem:
+        raise UserError(f"{problem}: rerun python data.py (with the same flags: it rebuilds what is damaged)")
+    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=meta["dtype"], mode="r")
+
+
+def load_shards(out):
+    """meta.json and both splits' token ids, from <out>/data/: what the training stages read. Every id
+    is checked against the vocabulary before anything trains on it."""
+    data_dir = os.path.join(out, "data")
+    meta = load_meta(data_dir)
+    shards = [load_tokens(data_dir, split) for split in ("train", "val")]
+    for split, tokens in zip(("train", "val"), shards):
+        top = int(tokens.max()) if len(tokens) else 0
+        if top >= meta["vocab_size"]:
+            raise UserError(f"{data_dir}/{split}.bin holds token id {top:,}, beyond the vocabulary of "
+                            f"{meta['vocab_size']:,} in meta.json: rerun python data.py --overwrite")
+    return (meta, *shards)
+
+
+# ----------------------------------------------------------------------------------------------
 # An earlier run's shards
 
 
@@ -397,7 +493,7 @@ def shard_problem(data_dir, meta, split):
 def outputs_problem(data_dir, meta):
     """What is missing or damaged among data.py's outputs, or None: the tokenizer, then the shards."""
     path = os.path.join(data_dir, "tokenizer.tiktoken")
-    if meta["tokenizer"] == "bpe" and not (os.path.exists(path) and hashlib.sha256(open(path, 'rb').read()).hexdigest() == meta["tokenizer_hash"]):
+    if meta["tokenizer"] == "bpe" and not (os.path.exists(path) and file_sha256(path) == meta["tokenizer_hash"]):
         return f"{path} is missing or does not match meta.json"
     return shard_problem(data_dir, meta, "train") or shard_problem(data_dir, meta, "val")
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+import types
 
 import torch
 import torch.distributed
@@ -27,10 +28,12 @@ class UserError(ValueError):
     so a library caller catching ValueError (e.g. around ModelConfig(...)) still catches it."""
 
 
-def arg(default, help, flag=True):
-    """A config field with its --help text: `lr: float = arg(3e-4, "peak learning rate")`.
-    flag=False: a field set by the program, not on the command line (e.g. the vocabulary size)."""
-    meta = {"help": help, "flag": flag}
+def arg(default, help, flag=True, at_least=None, at_most=None, above=None, one_of=None, check=None, note=""):
+    """A config field with its --help text: `lr: float = arg(3e-4, "peak learning rate", above=0)`.
+    flag=False: a field set by the program, not on the command line (e.g. the vocabulary size).
+    The value's bounds (a finite number >= at_least, <= at_most, > above; one of one_of; or check, a
+    pair (ok(value), problem)) are checked by check_fields; note is said after the problem."""
+    meta = {"help": help, "flag": flag, "check": check or bounds(at_least, at_most, above, one_of, note)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     if dataclasses.is_dataclass(default):  # a nested config: its fields become flags of their own
@@ -47,6 +50,31 @@ def require(ok, flag, problem):
 def finite(x):
     """A number that is neither NaN nor infinite (every comparison with NaN is False, so say it)."""
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_fields(cfg):
+    """Each field's bounds (arg's), in order: the first bad value is one UserError naming it,
+    `--lr 0 must be > 0` (a field set by programs, not a flag, by its name alone)."""
+    for f in dataclasses.fields(cfg):
+        ok, problem = f.metadata.get("check") or (None, None)
+        value = getattr(cfg, f.name)
+        if ok is not None and not ok(value):
+            flag = f.metadata.get("flag", True)
+            raise UserError(f"--{f.name.replace('_', '-')} {value} {problem}" if flag else f"{f.name} {problem}")
+
+
+def bounds(at_least, at_most, above, one_of, note):
+    """arg's check from its bounds, (ok(value), problem), or None; a NaN is never ok."""
+    if one_of is not None:
+        return (lambda v: v in one_of), f"must be {' or '.join(map(str, one_of))}"
+    if at_least is None and above is None:
+        return None
+    low = above if at_least is None else at_least
+    ok = lambda v: (finite(v) and (v > above if at_least is None else v >= at_least)
+                    and (at_most is None or v <= at_most))
+    if at_most is not None:
+        return ok, f"must lie in {low}..{at_most}{note}"
+    return ok, f"must be {'>' if at_least is None else '>='} {low}{note}"
 
 
 def flag_fields(cls, every=False):
@@ -318,6 +346,20 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# torch's global random state (and CUDA's) as a generator-like object: a trainer's state names it
+# beside its torch.Generators, and lab/run.py saves and restores it the same way.
+TORCH_RNG = types.SimpleNamespace(get_state=rng_state, set_state=set_rng_state)
+
+
+def lm_fingerprint(ckpt):
+    """A short hash of an LM checkpoint's weights: SAE checkpoints carry it, so an SAE is never
+    analysed against another LM than the one it decomposed."""
+    h = hashlib.sha256()
+    for k, v in sorted(ckpt["model"].items()):
+        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def broadcast_int(n, device):
