@@ -24,49 +24,40 @@ import torch.nn.functional as F
 
 import data
 from lab.fused_ce import unembed_cross_entropy
-from lab.plumbing import (UserError, arg, copy_for_timing, fast_bf16, finite, fmt_eta, parse_config, require,
-                          rng_state, run_main, set_rng_state)
+from lab.plumbing import (TORCH_RNG, UserError, arg, check_fields, copy_for_timing, fast_bf16, parse_config,
+                          run_main)
 from lab.run import Run, lm_memory
 from model import ModelConfig, Transformer
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig:  # at_least=, above=...: a bad value is one line naming the flag (lab/plumbing.py)
     out: str = arg("out", "artifact root: reads <out>/data/, writes <out>/<lm-dir>/")
     lm_dir: str = arg("lm", "this run's folder under --out (e.g. lm_b for a second seed)")
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed: int = arg(0, "seed for the weights and the order of the batches")
     max_tokens: int = arg(20_000_000, "tokens to train on (0: save the untrained model, the paper's "
-                          "random-weights control)")
+                          "random-weights control)", at_least=0, note=" (0: the untrained model)")
     max_minutes: float = arg(0.0, "a time budget instead of --max-tokens: the count that fits, timed once at the "
-                             "start (0: use --max-tokens)")
+                             "start (0: use --max-tokens)", at_least=0, note=" (0: use --max-tokens)")
     resume: bool = arg(False, "continue the run in <out>/<lm-dir>/ exactly where it stopped")
     overwrite: bool = arg(False, "replace a finished run in <out>/<lm-dir>/ (else refused)")
-    batch_size: int = arg(32, "sequences per step, over all processes")
+    batch_size: int = arg(32, "sequences per step, over all processes", at_least=1)
     model: ModelConfig = arg(ModelConfig(), "the transformer; its fields are flags of their own (--d-model ...)")
-    lr: float = arg(3e-3, "peak learning rate")
-    warmup_steps: int = arg(100, "linear warmup steps")
+    lr: float = arg(3e-3, "peak learning rate", above=0)
+    warmup_steps: int = arg(100, "linear warmup steps", at_least=0)
     bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see lab/bench.py)")
     fused: bool = arg(True, "the loss by lab/fused_ce.py, without the (tokens, vocabulary) logits (--no-fused: "
                       "the plain logits and F.cross_entropy, the same numbers)")
     # set by programs (the tests, lab/compare.py), not on the command line
-    min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", flag=False)
-    weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", flag=False)
-    grad_clip: float = arg(1.0, "clip the gradient norm to this (0: off)", flag=False)
-    eval_every: int = arg(250, "steps between validation losses", flag=False)
-    ckpt_every: int = arg(500, "steps between checkpoints", flag=False)
+    min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", False, at_least=0, at_most=1)
+    weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", False, at_least=0)
+    grad_clip: float = arg(1.0, "clip the gradient norm to this (0: off)", False, at_least=0, note=" (0: off)")
+    eval_every: int = arg(250, "steps between validation losses", False, at_least=1)
+    ckpt_every: int = arg(500, "steps between checkpoints", False, at_least=1)
 
     def __post_init__(self):
-        require(self.max_tokens >= 0, f"--max-tokens {self.max_tokens}", "must be >= 0 (0: the untrained model)")
-        require(finite(self.max_minutes) and self.max_minutes >= 0, f"--max-minutes {self.max_minutes}",
-                "must be a number of minutes >= 0 (0: use --max-tokens)")
-        require(self.batch_size >= 1, f"--batch-size {self.batch_size}", "must be at least 1")
-        require(finite(self.lr) and self.lr > 0, f"--lr {self.lr}", "must be a positive number")
-        require(self.warmup_steps >= 0, f"--warmup-steps {self.warmup_steps}", "must be >= 0")
-        require(finite(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1, "min_lr_frac", "must lie in 0..1")
-        require(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        require(finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
-        require(self.eval_every >= 1 and self.ckpt_every >= 1, "eval_every and ckpt_every", "must be at least 1")
+        check_fields(self)
 
 
 def lr_at(step, cfg, max_steps):
@@ -107,7 +98,7 @@ def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
 
 def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint. on_step(steps taken): the tests' crash hook."""
-    # 1. set-up: the data, the model and its optimizer; lab/run.py does processes, --resume and the checks
+    # 1. set-up: the data, the model, its optimizer, what a checkpoint holds (lab/run.py: processes, --resume, checks)
     run = Run(cfg, "LM", "--lm-dir", lambda c: [os.path.join(c.out, c.lm_dir, "ckpt.pt")])
     cfg, device = run.cfg, run.device
     meta, train_tokens, val_tokens = data.load_shards(cfg.out)
@@ -120,12 +111,14 @@ def train(cfg, on_step=None):
     opt, batches, history = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), []
     lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
     net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
-    next_batch = lambda g: process_share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device), run)
-    run.start(math.ceil(cfg.max_tokens / tokens_per_step),
-              partial(timed_step, model, lm_loss, cfg, next_batch, autocast),
-              lambda step: [checkpoint(model, opt, batches, mcfg, meta, history)],
-              lambda ckpts: restore(ckpts[0], run.paths[0], model, opt, batches, mcfg, meta, history))
-    announce(run, model, tokens_per_step, len(train_tokens))
+    next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
+    checkpoint = {"model_config": dataclasses.asdict(mcfg), "model": model, "optimizer": opt, "history": history,
+                  "batch_rng": batches, "rng": TORCH_RNG, "tokenizer_hash": meta["tokenizer_hash"]}
+    run.start(math.ceil(cfg.max_tokens / tokens_per_step), tokens_per_step,
+              partial(timed_step, model, lm_loss, cfg, next_batch, autocast), [checkpoint],
+              must_match=dict.fromkeys(["model_config", "tokenizer_hash"], "was trained with another model config "
+                                       "or tokenizer; use the same flags and data, or a new --lm-dir"))
+    announce(run, model, len(train_tokens))
     if run.step == 0:  # the untrained model's loss starts the curve
         record(history, run, step=0, val_loss=evaluate(model, val_tokens, device), tokens=0)
 
@@ -142,7 +135,7 @@ def train(cfg, on_step=None):
                 record(history, run, step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
                        val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step)
             val = f"{history[-1]['val_loss']:.3f}" if history[-1]["step"] > 0 else "-"
-            run.progress(lambda: f"loss {loss.item():.3f} | val {val}", tokens_per_step)
+            run.progress(lambda: f"loss {loss.item():.3f} | val {val}")
 
     # 3. the final evaluation: a longer validation loss, beside the bigram baseline
     if not run.end_processes():
@@ -150,8 +143,8 @@ def train(cfg, on_step=None):
     val_loss = evaluate(model, val_tokens, device, max_tokens=10**6)
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
     ckpt = run.save("final", val_loss=val_loss, bigram_loss=bigram)[0]
-    print(f"trained {run.step} steps ({run.step * tokens_per_step / 1e6:.1f}M tokens) in {fmt_eta(run.elapsed)}; "
-          f"checkpoint {run.paths[0]}\nval loss {val_loss:.3f} | bigram {bigram:.3f}")
+    run.summary()
+    print(f"val loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
 
 
@@ -203,14 +196,14 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
 
 
 # ----------------------------------------------------------------------------------------------
-# Around the loop: each process's share of a batch, --max-minutes, the first lines, what a
-# checkpoint holds and restores (lab/run.py writes and prints them).
+# Around the loop: the first lines, --max-minutes (lab/run.py checkpoints, times and prints the rest)
 
 
-def process_share(batch, run):
-    """This process's rows of a batch (x, y): every process draws the same windows, and takes its share."""
-    n = len(batch[0]) // run.world
-    return tuple(t[run.rank * n:(run.rank + 1) * n] for t in batch)
+def announce(run, model, n_train):
+    """The run's first lines: the config, the model, the length (and a warning if it repeats data)."""
+    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {run.world} "
+                 f"process(es) on {run.device}; ", n_train, "tokens", "overfitting; the validation loss will stop "
+                 "improving", "give data.py more --data, or lower --max-tokens")
 
 
 def timed_step(model, lm_loss, cfg, next_batch, autocast):
@@ -219,32 +212,6 @@ def timed_step(model, lm_loss, cfg, next_batch, autocast):
     twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
     g = torch.Generator().manual_seed(cfg.seed + 1)
     return lambda: train_step(twin, lm_loss, twin_opt, next_batch(g), cfg.lr, cfg, autocast)
-
-
-def announce(run, model, tokens_per_step, n_train):
-    """The run's first lines: the config, the model, the length (and a warning if it repeats data)."""
-    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {run.world} "
-                 f"process(es) on {run.device}; ", tokens_per_step, n_train, "tokens", "overfitting; the validation "
-                 "loss will stop improving", "give data.py more --data, or lower --max-tokens")
-
-
-def checkpoint(model, opt, batches, mcfg, meta, history):
-    """What an LM checkpoint holds beside the run's record (lab/run.py): enough for --resume to go on exactly."""
-    return {"model_config": dataclasses.asdict(mcfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "history": history, "batch_rng": batches.get_state(), "rng": rng_state(),
-            "tokenizer_hash": meta["tokenizer_hash"]}
-
-
-def restore(ckpt, path, model, opt, batches, mcfg, meta, history):
-    """Put back a checkpoint: the weights, the optimizer, both random streams, the history."""
-    if ckpt["model_config"] != dataclasses.asdict(mcfg) or ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{path} was trained with another model config or tokenizer; "
-                        "use the same flags and data, or a new --lm-dir")
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    batches.set_state(ckpt["batch_rng"])
-    set_rng_state(ckpt["rng"])
-    history[:] = ckpt["history"]
 
 
 if __name__ == "__main__":

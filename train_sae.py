@@ -22,12 +22,12 @@ import os
 
 import torch
 
-import data
 import sae as sae_lib
 from lab import sae_fast
-from lab.plumbing import UserError, arg, copy_for_timing, finite, fmt_eta, parse_config, require, run_main
-from lab.run import Run, sae_memory
-from model import harvest, lm_fingerprint, load_lm
+from lab.plumbing import (UserError, arg, check_fields, copy_for_timing, lm_fingerprint, parse_config, require,
+                          run_main)
+from lab.run import Run, lm_and_shards, sae_memory
+from model import harvest
 
 RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
                     "constant learning rate",
@@ -43,50 +43,48 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     sae_dir: str = arg("sae", "this run's folder under --out; each size goes in F<n>/ inside it")
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed: int = arg(0, "seed for the SAE's initialisation and the activations' order")
-    max_activations: int = arg(12_000_000, "activations to train on (the paper: 8 billion)")
+    max_activations: int = arg(12_000_000, "activations to train on (the paper: 8 billion)", at_least=1)
     max_minutes: float = arg(0.0, "a time budget instead of --max-activations: the count that fits, timed once at "
-                             "the start, whose steps are the slowest (a fresh SAE is dense), so it ends early")
+                             "the start, whose steps are the slowest (a fresh SAE is dense), so it ends early",
+                             at_least=0, note=" (0: use --max-activations)")
     resume: bool = arg(False, "continue the run in <out>/<sae-dir>/ exactly where it stopped")
     overwrite: bool = arg(False, "replace a finished run in <out>/<sae-dir>/ (else refused)")
-    n_features: int = arg(sae_lib.SAEConfig.n_features, "dictionary size (the paper's A/1: 4,096 = 8x the 512 neurons)")
+    n_features: int = arg(sae_lib.SAEConfig.n_features, "dictionary size (the paper's A/1: 4,096 = 8x the 512 neurons)",
+                          at_least=1)
     sweep: list = arg([], "train several dictionary sizes on the same activations, e.g. 512 1024 2048 4096")
     activation: str = arg(sae_lib.SAEConfig.activation, "relu (the paper: ReLU + L1 penalty) or topk (Gao et al. 2024)")
-    l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient, in the SAE's normalised units (relu)")
+    l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient, in the SAE's normalised units (relu)",
+                          at_least=0)
     k: int = arg(sae_lib.SAEConfig.k, "active features per activation (topk)")
     recipe: str = arg("2024", "how the SAE starts and is trained: 2024 (Anthropic's April 2024 update; the default, "
-                      "it leaves no dead features on our runs) or paper (Bricken et al. 2023, the reference)")
-    lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe: annealing did not help), or its peak (2024)")
-    batch_size: int = arg(4096, "activations per step (the paper: 8,192)")
+                      "it leaves no dead features on our runs) or paper (Bricken et al. 2023, the reference)",
+                      one_of=list(RECIPES))
+    lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe: annealing did not help), or its peak (2024)",
+                    above=0)
+    batch_size: int = arg(4096, "activations per step (the paper: 8,192)", at_least=1)
     snapshots: list = arg([], "activation counts at which to also keep a copy of the checkpoints, e.g. 0 1000000 "
                           "(0: the SAE as initialised, before any step), in <out>/<sae-dir>_at<count>/F<n>/")
     fused: bool = arg(True, "the fused sparse step of lab/sae_fast.py (--no-fused: sae.py's autograd reference)")
     # set by programs (the tests, lab/compare.py), not on the command line
     buffer_size: int = arg(2**18, "activations per buffer fill (2^18 x 512 floats = 512 MB)", flag=False)
-    eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics", flag=False)
-    eval_every: int = arg(200, "steps between held-out metrics", flag=False)
-    ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)", flag=False)
+    eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics", False, at_least=1)
+    eval_every: int = arg(200, "steps between held-out metrics", False, at_least=1)
+    ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)", False,
+                              at_least=0)
     bf16: bool = arg(True, "bf16 for the fused step's dense product where the hardware makes it fast", flag=False)
 
-    def __post_init__(self):
-        require(all(str(n).isdigit() and int(n) >= 1 for n in self.sweep), f"--sweep {' '.join(map(str, self.sweep))}",
+    def __post_init__(self):  # each field's check=, then what a check of one field cannot say
+        check_fields(self)
+        sweep, snapshots = (" ".join(map(str, [flag, *v])) for flag, v in (("--sweep", self.sweep),
+                                                                             ("--snapshots", self.snapshots)))
+        require(all(str(n).isdigit() and int(n) >= 1 for n in self.sweep), sweep,
                 "expects positive dictionary sizes, e.g. --sweep 512 1024")
-        require(len({int(n) for n in self.sweep}) == len(self.sweep), f"--sweep {' '.join(map(str, self.sweep))}",
+        require(len({int(n) for n in self.sweep}) == len(self.sweep), sweep,
                 "names a size twice: each size trains once, into its own F<n>/")
-        require(all(str(n).isdigit() for n in self.snapshots), f"--snapshots {' '.join(map(str, self.snapshots))}",
+        require(all(str(n).isdigit() for n in self.snapshots), snapshots,
                 "expects activation counts >= 0, e.g. --snapshots 0 1000000")
-        require(self.max_activations >= 1, f"--max-activations {self.max_activations}", "must be at least 1")
-        require(finite(self.max_minutes) and self.max_minutes >= 0, f"--max-minutes {self.max_minutes}",
-                "must be a number of minutes >= 0 (0: use --max-activations)")
-        require(self.n_features >= 1, f"--n-features {self.n_features}", "must be at least 1")
-        require(self.recipe in RECIPES, f"--recipe {self.recipe}", "must be paper or 2024")
-        require(finite(self.l1_coeff), f"--l1-coeff {self.l1_coeff}", "must be a number >= 0")
-        require(finite(self.lr) and self.lr > 0, f"--lr {self.lr}", "must be a positive number")
-        require(self.batch_size >= 1, f"--batch-size {self.batch_size}", "must be at least 1")
         require(self.buffer_size >= self.batch_size, f"buffer_size {self.buffer_size}",
                 f"must hold at least one batch (--batch-size {self.batch_size})")
-        require(self.eval_activations >= 1 and self.eval_every >= 1, "eval_activations and eval_every",
-                "must be at least 1")
-        require(finite(self.ckpt_minutes) and self.ckpt_minutes >= 0, "ckpt_minutes", "must be a number >= 0")
         for n in self.sizes:  # --activation, --l1-coeff, --k: sae.py's checks, worded as flags
             self.sae_config(sae_lib.SAEConfig.d_in, n)
 
@@ -104,7 +102,7 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
 
 @dataclasses.dataclass
 class State:
-    """What the checkpoints hold beside the run's record (lab/run.py), a list entry per dictionary size."""
+    """What training changes, a list entry per dictionary size: what the checkpoints hold, by name, in set_up."""
     saes: list
     opts: list
     windows: torch.Generator          # which contexts fill the buffer
@@ -125,7 +123,6 @@ def train(cfg, on_step=None):
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
     model, tokens, val_acts, st = set_up(run, cfg, grads, device)
     steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
-    snapshots = sorted(n for n in {int(n) for n in cfg.snapshots} if not cfg.resume or n > run.step * cfg.batch_size)
 
     # 2. the training loop
     with run.crash_label():
@@ -139,7 +136,7 @@ def train(cfg, on_step=None):
                 if step == 0:
                     for s in st.saes:  # act_scale, and b_dec at the geometric median (paper), from the first fill
                         s.init_from_data(buffer[:2**14])
-                    take_snapshots(run, snapshots, 0, cfg.batch_size)  # --snapshots 0: the SAE as initialised
+                    run.take_snapshots(0)  # --snapshots 0: the SAE as initialised
             # b. one optimizer step per dictionary size, on this process's slice of the batch
             j = (step % steps_per_fill) * cfg.batch_size + run.rank * per_rank
             x, l1_coeff = buffer[j:j + per_rank], cfg.l1_coeff
@@ -152,8 +149,8 @@ def train(cfg, on_step=None):
             # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
                 record_metrics(st, run, evaluate, val_acts, step + 1, cfg.batch_size, train_loss=stats["loss"])
-            take_snapshots(run, snapshots, step + 1, cfg.batch_size)
-            run.progress(lambda: progress_text(st, run), cfg.batch_size)
+            run.take_snapshots(step + 1)
+            run.progress(lambda: progress_text(st, run))
 
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
     if not run.end_processes():
@@ -161,15 +158,15 @@ def train(cfg, on_step=None):
     final_acts = held_out(model, tokens["val"], 4 * cfg.eval_activations, device)
     record_metrics(st, run, evaluate, final_acts, run.step, cfg.batch_size, final=True, held_out=len(final_acts))
     ckpts = run.save("final")
-    print_summary(st, run, snapshots, cfg.batch_size)
+    run.summary(timed_phase="SAE steps")
+    print_metrics(st, run.step * cfg.batch_size)
     return ckpts
 
 
 def set_up(run, cfg, grads, device):
-    """The LM, checked against the data; the memory check; the SAEs, optimizers and random streams
-    (--recipe 2024: its start), resumed or new; the held-out activations; the run's first lines."""
-    model, lm_ckpt, meta, train_tokens, val_tokens = load_inputs(cfg, device)
-    lm_id = lm_fingerprint(lm_ckpt)
+    """The LM and its shards; the memory check; the SAEs, optimizers and random streams (--recipe 2024:
+    its start), resumed or new, and what their checkpoints hold; the held-out activations; the first lines."""
+    model, lm_ckpt, meta, train_tokens, val_tokens = lm_and_shards(cfg, device)
     run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size),
                             "training these SAEs", "lower --n-features (or --sweep's sizes) or --batch-size")
     torch.manual_seed(cfg.seed)
@@ -179,14 +176,19 @@ def set_up(run, cfg, grads, device):
     st = State(saes, [sae_lib.make_optimizer(s, cfg.lr) for s in saes], torch.Generator().manual_seed(cfg.seed + 1),
                torch.Generator().manual_seed(cfg.seed + 2),
                [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in cfg.sizes])
-    run.start(math.ceil(cfg.max_activations / cfg.batch_size), lambda: timed_step(cfg, model, train_tokens, saes,
-                                                                                  grads, device),
-              lambda step: checkpoints(st, cfg, step, lm_id, meta),
-              lambda ckpts: restore(st, ckpts, run.paths, lm_id, cfg, device))
+    checkpoints = [{"sae_config": dataclasses.asdict(s.cfg), "sae": s, "optimizer": o,
+                    "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": st.windows,
+                    "shuffle_rng": st.shuffle, "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
+                    "tokenizer_hash": meta["tokenizer_hash"], "history": h}
+                   for s, o, f, h in zip(st.saes, st.opts, st.since_fired, st.histories)]
+    run.start(math.ceil(cfg.max_activations / cfg.batch_size), cfg.batch_size,
+              lambda: timed_step(cfg, model, train_tokens, saes, grads, device), checkpoints,
+              must_match={"lm_fingerprint": f"was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new "
+                                            "--sae-dir"})
     val_acts = held_out(model, val_tokens, cfg.eval_activations, device)
     run.announce(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes "
                  f"{cfg.sizes}; held-out set {len(val_acts):,} activations; {run.world} process(es) on {device}\n"
-                 f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", cfg.batch_size, len(train_tokens),
+                 f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens),
                  "tokens' activations", "the paper: repeating data makes dead features",
                  "give data.py more --data, or lower --max-activations")
     return model, dict(train=train_tokens, val=val_tokens), val_acts, st
@@ -212,7 +214,7 @@ def step_saes(st, x, grads, l1_coeff, run):
     for i, (s, o) in enumerate(zip(st.saes, st.opts)):
         with run.watch("SAE steps"):
             stats = sae_step(s, o, x, grads, l1_coeff, sync)
-        st.since_fired[i] = torch.where(stats["fired"] > 0, 0, st.since_fired[i] + 1)
+        st.since_fired[i].add_(1).masked_fill_(stats["fired"] > 0, 0)
     return stats
 
 
@@ -299,70 +301,7 @@ def schedule_2024(step, max_steps, opts, lr):
 
 
 # ----------------------------------------------------------------------------------------------
-# Around the loop: --snapshots, what the checkpoints hold and restore, --max-minutes, the progress
-# and summary lines (lab/run.py writes, times and prints them).
-
-
-def take_snapshots(run, snapshots, done, batch_size):
-    """--snapshots: a copy of the checkpoints as they are once the run has seen each count (done: steps taken)."""
-    while snapshots and snapshots[0] <= done * batch_size:
-        folder = f"{os.path.normpath(run.folder)}_at{snapshots.pop(0)}"
-        run.save("snapshot", folder, step=done)
-        run.say(f"step {done}: snapshot of {done * batch_size:,} activations in {folder}/")
-
-
-def print_summary(st, run, snapshots_left, batch_size):
-    """The stage's last lines: where the time went, and each SAE's held-out metrics."""
-    seen = run.step * batch_size
-    print(f"trained {len(st.saes)} SAE(s) for {run.step} steps in {fmt_eta(run.elapsed)}; checkpoints in "
-          f"{run.folder}/")
-    if snapshots_left:
-        print(f"no snapshot at {', '.join(f'{n:,}' for n in snapshots_left)} activations: the run ended at {seen:,}")
-    stepping = max(run.watch.seconds.get("SAE steps", 0.0), 1e-9)   # the stage's speed beside its steps'
-    trained = (run.step - run.first_step) * batch_size
-    print(f"{run.watch.line()}; {trained / stepping:,.0f} activations/s in the steps, "
-          f"{trained / sum(run.watch.split().values()):,.0f} over the whole stage")
-    for s, h in zip(st.saes, st.histories):
-        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
-              f"{100 * h[-1]['dead_frac']:.1f}% | {seen / 1e6:.1f}M activations")
-
-
-def load_inputs(cfg, device):
-    """The LM whose activations we decompose, its checkpoint, and the token shards it was trained on."""
-    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
-    if not lm_ckpt.get("final"):
-        print(f"warning: {cfg.out}/{cfg.lm_dir} is an unfinished run ({lm_ckpt.get('status')} at step "
-              f"{lm_ckpt['step']:,} of {lm_ckpt['max_steps']:,}): its SAE decomposes the LM as it is now; finish it "
-              "first with python train_lm.py --resume", flush=True)
-    meta, train_tokens, val_tokens = data.load_shards(cfg.out)
-    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
-        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {cfg.out}/data: "
-                        "retrain the LM (python train_lm.py) after python data.py")
-    return model, lm_ckpt, meta, train_tokens, val_tokens
-
-
-def checkpoints(st, cfg, step, lm_id, meta):
-    """What each size's checkpoint holds beside the run's record (lab/run.py): enough for --resume."""
-    return [{"sae_config": dataclasses.asdict(s.cfg), "sae": s.state_dict(), "optimizer": o.state_dict(),
-             "seen": step * cfg.batch_size, "since_fired": st.since_fired[i], "windows_rng": st.windows.get_state(),
-             "shuffle_rng": st.shuffle.get_state(), "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_id,
-             "tokenizer_hash": meta["tokenizer_hash"], "history": st.histories[i]}
-            for i, (s, o) in enumerate(zip(st.saes, st.opts))]
-
-
-def restore(st, ckpts, paths, lm_id, cfg, device):
-    """Put back the checkpoints: the SAEs, their optimizers, the dead-feature counters, both random
-    streams. Each must be made on this LM, by a run (not a --snapshots copy)."""
-    for i, (c, path) in enumerate(zip(ckpts, paths)):
-        if c["lm_fingerprint"] != lm_id:
-            raise UserError(f"{path} was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new --sae-dir")
-        if c.get("status") == "snapshot":  # taken between two buffer refills: no point to resume from
-            raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own --sae-dir")
-        st.saes[i].load_state_dict(c["sae"])
-        st.opts[i].load_state_dict(c["optimizer"])
-        st.since_fired[i], st.histories[i] = c["since_fired"].to(device), c["history"]
-    st.windows.set_state(ckpts[0]["windows_rng"])
-    st.shuffle.set_state(ckpts[0]["shuffle_rng"])
+# Around the loop: --max-minutes, the progress and last lines (lab/run.py times and prints them)
 
 
 def timed_step(cfg, model, tokens, saes, grads, device):
@@ -380,6 +319,14 @@ def timed_step(cfg, model, tokens, saes, grads, device):
         for twin, opt in twins:
             sae_step(twin, opt, x, grads, cfg.l1_coeff)
     return step
+
+
+def print_metrics(st, seen):
+    """The stage's last lines, each SAE's held-out metrics, e.g.
+    `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`."""
+    for s, h in zip(st.saes, st.histories):
+        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
+              f"{100 * h[-1]['dead_frac']:.1f}% | {seen / 1e6:.1f}M activations")
 
 
 def progress_text(st, run):

@@ -5,18 +5,21 @@ each named for what it does:
 
     run = Run(cfg, "LM", "--lm-dir", paths)   # processes (DDP); --resume takes the run's own flags
     run.refuse_unsafe_start(need, what, fix)  # no finished run replaced; no run too big for memory
-    run.start(steps, timed_step, contents, restore)   # the length (--max-minutes timed once), or resumed
+    run.start(steps, per_step, timed_step, state)     # the length (--max-minutes timed once), or resumed
     with run.crash_label():                   # an exception labels the last checkpoint "crashed"
         for step in run.steps(on_step):       # the steps taken before this one
             ...                               # the method, in the open
             run.save("running")               # atomic checkpoints, with the digest of their tensors
             run.log(record)                   # log.jsonl
-            run.progress(text, per_step)      # a line every few seconds, with the rate and the ETA
+            run.take_snapshots(step + 1)      # --snapshots: a copy once the run has seen each count
+            run.progress(text)                # a line every few seconds, with the rate and the ETA
     if run.end_processes():                   # DDP ends; rank 0 goes on to the final evaluation
         run.save("final")
+        run.summary()                         # the length, the time and where it went, the checkpoints
 
-A checkpoint is what the trainer's contents() says (its weights, optimizer and random streams)
-beside what every run records here: the flags, the step, the run's length, the time spent, a status.
+A checkpoint is what the trainer's state names (its weights, optimizer and random streams, by the
+keys its readers use) beside what every run records here: the flags, the step, the run's length, the
+time spent, a status.
 """
 import contextlib
 import glob
@@ -24,12 +27,15 @@ import json
 import os
 import time
 
+import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from lab.corpus import load_shards
 from lab.plumbing import (Progress, Stopwatch, UserError, alive, atomic_save, atomic_write_text, broadcast_int,
                           flat_dict, fmt_eta, labelled_crash, load_checkpoint, make_folder, refuse_to_replace,
                           require, require_memory, resumed_config, setup_processes, timed_steps, warn_if_repeating)
+from model import load_lm
 
 
 class Run:
@@ -60,25 +66,42 @@ class Run:
         refuse_to_replace(self.paths, self.cfg, self.dir_flag)
         require_memory(need, what, fix, self.device)
 
-    def start(self, max_steps, timed_step, contents, restore):
-        """The run's length: max_steps, or with --max-minutes the count that fits, timed once on
-        timed_step() (a function that builds the step to time); or, with --resume, where the
-        checkpoints left it. contents(step) -> one dict per path: what the trainer's checkpoints hold
-        after that many steps; restore(ckpts) puts them back. Opens the logs; returns the checkpoints
-        resumed from, or None."""
-        self.contents = contents
+    def start(self, max_steps, per_step, timed_step, state, must_match=None):
+        """The run's length: max_steps of per_step inputs (tokens, activations), or with --max-minutes
+        the count that fits, timed once on timed_step() (a function that builds the step to time); or,
+        with --resume, where the checkpoints left it. state: one dict per path, what its checkpoint
+        holds by name (see saved); a resumed checkpoint's value of a name in must_match must be the
+        run's, else the error must_match[name] says. Opens the logs; returns the checkpoints resumed
+        from, or None."""
+        self.state, self.per_step = state, per_step
         if self.rank == 0:
             self.lock = take_lock(self.folder)
         self.logs = [Progress(os.path.join(os.path.dirname(p), "log.jsonl") if self.rank == 0 else None,
                               append=self.cfg.resume, quiet=True) for p in self.paths]
         self.printer = Progress(None, quiet=self.rank != 0)
+        ckpts = None
         if not self.cfg.resume:
             self.max_steps = (broadcast_int(timed_steps(self.cfg.max_minutes, timed_step()), self.device)
                               if self.cfg.max_minutes else max_steps)
-            return None
+        else:
+            ckpts = self.restore(must_match or {})
+        self.snapshots = sorted(n for n in {int(n) for n in getattr(self.cfg, "snapshots", [])}
+                                if not self.cfg.resume or n > self.step * per_step)
+        return ckpts
+
+    def restore(self, must_match):
+        """--resume: every object of the state put back from its checkpoint, and the run's record."""
         fix = f"start without --resume, or point --out/{self.dir_flag} at the run"
         ckpts = [load_checkpoint(p, f"{self.what} checkpoint to resume", fix) for p in self.paths]
-        restore(ckpts)
+        for c, path, state in zip(ckpts, self.paths, self.state):
+            if c.get("status") == "snapshot":  # taken between two checkpoints: no point to resume from
+                raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own "
+                                f"{self.dir_flag}")
+            for name, problem in must_match.items():
+                if c[name] != state[name]:
+                    raise UserError(f"{path} {problem}")
+            for name, obj in state.items():
+                put_back(obj, c[name])
         self.step, self.max_steps, self.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "elapsed"))
         self.saved_step = self.step
         for log, c in zip(self.logs, ckpts):  # what a crash left after the checkpoint (a record, half a line) goes
@@ -86,11 +109,12 @@ class Run:
                 atomic_write_text("".join(json.dumps(r) + "\n" for r in c["history"]), log.log_path)
         return ckpts
 
-    def announce(self, lines, per_step, available, what, why, fix):
+    def announce(self, lines, available, what, why, fix):
         """The run's first lines (rank 0): the config, the trainer's lines, the length, and a warning if
         the run reads its data more than twice over."""
         if self.rank != 0:
             return
+        per_step = self.per_step
         print(f"config: {flat_dict(self.cfg)}")
         print(lines + (f"resuming {self.folder} at step {self.step} of " if self.cfg.resume else "")
               + f"{self.max_steps} steps of {per_step:,} {self.unit} ({self.max_steps * per_step / 1e6:.1f}M)")
@@ -119,7 +143,7 @@ class Run:
             if on_step is not None:
                 on_step(self.step)
 
-    def progress(self, text, per_step):
+    def progress(self, text):
         """After a step: every few seconds, and at the last step, a line `step 12/300 | text | 25,000
         tok/s | ETA 3m10s`; text() gives the trainer's part, computed only then."""
         done = self.step + 1
@@ -127,7 +151,7 @@ class Run:
             return
         rate = (done - self.step_last) / max(time.time() - self.t_last, 1e-9)
         self.t_last, self.step_last = time.time(), done
-        parts = [f"step {done}/{self.max_steps}", text(), f"{rate * per_step:,.0f} {self.unit[:3]}/s",
+        parts = [f"step {done}/{self.max_steps}", text(), f"{rate * self.per_step:,.0f} {self.unit[:3]}/s",
                  f"ETA {fmt_eta((self.max_steps - done) / max(rate, 1e-9))}"]
         self.say(" | ".join(p for p in parts if p))
 
@@ -152,9 +176,9 @@ class Run:
         if self.rank != 0:
             return None
         with self.watch("checkpoints"):
-            ckpts = [{**c, "config": flat_dict(self.cfg), "step": step, "max_steps": self.max_steps,
-                      "elapsed": self.elapsed, "status": status, "final": status == "final",
-                      "time_split": self.watch.split(), **final} for c in self.contents(step)]
+            ckpts = [{**{name: saved(obj, step) for name, obj in state.items()}, "config": flat_dict(self.cfg),
+                      "step": step, "max_steps": self.max_steps, "elapsed": self.elapsed, "status": status,
+                      "final": status == "final", "time_split": self.watch.split(), **final} for state in self.state]
             for c, path in zip(ckpts, self.paths):
                 atomic_save(c, path if folder is None else os.path.join(folder, os.path.relpath(path, self.folder)))
         if status == "final":  # the run is over: the folder is free for the next one
@@ -162,7 +186,35 @@ class Run:
                 os.remove(self.lock)
         return ckpts
 
+    def take_snapshots(self, done):
+        """--snapshots: a copy of the checkpoints as they are once the run has seen each count (done:
+        steps taken), in <folder>_at<count>/."""
+        while self.snapshots and self.snapshots[0] <= done * self.per_step:
+            folder = f"{os.path.normpath(self.folder)}_at{self.snapshots.pop(0)}"
+            self.save("snapshot", folder, step=done)
+            self.say(f"step {done}: snapshot of {done * self.per_step:,} {self.unit} in {folder}/")
+
+    def summary(self, timed_phase=None):
+        """The run's last lines, before the trainer's own: its length and time, where its checkpoints
+        are, the --snapshots it never reached; where the time went, and the rate in timed_phase."""
+        seen, trained = self.step * self.per_step, (self.step - self.first_step) * self.per_step
+        print(f"trained {self.step} steps ({seen / 1e6:.1f}M {self.unit}) in {fmt_eta(self.elapsed)}; "
+              f"checkpoints in {self.folder}/")
+        if self.snapshots:
+            counts = ", ".join(f"{n:,}" for n in self.snapshots)
+            print(f"no snapshot at {counts} {self.unit}: the run ended at {seen:,}")
+        if timed_phase:
+            stepping = max(self.watch.seconds.get(timed_phase, 0.0), 1e-9)
+            print(f"{self.watch.line()}; {trained / stepping:,.0f} {self.unit}/s in the steps, "
+                  f"{trained / sum(self.watch.split().values()):,.0f} over the whole stage")
+
     # processes: DDP over torchrun (NCCL between GPUs, gloo between CPU processes)
+
+    def share(self, batch):
+        """This process's rows of a batch (tensors of the same length): every process draws the same
+        inputs, and takes its share."""
+        n = len(batch[0]) // self.world
+        return tuple(t[self.rank * n:(self.rank + 1) * n] for t in batch)
 
     def distributed(self, model):
         """The model to call in training: under DDP, a wrapper that averages the gradients in backward."""
@@ -189,6 +241,30 @@ class Run:
         if self.ddp:
             dist.destroy_process_group()
         return self.rank == 0
+
+
+def saved(obj, step):
+    """What a checkpoint holds for one object of a trainer's state, after `step` steps: a module's or
+    optimizer's state_dict, a random generator's state, a function's value at the step (a count that
+    grows with it); anything else (a tensor, a list, a fixed value) as it is."""
+    if hasattr(obj, "state_dict"):
+        return obj.state_dict()
+    if hasattr(obj, "get_state"):
+        return obj.get_state()
+    return obj(step) if callable(obj) else obj
+
+
+def put_back(obj, value):
+    """--resume: the object as its checkpoint holds it (tensors and lists in place; a fixed value or a
+    function of the step has nothing to put back)."""
+    if hasattr(obj, "load_state_dict"):
+        obj.load_state_dict(value)
+    elif hasattr(obj, "set_state"):
+        obj.set_state(value)
+    elif torch.is_tensor(obj):
+        obj.copy_(value)
+    elif isinstance(obj, list):
+        obj[:] = value
 
 
 def take_lock(folder):
@@ -234,3 +310,18 @@ def sae_memory(sizes, d_in, batch_size, buffer_size):
     peaked at 3.5 GB resident on CPU)."""
     params = sum(2 * n * d_in + n + d_in for n in sizes)
     return 16 * params + 16 * batch_size * max(sizes) + 6 * 4 * buffer_size * d_in
+
+
+def lm_and_shards(cfg, device):
+    """What train_sae.py reads: the LM whose activations it decomposes (warned of when unfinished), its
+    checkpoint, and the token shards it was trained on (refused when they are other shards)."""
+    model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
+    if not lm_ckpt.get("final"):
+        print(f"warning: {cfg.out}/{cfg.lm_dir} is an unfinished run ({lm_ckpt.get('status')} at step "
+              f"{lm_ckpt['step']:,} of {lm_ckpt['max_steps']:,}): its SAE decomposes the LM as it is now; finish it "
+              "first with python train_lm.py --resume", flush=True)
+    meta, train_tokens, val_tokens = load_shards(cfg.out)
+    if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
+        raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {cfg.out}/data: "
+                        "retrain the LM (python train_lm.py) after python data.py")
+    return model, lm_ckpt, meta, train_tokens, val_tokens
