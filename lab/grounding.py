@@ -14,10 +14,19 @@ over the vocabulary of next tokens:
 
 and the unit's grounding is their Pearson correlation over the counted next tokens (measure.next_rows:
 those following at least 10 held-out tokens). A unit whose output is unrelated to where it fires
-scores near 0: every unit of a model with random weights, and any unit scored against another unit's
-effects (the null the report prints beside it). Fixed before any result was seen; the same for
-features, neurons and sparsified neurons (a sparsified neuron has its neuron's effects, and fires
-where the neuron is among the k most active).
+scores near 0: any unit scored against another unit's effects (the null, the report's headline
+control: it knows the corpus and the model, and says how far a score rises by chance), and every unit
+of a model with random weights (a second control that cannot fail: random weights know nothing of
+the corpus). Fixed before any result was seen; the same for features, neurons and sparsified
+neurons (a sparsified neuron has its neuron's effects, and fires where the neuron is among the k
+most active).
+
+The intervals resample units, not the held-out documents as the other measures' do: a unit's score
+reads its next-token counts pooled over every held-out token by the streaming pass (measure.pt).
+Per group of documents they would be (K + 1) x U counts a group (U: the features, neurons and
+sparsified neurons together; K: the counted next tokens, a few thousand), from a pass of their own
+through the LM and the SAE, and each resample would recompute every unit's lift and correlation,
+what most of this step's time goes to: 1,000 resamples would cost hundreds of times the step.
 """
 import os
 
@@ -100,12 +109,14 @@ def measure_grounding(root, run, m, neurons):
 
 
 def summarize(g, n_boot, seed):
-    """{"model" and "control": {kind: dict(n, median, ci, null)}}: per kind of unit, the median score
-    with its 95% interval (units resampled) and the null's median (None where no unit is alive)."""
+    """{"model" and "control": {kind: dict(n, median, ci, null, null_ci)}}: per kind of unit, the
+    median score and the null's (each unit against another unit's effects), each with its 95%
+    interval (units resampled; None and NaN where no unit is alive)."""
     ci = lambda x: bootstrap(np.median, [x], n_boot, np.random.default_rng(seed)) if len(x) else (float("nan"),) * 2
     median = lambda x: float(np.median(x)) if len(x) else None
     return {part: {kind: dict(n=len(r["scores"]), median=median(r["scores"]), ci=ci(r["scores"]),
-                              null=median(r["null"])) for kind, r in g[part].items()} for part in ("model", "control")}
+                              null=median(r["null"]), null_ci=ci(r["null"]))
+                   for kind, r in g[part].items()} for part in ("model", "control")}
 
 
 def unit_grounding(model, dirs, stats, total, n_tokens, counted, tokens, seed):

@@ -402,8 +402,9 @@ def levels_markdown(lv, names):
          "each half), the best unit of each kind by F1 on the explain half, measured on the score half: its firing "
          "tokens in 10 equal bins of activation, the share of each bin's tokens where the predicate holds (bins of 5 "
          "tokens or more), and its area (the mean share over the bins; 1 for a unit precise at every level). The best "
-         "of 4,096 features has more chances than the best of 512 neurons, so beside them stands a null with as many "
-         "candidates as features and nothing learned: random directions in the neurons' space, each firing as often "
+         f"of {lv['candidates']['features']:,} features has more chances than the best of "
+         f"{lv['candidates']['neurons']:,} neurons, so beside them stands a null with as many candidates as features "
+         "and nothing learned: random directions in the neurons' space, each firing as often "
          "as one feature, chosen and measured the same way. Differences are paired per predicate, then averaged; "
          f"95% intervals resample the score half's {lv['documents']} documents (a resample where a unit has no "
          "level, its documents left out, takes one of that predicate's own resampled differences).", "",

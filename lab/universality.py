@@ -10,7 +10,9 @@ are dealt at random into groups, and every 95% interval resamples the groups (to
 document are not independent). A resample that leaves out every group where a rare unit fires
 leaves its correlation undefined (a constant's): it takes one of the unit's own resampled values
 instead of 0 (lab/stats.fill_missing says why), so the silent do not pull the resampled medians
-down, most for the rarer kind, the features. Medians overall and per decade of density (a feature
+down, most for the rarer kind, the features. (More groups would not help a unit of one document,
+absent from a third of the resamples however many groups there are; a jackknife of a median is
+inconsistent.) Medians overall and per decade of density (a feature
 fires far more rarely than a neuron), beside chance (the same units on other tokens). The rule for
 "a clear margin" was fixed here before any number was seen. The sums are lab/matching.py's.
 """

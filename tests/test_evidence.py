@@ -99,15 +99,59 @@ def test_precision_per_activation_level_ranks_monosemantic_units_first(world):
     assert np.allclose(lv["area"]["features"], 1.0) and (lv["area"]["neurons"] < 0.2).all()
     assert abs(np.nanmean(lv["curves"]["neurons"]) - 1 / MIX) < 0.05
     assert (lv["area"]["sparse_neurons"] == 0).all()     # another mixture's unit: never where the predicate holds
-    assert lv["wins"]["neurons"]["count"] == N_UNITS and lv["wins"]["neurons"]["ci"] == (N_UNITS, N_UNITS)
-    # a unit that never fires has no level at all: area 0, and it loses
+    d = lv["difference"]["features_minus_neurons"]      # paired per predicate, and their mean
+    assert np.allclose(d["per_predicate"], 1 - lv["area"]["neurons"]) and d["value"] == pytest.approx(d["per_predicate"].mean())
+    assert 0.75 < d["ci"][0] <= d["value"] <= d["ci"][1] < 0.95 and (d["per_predicate_ci"][:, 0] > 0.6).all()
+    assert lv["difference"]["features_minus_sparse_neurons"]["value"] == 1 and set(lv["difference"]) == {
+        "features_minus_neurons", "features_minus_sparse_neurons"}          # no null given: no null's pairs
+    # a unit that never fires has no level at all: area 0 on the data and on every resample, and it loses
     lv = specificity.precision_levels(dict(features=mono, neurons=0 * mixed), labels, docs, n=20)
-    assert (lv["area"]["neurons"] == 0).all() and lv["wins"]["neurons"]["count"] == N_UNITS
+    assert (lv["area"]["neurons"] == 0).all() and lv["difference"]["features_minus_neurons"]["ci"] == (1, 1)
     # the predicates: rare enough and on enough tokens of each half
     halves = world["halves"]
     rare = np.zeros((len(tokens), 3), bool)
     rare[:80, 0] = rare[::150, 1] = rare[::2, 2] = True        # too few in the score half; rare; too common
     assert specificity.rare_predicates(rare, halves) == [1]
+
+
+def test_a_predicate_left_out_of_a_resample_does_not_pull_the_difference_down():
+    """20 documents. Each of 4 predicates holds in one document only, where its feature fires on it
+    alone (area 1) and its neuron on it and on much else (area ~0.14); 4 more hold in every document,
+    where feature and neuron are the same unit (difference 0). A resample leaves out a one-document
+    predicate's document a third of the time: there the feature fires nowhere. Scored 0 (the old
+    rule), the lower ends fall to 0; left out, the mean is over the predicates that are left, most of
+    them the 4 at 0; filled from the predicate's own resamples, the interval stays near the estimate
+    (its width: a document drawn twice or thrice makes the neuron more precise)."""
+    rng, n = np.random.default_rng(0), 20 * 500
+    docs = np.arange(n) // 500
+    labels = np.stack([(docs == 3 * r) & (rng.random(n) < 0.2) for r in range(4)]
+                      + [rng.random(n) < 0.02 for _ in range(4)], 1)
+    feature = labels * (1 + rng.random(labels.shape))
+    neuron = feature + (~labels & (rng.random(labels.shape) < 0.06)) * (1 + rng.random(labels.shape)) * (np.arange(8) < 4)
+    lv = specificity.precision_levels(dict(features=feature, neurons=neuron), labels, docs, n=300)
+    d = lv["difference"]["features_minus_neurons"]
+    assert np.allclose(lv["area"]["features"], 1) and 0.35 < d["value"] < 0.45 and (d["per_predicate"][4:] == 0).all()
+    assert d["ci"][0] > d["value"] - 0.1 and (d["per_predicate_ci"][:4, 0] > 0.5).all()
+    # the old rule, by hand: area 0 where the feature has no level on a resample
+    weights = np.vstack([np.ones(20), specificity.document_weights(np.random.default_rng(0), 20, 300)])
+    area = lambda a: specificity.level_area(specificity.level_shares(a, labels, docs, weights))
+    old = (np.nan_to_num(area(feature)) - area(neuron))[1:]
+    assert np.percentile(old[:, 0], 2.5) < 0.05 and np.percentile(old.mean(1), 2.5) < d["value"] - 0.15
+    left_out = np.nanmean((area(feature) - area(neuron))[1:], 1)        # the mean over the predicates left
+    assert np.percentile(left_out, 2.5) < d["value"] - 0.15
+
+
+def test_the_null_fires_as_often_as_each_feature_and_is_picked_by_f1():
+    """thresholds: each random direction fires on density x S of the S sampled tokens; best_by_f1
+    picks the unit with the best F1 among the alive ones."""
+    proj, density = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0)), np.array([0.1, 0.02, 0.5, 0, 1e-5])
+    t, rate = specificity.thresholds(proj, density)
+    assert (proj > t).sum(0).tolist() == [100, 20, 500, 0, 1] and rate.tolist() == [0.1, 0.02, 0.5, 0, 0.001]
+    hit, fired = torch.tensor([[10, 0], [10, 5], [40, 5]]), torch.tensor([10, 100, 400])
+    holds = torch.tensor([40, 10])
+    # F1: unit 0 (precision 1, recall 1/4) 0.4 and unit 2 (1/10, 1) 0.18 on the first; unit 0 is dead
+    assert specificity.best_by_f1(hit, fired, holds, torch.tensor([True, True, True])).tolist() == [0, 1]
+    assert specificity.best_by_f1(hit, fired, holds, torch.tensor([False, True, True])).tolist() == [2, 1]
 
 
 def test_grounding_ranks_monosemantic_units_first_and_random_effects_score_zero(world):
