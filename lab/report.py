@@ -416,7 +416,8 @@ def levels_markdown(lv, names):
                  + f" | {pair('features_minus_neurons')} | {pair('null_minus_neurons')} |")
     said = {"features_minus_neurons": "features minus neurons", "null_minus_neurons": "the null minus neurons",
             "features_minus_sparse_neurons": "features minus sparsified neurons",
-            "null_minus_sparse_neurons": "the null minus sparsified neurons", "features_minus_null": "features minus the null"}
+            "null_minus_sparse_neurons": "the null minus sparsified neurons",
+            "features_minus_null": "features minus the null"}
     L += ["", "Mean over the predicates: " + "; ".join(f"{said[k]} {signed(v)}" for k, v in d.items()) + ".", "",
           "![precision per activation level](levels.png)", ""]
     return L

@@ -104,7 +104,8 @@ def specificity(run, m, neurons):
 def rare_levels(run, m, acts, rare, picked):
     """The activation-level view of the rare predicates on the score half (precision_levels; its
     documents: the end-of-text tokens separate them), with each kind's picked units and how many
-    candidates they were picked from; writes levels.png. acts {kind: (n_tokens, len(rare))}: each kind's picked units on every held-out token."""
+    candidates they were picked from; writes levels.png. acts {kind: (n_tokens, len(rare))}: each
+    kind's picked units on every held-out token."""
     score = m.halves == measure.SCORE
     docs = np.cumsum(run.tokens == run.meta["eot"])[score]
     lv = precision_levels({k: a[score] for k, a in acts.items()}, m.proxies[score][:, rare], docs, run.seed)

@@ -100,7 +100,8 @@ def test_precision_per_activation_level_ranks_monosemantic_units_first(world):
     assert abs(np.nanmean(lv["curves"]["neurons"]) - 1 / MIX) < 0.05
     assert (lv["area"]["sparse_neurons"] == 0).all()     # another mixture's unit: never where the predicate holds
     d = lv["difference"]["features_minus_neurons"]      # paired per predicate, and their mean
-    assert np.allclose(d["per_predicate"], 1 - lv["area"]["neurons"]) and d["value"] == pytest.approx(d["per_predicate"].mean())
+    assert np.allclose(d["per_predicate"], 1 - lv["area"]["neurons"])
+    assert d["value"] == pytest.approx(d["per_predicate"].mean())
     assert 0.75 < d["ci"][0] <= d["value"] <= d["ci"][1] < 0.95 and (d["per_predicate_ci"][:, 0] > 0.6).all()
     assert lv["difference"]["features_minus_sparse_neurons"]["value"] == 1 and set(lv["difference"]) == {
         "features_minus_neurons", "features_minus_sparse_neurons"}          # no null given: no null's pairs
@@ -127,7 +128,8 @@ def test_a_predicate_left_out_of_a_resample_does_not_pull_the_difference_down():
     labels = np.stack([(docs == 3 * r) & (rng.random(n) < 0.2) for r in range(4)]
                       + [rng.random(n) < 0.02 for _ in range(4)], 1)
     feature = labels * (1 + rng.random(labels.shape))
-    neuron = feature + (~labels & (rng.random(labels.shape) < 0.06)) * (1 + rng.random(labels.shape)) * (np.arange(8) < 4)
+    elsewhere = (~labels & (rng.random(labels.shape) < 0.06)) * (1 + rng.random(labels.shape))
+    neuron = feature + elsewhere * (np.arange(8) < 4)
     lv = specificity.precision_levels(dict(features=feature, neurons=neuron), labels, docs, n=300)
     d = lv["difference"]["features_minus_neurons"]
     assert np.allclose(lv["area"]["features"], 1) and 0.35 < d["value"] < 0.45 and (d["per_predicate"][4:] == 0).all()
@@ -144,7 +146,8 @@ def test_a_predicate_left_out_of_a_resample_does_not_pull_the_difference_down():
 def test_the_null_fires_as_often_as_each_feature_and_is_picked_by_f1():
     """thresholds: each random direction fires on density x S of the S sampled tokens; best_by_f1
     picks the unit with the best F1 among the alive ones."""
-    proj, density = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0)), np.array([0.1, 0.02, 0.5, 0, 1e-5])
+    proj = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0))
+    density = np.array([0.1, 0.02, 0.5, 0, 1e-5])
     t, rate = specificity.thresholds(proj, density)
     assert (proj > t).sum(0).tolist() == [100, 20, 500, 0, 1] and rate.tolist() == [0.1, 0.02, 0.5, 0, 0.001]
     hit, fired = torch.tensor([[10, 0], [10, 5], [40, 5]]), torch.tensor([10, 100, 400])
