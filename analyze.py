@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 import data
-from lab import browser, figures, grounding, measure, predicates, report, specificity, steer, tools
+from lab import browser, figures, grounding, measure, predicates, probing, report, specificity, steer, tools
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, require, run_main
 from lab.predicates import PREDICATES
-from lab.stats import bootstrap, median_difference, other_matchings, two_gaussians
+from lab.stats import bootstrap, document_weights, interval, median_difference, other_matchings, two_gaussians
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -94,6 +94,7 @@ def analyze(cfg, step="all"):
         res["interp"] = interpretability(cfg, run, m, res.get("density"))
     if step in ("all", "specificity"):
         res["specificity"] = specificity.specificity(run, m, neuron_kinds(m.sparse_k))
+        res["probing"] = probing.probing(run, m, neuron_kinds(m.sparse_k), cfg.seed, cfg.bootstrap)
     if step in ("all", "grounding"):
         res["grounding"] = grounded(cfg, run, m)
     if step == "all":  # the lab's edges: the browser and the steering table read the interp step's units
@@ -411,38 +412,27 @@ class HeldOut:
 
 
 def score_units(units, stats, pool, text, n_top, n_random, max_entries, sizes=(), seed=0):
-    """Explain each unit from its top contexts in the EXPLAIN half, simulate it on n_top top and
-    n_random random contexts of the SCORE half (the paper's "top-and-random" scoring), and return per
-    unit: score (Pearson r), explanation (at most max_entries rows), by_size {e: r with the explanation
-    cut to e rows, for e in sizes}, and single_token (one token carries SINGLE_TOKEN_SHARE of the
-    activation in the explanation contexts: the paper reports those apart, as they are trivial to
-    simulate). stats: the units' UnitStats; pool: dict(ctx (Q,) ids of random SCORE-half contexts,
-    acts (Q, ctx, U)); text: HeldOut. Every unit, feature or neuron, is explained from the same labels."""
-    top, out = stats.top[EXPLAIN], []
+    """Top-and-random, the protocol before the paper's (kept beside it for one release): each unit
+    explained from its top contexts in the EXPLAIN half and scored (Pearson r) on its n_top top and
+    n_random random contexts of the SCORE half, the random ones drawn from the pool (dict(ctx (Q,),
+    acts (Q, ctx, U))), none among the top ones. Per unit: score, explanation (at most max_entries
+    rows), by_size {e: the score of the table cut to e rows, for e in sizes}, single_token."""
+    top, scored, out = stats.top[EXPLAIN], stats.top[SCORE], []
     for u in units:
-        keep = top.val[u] > 0
+        keep, hit = top.val[u] > 0, scored.val[u] > 0
         prev, cur, labels = text.at(top.ctx[u][keep])
         acts = top.acts[u][keep].numpy().ravel()
         longest = explain(prev, cur, labels, acts, max([max_entries, *sizes]), text.vocab)
         cut = lambda e: table(longest["order"][:e], prev, cur, labels, acts, text.vocab)
-        ids, truth = scoring_contexts(u, stats.top[SCORE], pool, n_top, n_random, seed)
-        seen = text.at(ids)
+        ids = scored.ctx[u][hit][:n_top].numpy()
+        free = np.flatnonzero(~np.isin(pool["ctx"], ids))
+        pick = np.random.default_rng([seed, int(u)]).choice(free, min(n_random, len(free)), replace=False)
+        truth = np.concatenate([scored.acts[u][hit][:n_top].numpy().ravel(), pool["acts"][pick, :, u].numpy().ravel()])
+        seen = text.at(np.concatenate([ids, pool["ctx"][pick]]))
         score = lambda expl: pearson(simulate(expl, *seen, text.vocab), truth)
-        expl = cut(max_entries)
-        out.append(dict(unit=int(u), score=score(expl), explanation=expl,
+        out.append(dict(unit=int(u), score=score(cut(max_entries)), explanation=cut(max_entries),
                         by_size={e: score(cut(e)) for e in sizes}, single_token=single_token(top, u, text)))
     return out
-
-
-def scoring_contexts(u, top, pool, n_top, n_random, seed):
-    """The contexts unit u is scored on, (ids, its activations there): its n_top top contexts of the
-    SCORE half (top) and n_random of the pool's random ones, none of them among those."""
-    keep = top.val[u] > 0
-    ids_top = top.ctx[u][keep][:n_top].numpy()
-    free = np.flatnonzero(~np.isin(pool["ctx"], ids_top))
-    pick = np.random.default_rng([seed, int(u)]).choice(free, min(n_random, len(free)), replace=False)
-    truth = np.concatenate([top.acts[u][keep][:n_top].numpy().ravel(), pool["acts"][pick, :, u].numpy().ravel()])
-    return np.concatenate([ids_top, pool["ctx"][pick]]), truth
 
 
 # The paper's protocol (Bricken et al. 2023): a unit is explained from 49 examples and scored on 60,
@@ -716,14 +706,14 @@ def summarize(compare, cfg, n_docs):
             if (kind, part) in draws:
                 x, (m, ms) = point[kind][cfg.max_entries][picks[kind, part]], med(kind, part)
                 means = np.take_along_axis(under[kind][cfg.max_entries], draws[kind, part], 1).mean(1)
-                out[kind][part] = dict(mean=float(x.mean()), median=m, mean_ci=percentiles(means), median_ci=percentiles(ms))
+                out[kind][part] = dict(mean=float(x.mean()), median=m, mean_ci=interval(means), median_ci=interval(ms))
     diff = lambda a, b, part="all", e=cfg.max_entries: (
         None if (a, part) not in draws or (b, part) not in draws else
-        dict(value=med(a, part, e)[0] - med(b, part, e)[0], ci=percentiles(med(a, part, e)[1] - med(b, part, e)[1])))
+        dict(value=med(a, part, e)[0] - med(b, part, e)[0], ci=interval(med(a, part, e)[1] - med(b, part, e)[1])))
     out.update(median_diff=diff("features", "neurons"), median_diff_sparse=diff("features", "sparse_neurons"),
                median_diff_multi=diff("features", "neurons", "multi"))
     out["by_size"] = {e: {**{kind: med(kind, "all", e)[0] for kind in kinds},
-                          **{kind + "_ci": percentiles(med(kind, "all", e)[1]) for kind in kinds},
+                          **{kind + "_ci": interval(med(kind, "all", e)[1]) for kind in kinds},
                           "diff": diff("features", "neurons", "all", e)} for e in SIZES}
     out["detection"] = detection_summary(compare, kinds, w, draws)
     out["beside"] = beside_summary(compare, kinds, cfg)
@@ -731,10 +721,9 @@ def summarize(compare, cfg, n_docs):
 
 
 def document_resamples(n_docs, n, seed):
-    """(n, n_docs + 1): n resamples of the held-out documents, each a document's weight (how often it
-    was drawn, with replacement); the last column, 1, weighs the tokens read alone (no document's)."""
-    rng = np.random.default_rng([seed, 2])
-    return np.hstack([rng.multinomial(n_docs, np.full(n_docs, 1 / n_docs), size=n), np.ones((n, 1))])
+    """(n, n_docs + 1): n resamples of the held-out documents (lab/stats.py's document_weights); the
+    last column, 1, weighs the tokens read alone (no document's)."""
+    return np.hstack([document_weights(np.random.default_rng([seed, 2]), n_docs, n), np.ones((n, 1))])
 
 
 def resampled(rs, w, e):
@@ -747,10 +736,6 @@ def resampled_medians(x, draws):
     return np.nanmedian(np.take_along_axis(x, draws, 1), 1)
 
 
-def percentiles(x):
-    return tuple(float(v) for v in np.nanpercentile(x, [2.5, 97.5]))
-
-
 def detection_summary(compare, kinds, w, draws):
     """Detection's balanced accuracy: the median per kind (units with firing and silent contexts),
     features minus each other kind, with the intervals of summarize; the control (another unit's
@@ -760,9 +745,9 @@ def detection_summary(compare, kinds, w, draws):
     control = {kind: np.array([balanced_accuracy(r["detect_control"]) for r in compare[kind]]) for kind in kinds}
     meds = {kind: resampled_medians(ba[kind], draws[kind, "all"]) for kind in kinds}
     out = {kind: dict(n=int((~np.isnan(point[kind])).sum()), median=float(np.nanmedian(point[kind])),
-                      ci=percentiles(meds[kind]), control=float(np.nanmedian(control[kind]))) for kind in kinds}
+                      ci=interval(meds[kind]), control=float(np.nanmedian(control[kind]))) for kind in kinds}
     out["diff"] = {other: dict(value=out["features"]["median"] - out[other]["median"],
-                               ci=percentiles(meds["features"] - meds[other]))
+                               ci=interval(meds["features"] - meds[other]))
                    for other in kinds if other != "features"}
     return out
 
@@ -807,7 +792,7 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10,
         w, rng = document_resamples(n_docs, n, seed), np.random.default_rng([seed, 3])
         xa_w, xb_w = resampled(a, w, "score"), resampled(b, w, "score")
         ia, ib = rng.integers(0, len(xa), (n, len(xa))), rng.integers(0, len(xb), (n, len(xb)))
-        ci = percentiles([weighted(xa_w[k, ia[k]], ba[ia[k]], xb_w[k, ib[k]], bb[ib[k]])[0] for k in range(n)])
+        ci = interval([weighted(xa_w[k, ia[k]], ba[ia[k]], xb_w[k, ib[k]], bb[ib[k]])[0] for k in range(n)])
     else:
         units = lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j])[0]   # i, j: the units drawn of each kind
         ci = bootstrap(units, [np.arange(len(xa)), np.arange(len(xb))], n, np.random.default_rng(seed))

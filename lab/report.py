@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from lab import probing
 from lab.measure import FEW_TOKENS, MIN_ACTIVE
 from lab.plumbing import UserError, atomic_write_text, fmt_eta
 from lab.predicates import PREDICATE_HELP
@@ -31,7 +32,8 @@ def write_report(cfg, run, res):
     the paper's order (each a function returning its lines), and summary.json beside it.
     run: lab/measure.py's Run; res: analyze.analyze's results."""
     sections = [summary_section(cfg, run, res), losses_section(run, res), density_section(res),
-                interp_section(cfg, run, res), specificity_section(res["specificity"]), res["browser"]["report"],
+                interp_section(cfg, run, res), specificity_section(res["specificity"]),
+                probing.probing_markdown(res["probing"]), res["browser"]["report"],
                 res["steering"]["report"], grounding_markdown(res.get("grounding")), saved_sections(run.dir),
                 ["## Settings", "", f"`{json.dumps(dataclasses.asdict(cfg))}`"]]
     path = write_markdown(os.path.join(run.dir, "report.md"), sections)
@@ -96,12 +98,24 @@ def summary_section(cfg, run, res):
             f"{it['detection']['neurons']['median']:.2f} ({signed(it['detection']['diff']['neurons'])}); another "
             f"unit's table: {it['detection']['features']['control']:.2f} vs {it['detection']['neurons']['control']:.2f}"
             " | not measured |",
+            *probing_rows(res["probing"]),
             f"| the old top-and-random score, features vs neurons | {it['beside']['top_random']['features']['median']:.2f}"
             f" vs {it['beside']['top_random']['neurons']['median']:.2f} "
             f"({signed(it['beside']['top_random']['diff']['neurons'])}) | - |",
             f"| best proxy match (Pearson r) | {best_proxy(sp)} | {PAPER['specificity']} |",
             "", "Our interpretability score is a lexical stand-in for the paper's human and Claude raters (section 3): "
             "compare the sign of the difference, not the scale.", ""]
+
+
+def probing_rows(p):
+    """The summary table's row for k-sparse probing at k = 1 (the verdict's comparison D)."""
+    if not p["names"]:
+        return []
+    m, d = p["mean"], p["difference"]
+    return [f"| k-sparse probing of {len(p['names'])} context predicates, k = 1: mean balanced accuracy, features / "
+            f"neurons / sparsified neurons | {m['features'][1]['value']:.2f} / {m['neurons'][1]['value']:.2f} / "
+            f"{m['sparse_neurons'][1]['value']:.2f}; features minus sparsified neurons {signed(d['sparse_neurons'][1])};"
+            f" all 512 neurons (the ceiling) {m['ceiling']['value']:.2f} | not measured (SAEBench's measure) |"]
 
 
 def losses_section(run, res):
@@ -267,7 +281,8 @@ def write_summary(run, res):
                                      all=versus("all", it["median_diff"]),
                                      without_single_token=versus("multi", it["median_diff_multi"]),
                                      detection=plain(it["detection"]), beside=plain(it["beside"])),
-               specificity=specificity_summary(res["specificity"]), **saved_summaries(run.dir))
+               specificity=specificity_summary(res["specificity"]), probing=probing.probing_summary(res["probing"]),
+               **saved_summaries(run.dir))
     sparse = it.get("sparse_neurons", {})
     interval = lambda d: dict(value=d["value"], ci=list(d["ci"])) if d else None
     out["matched_density"] = dict(
