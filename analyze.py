@@ -29,11 +29,13 @@ import numpy as np
 import torch
 
 import data
-from lab import browser, figures, grounding, measure, predicates, probing, report, specificity, steer, tools
+from lab import (browser, figures, grounding, measure, predicates, probing, report, resampling, specificity, steer,
+                 tools)
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, fmt_eta, parse_config, require, run_main
 from lab.predicates import PREDICATES
-from lab.stats import bootstrap, document_weights, interval, median_difference, other_matchings, two_gaussians
+from lab.stats import (balanced_accuracy, bootstrap, interval, median_difference, other_matchings, pearson_from_sums,
+                       two_gaussians)
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -397,7 +399,7 @@ class HeldOut:
     labels: np.ndarray   # (N, P) bool: the predicates a row may name, the same for every unit (P = 0: none)
     vocab: int           # the vocabulary's size: the base of the explanation keys
     ctx: int             # tokens per context: context c is positions c*ctx to (c+1)*ctx - 1
-    docs: np.ndarray = None          # (N,) each token's document (the intervals resample documents)
+    docs: np.ndarray = None          # (N,) each token's document, 0 to D - 1 (the intervals resample them)
     alone_labels: np.ndarray = None  # (vocab, P) the predicates on each token read alone, as a document of its own
     eot: int = 0                     # the end of text: the "previous token" of a token read alone
 
@@ -535,17 +537,6 @@ def context_sums(expl, ex, text):
     return np.stack([np.bincount(where + 1, c, minlength=len(ex.ctx) + 1) for c in cols], 1)
 
 
-def pearson_from_sums(S):
-    """The Pearson correlation from sums (..., 6) of n, s, t, s^2, t^2, st; 0 where either is constant."""
-    n, s, t, ss, tt, st = np.moveaxis(np.asarray(S, np.float64), -1, 0)
-    n = np.maximum(n, 1e-12)
-    cov, vs, vt = st - s * t / n, ss - s * s / n, tt - t * t / n
-    den = np.sqrt(np.clip(vs, 0, None) * np.clip(vt, 0, None))
-    ok = den > 1e-12 * np.maximum(n, 1)
-    r = np.where(ok, cov / np.where(ok, den, 1), 0.0)
-    return float(r) if r.ndim == 0 else r
-
-
 def spearman(a, b):
     """Spearman's rank correlation (ties share their mean rank): the paper's statistic."""
     return pearson(mean_ranks(a), mean_ranks(b))
@@ -573,16 +564,6 @@ def detect(expl, ex, silent, text):
     peak = simulate(expl, *text.at(ids), text.vocab).reshape(len(ids), text.ctx).max(1)
     return dict(positive=np.append(ex.acts.max(1) > 0, np.zeros(len(silent), bool)),
                 predicted=peak > expl["default"] + 1e-9, docs=text.docs[ids * text.ctx])
-
-
-def balanced_accuracy(d, w=None):
-    """(TPR + TNR) / 2 of a detect() result, its contexts weighted by their documents' weights w
-    (B, D + 1) (None: once each); NaN without both firing and silent contexts."""
-    w = np.ones((1, 1)) if w is None else w[:, d["docs"]]
-    pos, hit = d["positive"], d["positive"] == d["predicted"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ba = ((w * (pos & hit)).sum(-1) / (w * pos).sum(-1) + (w * (~pos & hit)).sum(-1) / (w * ~pos).sum(-1)) / 2
-    return float(ba[0]) if ba.shape == (1,) and w.shape[0] == 1 else ba
 
 
 def single_token(top, u, text):
@@ -622,11 +603,12 @@ def interpretability(cfg, run, m, dens=None):
         for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = describe(r["explanation"], run.enc, run.meta["vocab_size"])
         print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
-    summary = dict(summarize(compare, cfg, len(np.unique(text.docs))),
+    summary = dict(resampling.summarize(compare, int(text.docs.max()) + 1, cfg.max_entries, SIZES, cfg.bootstrap,
+                                        cfg.seed),
                    by_density=report.by_density(results, stats, run.n_tokens))
     d = {kind: stats[kind].fired.double().numpy() / run.n_tokens for kind in stats}
     summary["matched"] = {other: matched_difference(results["features"], results[other], d["features"], d[other],
-                                                    cfg.bootstrap, cfg.seed, n_docs=len(np.unique(text.docs)))
+                                                    cfg.bootstrap, cfg.seed, n_docs=int(text.docs.max()) + 1)
                           for other in ("neurons", "sparse_neurons")}
     figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     report.save_units(run, stats, results)
@@ -644,7 +626,8 @@ def paper_inputs(cfg, run, m):
     labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]   # "tokens": token patterns only
     alone_labels = predicates.alone_labels(run.enc, vocab, eot)[:, :labels.shape[1]]
     text = HeldOut(run.tokens, np.concatenate([[eot], run.tokens[:-1]]), labels, vocab, cfg.context,
-                   docs=np.cumsum(run.tokens == eot), alone_labels=alone_labels, eot=eot)
+                   docs=np.unique(np.cumsum(run.tokens == eot), return_inverse=True)[1], alone_labels=alone_labels,
+                   eot=eot)
     kinds = {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}
     rng, pools = np.random.default_rng([cfg.seed, 1]), []
     for half, q in ((EXPLAIN, 50), (SCORE, 200)):
@@ -683,89 +666,6 @@ def sample(cfg, units, rng):
     return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in units.items()}
 
 
-def summarize(compare, cfg, n_docs):
-    """Medians and means per kind with 95% intervals, and the medians' differences, features minus
-    neurons (and minus sparsified neurons), overall, without single-token units and at every
-    explanation length of SIZES. Every interval resamples the held-out documents (one resample for
-    every kind: paired) and the units of each kind. Beside them: detection's balanced accuracy, the
-    control (another unit's explanation), Spearman's correlation, and top-and-random's score."""
-    w, rng = document_resamples(n_docs, cfg.bootstrap, cfg.seed), np.random.default_rng([cfg.seed, 3])
-    kinds = [kind for kind in compare if compare[kind]]
-    single = {kind: np.array([r["single_token"] for r in compare[kind]]) for kind in kinds}
-    picks = {(kind, part): np.flatnonzero(~single[kind] if part == "multi" else np.ones(len(single[kind]), bool))
-             for kind in kinds for part in ("all", "multi")}
-    draws = {key: idx[rng.integers(0, len(idx), (len(w), len(idx)))] for key, idx in picks.items() if len(idx)}
-    under = {kind: {e: resampled(compare[kind], w, e) for e in sorted({cfg.max_entries, *SIZES})} for kind in kinds}
-    point = {kind: {e: np.array([r["by_size"][e] for r in compare[kind]]) for e in under[kind]} for kind in kinds}
-    med = lambda kind, part, e=cfg.max_entries: (float(np.median(point[kind][e][picks[kind, part]])),
-                                                 resampled_medians(under[kind][e], draws[kind, part]))
-    out = {}
-    for kind in kinds:
-        out[kind] = dict(n=len(compare[kind]), single=int(single[kind].sum()))
-        for part in ("all", "multi"):
-            if (kind, part) in draws:
-                x, (m, ms) = point[kind][cfg.max_entries][picks[kind, part]], med(kind, part)
-                means = np.take_along_axis(under[kind][cfg.max_entries], draws[kind, part], 1).mean(1)
-                out[kind][part] = dict(mean=float(x.mean()), median=m, mean_ci=interval(means), median_ci=interval(ms))
-    diff = lambda a, b, part="all", e=cfg.max_entries: (
-        None if (a, part) not in draws or (b, part) not in draws else
-        dict(value=med(a, part, e)[0] - med(b, part, e)[0], ci=interval(med(a, part, e)[1] - med(b, part, e)[1])))
-    out.update(median_diff=diff("features", "neurons"), median_diff_sparse=diff("features", "sparse_neurons"),
-               median_diff_multi=diff("features", "neurons", "multi"))
-    out["by_size"] = {e: {**{kind: med(kind, "all", e)[0] for kind in kinds},
-                          **{kind + "_ci": interval(med(kind, "all", e)[1]) for kind in kinds},
-                          "diff": diff("features", "neurons", "all", e)} for e in SIZES}
-    out["detection"] = detection_summary(compare, kinds, w, draws)
-    out["beside"] = beside_summary(compare, kinds, cfg)
-    return out
-
-
-def document_resamples(n_docs, n, seed):
-    """(n, n_docs + 1): n resamples of the held-out documents (lab/stats.py's document_weights); the
-    last column, 1, weighs the tokens read alone (no document's)."""
-    return np.hstack([document_weights(np.random.default_rng([seed, 2]), n_docs, n), np.ones((n, 1))])
-
-
-def resampled(rs, w, e):
-    """(B, units): each unit's score (its explanation of e rows) with the documents weighted by w."""
-    return np.stack([pearson_from_sums(w[:, r["docs"]] @ r["sums"][e]) for r in rs], 1)
-
-
-def resampled_medians(x, draws):
-    """(B,) the median of each resample: x (B, units) under each document resample, draws the units drawn."""
-    return np.nanmedian(np.take_along_axis(x, draws, 1), 1)
-
-
-def detection_summary(compare, kinds, w, draws):
-    """Detection's balanced accuracy: the median per kind (units with firing and silent contexts),
-    features minus each other kind, with the intervals of summarize; the control (another unit's
-    explanation) beside."""
-    ba = {kind: np.stack([balanced_accuracy(r["detect"], w) for r in compare[kind]], 1) for kind in kinds}
-    point = {kind: np.array([balanced_accuracy(r["detect"]) for r in compare[kind]]) for kind in kinds}
-    control = {kind: np.array([balanced_accuracy(r["detect_control"]) for r in compare[kind]]) for kind in kinds}
-    meds = {kind: resampled_medians(ba[kind], draws[kind, "all"]) for kind in kinds}
-    out = {kind: dict(n=int((~np.isnan(point[kind])).sum()), median=float(np.nanmedian(point[kind])),
-                      ci=interval(meds[kind]), control=float(np.nanmedian(control[kind]))) for kind in kinds}
-    out["diff"] = {other: dict(value=out["features"]["median"] - out[other]["median"],
-                               ci=interval(meds["features"] - meds[other]))
-                   for other in kinds if other != "features"}
-    return out
-
-
-def beside_summary(compare, kinds, cfg):
-    """The scores beside the paper protocol's Pearson, per kind (median, units resampled): the control
-    (another unit's explanation), Spearman's correlation (the paper's statistic), and the top-and-random
-    score; and each one's median difference, features minus the other kinds."""
-    out = {}
-    for key in ("control", "spearman", "top_random"):
-        x = {kind: np.array([r[key] for r in compare[kind]]) for kind in kinds}
-        ci = lambda v: bootstrap(np.median, [v], cfg.bootstrap, np.random.default_rng(cfg.seed))
-        out[key] = {**{kind: dict(median=float(np.median(x[kind])), ci=ci(x[kind])) for kind in kinds},
-                    "diff": {other: median_difference(x["features"], x[other], cfg.bootstrap, cfg.seed)
-                             for other in kinds if other != "features"}}
-    return out
-
-
 def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10, n_docs=0):
     """Features (a) minus another kind (b) at matched density, a protocol fixed before any result was
     seen: every scored unit falls in a bin of half a decade of density (a unit's score falls with its
@@ -789,8 +689,8 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10,
     (xa, ba), (xb, bb) = density_bins(a, density_a), density_bins(b, density_b)
     value, bins = weighted(xa, ba, xb, bb)
     if n_docs:   # each resample: the documents, and the units of each kind
-        w, rng = document_resamples(n_docs, n, seed), np.random.default_rng([seed, 3])
-        xa_w, xb_w = resampled(a, w, "score"), resampled(b, w, "score")
+        w, rng = resampling.document_resamples(n_docs, n, seed), np.random.default_rng([seed, 3])
+        xa_w, xb_w = resampling.resampled(a, w, "score"), resampling.resampled(b, w, "score")
         ia, ib = rng.integers(0, len(xa), (n, len(xa))), rng.integers(0, len(xb), (n, len(xb)))
         ci = interval([weighted(xa_w[k, ia[k]], ba[ia[k]], xb_w[k, ib[k]], bb[ib[k]])[0] for k in range(n)])
     else:

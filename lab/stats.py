@@ -103,3 +103,25 @@ def kind_coefficient(xa, da, xb, db):
     d, kind = np.concatenate([da, db]), np.concatenate([np.ones(len(da)), np.zeros(len(db))])
     X = np.stack([np.ones_like(d), kind, d, d ** 2, d ** 3], 1)
     return float(np.linalg.lstsq(X, np.concatenate([xa, xb]), rcond=None)[0][1])
+
+
+def pearson_from_sums(S):
+    """The Pearson correlation from sums (..., 6) of n, s, t, s^2, t^2, st; 0 where either is constant."""
+    n, s, t, ss, tt, st = np.moveaxis(np.asarray(S, np.float64), -1, 0)
+    n = np.maximum(n, 1e-12)
+    cov, vs, vt = st - s * t / n, ss - s * s / n, tt - t * t / n
+    den = np.sqrt(np.clip(vs, 0, None) * np.clip(vt, 0, None))
+    ok = den > 1e-12 * np.maximum(n, 1)
+    r = np.where(ok, cov / np.where(ok, den, 1), 0.0)
+    return float(r) if r.ndim == 0 else r
+
+
+def balanced_accuracy(d, w=None):
+    """(TPR + TNR) / 2 of outcomes d = dict(positive, predicted, docs) per example (analyze.detect's),
+    each weighted by its document's weight in w (B, D + 1) (None: once each); NaN without both
+    positive and negative examples."""
+    w = np.ones((1, 1)) if w is None else w[:, d["docs"]]
+    pos, hit = d["positive"], d["positive"] == d["predicted"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ba = ((w * (pos & hit)).sum(-1) / (w * pos).sum(-1) + (w * (~pos & hit)).sum(-1) / (w * ~pos).sum(-1)) / 2
+    return float(ba[0]) if ba.shape == (1,) and w.shape[0] == 1 else ba

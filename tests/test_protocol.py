@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import analyze
-from lab import measure
+from lab import measure, resampling, stats
 
 VOCAB, EOT, CTX = 40, 40, 16
 
@@ -102,7 +102,7 @@ def test_detection_is_near_one_for_a_planted_explanation_and_one_half_for_anothe
     for r in paper:
         assert r["detection"] == pytest.approx(1.0)
         assert r["detect"]["positive"].sum() >= 6 and (~r["detect"]["positive"]).sum() >= 30
-    control = np.mean([analyze.balanced_accuracy(r["detect_control"]) for r in paper])
+    control = np.mean([stats.balanced_accuracy(r["detect_control"]) for r in paper])
     assert abs(control - 0.5) < 0.1
     assert abs(np.mean([r["control"] for r in paper])) < 0.1   # another unit's table predicts nothing
 
@@ -118,24 +118,24 @@ def test_a_resample_of_documents_reweights_each_units_correlation_exactly():
         sums = np.stack([np.ones_like(sim).sum(1), sim.sum(1), truth.sum(1), (sim * sim).sum(1),
                          (truth * truth).sum(1), (sim * truth).sum(1)], 1)
         units.append(dict(sums={"score": sums}, docs=np.append(-1, ctx_docs), sim=sim, truth=truth))
-    w = analyze.document_resamples(n_docs, 20, seed=0)
+    w = resampling.document_resamples(n_docs, 20, seed=0)
     assert (w[:, :-1].sum(1) == n_docs).all() and (w[:, -1] == 1).all()
-    got = analyze.resampled(units, w, "score")
+    got = resampling.resampled(units, w, "score")
     for b in range(len(w)):
         for j, u in enumerate(units):
             reps = w[b, u["docs"]].astype(int)
             direct = analyze.pearson(np.repeat(u["sim"], reps, 0).ravel(), np.repeat(u["truth"], reps, 0).ravel())
             assert got[b, j] == pytest.approx(direct, abs=1e-9)
     draws = np.array([[0, 0, 2], [1, 2, 2]])
-    assert analyze.resampled_medians(got[:2], draws).tolist() == [np.median(got[0, [0, 0, 2]]),
+    assert resampling.resampled_medians(got[:2], draws).tolist() == [np.median(got[0, [0, 0, 2]]),
                                                                   np.median(got[1, [1, 2, 2]])]
 
 
 def test_spearman_ranks_ties_by_their_mean():
     assert analyze.mean_ranks([3.0, 1.0, 1.0, 2.0]).tolist() == [4.0, 1.5, 1.5, 3.0]
     assert analyze.spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
-    assert analyze.pearson_from_sums([4, 10, 10, 30, 30, 30]) == pytest.approx(1.0)   # s = t = 1, 2, 3, 4
-    assert analyze.pearson_from_sums([3, 3, 6, 3, 14, 6]) == 0.0   # a constant simulation: no information
+    assert stats.pearson_from_sums([4, 10, 10, 30, 30, 30]) == pytest.approx(1.0)   # s = t = 1, 2, 3, 4
+    assert stats.pearson_from_sums([3, 3, 6, 3, 14, 6]) == 0.0   # a constant simulation: no information
 
 
 def test_a_unit_is_never_scored_on_the_half_it_was_explained_from():
