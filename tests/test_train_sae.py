@@ -55,7 +55,7 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
     assert resumed["step"] == whole["step"] == 24
     for k, v in whole["sae"].items():
         assert torch.equal(v, resumed["sae"][k]), k
-    assert whole["history"] == resumed["history"]
+    assert whole["history"] == resumed["history"] and torch.equal(whole["since_fired"], resumed["since_fired"])
 
 
 def test_2024_schedules_at_given_steps():
@@ -105,6 +105,7 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
     assert lrs == pytest.approx([1e-3] * 33 + [1e-3 * (40 - s) / 8 for s in range(33, 40)])  # 20%: steps 32-39
     assert resampled == [] and not any("resampled" in h for h in ckpt["history"])
     assert (b_enc == -1e4).all()  # dead from the first step, and kept dead: nothing resamples them
+    assert (ckpt["since_fired"][:64] == 40).all()  # the checkpoint holds the counters as training left them
 
 
 def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
