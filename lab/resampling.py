@@ -11,6 +11,8 @@ no unit is explained or simulated again.
     summary["median_diff"]            # dict(value, ci): features' median minus the neurons'
     summary["detection"]["features"]  # detection's balanced accuracy, median [95% CI], and its control
 """
+import warnings
+
 import numpy as np
 
 from lab.stats import (balanced_accuracy, bootstrap, document_weights, interval, median_difference,
@@ -68,7 +70,7 @@ def resampled(rs, w, e):
 
 def resampled_medians(x, draws):
     """(B,) the median of each resample: x (B, units) under each document resample, draws the units drawn."""
-    return np.nanmedian(np.take_along_axis(x, draws, 1), 1)
+    return defined_median(np.take_along_axis(x, draws, 1), 1)
 
 
 def detection_summary(compare, kinds, w, draws):
@@ -79,8 +81,8 @@ def detection_summary(compare, kinds, w, draws):
     point = {kind: np.array([balanced_accuracy(r["detect"]) for r in compare[kind]]) for kind in kinds}
     control = {kind: np.array([balanced_accuracy(r["detect_control"]) for r in compare[kind]]) for kind in kinds}
     meds = {kind: resampled_medians(ba[kind], draws[kind, "all"]) for kind in kinds}
-    out = {kind: dict(n=int((~np.isnan(point[kind])).sum()), median=float(np.nanmedian(point[kind])),
-                      ci=interval(meds[kind]), control=float(np.nanmedian(control[kind]))) for kind in kinds}
+    out = {kind: dict(n=int((~np.isnan(point[kind])).sum()), median=float(defined_median(point[kind])),
+                      ci=interval(meds[kind]), control=float(defined_median(control[kind]))) for kind in kinds}
     out["diff"] = {other: dict(value=out["features"]["median"] - out[other]["median"],
                                ci=interval(meds["features"] - meds[other]))
                    for other in kinds if other != "features"}
@@ -99,3 +101,10 @@ def beside_summary(compare, kinds, n, seed):
                     "diff": {other: median_difference(x["features"], x[other], n, seed)
                              for other in kinds if other != "features"}}
     return out
+
+
+def defined_median(x, axis=None):
+    """np.nanmedian, NaN without a warning where nothing is defined (a kind with no unit detected)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(x, axis)
