@@ -342,10 +342,11 @@ def sample_intervals(tops, cacts, mx, ids, g):
 
 
 @torch.no_grad()
-def interval_pass(batches, maxima, halves, ctx, K, per_interval, seed):
+def interval_pass(batches, maxima, halves, ctx, K, per_interval, seed, progress=None):
     """A second streaming pass, once each unit's largest activation is known: per source and half,
     per_interval contexts drawn at random from each of the K intervals (sample_intervals).
-    maxima: {name: (U,)}; returns {name: [half][interval] TopContexts}, each sorted by priority."""
+    maxima: {name: (U,)}; progress(tokens done), if given, after each batch; returns {name:
+    [half][interval] TopContexts}, each sorted by priority."""
     g, halves_t, out = torch.Generator().manual_seed(seed), torch.from_numpy(halves), {}
     for start, acts in batches:
         n = next(iter(acts.values())).shape[0]
@@ -357,6 +358,8 @@ def interval_pass(batches, maxima, halves, ctx, K, per_interval, seed):
             for h in (EXPLAIN, SCORE):
                 mine = ctx_half == h
                 sample_intervals(tops[h], cacts[mine], maxima[name].clamp_min(1e-12), ids[mine], g)
+        if progress is not None:
+            progress(start + n)
     for tops in out.values():
         for top in (t for half in tops for t in half):
             sort_top(top)
@@ -412,6 +415,18 @@ def measure_key(cfg, run):
                 format=MEASURE_FORMAT, python=sys.version.split()[0].rsplit(".", 1)[0])  # (its keywords)
 
 
+def progress_lines(what, n):
+    """progress(done) for a pass over n held-out tokens: a line every few seconds, with the rate and the ETA."""
+    t0, printer = time.time(), Progress(None)
+
+    def progress(done):
+        if printer.due() or done == n:
+            rate = done / max(time.time() - t0, 1e-9)
+            printer.say(f"measure: {what}: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
+                        f"ETA {fmt_eta((n - done) / max(rate, 1e-9))}")
+    return progress
+
+
 def load_or_measure(cfg, run, halves, units):
     """measure() over the held-out tokens, or its cached result when the inputs match. halves:
     (n_tokens,) each token's half; units() -> (k, {name: fn(neurons (n, d_mlp)) -> acts (n, U)}): what
@@ -438,21 +453,13 @@ def load_or_measure(cfg, run, halves, units):
     next_ids, counted = next_rows(run.tokens, eot)
     k, sources = units()
     print(f"measure: the neurons sparsified to {k} per token match the features' mean density")
-    progress = Progress(None)
-
-    def report(done):
-        if progress.due() or done == n:
-            rate = done / (time.time() - t0)
-            progress.say(f"measure: {done:,}/{n:,} held-out tokens | {rate:,.0f} tok/s | "
-                         f"ETA {fmt_eta((n - done) / rate)}")
-
     stats = measure(stream(run.model, run.tokens, n, sources, run.batch), n, halves, proxies, cfg.context,
-                    (cfg.explain_contexts, cfg.score_top), report, next_ids, len(counted))
+                    (cfg.explain_contexts, cfg.score_top), progress_lines("the first pass", n), next_ids, len(counted))
     sampled = {name: fn for name, fn in sources.items() if name in ("neurons", "sparse_neurons", run.main_name)}
-    print(f"measure: sampling contexts from {INTERVALS} activation intervals per unit, a second pass")
     intervals = interval_pass(stream(run.model, run.tokens, n, sampled, run.batch),
                               {name: stats[name].max_activation() for name in sampled}, halves, cfg.context,
-                              INTERVALS, PER_INTERVAL, run.seed)
+                              INTERVALS, PER_INTERVAL, run.seed,
+                              progress_lines(f"the second pass (contexts from {INTERVALS} activation intervals)", n))
     result = Measurement(key=key, stats=stats, proxies=proxies, halves=halves, sparse_k=k, next_tokens=counted,
                          intervals=intervals, seconds=time.time() - t0)
     atomic_save(dataclasses.asdict(result), path)
