@@ -502,7 +502,7 @@ def score_paper(units, stats, intervals, pools, alone, text, max_entries, sizes=
     out = [score_one(u, stats, intervals, pools, alone, order, text, lengths, max_entries, seed) for u in units]
     for r, other in zip(out, out[-1:] + out[:-1]):
         scored, silent = r.pop("examples")
-        r["control"] = pearson_from_sums(context_sums(other["explanation"], scored, text).sum(0))
+        r["control"] = pearson_from_sums(context_sums(other["explanation"], positions(scored, text), text).sum(0))
         r["detect_control"] = detect(other["explanation"], scored, silent, text)
         r["detection"] = balanced_accuracy(r["detect"])
     return out
@@ -516,9 +516,9 @@ def score_one(u, stats, intervals, pools, alone, order, text, lengths, max_entri
     prev, cur, labels, acts, _ = positions(ex, text)
     longest = explain(prev, cur, labels, acts, lengths[-1], text.vocab)
     tables = {e: table(longest["order"][:e], prev, cur, labels, acts, text.vocab) for e in lengths}
-    sums = {e: context_sums(t, sc, text) for e, t in tables.items()}
+    scored_at = positions(sc, text)   # read once: every length's sums, Spearman's
+    sums = {e: context_sums(t, scored_at, text) for e, t in tables.items()}
     silent = silent_contexts(u, pools[SCORE], rng)
-    scored_at = positions(sc, text)
     sums["score"] = sums[max_entries]
     return dict(unit=int(u), explanation=tables[max_entries], score=pearson_from_sums(sums[max_entries].sum(0)),
                 by_size={e: pearson_from_sums(sums[e].sum(0)) for e in lengths},
@@ -528,13 +528,14 @@ def score_one(u, stats, intervals, pools, alone, order, text, lengths, max_entri
                 single_token=single_token(stats.top[EXPLAIN], u, text))
 
 
-def context_sums(expl, ex, text):
+def context_sums(expl, at, text):
     """(C + 1, 6): per context of the examples (row 0: the tokens alone), the sums n, s, t, s^2, t^2, st
-    of the simulation s and the truth t: a correlation over any reweighting of the contexts follows."""
-    prev, cur, labels, t, where = positions(ex, text)
+    of the simulation s and the truth t: a correlation over any reweighting of the contexts follows.
+    at: the examples' positions()."""
+    prev, cur, labels, t, where = at
     sim = simulate(expl, prev, cur, labels, text.vocab)
     cols = (np.ones_like(t), sim, t, sim * sim, t * t, sim * t)
-    return np.stack([np.bincount(where + 1, c, minlength=len(ex.ctx) + 1) for c in cols], 1)
+    return np.stack([np.bincount(where + 1, c, minlength=int(where.max(initial=-1)) + 2) for c in cols], 1)
 
 
 def spearman(a, b):

@@ -44,9 +44,11 @@ def summarize(compare, n_docs, max_entries, sizes, n, seed):
                 x, (m, ms) = point[kind][max_entries][picks[kind, part]], med(kind, part)
                 means = np.take_along_axis(under[kind][max_entries], draws[kind, part], 1).mean(1)
                 out[kind][part] = dict(mean=float(x.mean()), median=m, mean_ci=interval(means), median_ci=interval(ms))
-    diff = lambda a, b, part="all", e=max_entries: (
-        None if (a, part) not in draws or (b, part) not in draws else
-        dict(value=med(a, part, e)[0] - med(b, part, e)[0], ci=interval(med(a, part, e)[1] - med(b, part, e)[1])))
+    def diff(a, b, part="all", e=max_entries):   # each kind's medians computed once
+        if (a, part) not in draws or (b, part) not in draws:
+            return None
+        (ma, da), (mb, db) = med(a, part, e), med(b, part, e)
+        return dict(value=ma - mb, ci=interval(da - db))
     out.update(median_diff=diff("features", "neurons"), median_diff_sparse=diff("features", "sparse_neurons"),
                median_diff_multi=diff("features", "neurons", "multi"))
     out["by_size"] = {e: {**{kind: med(kind, "all", e)[0] for kind in kinds},

@@ -120,8 +120,9 @@ def balanced_accuracy(d, w=None):
     """(TPR + TNR) / 2 of outcomes d = dict(positive, predicted, docs) per example (analyze.detect's),
     each weighted by its document's weight in w (B, D + 1) (None: once each); NaN without both
     positive and negative examples."""
-    w = np.ones((1, 1)) if w is None else w[:, d["docs"]]
+    once = w is None
+    w = np.ones((1, 1)) if once else w[:, d["docs"]]
     pos, hit = d["positive"], d["positive"] == d["predicted"]
     with np.errstate(invalid="ignore", divide="ignore"):
         ba = ((w * (pos & hit)).sum(-1) / (w * pos).sum(-1) + (w * (~pos & hit)).sum(-1) / (w * ~pos).sum(-1)) / 2
-    return float(ba[0]) if ba.shape == (1,) and w.shape[0] == 1 else ba
+    return float(ba[0]) if once else ba
