@@ -16,7 +16,6 @@ import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP thr
 import dataclasses
 import math
 import os
-from functools import partial
 
 import numpy as np
 import torch
@@ -24,9 +23,8 @@ import torch.nn.functional as F
 
 import data
 from lab.fused_ce import unembed_cross_entropy
-from lab.plumbing import (TORCH_RNG, UserError, arg, check_fields, copy_for_timing, fast_bf16, parse_config,
-                          run_main)
-from lab.run import Run, lm_memory
+from lab.plumbing import TORCH_RNG, UserError, arg, check_fields, fast_bf16, parse_config, run_main
+from lab.run import Run, lm_memory, require_finite
 from model import ModelConfig, Transformer
 
 
@@ -88,9 +86,7 @@ def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
     loss.backward()
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-    if not torch.isfinite(loss):
-        raise UserError(f"the loss became {loss.item()}; the last good checkpoint is kept: lower --lr and rerun "
-                        "with --resume")
+    require_finite(loss.item())
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss
@@ -104,23 +100,23 @@ def train(cfg, on_step=None):
     meta, train_tokens, val_tokens = data.load_shards(cfg.out)
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
     bf16, tokens_per_step = cfg.bf16 and fast_bf16(device), cfg.batch_size * mcfg.block_size
-    run.refuse_unsafe_start(lm_memory(mcfg, cfg.batch_size // run.world, 2 if bf16 else 4), "training this LM",
-                            "lower --batch-size, --d-mlp or --block-size")
+    run.refuse_unsafe_start(lm_memory(mcfg, cfg.batch_size // run.world, 2 if bf16 else 4))
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     opt, batches, history = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), []
     lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
     net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
-    checkpoint = {"model_config": dataclasses.asdict(mcfg), "model": model, "optimizer": opt, "history": history,
-                  "batch_rng": batches, "rng": TORCH_RNG, "tokenizer_hash": meta["tokenizer_hash"]}
     run.start(math.ceil(cfg.max_tokens / tokens_per_step), tokens_per_step,
-              partial(timed_step, model, lm_loss, cfg, next_batch, autocast), [checkpoint],
+              [{"model_config": dataclasses.asdict(mcfg), "model": model, "optimizer": opt, "history": history,
+                "batch_rng": batches, "rng": TORCH_RNG, "tokenizer_hash": meta["tokenizer_hash"]}],
               must_match=dict.fromkeys(["model_config", "tokenizer_hash"], "was trained with another model config "
-                                       "or tokenizer; use the same flags and data, or a new --lm-dir"))
-    announce(run, model, len(train_tokens))
+                                       "or tokenizer; use the same flags and data, or a new --lm-dir"),
+              timed=(next_batch, lambda m, o, batch: train_step(m, lm_loss, o, batch, cfg.lr, cfg, autocast)))
+    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {run.world} "
+                 f"process(es) on {device}; ", len(train_tokens))
     if run.step == 0:  # the untrained model's loss starts the curve
-        record(history, run, step=0, val_loss=evaluate(model, val_tokens, device), tokens=0)
+        run.log(dict(step=0, val_loss=evaluate(model, val_tokens, device), tokens=0))
 
     # 2. the training loop
     with run.crash_label():
@@ -132,8 +128,8 @@ def train(cfg, on_step=None):
             loss = train_step(net, lm_loss, opt, next_batch(batches), lr_at(step, cfg, run.max_steps), cfg, autocast)
             # c. the validation loss, every eval_every steps
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
-                record(history, run, step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
-                       val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step)
+                run.log(dict(step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
+                             val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step))
             val = f"{history[-1]['val_loss']:.3f}" if history[-1]["step"] > 0 else "-"
             run.progress(lambda: f"loss {loss.item():.3f} | val {val}")
 
@@ -146,12 +142,6 @@ def train(cfg, on_step=None):
     run.summary()
     print(f"val loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
-
-
-def record(history, run, **entry):
-    """A validation loss (with its step, ...) added to the history and to log.jsonl."""
-    history.append(entry)
-    run.log(entry)
 
 
 def plain_cross_entropy(h, W_U, targets):
@@ -193,25 +183,6 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
     c = np.where(pairs[pos] == keys, counts[pos], 0)
     return min(float(-np.mean(np.log((c + alpha) / (unigram[va] + alpha * vocab_size))))
                for alpha in (1e-3, 1e-2, 0.1, 1.0))
-
-
-# ----------------------------------------------------------------------------------------------
-# Around the loop: the first lines, --max-minutes (lab/run.py checkpoints, times and prints the rest)
-
-
-def announce(run, model, n_train):
-    """The run's first lines: the config, the model, the length (and a warning if it repeats data)."""
-    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {run.world} "
-                 f"process(es) on {run.device}; ", n_train, "tokens", "overfitting; the validation loss will stop "
-                 "improving", "give data.py more --data, or lower --max-tokens")
-
-
-def timed_step(model, lm_loss, cfg, next_batch, autocast):
-    """--max-minutes: a step to time, of a copy of the model with batches of its own, so the run itself
-    is untouched."""
-    twin, twin_opt = copy_for_timing(model, lambda m: make_optimizer(m, cfg))
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    return lambda: train_step(twin, lm_loss, twin_opt, next_batch(g), cfg.lr, cfg, autocast)
 
 
 if __name__ == "__main__":

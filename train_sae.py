@@ -24,9 +24,8 @@ import torch
 
 import sae as sae_lib
 from lab import sae_fast
-from lab.plumbing import (UserError, arg, check_fields, copy_for_timing, lm_fingerprint, parse_config, require,
-                          run_main)
-from lab.run import Run, lm_and_shards, sae_memory
+from lab.plumbing import arg, check_fields, flag_errors, lm_fingerprint, parse_config, require, run_main
+from lab.run import Run, lm_and_shards, print_sae_metrics, require_finite, sae_memory, sae_progress
 from model import harvest
 
 RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
@@ -51,7 +50,11 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     overwrite: bool = arg(False, "replace a finished run in <out>/<sae-dir>/ (else refused)")
     n_features: int = arg(sae_lib.SAEConfig.n_features, "dictionary size (the paper's A/1: 4,096 = 8x the 512 neurons)",
                           at_least=1)
-    sweep: list = arg([], "train several dictionary sizes on the same activations, e.g. 512 1024 2048 4096")
+    sweep: list = arg([], "train several dictionary sizes on the same activations, e.g. 512 1024 2048 4096",
+                      check=[(lambda v: all(str(n).isdigit() and int(n) >= 1 for n in v),
+                              "expects positive dictionary sizes, e.g. --sweep 512 1024"),
+                             (lambda v: len({int(n) for n in v}) == len(v),
+                              "names a size twice: each size trains once, into its own F<n>/")])
     activation: str = arg(sae_lib.SAEConfig.activation, "relu (the paper: ReLU + L1 penalty) or topk (Gao et al. 2024)")
     l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient, in the SAE's normalised units (relu)",
                           at_least=0)
@@ -63,7 +66,9 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
                     above=0)
     batch_size: int = arg(4096, "activations per step (the paper: 8,192)", at_least=1)
     snapshots: list = arg([], "activation counts at which to also keep a copy of the checkpoints, e.g. 0 1000000 "
-                          "(0: the SAE as initialised, before any step), in <out>/<sae-dir>_at<count>/F<n>/")
+                          "(0: the SAE as initialised, before any step), in <out>/<sae-dir>_at<count>/F<n>/",
+                          check=(lambda v: all(str(n).isdigit() for n in v),
+                                 "expects activation counts >= 0, e.g. --snapshots 0 1000000"))
     fused: bool = arg(True, "the fused sparse step of lab/sae_fast.py (--no-fused: sae.py's autograd reference)")
     # set by programs (the tests, lab/compare.py), not on the command line
     buffer_size: int = arg(2**18, "activations per buffer fill (2^18 x 512 floats = 512 MB)", flag=False)
@@ -75,14 +80,6 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
 
     def __post_init__(self):  # each field's check=, then what a check of one field cannot say
         check_fields(self)
-        sweep, snapshots = (" ".join(map(str, [flag, *v])) for flag, v in (("--sweep", self.sweep),
-                                                                             ("--snapshots", self.snapshots)))
-        require(all(str(n).isdigit() and int(n) >= 1 for n in self.sweep), sweep,
-                "expects positive dictionary sizes, e.g. --sweep 512 1024")
-        require(len({int(n) for n in self.sweep}) == len(self.sweep), sweep,
-                "names a size twice: each size trains once, into its own F<n>/")
-        require(all(str(n).isdigit() for n in self.snapshots), snapshots,
-                "expects activation counts >= 0, e.g. --snapshots 0 1000000")
         require(self.buffer_size >= self.batch_size, f"buffer_size {self.buffer_size}",
                 f"must hold at least one batch (--batch-size {self.batch_size})")
         for n in self.sizes:  # --activation, --l1-coeff, --k: sae.py's checks, worded as flags
@@ -93,112 +90,100 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
         return [int(n) for n in self.sweep] or [self.n_features]
 
     def sae_config(self, d_in, n_features):
-        try:
+        with flag_errors("SAEConfig"):
             return sae_lib.SAEConfig(d_in=d_in, n_features=n_features, l1_coeff=self.l1_coeff,
                                      activation=self.activation, k=self.k)
-        except ValueError as e:
-            raise UserError(str(e).replace("SAEConfig: ", "--").replace("_", "-", 1)) from None
 
-
-@dataclasses.dataclass
-class State:
-    """What training changes, a list entry per dictionary size: what the checkpoints hold, by name, in set_up."""
-    saes: list
-    opts: list
-    windows: torch.Generator          # which contexts fill the buffer
-    shuffle: torch.Generator          # the order inside a fill
-    since_fired: list                 # (F,) steps each feature has been silent
-    histories: list                   # the held-out metrics, and the resamplings
 
 
 def train(cfg, on_step=None):
     """Train one SAE per dictionary size on the same activations; on_step(steps taken): the tests' crash hook."""
-    # 1. set-up: the LM whose activations we decompose, one SAE and optimizer per size; lab/run.py does
-    # processes, --resume and the checks
+    # 1. set-up: the LM, one SAE and optimizer per size, the first fill (lab/run.py: processes, --resume, checks)
     run = Run(cfg, "SAE", "--sae-dir", lambda c: [os.path.join(c.out, c.sae_dir, f"F{n}", "ckpt.pt") for n in c.sizes],
               pattern=os.path.join("F*", "ckpt.pt"), unit="activations")
     cfg, device = run.cfg, run.device
     # the fast path, chosen here: lab/sae_fast.py's gradients and metrics, the same numbers as sae.py's, faster
     grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
-    model, tokens, val_acts, st = set_up(run, cfg, grads, device)
+    model, val_tokens, val_acts, saes, opts, since_fired, histories, fill, buffer = set_up(run, cfg, grads, device)
     steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
+    sync = run.grad_sync(["fired"])  # under DDP: the processes' gradients averaged, their counts summed
 
     # 2. the training loop
     with run.crash_label():
         for step in run.steps(on_step):
-            # a. refill the activation buffer when it runs dry. Its only state is the two generators, so a
-            # fill boundary is where we checkpoint (the 512 MB buffer is never saved) and resume.
-            if step % steps_per_fill == 0:
+            # a. refill the activation buffer when it runs dry (the set-up's fill is the first). Its only state is
+            # the two generators, so a fill boundary is where we checkpoint (the buffer is never saved) and resume.
+            if step % steps_per_fill == 0 and step > 0:
                 if step > run.first_step and run.minutes_since_saved() >= cfg.ckpt_minutes:
                     run.save("running")
-                buffer = refill_buffer(model, tokens["train"], cfg.buffer_size, st, run)
-                if step == 0:
-                    for s in st.saes:  # act_scale, and b_dec at the geometric median (paper), from the first fill
-                        s.init_from_data(buffer[:2**14])
-                    run.take_snapshots(0)  # --snapshots 0: the SAE as initialised
+                buffer = run.timed("harvest", fill)
             # b. one optimizer step per dictionary size, on this process's slice of the batch
             j = (step % steps_per_fill) * cfg.batch_size + run.rank * per_rank
             x, l1_coeff = buffer[j:j + per_rank], cfg.l1_coeff
             if cfg.recipe == "2024":  # the schedules: the L1 coefficient warms up, the learning rate decays
-                l1_coeff *= schedule_2024(step, run.max_steps, st.opts, cfg.lr)
-            stats = step_saes(st, x, grads, l1_coeff, run)
+                l1_coeff *= schedule_2024(step, run.max_steps, opts, cfg.lr)
+            for s, o, silent in zip(saes, opts, since_fired):
+                stats = run.timed("SAE steps", sae_step, s, o, x, grads, l1_coeff, sync)
+                silent.add_(1).masked_fill_(stats["fired"] > 0, 0)  # steps each feature has been silent
             # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
             if cfg.recipe == "paper" and step + 1 in sae_lib.resample_schedule(run.max_steps):
-                resample_all(st, buffer, step + 1, cfg.batch_size, run)
+                resample_all(run, saes, opts, since_fired, buffer, step + 1)
             # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
-                record_metrics(st, run, evaluate, val_acts, step + 1, cfg.batch_size, train_loss=stats["loss"])
+                record_metrics(run, evaluate, saes, val_acts, step + 1, train_loss=stats["loss"])
             run.take_snapshots(step + 1)
-            run.progress(lambda: progress_text(st, run))
+            run.progress(lambda: sae_progress(saes[-1], histories[-1], since_fired[-1], run.max_steps))
 
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
     if not run.end_processes():
         return None
-    final_acts = held_out(model, tokens["val"], 4 * cfg.eval_activations, device)
-    record_metrics(st, run, evaluate, final_acts, run.step, cfg.batch_size, final=True, held_out=len(final_acts))
+    final_acts = held_out(model, val_tokens, 4 * cfg.eval_activations, device)
+    record_metrics(run, evaluate, saes, final_acts, run.step, final=True, held_out=len(final_acts))
     ckpts = run.save("final")
     run.summary(timed_phase="SAE steps")
-    print_metrics(st, run.step * cfg.batch_size)
+    print_sae_metrics(saes, histories, run.step * cfg.batch_size)  # `F4096: L0 34.7 | FVU 0.040 | ...`
     return ckpts
 
 
 def set_up(run, cfg, grads, device):
-    """The LM and its shards; the memory check; the SAEs, optimizers and random streams (--recipe 2024:
-    its start), resumed or new, and what their checkpoints hold; the held-out activations; the first lines."""
+    """The LM and its shards; the memory check; the SAEs, their optimizers and the random streams of the
+    fills (--recipe 2024: its start), resumed or new, and what their checkpoints hold; a new run's first
+    fill, which sets each SAE's scale and b_dec; the held-out activations; the first lines."""
     model, lm_ckpt, meta, train_tokens, val_tokens = lm_and_shards(cfg, device)
-    run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size),
-                            "training these SAEs", "lower --n-features (or --sweep's sizes) or --batch-size")
+    run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size))
     torch.manual_seed(cfg.seed)
     saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(device) for n in cfg.sizes]
     for s in saes if cfg.recipe == "2024" else []:
         init_2024(s)
-    st = State(saes, [sae_lib.make_optimizer(s, cfg.lr) for s in saes], torch.Generator().manual_seed(cfg.seed + 1),
-               torch.Generator().manual_seed(cfg.seed + 2),
-               [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in cfg.sizes])
-    checkpoints = [{"sae_config": dataclasses.asdict(s.cfg), "sae": s, "optimizer": o,
-                    "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": st.windows,
-                    "shuffle_rng": st.shuffle, "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
-                    "tokenizer_hash": meta["tokenizer_hash"], "history": h}
-                   for s, o, f, h in zip(st.saes, st.opts, st.since_fired, st.histories)]
+    opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
+    windows, shuffle = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
+    since_fired, histories = [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in saes]
+    fill = lambda: refill_buffer(model, train_tokens, cfg.buffer_size, windows, shuffle, device)
+    buffer = None if cfg.resume else run.timed("harvest", fill)
+    for s in saes if buffer is not None else []:  # act_scale, and b_dec at the geometric median (paper)
+        s.init_from_data(buffer[:2**14])
     run.start(math.ceil(cfg.max_activations / cfg.batch_size), cfg.batch_size,
-              lambda: timed_step(cfg, model, train_tokens, saes, grads, device), checkpoints,
+              [{"sae_config": dataclasses.asdict(s.cfg), "sae": s, "optimizer": o,
+                "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": windows,
+                "shuffle_rng": shuffle, "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
+                "tokenizer_hash": meta["tokenizer_hash"], "history": h}
+               for s, o, f, h in zip(saes, opts, since_fired, histories)],
               must_match={"lm_fingerprint": f"was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new "
-                                            "--sae-dir"})
+                                            "--sae-dir"},
+              timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=device)[0],
+                     lambda s, o, x: sae_step(s, o, x, grads, cfg.l1_coeff)))
     val_acts = held_out(model, val_tokens, cfg.eval_activations, device)
     run.announce(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes "
                  f"{cfg.sizes}; held-out set {len(val_acts):,} activations; {run.world} process(es) on {device}\n"
-                 f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens),
-                 "tokens' activations", "the paper: repeating data makes dead features",
-                 "give data.py more --data, or lower --max-activations")
-    return model, dict(train=train_tokens, val=val_tokens), val_acts, st
+                 f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))
+    return model, val_tokens, val_acts, saes, opts, since_fired, histories, fill, buffer
 
 
-def refill_buffer(model, tokens, n, st, run):
+def refill_buffer(model, tokens, n, windows, shuffle, device):
     """n activations of the LM on random windows of the training split, shuffled."""
-    with run.watch("harvest"):
-        buffer = harvest(model, tokens, n, st.windows, device=run.device)[0]
-        return buffer[torch.randperm(len(buffer), generator=st.shuffle).to(run.device)]
+    buffer = harvest(model, tokens, n, windows, device=device)[0]
+    return buffer[torch.randperm(len(buffer), generator=shuffle).to(device)]
 
 
 def held_out(model, tokens, n, device):
@@ -206,56 +191,40 @@ def held_out(model, tokens, n, device):
     return harvest(model, tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
 
 
-def step_saes(st, x, grads, l1_coeff, run):
-    """One optimizer step of each SAE on x (sae.train_step; grads None: by autograd), its features'
-    silence counted. Under DDP each process has a slice of the batch and the gradients are averaged
-    (linear, so removing their parallel part commutes with it). Returns the last step's statistics."""
-    sync = (lambda sae, stats: run.average_grads(sae, [stats["fired"]])) if run.ddp else None
-    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
-        with run.watch("SAE steps"):
-            stats = sae_step(s, o, x, grads, l1_coeff, sync)
-        st.since_fired[i].add_(1).masked_fill_(stats["fired"] > 0, 0)
-    return stats
-
-
 def sae_step(s, opt, x, grads, l1_coeff, sync=None):
-    """One optimizer step with this step's L1 coefficient; its statistics as numbers, "fired" as a tensor."""
+    """One optimizer step (sae.train_step; grads None: by autograd) with this step's L1 coefficient; its
+    statistics as numbers, "fired" as a tensor. Under DDP each process has a slice of the batch and sync
+    averages the gradients (linear, so removing their parallel part commutes with it)."""
     stats = sae_lib.train_step(s, opt, x, l1_coeff, grads, sync)
     stats = {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
-    if not math.isfinite(stats["loss"]):
-        raise UserError(f"SAE F{s.cfg.n_features}: the loss became {stats['loss']}; the last good checkpoint is "
-                        "kept: lower --lr and rerun with --resume")
+    require_finite(stats["loss"], f"SAE F{s.cfg.n_features}: ")
     return stats
 
 
-def record_metrics(st, run, evaluate, acts, step, batch_size, **extra):
-    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), added to
-    its history and its log.jsonl with the steps taken, the activations seen and extra."""
-    for i, (s, h) in enumerate(zip(st.saes, st.histories)):
-        with run.watch("held-out metrics"):
-            m = evaluate(s, acts)
-        h.append({"step": step, "activations": step * batch_size, **extra,
-                  **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}})
-        run.log(h[-1], i)
+def record_metrics(run, evaluate, saes, acts, step, **extra):
+    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), with the
+    steps taken, the activations seen and extra, in its history and its log.jsonl."""
+    for i, s in enumerate(saes):
+        m = run.timed("held-out metrics", evaluate, s, acts)
+        run.log({"step": step, "activations": step * run.per_step, **extra,
+                 **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}}, i)
 
 
-def resample_all(st, buffer, step, batch_size, run):
+def resample_all(run, saes, opts, since_fired, buffer, step):
     """--recipe paper: each SAE's dead features resampled (resample), and the count recorded."""
-    for i, (s, o) in enumerate(zip(st.saes, st.opts)):
-        with run.watch("resampling"):
-            n_dead = resample(s, o, st.since_fired[i], buffer, step, run.max_steps, batch_size, run)
-        st.histories[i].append({"step": step, "resampled": n_dead})
-        run.log(st.histories[i][-1], i)
+    for i, (s, o) in enumerate(zip(saes, opts)):
+        n_dead = run.timed("resampling", resample, s, o, since_fired[i], buffer, step, run)
+        run.log({"step": step, "resampled": n_dead}, i)
         run.say(f"step {step}: resampled {n_dead} dead features of F{s.cfg.n_features}")
 
 
-def resample(s, opt, since_fired, buffer, step, max_steps, batch_size, run):
+def resample(s, opt, since_fired, buffer, step, run):
     """Resample one SAE's dead features (silent for the paper's window, or since the start if
     shorter) from a sample of the buffer; returns how many. Resets their counters in place."""
-    dead = since_fired >= min(sae_lib.dead_window(max_steps), step)
+    dead = since_fired >= min(sae_lib.dead_window(run.max_steps), step)
     n_dead = 0
     if dead.any():  # the errors of ~400k inputs cost as much as 100 steps: only when there is work
-        sample = buffer[:min(len(buffer), 100 * batch_size)]
+        sample = buffer[:min(len(buffer), 100 * run.per_step)]
         n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fast.squared_errors(s, sample))
     run.agree([s.W_enc.data, s.W_dec.data, s.b_enc.data])  # every rank resampled on its own inputs: rank 0's wins
     since_fired[dead] = 0
@@ -298,44 +267,6 @@ def schedule_2024(step, max_steps, opts, lr):
     for o in opts:
         o.param_groups[0]["lr"] = lr * lr_decay(step, max_steps)
     return l1_warmup(step, max_steps)
-
-
-# ----------------------------------------------------------------------------------------------
-# Around the loop: --max-minutes, the progress and last lines (lab/run.py times and prints them)
-
-
-def timed_step(cfg, model, tokens, saes, grads, device):
-    """--max-minutes: a step to time, with its batch's harvest, on copies of the SAEs, so that the run
-    itself is untouched. A fresh SAE fires on about half of its features until its L1 penalty bites,
-    so these first steps are its slowest: the count is low, and the run ends before the minutes are up."""
-    g = torch.Generator().manual_seed(cfg.seed + 3)
-    twins = [copy_for_timing(s, lambda m: sae_lib.make_optimizer(m, cfg.lr)) for s in saes]
-    sample = harvest(model, tokens, 2**14, g, device=device)[0]
-    for twin, _ in twins:
-        twin.init_from_data(sample)
-
-    def step():
-        x = harvest(model, tokens, cfg.batch_size, g, device=device)[0]
-        for twin, opt in twins:
-            sae_step(twin, opt, x, grads, cfg.l1_coeff)
-    return step
-
-
-def print_metrics(st, seen):
-    """The stage's last lines, each SAE's held-out metrics, e.g.
-    `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`."""
-    for s, h in zip(st.saes, st.histories):
-        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
-              f"{100 * h[-1]['dead_frac']:.1f}% | {seen / 1e6:.1f}M activations")
-
-
-def progress_text(st, run):
-    """`F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1%`, for the largest size (after the first metrics)."""
-    last = next((h for h in reversed(st.histories[-1]) if "mse" in h), None)
-    # dead here: silent for the whole resampling window in training (held-out sets are small)
-    dead = (st.since_fired[-1] >= sae_lib.dead_window(run.max_steps)).float().mean().item()
-    return (f"F{st.saes[-1].cfg.n_features}: held-out MSE {last['mse']:.4f} L0 {last['l0']:.1f} | dead "
-            f"{100 * dead:.1f}%") if last else ""
 
 
 if __name__ == "__main__":

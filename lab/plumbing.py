@@ -6,7 +6,6 @@ science; it lives here so the scripts can be about the science.
 """
 import argparse
 import contextlib
-import copy
 import dataclasses
 import errno
 import glob
@@ -32,7 +31,8 @@ def arg(default, help, flag=True, at_least=None, at_most=None, above=None, one_o
     """A config field with its --help text: `lr: float = arg(3e-4, "peak learning rate", above=0)`.
     flag=False: a field set by the program, not on the command line (e.g. the vocabulary size).
     The value's bounds (a finite number >= at_least, <= at_most, > above; one of one_of; or check, a
-    pair (ok(value), problem)) are checked by check_fields; note is said after the problem."""
+    pair (ok(value), problem), or a list of such pairs) are checked by check_fields; note is said after
+    the problem."""
     meta = {"help": help, "flag": flag, "check": check or bounds(at_least, at_most, above, one_of, note)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -53,14 +53,26 @@ def finite(x):
 
 
 def check_fields(cfg):
-    """Each field's bounds (arg's), in order: the first bad value is one UserError naming it,
-    `--lr 0 must be > 0` (a field set by programs, not a flag, by its name alone)."""
+    """Each field's bounds (arg's), in order: the first bad value is one UserError naming it as it was
+    typed, `--lr 0 must be > 0`, `--sweep 512 512 names a size twice` (a field set by programs, not a
+    flag, by its name alone)."""
     for f in dataclasses.fields(cfg):
-        ok, problem = f.metadata.get("check") or (None, None)
-        value = getattr(cfg, f.name)
-        if ok is not None and not ok(value):
-            flag = f.metadata.get("flag", True)
-            raise UserError(f"--{f.name.replace('_', '-')} {value} {problem}" if flag else f"{f.name} {problem}")
+        check, value = f.metadata.get("check"), getattr(cfg, f.name)
+        for ok, problem in check if isinstance(check, list) else [check] if check else []:
+            if not ok(value):
+                typed = " ".join(map(str, value)) if isinstance(value, list) else value
+                raise UserError(f"--{f.name.replace('_', '-')} {typed} {problem}" if f.metadata.get("flag", True)
+                                else f"{f.name} {problem}")
+
+
+@contextlib.contextmanager
+def flag_errors(config_name):
+    """A library config's error about one of its fields (`SAEConfig: l1_coeff must be >= 0`), worded
+    as the flag that sets it (`--l1-coeff must be >= 0`)."""
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(str(e).replace(f"{config_name}: ", "--").replace("_", "-", 1)) from None
 
 
 def bounds(at_least, at_most, above, one_of, note):
@@ -434,13 +446,6 @@ def mark_crashed(paths, error, since):
                 atomic_save(ckpt, path)
         except Exception as e:  # an unlabelled checkpoint must not hide the error that stopped the run
             print(f"note: could not label {path} crashed ({e}); it still reads as running", file=sys.stderr)
-
-
-
-def copy_for_timing(model, make_optimizer):
-    """A copy of the model and a fresh optimizer on it, for timed_steps: timing never moves the run."""
-    twin = copy.deepcopy(model)
-    return twin, make_optimizer(twin)
 
 
 def timed_steps(minutes, step, n=20, skip=3):

@@ -4,13 +4,15 @@ The loops read as the algorithm; what makes a run robust happens in the few call
 each named for what it does:
 
     run = Run(cfg, "LM", "--lm-dir", paths)   # processes (DDP); --resume takes the run's own flags
-    run.refuse_unsafe_start(need, what, fix)  # no finished run replaced; no run too big for memory
-    run.start(steps, per_step, timed_step, state)     # the length (--max-minutes timed once), or resumed
+    run.refuse_unsafe_start(need)             # no finished run replaced; no run too big for memory
+    run.start(steps, per_step, state, timed=(batch, step))  # the length (--max-minutes timed once), or resumed
+    run.announce(lines, available)            # the first lines
     with run.crash_label():                   # an exception labels the last checkpoint "crashed"
-        for step in run.steps(on_step):       # the steps taken before this one
+        for step in run.steps(on_step):       # the steps taken before this one (--snapshots 0 first)
             ...                               # the method, in the open
+            run.timed("harvest", fn, ...)     # fn(...), its time counted in its phase
             run.save("running")               # atomic checkpoints, with the digest of their tensors
-            run.log(record)                   # log.jsonl
+            run.log(record)                   # the model's history and log.jsonl
             run.take_snapshots(step + 1)      # --snapshots: a copy once the run has seen each count
             run.progress(text)                # a line every few seconds, with the rate and the ETA
     if run.end_processes():                   # DDP ends; rank 0 goes on to the final evaluation
@@ -22,8 +24,10 @@ keys its readers use) beside what every run records here: the flags, the step, t
 time spent, a status.
 """
 import contextlib
+import copy
 import glob
 import json
+import math
 import os
 import time
 
@@ -36,6 +40,15 @@ from lab.plumbing import (Progress, Stopwatch, UserError, alive, atomic_save, at
                           flat_dict, fmt_eta, labelled_crash, load_checkpoint, make_folder, refuse_to_replace,
                           require, require_memory, resumed_config, setup_processes, timed_steps, warn_if_repeating)
 from model import load_lm
+from sae import dead_window
+
+# Each trainer's words in the refusals and warnings below: what it builds and reads, and the flags that fix it.
+WORDING = {"LM": dict(memory=("training this LM", "lower --batch-size, --d-mlp or --block-size"),
+                      data=("tokens", "overfitting; the validation loss will stop improving",
+                            "give data.py more --data, or lower --max-tokens")),
+           "SAE": dict(memory=("training these SAEs", "lower --n-features (or --sweep's sizes) or --batch-size"),
+                       data=("tokens' activations", "the paper: repeating data makes dead features",
+                             "give data.py more --data, or lower --max-activations"))}
 
 
 class Run:
@@ -60,19 +73,18 @@ class Run:
         self.elapsed = 0.0  # seconds in the training loop, over all sessions
         self.saved_step = None  # the step of the last checkpoint a --resume could go on from
 
-    def refuse_unsafe_start(self, need, what, fix):
+    def refuse_unsafe_start(self, need):
         """Before anything is written: a finished run is replaced only with --overwrite, and a run whose
         estimated memory (need, bytes) is more than the device has free is refused."""
         refuse_to_replace(self.paths, self.cfg, self.dir_flag)
-        require_memory(need, what, fix, self.device)
+        require_memory(need, *WORDING[self.what]["memory"], self.device)
 
-    def start(self, max_steps, per_step, timed_step, state, must_match=None):
+    def start(self, max_steps, per_step, state, must_match=None, timed=None):
         """The run's length: max_steps of per_step inputs (tokens, activations), or with --max-minutes
-        the count that fits, timed once on timed_step() (a function that builds the step to time); or,
-        with --resume, where the checkpoints left it. state: one dict per path, what its checkpoint
-        holds by name (see saved); a resumed checkpoint's value of a name in must_match must be the
-        run's, else the error must_match[name] says. Opens the logs; returns the checkpoints resumed
-        from, or None."""
+        the count that fits, timed once (timed_length); or, with --resume, where the checkpoints left
+        it. state: one dict per path, what its checkpoint holds by name (see saved), its "history" the
+        records of log.jsonl; a resumed checkpoint's value of a name in must_match must be the run's,
+        else the error must_match[name] says. Opens the logs; returns the checkpoints resumed from, or None."""
         self.state, self.per_step = state, per_step
         if self.rank == 0:
             self.lock = take_lock(self.folder)
@@ -81,13 +93,26 @@ class Run:
         self.printer = Progress(None, quiet=self.rank != 0)
         ckpts = None
         if not self.cfg.resume:
-            self.max_steps = (broadcast_int(timed_steps(self.cfg.max_minutes, timed_step()), self.device)
-                              if self.cfg.max_minutes else max_steps)
+            self.max_steps = self.timed_length(*timed) if self.cfg.max_minutes else max_steps
         else:
             ckpts = self.restore(must_match or {})
         self.snapshots = sorted(n for n in {int(n) for n in getattr(self.cfg, "snapshots", [])}
                                 if not self.cfg.resume or n > self.step * per_step)
         return ckpts
+
+    def timed_length(self, batch, step):
+        """--max-minutes as a count of steps, timed once (lab/plumbing.timed_steps) on the trainer's own
+        step(module, optimizer, batch) of copies of the state's modules and optimizers, with batches of
+        their own, batch(generator): the run itself is untouched. Every process takes rank 0's count."""
+        twins = [copy.deepcopy((next(v for v in s.values() if isinstance(v, torch.nn.Module)), s["optimizer"]))
+                 for s in self.state]  # copied together, each optimizer holds its own copy's parameters
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+
+        def one_step():
+            x = batch(g)
+            for twin, opt in twins:
+                step(twin, opt, x)
+        return broadcast_int(timed_steps(self.cfg.max_minutes, one_step), self.device)
 
     def restore(self, must_match):
         """--resume: every object of the state put back from its checkpoint, and the run's record."""
@@ -109,16 +134,16 @@ class Run:
                 atomic_write_text("".join(json.dumps(r) + "\n" for r in c["history"]), log.log_path)
         return ckpts
 
-    def announce(self, lines, available, what, why, fix):
+    def announce(self, lines, available):
         """The run's first lines (rank 0): the config, the trainer's lines, the length, and a warning if
-        the run reads its data more than twice over."""
+        the run reads its data (available inputs) more than twice over."""
         if self.rank != 0:
             return
         per_step = self.per_step
         print(f"config: {flat_dict(self.cfg)}")
         print(lines + (f"resuming {self.folder} at step {self.step} of " if self.cfg.resume else "")
               + f"{self.max_steps} steps of {per_step:,} {self.unit} ({self.max_steps * per_step / 1e6:.1f}M)")
-        warn_if_repeating(self.max_steps * per_step, available, what, why, fix)
+        warn_if_repeating(self.max_steps * per_step, available, *WORDING[self.what]["data"])
 
     @contextlib.contextmanager
     def crash_label(self):
@@ -133,10 +158,11 @@ class Run:
                 f"the checkpoint of step {self.saved_step:,} is intact: rerun with --resume to go on from it") from None
 
     def steps(self, on_step=None):
-        """The steps left, each as the count of steps taken before it. on_step(steps taken) runs after
-        each (the tests use it to simulate a crash)."""
+        """The steps left, each as the count of steps taken before it; first, --snapshots 0 (the state as
+        initialised). on_step(steps taken) runs after each (the tests use it to simulate a crash)."""
         self.t_start = self.t_last = self.t_saved = time.time()
         self.step_last = self.first_step = self.step
+        self.take_snapshots(self.step)
         while self.step < self.max_steps:
             yield self.step
             self.step += 1
@@ -159,8 +185,14 @@ class Run:
         self.printer.say(line)
 
     def log(self, record, i=0):
-        """A record in the i-th model's log.jsonl."""
+        """A record in the i-th model's history (its checkpoint's) and log.jsonl."""
+        self.state[i]["history"].append(record)
         self.logs[i].log(record)
+
+    def timed(self, phase, fn, *args, **kwargs):
+        """fn(*args, **kwargs), its seconds added to the phase's: the summary says where the time went."""
+        with self.watch(phase):
+            return fn(*args, **kwargs)
 
     def minutes_since_saved(self):
         return (time.time() - self.t_saved) / 60
@@ -230,6 +262,11 @@ class Run:
         for c in counts:
             dist.all_reduce(c)
 
+    def grad_sync(self, counts):
+        """sae.train_step's sync: None on one process; under DDP, a function that averages a module's
+        gradients over the processes and sums the step's statistics named in counts."""
+        return (lambda module, stats: self.average_grads(module, [stats[k] for k in counts])) if self.ddp else None
+
     def agree(self, tensors):
         """Rank 0's values on every process (a random choice each process made on its own inputs)."""
         for t in tensors if self.ddp else ():
@@ -265,6 +302,31 @@ def put_back(obj, value):
         obj.copy_(value)
     elif isinstance(obj, list):
         obj[:] = value
+
+
+def require_finite(loss, who=""):
+    """A loss that became NaN or inf ends the run in one line; the last checkpoint (before it) is good."""
+    if not math.isfinite(loss):
+        raise UserError(f"{who}the loss became {loss}; the last good checkpoint is kept: lower --lr and rerun "
+                        "with --resume")
+
+
+def sae_progress(sae, history, since_fired, max_steps):
+    """train_sae.py's part of a progress line, `F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1%`, for
+    its largest size (once it has held-out metrics)."""
+    last = next((h for h in reversed(history) if "mse" in h), None)
+    # dead here: silent for the whole resampling window in training (held-out sets are small)
+    dead = (since_fired >= dead_window(max_steps)).float().mean().item()
+    return (f"F{sae.cfg.n_features}: held-out MSE {last['mse']:.4f} L0 {last['l0']:.1f} | dead "
+            f"{100 * dead:.1f}%") if last else ""
+
+
+def print_sae_metrics(saes, histories, seen):
+    """train_sae.py's last lines, each SAE's held-out metrics after seen activations, e.g.
+    `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`."""
+    for s, h in zip(saes, histories):
+        print(f"F{s.cfg.n_features}: L0 {h[-1]['l0']:.1f} | FVU {h[-1]['fvu']:.3f} | dead "
+              f"{100 * h[-1]['dead_frac']:.1f}% | {seen / 1e6:.1f}M activations")
 
 
 def take_lock(folder):
