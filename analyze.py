@@ -293,6 +293,71 @@ def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
 # it is hard to summarise. Here: what a unit is explained from, what it is scored on, and how.
 
 
+def interpretability(cfg, run, m, dens=None):
+    """Score every alive neuron, feature and sparsified neuron of the main SAE by the paper's protocol
+    (score_paper) and by top-and-random (score_units, kept beside it); compare a random sample of each
+    kind, of the same size; writes interp.png and units.json (every unit's explanation and scores)."""
+    names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
+    unit_stats = {kind: m.stats[name] for kind, name in names.items()}
+    intervals = {kind: m.intervals[name] for kind, name in names.items()}
+    ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
+        (unit_stats["features"].fired.double() / run.n_tokens).numpy())
+    rng = np.random.default_rng(cfg.seed)         # top-and-random's contexts, then the sample of units
+    pool = random_contexts(cfg, run, m, SCORE, 5 * cfg.score_random, rng)
+    draw = np.random.default_rng([cfg.seed, 1])   # the paper's protocol's random contexts, in each half
+    pools = [random_contexts(cfg, run, m, half, n, draw) for half, n in ((EXPLAIN, 50), (SCORE, 200))]
+    text = held_out(cfg, run, m)
+    alone = measure.alone_acts(run.model, text.vocab, compared_kinds(run, m))   # every token read alone
+    units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
+    n, drawn = sample(cfg, units, rng)
+    results, compare = {}, {}
+    for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
+        t0, picked = time.time(), units[kind][drawn[kind]]
+        score = lambda us, sizes: score_paper(us, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools],
+                                              alone[kind], text, cfg.max_entries, sizes, cfg.seed)
+        compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(units[kind], picked), ())
+        old = score_units(picked, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top, cfg.score_random,
+                          cfg.max_entries, seed=cfg.seed)
+        for r, o in zip(compare[kind], old):
+            r["top_random"] = o["score"]
+        results[kind] = sorted(compare[kind] + rest, key=lambda r: r["unit"])
+        for r in results[kind]:  # the table in words, for the report, the browser and units.json
+            r["rows"], r["otherwise"] = explainer.describe(r["explanation"], run.enc, text.vocab)
+        print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
+    n_docs = int(text.docs.max()) + 1
+    d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
+    summary = dict(resampling.summarize(compare, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed),
+                   by_density=report.by_density(results, unit_stats, run.n_tokens),
+                   matched={other: resampling.matched_difference(results["features"], results[other], d["features"],
+                                                                 d[other], cfg.bootstrap, cfg.seed, n_docs=n_docs)
+                            for other in ("neurons", "sparse_neurons")})
+    figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
+    report.save_units(run, unit_stats, results)
+    print(f"interp: median score, features minus neurons {report.signed(summary['median_diff'])}")
+    return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,
+                single_token_share=SINGLE_TOKEN_SHARE)
+
+
+def alive(s, ultralow=None):
+    """The units explained and scored: active on at least MIN_ACTIVE held-out tokens and in both
+    halves; the paper leaves its ultralow-density cluster out of its analysis."""
+    ok = (s.fired >= MIN_ACTIVE) & (s.fired_half > 0).all(0)
+    if ultralow:
+        ok &= torch.from_numpy(~ultralow["members"])
+    return ok.nonzero().squeeze(1).numpy()
+
+
+def sample(cfg, units, rng):
+    """(n, {kind: indices into units[kind]}): the comparison's sample, n units of each kind drawn at random
+    among the alive ones (the sparsified neurons, drawn last, may have fewer alive: a neuron rarely among
+    the top k)."""
+    n = min(cfg.n_units, len(units["features"]), len(units["neurons"]))
+    if n == 0:
+        raise UserError("no alive unit fires in both halves of the held-out data: analyse more --tokens")
+    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(units["sparse_neurons"])))
+    return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in units.items()}
+
+
 @dataclasses.dataclass
 class HeldOut:
     """The held-out text as an explanation reads it, position by position."""
@@ -324,6 +389,21 @@ def held_out(cfg, run, m):
     docs = np.unique(np.cumsum(run.tokens == eot), return_inverse=True)[1]
     return HeldOut(run.tokens, np.concatenate([[eot], run.tokens[:-1]]), labels, vocab, cfg.context, docs=docs,
                    alone_labels=alone_labels, eot=eot)
+
+
+def compared_kinds(run, m):
+    """The kinds compared, as functions of the MLP activations: the neurons, plain and sparsified, and
+    the main SAE's features."""
+    return {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}
+
+
+def random_contexts(cfg, run, m, half, n, rng):
+    """n contexts of one half drawn at random, with every compared kind's activations there: dict(ctx
+    (n,), and per kind (n, ctx, U)). The paper's protocol draws 50 in the EXPLAIN half and 200 in the
+    SCORE half (10 random and up to DETECT_SILENT silent ones per unit); top-and-random its own."""
+    ctx = np.flatnonzero(m.halves[::cfg.context] == half)
+    ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
+    return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, compared_kinds(run, m)))
 
 
 # The paper's protocol (Bricken et al. 2023): a unit is explained from 49 examples and scored on 60,
@@ -475,84 +555,6 @@ def score_units(units, unit_stats, pool, text, n_top, n_random, max_entries, siz
         out.append(dict(unit=int(u), score=score(cut(max_entries)), explanation=cut(max_entries),
                         by_size={e: score(cut(e)) for e in sizes}, single_token=single_token(top, u, text)))
     return out
-
-
-def interpretability(cfg, run, m, dens=None):
-    """Score every alive neuron, feature and sparsified neuron of the main SAE by the paper's protocol
-    (score_paper) and by top-and-random (score_units, kept beside it); compare a random sample of each
-    kind, of the same size; writes interp.png and units.json (every unit's explanation and scores)."""
-    names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
-    unit_stats, intervals = ({kind: x[name] for kind, name in names.items()} for x in (m.stats, m.intervals))
-    ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
-        (unit_stats["features"].fired.double() / run.n_tokens).numpy())
-    rng = np.random.default_rng(cfg.seed)
-    pool = random_contexts(cfg, run, m, SCORE, 5 * cfg.score_random, rng)   # top-and-random's
-    text, draw = held_out(cfg, run, m), np.random.default_rng([cfg.seed, 1])
-    pools = [random_contexts(cfg, run, m, half, n, draw) for half, n in ((EXPLAIN, 50), (SCORE, 200))]
-    alone = measure.alone_acts(run.model, text.vocab, compared_kinds(run, m))
-    units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
-    n, drawn = sample(cfg, units, rng)
-    results, compare = {}, {}
-    for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
-        t0, picked = time.time(), units[kind][drawn[kind]]
-        score = lambda us, sizes: score_paper(us, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools],
-                                              alone[kind], text, cfg.max_entries, sizes, cfg.seed)
-        compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(units[kind], picked), ())
-        old = score_units(picked, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top, cfg.score_random,
-                          cfg.max_entries, seed=cfg.seed)
-        for r, o in zip(compare[kind], old):
-            r["top_random"] = o["score"]
-        results[kind] = sorted(compare[kind] + rest, key=lambda r: r["unit"])
-        for r in results[kind]:  # the table in words, for the report, the browser and units.json
-            r["rows"], r["otherwise"] = explainer.describe(r["explanation"], run.enc, text.vocab)
-        print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
-    n_docs = int(text.docs.max()) + 1
-    d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
-    summary = dict(resampling.summarize(compare, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed),
-                   by_density=report.by_density(results, unit_stats, run.n_tokens),
-                   matched={other: resampling.matched_difference(results["features"], results[other], d["features"],
-                                                                 d[other], cfg.bootstrap, cfg.seed, n_docs=n_docs)
-                            for other in ("neurons", "sparse_neurons")})
-    figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
-    report.save_units(run, unit_stats, results)
-    print(f"interp: median score, features minus neurons {report.signed(summary['median_diff'])}")
-    return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,
-                single_token_share=SINGLE_TOKEN_SHARE)
-
-
-def compared_kinds(run, m):
-    """The kinds compared, as functions of the MLP activations: the neurons, plain and sparsified, and
-    the main SAE's features."""
-    return {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}
-
-
-def random_contexts(cfg, run, m, half, n, rng):
-    """n contexts of one half drawn at random, with every compared kind's activations there: dict(ctx
-    (n,), and per kind (n, ctx, U)). The paper's protocol draws 50 in the EXPLAIN half and 200 in the
-    SCORE half (10 random and up to DETECT_SILENT silent ones per unit); top-and-random its own."""
-    ctx = np.flatnonzero(m.halves[::cfg.context] == half)
-    ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
-    return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, compared_kinds(run, m)))
-
-
-def alive(s, ultralow=None):
-    """The units explained and scored: active on at least MIN_ACTIVE held-out tokens and in both
-    halves; the paper leaves its ultralow-density cluster out of its analysis."""
-    ok = (s.fired >= MIN_ACTIVE) & (s.fired_half > 0).all(0)
-    if ultralow:
-        ok &= torch.from_numpy(~ultralow["members"])
-    return ok.nonzero().squeeze(1).numpy()
-
-
-def sample(cfg, units, rng):
-    """(n, {kind: indices into units[kind]}): the comparison's sample, n units of each kind drawn at random
-    among the alive ones (the sparsified neurons, drawn last, may have fewer alive: a neuron rarely among
-    the top k)."""
-    n = min(cfg.n_units, len(units["features"]), len(units["neurons"]))
-    if n == 0:
-        raise UserError("no alive unit fires in both halves of the held-out data: analyse more --tokens")
-    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(units["sparse_neurons"])))
-    return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in units.items()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,10 @@
-"""lab/explainer.py: the offline explainer, our stand-in for the paper's Claude.
+"""lab/explainer.py: the offline explainer, our stand-in for the paper's Claude, which explains a unit
+from its examples and simulates it from the explanation. analyze.py (section 3) says what an explanation
+is (a lookup table of at most max_entries rows, plus an "anything else" value) and what it is read from.
 
-The paper asks Claude to explain a unit from its activating examples, then to predict the unit's
-activations on other examples from that explanation alone. Offline, an explanation is the most a short
-lookup table can say: up to max_entries rows, each a (previous token, token) pattern, a token pattern
-or a context predicate (lab/predicates.py: "inside a comment", "base64", ...: the paper's explanations
-are sentences about contexts), with the mean activation of the tokens it matches, plus one "anything
-else" value. A row is one integer key (pair_key, token_key, context_key); labels (n, P) bool: the
-predicates on each token. analyze.py decides what a unit is explained from and scored on.
+A row is one integer key: a (previous token, token) pattern (pair_key), a token pattern (token_key) or a
+context predicate of lab/predicates.py (context_key); labels (n, P) bool: the predicates on each token.
+When several rows match a token, the most specific one explains it (match).
 
     expl = explain(prev, cur, labels, acts, max_entries, vocab)   # read a unit's examples: the table
     simulate(expl, prev, cur, labels, vocab)                      # its predicted activations elsewhere
