@@ -470,7 +470,8 @@ def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, s
     out = [score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_entries, seed) for u in units]
     for r, other in zip(out, out[-1:] + out[:-1]):
         scored, silent = r.pop("examples")
-        r["control"] = stats.pearson_from_sums(context_sums(other["explanation"], positions(scored, text), text).sum(0))
+        sums = context_sums(other["explanation"], positions(scored, text), text)
+        r["control"] = stats.pearson_from_sums(sums.sum(0))
         r["detect_control"] = detect(other["explanation"], scored, silent, text)
         r["detection"] = stats.balanced_accuracy(r["detect"])
     return out
@@ -483,18 +484,18 @@ def score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_
     rng = np.random.default_rng([seed, int(u)])
     ex, sc = (paper_examples(u, n, unit_stats.top[h], intervals[h], pools[h], alone, order, rng)
               for n, h in ((EXPLAIN_SET, EXPLAIN), (SCORE_SET, SCORE)))
+    silent = silent_contexts(u, pools[SCORE], rng)
     prev, cur, labels, acts, _ = positions(ex, text)
     longest = explainer.explain(prev, cur, labels, acts, lengths[-1], text.vocab)
     tables = {e: explainer.table(longest["order"][:e], prev, cur, labels, acts, text.vocab) for e in lengths}
-    scored_at = positions(sc, text)   # read once: every length's sums, Spearman's
+    expl, scored_at = tables[max_entries], positions(sc, text)   # read once: every length's sums, Spearman's
     sums = {e: context_sums(t, scored_at, text) for e, t in tables.items()}
-    silent = silent_contexts(u, pools[SCORE], rng)
     sums["score"] = sums[max_entries]
-    simulated = explainer.simulate(tables[max_entries], *scored_at[:3], text.vocab)
-    return dict(unit=int(u), explanation=tables[max_entries], score=stats.pearson_from_sums(sums["score"].sum(0)),
+    simulated = explainer.simulate(expl, *scored_at[:3], text.vocab)
+    return dict(unit=int(u), explanation=expl, score=stats.pearson_from_sums(sums["score"].sum(0)),
                 by_size={e: stats.pearson_from_sums(sums[e].sum(0)) for e in lengths},
                 spearman=stats.spearman(simulated, scored_at[3]), sums=sums,
-                docs=np.append(-1, text.docs[sc.ctx * text.ctx]), detect=detect(tables[max_entries], sc, silent, text),
+                docs=np.append(-1, text.docs[sc.ctx * text.ctx]), detect=detect(expl, sc, silent, text),
                 examples=(sc, silent), single_token=single_token(unit_stats.top[EXPLAIN], u, text))
 
 
