@@ -9,6 +9,7 @@ import torch
 
 import analyze
 import sae as sae_lib
+from lab import explainer, stats
 
 
 def encode_without_b_dec(self, x):
@@ -221,7 +222,7 @@ def recovered_against_the_ablated_loss(ablated, replaced, clean):
 
 def simulate_token_rows_win(expl, prev, cur, labels, vocab):
     """A token row applied after the pair rows, so it overrides them."""
-    out = analyze.simulate(expl, prev, cur, labels, vocab)
+    out = explainer.simulate(expl, prev, cur, labels, vocab)
     for key, value in zip(expl["keys"], expl["values"]):
         if vocab * vocab <= key < vocab * (vocab + 1):
             out[cur == key - vocab * vocab] = value
@@ -229,7 +230,7 @@ def simulate_token_rows_win(expl, prev, cur, labels, vocab):
 
 
 def simulate_default_zero(expl, prev, cur, labels, vocab):
-    out = analyze.simulate(expl, prev, cur, labels, vocab)
+    out = explainer.simulate(expl, prev, cur, labels, vocab)
     out[out == expl["default"]] = 0.0
     return out
 
@@ -237,8 +238,8 @@ def simulate_default_zero(expl, prev, cur, labels, vocab):
 
 def simulate_last_predicate_wins(expl, prev, cur, labels, vocab):
     """The predicate rows applied in order, so a later predicate overrides an earlier one."""
-    out = analyze.simulate(expl, prev, cur, labels, vocab)
-    first = analyze.context_key(0, vocab)
+    out = explainer.simulate(expl, prev, cur, labels, vocab)
+    first = explainer.context_key(0, vocab)
     specific = np.isin(vocab * vocab + cur, expl["keys"]) | np.isin(prev * vocab + cur, expl["keys"])
     for key, value in zip(expl["keys"], expl["values"]):
         if key >= first:
@@ -249,7 +250,7 @@ def simulate_last_predicate_wins(expl, prev, cur, labels, vocab):
 def simulate_token_by_token(expl, prev, cur, labels, vocab):
     """Right, but one token at a time in Python: far slower than the reference (a note, not a mistake)."""
     value = dict(zip(expl["keys"].tolist(), expl["values"].tolist()))
-    first = analyze.context_key(0, vocab)
+    first = explainer.context_key(0, vocab)
     predicates = sorted(k - first for k in value if k >= first)
     out = np.full(len(cur), float(expl["default"]))
     for i, (p, c) in enumerate(zip(prev.tolist(), cur.tolist())):
@@ -269,7 +270,7 @@ def pearson_uncentred(a, b):
 
 
 def pearson_absolute(a, b):
-    return abs(analyze.pearson(a, b))
+    return abs(stats.pearson(a, b))
 
 
 def pearson_centres_in_place(a, b):

@@ -106,15 +106,15 @@ def recovered(ablated, replaced, clean):
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 6: the explain-then-simulate score (analyze.py, section 3)
+# Step 6: the explain-then-simulate score (lab/explainer.py's simulate, lab/stats.py's pearson)
 
 def simulate(expl, prev, cur, labels, vocab):
     """The activation an explanation table predicts for each token (numpy arrays prev, cur of token
     ids, labels (n, P) bool). Rows are keys: prev * vocab + token for a (previous token, token) pair,
-    vocab * vocab + token for a token, analyze.context_key(p, vocab) for predicate p. A token gets the
-    value of the most specific row that matches it: a pair row, else a token row, else the row of the
-    first predicate (lowest p) that holds on it; no row: expl["default"]. expl: dict(keys (sorted),
-    values, counts, default)."""
+    vocab * vocab + token for a token, lab.explainer.context_key(p, vocab) for predicate p. A token
+    gets the value of the most specific row that matches it: a pair row, else a token row, else the row
+    of the first predicate (lowest p) that holds on it; no row: expl["default"]. expl: dict(keys
+    (sorted), values, counts, default)."""
     raise NotImplementedError("step 6: simulate")
 
 

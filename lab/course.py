@@ -27,6 +27,7 @@ import torch
 
 import analyze
 import sae as sae_lib
+from lab import explainer
 from lab.course_checks import CHECKS, EXERCISES, REF, STEPS, Mistake, check_step, is_stub, random_sae, written
 from lab.plumbing import UserError, parse_config, run_main
 from model import ModelConfig, Transformer
@@ -119,7 +120,7 @@ def bench_inputs(name):
         return "8 windows of 64 tokens", (model, torch.randint(0, 50, (8, 65)), lambda h: h)
     if name == "simulate":
         rng, vocab = np.random.default_rng(0), 100
-        keys = np.array(sorted([3 * vocab + 4, vocab * vocab + 4, analyze.context_key(0, vocab)]))
+        keys = np.array(sorted([3 * vocab + 4, vocab * vocab + 4, explainer.context_key(0, vocab)]))
         expl = dict(keys=keys, values=np.array([3.0, 2.0, 1.0]), counts=np.ones(3, int), default=0.5)
         return "20,000 tokens", (expl, rng.integers(0, vocab + 1, 20000), rng.integers(0, vocab, 20000),
                                  rng.random((20000, 3)) < 0.2, vocab)

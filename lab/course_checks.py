@@ -20,7 +20,7 @@ import torch
 
 import analyze
 import sae as sae_lib
-from lab import sae_fast
+from lab import explainer, sae_fast, stats
 from model import ModelConfig, Transformer
 
 # name: (step, the module and attribute it replaces; a method of sae.SAE where the name has a dot).
@@ -32,7 +32,7 @@ EXERCISES = {
     "geometric_median": (3, "sae", "geometric_median"),
     "resample_dead": (4, "sae", "resample_dead"),
     "lm_loss": (5, "analyze", "lm_loss"), "recovered": (5, "analyze", "recovered"),
-    "simulate": (6, "analyze", "simulate"), "pearson": (6, "analyze", "pearson"),
+    "simulate": (6, "lab.explainer", "simulate"), "pearson": (6, "lab.stats", "pearson"),
     "sparse_grads": (7, "sae", "reference_grads"),
 }
 STEPS = {1: "the SAE: encode, decode, loss", 2: "the decoder-norm constraint", 3: "the geometric median",
@@ -72,7 +72,7 @@ REF = types.SimpleNamespace(
     encode=sae_lib.SAE.encode, decode=sae_lib.SAE.decode, loss=sae_lib.SAE.loss,
     remove_parallel_grad=sae_lib.remove_parallel_grad, normalize_decoder=sae_lib.normalize_decoder,
     geometric_median=sae_lib.geometric_median, resample_dead=sae_lib.resample_dead, lm_loss=analyze.lm_loss,
-    recovered=analyze.recovered, simulate=analyze.simulate, pearson=analyze.pearson,
+    recovered=analyze.recovered, simulate=explainer.simulate, pearson=stats.pearson,
     sparse_grads=sae_fast.fused_grads)
 
 
@@ -492,8 +492,8 @@ def check_simulation(student):
         rng = np.random.default_rng(0)
         prev, cur = rng.integers(0, vocab + 1, 400), rng.integers(0, vocab, 400)
         labels = rng.random((400, 3)) < 0.3
-        keys = np.array(sorted([3 * vocab + 4, vocab * vocab + 4, vocab * vocab + 7, analyze.context_key(0, vocab),
-                                analyze.context_key(2, vocab)]))
+        keys = np.array(sorted([3 * vocab + 4, vocab * vocab + 4, vocab * vocab + 7, explainer.context_key(0, vocab),
+                                explainer.context_key(2, vocab)]))
         expl = dict(keys=keys, values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), counts=np.ones(5, int), default=0.5)
         want = REF.simulate(expl, prev, cur, labels, vocab)
         got = call("simulate", student.simulate, expl, prev, cur, labels, vocab)

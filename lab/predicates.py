@@ -18,7 +18,7 @@ import numpy as np
 # results. Python's own tokenizer reads the code of each document that parses; documents that are not
 # valid Python (test data, text files) get no Python labels rather than wrong ones. Every other
 # predicate is a regular expression over any document. The order matters in one place: when several
-# predicates hold on a token, an explanation row of the first in this list explains it (analyze.match).
+# predicates hold on a token, an explanation row of the first in this list explains it (lab/explainer.py's match).
 
 PREDICATE_HELP = {
     "comment": "inside a Python # comment",

@@ -10,6 +10,10 @@ no unit is explained or simulated again.
     summary = resampling.summarize(compare, n_docs, max_entries, sizes, n, seed)
     summary["median_diff"]            # dict(value, ci): features' median minus the neurons'
     summary["detection"]["features"]  # detection's balanced accuracy, median [95% CI], and its control
+    resampling.matched_difference(features, neurons, density_f, density_n, n, seed, n_docs=n_docs)
+
+matched_difference is the same difference at matched density: within bins of density, so that "features
+beat neurons" cannot merely say "sparse beats dense"; other_matchings measures it otherwise beside it.
 """
 import warnings
 
@@ -22,9 +26,9 @@ from lab.stats import (balanced_accuracy, bootstrap, document_weights, interval,
 def summarize(compare, n_docs, max_entries, sizes, n, seed):
     """Medians and means per kind with 95% intervals, and the medians' differences, features minus
     neurons (and minus sparsified neurons), overall, without single-token units and at every
-    explanation length of sizes (compare: analyze.score_paper's results per kind, a
-    sample of each; n_docs: the held-out documents; n resamples). Every interval resamples the held-out documents (one resample for
-    every kind: paired) and the units of each kind. Beside them: detection's balanced accuracy, the
+    explanation length of sizes (compare: analyze.score_paper's results per kind, a sample of each;
+    n_docs: the held-out documents; n resamples). Every interval resamples the held-out documents (one
+    resample for every kind: paired) and the units of each kind. Beside them: detection's balanced accuracy, the
     control (another unit's explanation), Spearman's correlation, and top-and-random's score."""
     w, rng = document_resamples(n_docs, n, seed), np.random.default_rng([seed, 3])
     kinds = [kind for kind in compare if compare[kind]]
@@ -103,6 +107,74 @@ def beside_summary(compare, kinds, n, seed):
                     "diff": {other: median_difference(x["features"], x[other], n, seed)
                              for other in kinds if other != "features"}}
     return out
+
+
+def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10, n_docs=0):
+    """Features (a) minus another kind (b) at matched density, a protocol fixed before any result was
+    seen: every scored unit falls in a bin of half a decade of density (a unit's score falls with its
+    density, and within a whole decade density still varies tenfold); in every bin with at least
+    min_units of each kind, the difference of the two medians; those averaged, each bin weighted by
+    the smaller of its two counts (the units that can be matched there). a, b: analyze.score_paper's
+    (or score_units') results; density_*: (U,) each unit's density. Returns dict(value, ci (95%: the units of
+    each kind resampled with replacement and, given n_docs, the held-out documents too, as in
+    summarize), bins: [(lo, n_a, n_b, diff)], others: the same difference weighted by a's counts and by
+    b's, and the regression's, each with its interval, units resampled: see other_matchings)."""
+    def weighted(xa, ba, xb, bb, weight=min):   # scores and bins of each kind -> (the weighted difference, its bins)
+        rows = []
+        for k in np.intersect1d(ba, bb):
+            x, y = xa[ba == k], xb[bb == k]
+            if min(len(x), len(y)) >= min_units:
+                rows.append((10 ** (k / 2), len(x), len(y), float(np.median(x) - np.median(y))))
+        if not rows:
+            return float("nan"), rows
+        return float(np.average([r[3] for r in rows], weights=[weight(r[1], r[2]) for r in rows])), rows
+
+    (xa, ba), (xb, bb) = density_bins(a, density_a), density_bins(b, density_b)
+    value, bins = weighted(xa, ba, xb, bb)
+    if n_docs:   # each resample: the documents, and the units of each kind
+        w, rng = document_resamples(n_docs, n, seed), np.random.default_rng([seed, 3])
+        xa_w, xb_w = resampled(a, w, "score"), resampled(b, w, "score")
+        ia, ib = rng.integers(0, len(xa), (n, len(xa))), rng.integers(0, len(xb), (n, len(xb)))
+        ci = interval([weighted(xa_w[k, ia[k]], ba[ia[k]], xb_w[k, ib[k]], bb[ib[k]])[0] for k in range(n)])
+    else:
+        units = lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j])[0]   # i, j: the units drawn of each kind
+        ci = bootstrap(units, [np.arange(len(xa)), np.arange(len(xb))], n, np.random.default_rng(seed))
+    others = other_matchings(weighted, (xa, ba, xb, bb), (log_density(a, density_a), log_density(b, density_b)),
+                             n, seed)
+    return dict(value=value, ci=(value, value) if np.isnan(ci[0]) else ci, bins=bins, others=others)
+
+
+def log_density(results, density):
+    """Each scored unit's log10 density (a silent unit's: -12)."""
+    units = np.array([r["unit"] for r in results], dtype=np.int64)
+    return np.log10(np.maximum(density[units], 1e-12))
+
+
+def density_bins(results, density):
+    """(scores, bins): each scored unit's score and its bin of half a decade of density."""
+    return np.array([r["score"] for r in results]), np.floor(2 * log_density(results, density)).astype(int)
+
+
+def other_matchings(weighted, binned, logd, n, seed):
+    """The matched difference measured otherwise, beside the one reported (a protocol fixed before
+    looking): the bins weighted by the features' counts, or by the other kind's, and a regression of
+    score on kind plus a cubic in log10 density over every scored unit, whose kind coefficient is
+    the difference at equal density. Each with its 95% interval (units resampled, its own draws)."""
+    xa, ba, xb, bb = binned
+    regression = lambda i, j: kind_coefficient(xa[i], logd[0][i], xb[j], logd[1][j])
+    ways = {"by_features_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: na)[0],
+            "by_other_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: nb)[0],
+            "regression": regression}
+    whole = [np.arange(len(xa)), np.arange(len(xb))]
+    return {name: dict(value=float(f(*whole)), ci=bootstrap(f, whole, n, np.random.default_rng([seed, k])))
+            for k, (name, f) in enumerate(ways.items())}
+
+
+def kind_coefficient(xa, da, xb, db):
+    """Least squares of score on [1, kind (1: a), d, d^2, d^3] (d: log10 density): kind's coefficient."""
+    d, kind = np.concatenate([da, db]), np.concatenate([np.ones(len(da)), np.zeros(len(db))])
+    X = np.stack([np.ones_like(d), kind, d, d ** 2, d ** 3], 1)
+    return float(np.linalg.lstsq(X, np.concatenate([xa, xb]), rcond=None)[0][1])
 
 
 def defined_median(x, axis=None):

@@ -1,4 +1,4 @@
-"""lab/stats.py: the percentile bootstrap, the one home of every 95% interval the analysis reports.
+"""lab/stats.py: the analysis' statistics: the correlations, and the percentile bootstrap (every 95% interval).
 
 Each interval says how much a number would move if the held-out sample were drawn again: resample
 what was sampled (units, cards or documents) with replacement, recompute the number on each
@@ -10,9 +10,10 @@ resample, and keep the middle 95% of the recomputed values (Efron's percentile i
     document_weights(rng, D, n)          # resampled documents, as weights (tokens of a document move together)
     fill_missing(draws, rng)             # a unit undefined on a resample (silent there) takes one of its own draws
 
-Two fits: two_gaussians, a two-component mixture fitted by EM (the density histogram's ultralow
-cluster), and other_matchings, analyze.py's matched-density difference measured otherwise (other
-weightings of its bins, a regression on kind and log density), beside the one it reports.
+The correlations: pearson (the explain-then-simulate score), spearman (the paper's statistic, on
+ranks), pearson_from_sums (the same from sums, so a resample is a reweighting), balanced_accuracy
+(detection's). One fit: two_gaussians, a two-component mixture fitted by EM (the density histogram's
+ultralow cluster).
 
 Every caller draws from a numpy Generator it owns, so a seed gives the same intervals on every run.
 """
@@ -83,26 +84,25 @@ def two_gaussians(x, steps=300):
     return mixture, mu, r
 
 
-def other_matchings(weighted, binned, logd, n, seed):
-    """The matched difference measured otherwise, beside the one reported (a protocol fixed before
-    looking): the bins weighted by the features' counts, or by the other kind's, and a regression of
-    score on kind plus a cubic in log10 density over every scored unit, whose kind coefficient is
-    the difference at equal density. Each with its 95% interval (units resampled, its own draws)."""
-    xa, ba, xb, bb = binned
-    regression = lambda i, j: kind_coefficient(xa[i], logd[0][i], xb[j], logd[1][j])
-    ways = {"by_features_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: na)[0],
-            "by_other_counts": lambda i, j: weighted(xa[i], ba[i], xb[j], bb[j], lambda na, nb: nb)[0],
-            "regression": regression}
-    whole = [np.arange(len(xa)), np.arange(len(xb))]
-    return {name: dict(value=float(f(*whole)), ci=bootstrap(f, whole, n, np.random.default_rng([seed, k])))
-            for k, (name, f) in enumerate(ways.items())}
+def pearson(a, b):
+    """Pearson correlation of two 1-D arrays; 0 where either is constant (no information)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def kind_coefficient(xa, da, xb, db):
-    """Least squares of score on [1, kind (1: a), d, d^2, d^3] (d: log10 density): kind's coefficient."""
-    d, kind = np.concatenate([da, db]), np.concatenate([np.ones(len(da)), np.zeros(len(db))])
-    X = np.stack([np.ones_like(d), kind, d, d ** 2, d ** 3], 1)
-    return float(np.linalg.lstsq(X, np.concatenate([xa, xb]), rcond=None)[0][1])
+def spearman(a, b):
+    """Spearman's rank correlation (ties share their mean rank): the paper's statistic."""
+    return pearson(mean_ranks(a), mean_ranks(b))
+
+
+def mean_ranks(x):
+    """The rank of each element of x, from 1; tied elements share their mean rank."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
 
 
 def pearson_from_sums(S):

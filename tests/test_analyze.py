@@ -12,7 +12,7 @@ import torch
 
 import analyze
 import data
-from lab import measure, predicates, specificity
+from lab import explainer, measure, predicates, specificity, stats
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError, atomic_save
@@ -102,12 +102,12 @@ def test_explanation_prefers_the_specific_pattern_and_respects_max_entries():
     cur = np.array([7, 7, 7, 7, 8, 8, 9, 6])
     acts = np.array([3.0, 0.0, 3.0, 0.0, 1.0, 1.0, 0.0, 0.5])
     none = np.zeros((len(cur), 0), bool)
-    expl = analyze.explain(prev, cur, none, acts, max_entries=2, vocab=vocab)
-    pred = analyze.simulate(expl, prev, cur, none, vocab)
+    expl = explainer.explain(prev, cur, none, acts, max_entries=2, vocab=vocab)
+    pred = explainer.simulate(expl, prev, cur, none, vocab)
     assert len(expl["keys"]) == 2
     assert pred[0] == 3.0 and pred[1] < 3.0  # "7 after 1" fires, "7 after 2" does not
-    assert analyze.pearson(pred, acts) > 0.9
-    assert analyze.pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction carries no information
+    assert stats.pearson(pred, acts) > 0.9
+    assert stats.pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction carries no information
 
 
 def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
@@ -123,9 +123,9 @@ def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
     acts = torch.from_numpy(1.0 * labels[:, [predicates.PREDICATES.index("comment")]]).float()
     (contexts,) = score_synthetic(acts, tokens, eot, vocab, labels=labels, max_entries=5, sizes=(1,))
     (token_only,) = score_synthetic(acts, tokens, eot, vocab, labels=labels[:, :0], max_entries=5)
-    comment = analyze.context_key(predicates.PREDICATES.index("comment"), vocab + 1)
+    comment = explainer.context_key(predicates.PREDICATES.index("comment"), vocab + 1)
     prev = np.concatenate([[eot], tokens[:-1]])
-    assert analyze.explain(prev, tokens, labels, acts[:, 0].numpy(), 5, vocab + 1)["order"][0] == comment
+    assert explainer.explain(prev, tokens, labels, acts[:, 0].numpy(), 5, vocab + 1)["order"][0] == comment
     assert contexts["score"] > 0.99 and contexts["by_size"][1] > 0.99   # the comment row alone scores it
     assert comment in contexts["explanation"]["keys"] and not contexts["single_token"]
     assert token_only["score"] < 0.5 and len(token_only["explanation"]["keys"]) == 5
@@ -133,18 +133,18 @@ def test_a_context_unit_is_explained_by_its_predicate_and_not_by_tokens():
 
 def test_pair_rows_override_token_rows_override_predicate_rows():
     vocab = 10
-    ctx = lambda p: analyze.context_key(p, vocab)
+    ctx = lambda p: explainer.context_key(p, vocab)
     keys = np.array([1 * vocab + 7, vocab * vocab + 7, ctx(0), ctx(2)])   # 7 after 1; 7; predicate 0; predicate 2
     prev = np.array([1, 2, 2, 2, 2, 3])
     cur = np.array([7, 7, 8, 8, 8, 9])
     labels = np.array([[1, 0, 1], [1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 0, 0]], bool)
     # pair row on the first token, token row on the second (predicates 0 and 2 hold on both), predicate 0
     # over predicate 2 on the third; predicate 2 alone on the fourth; predicate 1 is no row; nothing on the last
-    assert analyze.match(keys, prev, cur, labels, vocab).tolist() == [0, 1, 2, 3, -1, -1]
+    assert explainer.match(keys, prev, cur, labels, vocab).tolist() == [0, 1, 2, 3, -1, -1]
     acts = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
     for chosen in (keys, keys[::-1]):   # whichever row was chosen first
-        expl = analyze.table(chosen, prev, cur, labels, acts, vocab)
-        assert analyze.simulate(expl, prev, cur, labels, vocab).tolist() == [5.0, 4.0, 3.0, 2.0, 0.5, 0.5]
+        expl = explainer.table(chosen, prev, cur, labels, acts, vocab)
+        assert explainer.simulate(expl, prev, cur, labels, vocab).tolist() == [5.0, 4.0, 3.0, 2.0, 0.5, 0.5]
 
 
 def test_context_labels_read_python_and_skip_other_text(tiny_data):

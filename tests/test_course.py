@@ -14,7 +14,7 @@ import analyze
 import sae as sae_lib
 import train_sae
 from exercises import mistakes
-from lab import course
+from lab import course, stats
 from lab.plumbing import UserError
 from tests.test_train_sae import sae_config
 
@@ -51,7 +51,7 @@ def test_each_usual_mistake_is_caught_and_named(name, wrong, words):
 def test_a_mistake_no_usual_one_explains_is_located():
     """The fallback names the function, the element that differs most, and both values."""
     def pearson(a, b):
-        return analyze.pearson(a, b) + 0.1
+        return stats.pearson(a, b) + 0.1
     with pytest.raises(course.Mistake, match=r"^pearson: (\S+) where the reference gives (\S+) \(the largest") as e:
         course.check_step(6, types.SimpleNamespace(pearson=pearson))
     got, want = map(float, re.match(r"pearson: (\S+) where the reference gives (\S+) ", str(e.value)).groups())

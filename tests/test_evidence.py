@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import analyze
-from lab import grounding, measure, specificity
+from lab import grounding, measure, resampling, specificity
 
 N_UNITS = 12          # of each kind
 MIX = 8               # meanings per mixture unit: more than an explanation's 5 rows can list
@@ -79,12 +79,12 @@ def test_lexical_score_at_matched_density_ranks_monosemantic_units_first(world):
     best_mixed = max(r["score"] for r in mixed)
     assert min(r["score"] for r in mono) > 0.95 and best_mixed < min(r["score"] for r in mono) - 0.05
     density = (s.fired.double() / len(tokens)).numpy()
-    d = analyze.matched_difference(mono, mixed, density, density, n=200, min_units=10)
+    d = resampling.matched_difference(mono, mixed, density, density, n=200, min_units=10)
     assert len(d["bins"]) == 1 and d["ci"][0] > 0.1       # one shared bin, features clearly ahead
     assert d["value"] == pytest.approx(np.median([r["score"] for r in mono]) - np.median([r["score"] for r in mixed]))
     # swapped, the sign follows; with too few units in a bin there is no comparison
-    assert analyze.matched_difference(mixed, mono, density, density, n=50)["value"] == pytest.approx(-d["value"])
-    assert np.isnan(analyze.matched_difference(mono[:3], mixed[:3], density, density, n=10)["value"])
+    assert resampling.matched_difference(mixed, mono, density, density, n=50)["value"] == pytest.approx(-d["value"])
+    assert np.isnan(resampling.matched_difference(mono[:3], mixed[:3], density, density, n=10)["value"])
 
 
 def test_precision_per_activation_level_ranks_monosemantic_units_first(world):
@@ -214,12 +214,12 @@ def test_matched_density_reports_its_weighting_beside_the_others_and_a_regressio
         return [dict(unit=i, score=0.5 - 0.1 * np.log10(d[i]) + shift(d[i])) for i in range(len(d))], d
     neurons, dn = kind((10, 40), lambda d: 0.0)
     features, df = kind((30, 20), lambda d: 0.1)
-    m = analyze.matched_difference(features, neurons, df, dn, n=50)
+    m = resampling.matched_difference(features, neurons, df, dn, n=50)
     assert m["value"] == pytest.approx(0.1)
     assert {k: round(o["value"], 9) for k, o in m["others"].items()} == {
         "by_features_counts": 0.1, "by_other_counts": 0.1, "regression": 0.1}
     features, df = kind((30, 20), lambda d: 0.2 if d < 1e-3 else -0.1)
-    m = analyze.matched_difference(features, neurons, df, dn, n=50)
+    m = resampling.matched_difference(features, neurons, df, dn, n=50)
     assert m["value"] == pytest.approx((10 * 0.2 + 20 * -0.1) / 30)            # the smaller count of each bin
     assert m["others"]["by_features_counts"]["value"] == pytest.approx((30 * 0.2 + 20 * -0.1) / 50)
     assert m["others"]["by_other_counts"]["value"] == pytest.approx((10 * 0.2 + 40 * -0.1) / 50)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import analyze
-from lab import measure, resampling, stats
+from lab import explainer, measure, resampling, stats
 
 VOCAB, EOT, CTX = 40, 40, 16
 
@@ -124,7 +124,7 @@ def test_a_resample_of_documents_reweights_each_units_correlation_exactly():
     for b in range(len(w)):
         for j, u in enumerate(units):
             reps = w[b, u["docs"]].astype(int)
-            direct = analyze.pearson(np.repeat(u["sim"], reps, 0).ravel(), np.repeat(u["truth"], reps, 0).ravel())
+            direct = stats.pearson(np.repeat(u["sim"], reps, 0).ravel(), np.repeat(u["truth"], reps, 0).ravel())
             assert got[b, j] == pytest.approx(direct, abs=1e-9)
     draws = np.array([[0, 0, 2], [1, 2, 2]])
     assert resampling.resampled_medians(got[:2], draws).tolist() == [np.median(got[0, [0, 0, 2]]),
@@ -132,8 +132,8 @@ def test_a_resample_of_documents_reweights_each_units_correlation_exactly():
 
 
 def test_spearman_ranks_ties_by_their_mean():
-    assert analyze.mean_ranks([3.0, 1.0, 1.0, 2.0]).tolist() == [4.0, 1.5, 1.5, 3.0]
-    assert analyze.spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
+    assert stats.mean_ranks([3.0, 1.0, 1.0, 2.0]).tolist() == [4.0, 1.5, 1.5, 3.0]
+    assert stats.spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
     assert stats.pearson_from_sums([4, 10, 10, 30, 30, 30]) == pytest.approx(1.0)   # s = t = 1, 2, 3, 4
     assert stats.pearson_from_sums([3, 3, 6, 3, 14, 6]) == 0.0   # a constant simulation: no information
 
@@ -145,5 +145,5 @@ def test_a_unit_is_never_scored_on_the_half_it_was_explained_from():
     score_half = torch.from_numpy(analyze.window_halves(len(tokens), 64) == measure.SCORE)
     acts = torch.where(score_half, token_unit(tokens, 9), token_unit(tokens, 7))[:, None]
     (paper,), (old,) = paper_scores(acts, tokens, alone_of((7, 2.0)))
-    assert analyze.token_key(7, VOCAB + 1) in paper["explanation"]["keys"].tolist()
+    assert explainer.token_key(7, VOCAB + 1) in paper["explanation"]["keys"].tolist()
     assert paper["score"] < 0.3 and old["score"] < 0.3
