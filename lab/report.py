@@ -1,11 +1,11 @@
-"""lab/report.py: report.md, the analysis written out beside the paper's numbers, and summary.json beside it.
+"""lab/report.py: report.md, the analysis written out beside the paper's numbers, and summary.json.
 
-analyze.py measures; this file writes. report.md is a one-screen summary (the run, then our numbers
-beside the paper's: here), one section per measurement in the paper's order, each a function that
-returns its lines (lab/report_sections.py; k-sparse probing, the browser and steering write their own),
-the sections added later by steps of their own (add_section), and the settings. summary.json holds the
-same headline numbers for programs (lab/summary.py, beside units.json). The figures are lab/figures.py's;
-tokens and intervals are written as lab/formatting.py writes them.
+analyze.py measures; this file writes what it measured. report.md is, in order: a one-screen summary
+(the run, then our numbers beside the paper's: here), one section per measurement in the paper's
+order, each a function returning its lines (lab/report_sections.py; k-sparse probing, the browser and
+steering write their own), the sections that later steps add (add_section), and the settings.
+summary.json holds the headline numbers for programs (lab/summary.py, which writes units.json too).
+Tokens and intervals are written by lab/formatting.py, the figures drawn by lab/figures.py.
 """
 import dataclasses
 import json
@@ -84,9 +84,9 @@ def kept_sections(folder):
     """{name: (its lines, its numbers)} for every section that add_section kept in folder."""
     kept = {}
     for name in KEPT:
-        lines, numbers = (os.path.join(folder, f"{name}.{ext}") for ext in ("md", "json"))
-        if os.path.exists(lines) and os.path.exists(numbers):
-            kept[name] = (open(lines, encoding="utf-8").read().split("\n"), json.load(open(numbers)))
+        path = os.path.join(folder, name)
+        if os.path.exists(path + ".md") and os.path.exists(path + ".json"):
+            kept[name] = (open(path + ".md", encoding="utf-8").read().split("\n"), json.load(open(path + ".json")))
     return kept
 
 

@@ -233,33 +233,33 @@ def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.
 
 
 def specificity_section(sp):
-    L = ["## 4. Activation specificity", "",
-         "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
-         "are a fixed vocabulary of context predicates (`lab/predicates.py`), declared before any score was seen and "
-         "not tuned to the results: the Python ones come from Python's own tokenizer run on every held-out document "
-         "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
-         "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
-         *predicates_markdown(), "",
-         "Precision and recall, as the paper measures specificity and sensitivity: of the tokens where a unit fires "
-         "(activation > 0), the share where the predicate holds (precision), and of the tokens where the predicate "
-         "holds, the share where the unit fires (recall). For each predicate, the best feature and the best neuron by "
-         "F1 (the harmonic mean of the two); then the specialists, every unit that fires mostly on the predicate "
-         f"(precision at least {SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
-         "precision and recall of their union (a token counts when any specialist fires on it). Several features "
-         "that split a property between them each have a low recall, their union a high one; a neuron that fires on "
-         "a predicate and on much else is no specialist at all.", "",
-         precision_recall_markdown(sp), "",
-         "Pearson's view: the feature and the neuron whose activation correlates most with each predicate over all "
-         "held-out tokens, and the share of their activation that falls where it holds. Pearson r rewards covering "
-         "all of a broad predicate, which one dense neuron does more easily than each of the several features that "
-         "split it; the share of activation on the predicate is the paper's point, specificity.", "",
-         specificity_markdown(sp), "",
-         *(["![specificity](specificity.png)", "",
-            "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
-            f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
-            "keep the figure readable).", ""] if sp["plotted"] else []),
-         *levels_markdown(sp.get("levels"), sp["names"])]
-    return L
+    return [
+        "## 4. Activation specificity", "",
+        "The paper checks single features against programmatic per-token proxies (Arabic script, base64, DNA). Ours "
+        "are a fixed vocabulary of context predicates (`lab/predicates.py`), declared before any score was seen and "
+        "not tuned to the results: the Python ones come from Python's own tokenizer run on every held-out document "
+        "that parses (so on a corpus without Python they hold nowhere), the others from a regular expression over "
+        "any document. A token is labelled when any character it covers is inside the predicate's span.", "",
+        *predicates_markdown(), "",
+        "Precision and recall, as the paper measures specificity and sensitivity: of the tokens where a unit fires "
+        "(activation > 0), the share where the predicate holds (precision), and of the tokens where the predicate "
+        "holds, the share where the unit fires (recall). For each predicate, the best feature and the best neuron by "
+        "F1 (the harmonic mean of the two); then the specialists, every unit that fires mostly on the predicate "
+        f"(precision at least {SPECIALIST:g}, on at least {MIN_ACTIVE} held-out tokens), counted, and the "
+        "precision and recall of their union (a token counts when any specialist fires on it). Several features "
+        "that split a property between them each have a low recall, their union a high one; a neuron that fires on "
+        "a predicate and on much else is no specialist at all.", "",
+        precision_recall_markdown(sp), "",
+        "Pearson's view: the feature and the neuron whose activation correlates most with each predicate over all "
+        "held-out tokens, and the share of their activation that falls where it holds. Pearson r rewards covering "
+        "all of a broad predicate, which one dense neuron does more easily than each of the several features that "
+        "split it; the share of activation on the predicate is the paper's point, specificity.", "",
+        specificity_markdown(sp), "",
+        *(["![specificity](specificity.png)", "",
+           "The figure: the activations of the best unit by Pearson r where the predicate holds and where it does "
+           f"not, for the {len(sp['plotted'])} predicates that hold on the most tokens (6 at most, one row each, to "
+           "keep the figure readable).", ""] if sp["plotted"] else []),
+        *levels_markdown(sp.get("levels"), sp["names"])]
 
 
 def predicates_markdown():
