@@ -8,7 +8,7 @@ import html
 import json
 import os
 
-from lab.report import pattern, visible
+from lab.formatting import pattern, visible
 
 
 def token_label(enc, t):
@@ -18,7 +18,7 @@ def token_label(enc, t):
 
 
 def label(text):
-    """report.visible's symbols for line breaks, tabs and other control characters, and ␣ for a space."""
+    """lab/formatting.visible's symbols for line breaks, tabs and other control characters, and ␣ for a space."""
     return visible(text).replace(" ", "␣")
 
 

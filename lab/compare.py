@@ -21,7 +21,6 @@ through every dictionary of the sweep. The metrics are in lab/matching.py.
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
-import json
 import os
 import time
 
@@ -33,7 +32,7 @@ import analyze
 import data
 import train_lm
 import train_sae
-from lab.plumbing import (MAY_CHANGE_ON_RESUME, Progress, UserError, arg, atomic_write_text, finite, flat_dict, fmt_eta,
+from lab.plumbing import (MAY_CHANGE_ON_RESUME, Progress, UserError, arg, finite, flat_dict, fmt_eta,
                           from_dict, load_checkpoint, make_folder, parse_config, pick_device, require, run_main,
                           save_figure)
 from lab.measure import MIN_ACTIVE, stream
@@ -42,7 +41,8 @@ from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margi
                               universality, universality_pass, universality_windows)
 from model import lm_fingerprint, load_lm
 from lab.figures import millions, plot_control, plot_knob
-from lab.report import shown, token_text, write_markdown
+from lab.formatting import shown, token_text
+from lab.report import write_json, write_markdown
 from sae import load_sae
 
 
@@ -544,7 +544,7 @@ def write_summary(u, n, path):
         **difference_ci(u["features"], u["neurons"]), clear_margin=clear_margin(u),
         by_density=[dict(lo=lo, hi=hi, **(difference_ci(u["features"], u["neurons"], lo, hi) or {}))
                     for lo, hi in zip(DENSITY_BINS, DENSITY_BINS[1:])])
-    atomic_write_text(json.dumps(out, indent=2) + "\n", path)
+    write_json(path, out)
     return out
 
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 import data
 from lab.plumbing import UserError, arg, finite, require, save_figure
-from lab.report import pattern, token_text, visible
+from lab.formatting import pattern, token_text, visible
 
 # Features rarer than this (a few held-out tokens) have tiny largest activations: steering them by a
 # multiple of it barely moves the model, which says little about the feature.

@@ -16,6 +16,8 @@ from lab import explainer, measure, predicates, specificity, stats
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError, atomic_save
+from lab.formatting import pattern, shown
+from lab.summary import specificity_summary
 from model import harvest, lm_fingerprint, load_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -406,7 +408,7 @@ def test_report_wording_follows_the_numbers():
     pr = specificity.precision_recall_markdown(s)
     assert f"| number | 2% | #{j}: 0.90 / 0.25 | 3: 0.80 / 0.95 | #{j}: 0.90 / 0.25 | none |" in pr
     assert "Left out: comment, docstring, string, identifier," in pr and "| comment |" not in pr
-    summary = json.loads(json.dumps(report.specificity_summary(s), allow_nan=False))
+    summary = json.loads(json.dumps(specificity_summary(s), allow_nan=False))
     assert list(summary) == ["number"] and summary["number"]["base_rate"] == 0.02
     assert summary["number"]["specialist_features"] == dict(count=3, precision=0.8, recall=0.95)
     assert summary["number"]["specialist_neurons"] == dict(count=0, precision=None, recall=0.0)
@@ -414,9 +416,9 @@ def test_report_wording_follows_the_numbers():
     assert report.best_proxy(s).startswith(f"feature #{j} with 'number': 0.40")
     assert report.best_proxy(dict(s, held=[])) == "none of the predicates holds on these tokens"
     # an explanation row reads as a context or as tokens, wherever it is shown
-    assert report.pattern(dict(prev=None, token=None, context="comment"), report.shown) == "⟨comment⟩"
-    assert report.pattern(dict(prev="a", token="b", context=None), report.shown) == "`a` → `b`"
-    assert report.pattern(dict(prev=None, token="b"), report.shown) == "`b`"
+    assert pattern(dict(prev=None, token=None, context="comment"), shown) == "⟨comment⟩"
+    assert pattern(dict(prev="a", token="b", context=None), shown) == "`a` → `b`"
+    assert pattern(dict(prev=None, token="b"), shown) == "`b`"
     # which ablation is stricter is read off the losses
     assert "stricter" in report.mean_ablation_word(dict(zero=5.0, mean=4.0))
     assert "more lenient" in report.mean_ablation_word(dict(zero=4.0, mean=5.0))

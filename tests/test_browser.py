@@ -14,7 +14,7 @@ import torch
 import analyze
 from lab import browser, browser_page
 from lab import measure
-from lab import report
+from lab import formatting, summary
 import sae as sae_lib
 from lab.plumbing import UserError
 from lab.steer import logit_effects, residual_scale
@@ -97,7 +97,7 @@ def browse(**kw):
 def measured(cfg):
     """The run, its streaming pass and units.json, as analyze.py hands them to the browser."""
     run = analyze.load_run(cfg)
-    return run, analyze.measured(cfg, run), report.load_units(cfg, run)
+    return run, analyze.measured(cfg, run), summary.load_units(cfg, run)
 
 
 class Page(html.parser.HTMLParser):
@@ -201,7 +201,7 @@ def test_index_rows_escape_token_text():
                                                             explanation=[dict(prev=nasty, token="<", value=1.0)]))
     page = Page()
     page.feed("<table>" + row + "</table>")
-    assert page.cells["row-f1"][3] == f"`{report.visible(nasty).replace(' ', '␣')}`→`<` 1.00; otherwise 0.00"
+    assert page.cells["row-f1"][3] == f"`{formatting.visible(nasty).replace(' ', '␣')}`→`<` 1.00; otherwise 0.00"
     assert [t for t, _ in page.tags] == ["table", "tr", "td", "a", "td", "td", "td"]
     context = dict(prev=None, token=None, context="docstring", value=0.5)
     row = browser_page.index_row("n2", "neurons", 2, 0.01, dict(score=0.5, single_token=False, otherwise=0.0,
@@ -224,7 +224,7 @@ def test_bad_flags_and_missing_inputs_are_one_line_errors(analysed, tmp_path):
     cfg = dataclasses.replace(analysed, analysis_dir="analysis_no_units")
     run = analyze.load_run(cfg)
     with pytest.raises(UserError, match="analyze.py interp"):
-        report.load_units(cfg, run)
+        summary.load_units(cfg, run)
 
 
 def test_html_flag_writes_the_page_elsewhere_and_outputs_are_plain_cpu_values(analysed, tmp_path):
@@ -299,7 +299,7 @@ def test_token_labels_show_whitespace_and_partial_utf8_bytes():
 
     labels = [browser_page.token_label(Enc(), t) for t in range(len(Enc.tokens))]
     assert labels == ["␣the", "↵", "⇥", "\\xe2\\x80", "\\x94", "é", '<&"', "␍↵", "␣␣"]
-    assert labels[1] == report.visible("\n")   # report.visible's symbols, the same as report.md and steer's
+    assert labels[1] == formatting.visible("\n")   # formatting.visible's symbols, the same as report.md and steer's
 
 
 def test_the_guided_start_follows_its_rule_and_every_page_reads_its_table_out():

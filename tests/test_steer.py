@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import analyze
-from lab import measure, report
+from lab import measure, summary
 import sae as sae_lib
 from lab import steer
 from lab.plumbing import UserError
@@ -53,7 +53,7 @@ def test_a_large_value_raises_the_top_logit_effect_tokens(analysed):
         p = lambda v: torch.softmax(model(x, mlp_hook=steer.steering_hook(sae, f, v, 0))[0], -1)[..., top].mean()
         assert p(30 * v) > 2 * p(0.0) and p(30 * v) > p(3 * v) > p(0.0)
     # the report's measurement: every chosen feature's top tokens rise, its bottom ones fall
-    res = steer.measure_steering(steer.Config(), run, m, report.load_units(analysed, run))
+    res = steer.measure_steering(steer.Config(), run, m, summary.load_units(analysed, run))
     assert len(res["rows"]) == steer.Config().steer_features and res["positions"] == 50 * analysed.context
     assert len({r["up"][0] for r in res["rows"]}) == len(res["rows"])   # distinct top tokens
     for r in res["rows"]:
