@@ -31,8 +31,11 @@ import torch
 import data
 from lab import (browser, explainer, figures, grounding, measure, predicates, probing, report, resampling, specificity,
                  stats, steer, tools)
+from lab.formatting import signed
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, check_fields, fmt_eta, parse_config, run_main
+from lab.report_sections import by_density
+from lab.summary import load_units, save_units
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -96,7 +99,7 @@ def analyze(cfg, step="all"):
     if step in ("all", "grounding"):
         res["grounding"] = grounded(cfg, run, m)
     if step == "all":  # the lab's edges: the browser and the steering table read the interp step's units
-        units = report.load_units(cfg, run)
+        units = load_units(cfg, run)
         res["browser"] = browser.write_browser(browser.Config(), run, m, units)
         res["steering"] = steer.measure_steering(steer.Config(), run, m, units)
         res["seconds"] = time.time() - t0
@@ -327,13 +330,13 @@ def interpretability(cfg, run, m, dens=None):
     n_docs = int(text.docs.max()) + 1
     d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
     summary = dict(resampling.summarize(compare, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed),
-                   by_density=report.by_density(results, unit_stats, run.n_tokens),
+                   by_density=by_density(results, unit_stats, run.n_tokens),
                    matched={other: resampling.matched_difference(results["features"], results[other], d["features"],
                                                                  d[other], cfg.bootstrap, cfg.seed, n_docs=n_docs)
                             for other in ("neurons", "sparse_neurons")})
     figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
-    report.save_units(run, unit_stats, results)
-    print(f"interp: median score, features minus neurons {report.signed(summary['median_diff'])}")
+    save_units(run, unit_stats, results)
+    print(f"interp: median score, features minus neurons {signed(summary['median_diff'])}")
     return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,
                 single_token_share=SINGLE_TOKEN_SHARE)
 
@@ -572,8 +575,8 @@ def grounded(cfg, run, m):
     x = {kind: r["scores"] for kind, r in g["model"].items()}
     summary["diff"] = {other: stats.median_difference(x["features"], x[other], cfg.bootstrap, cfg.seed)
                        for other in ("neurons", "sparse_neurons")}
-    print(f"grounding: median correlation, features minus neurons {report.signed(summary['diff']['neurons'])}, "
-          f"minus sparsified neurons {report.signed(summary['diff']['sparse_neurons'])}")
+    print(f"grounding: median correlation, features minus neurons {signed(summary['diff']['neurons'])}, "
+          f"minus sparsified neurons {signed(summary['diff']['sparse_neurons'])}")
     return dict(summary=summary, units=g, control_from=g["control_from"], control_tokens=g["control_tokens"])
 
 

@@ -12,7 +12,7 @@ When several rows match a token, the most specific one explains it (match).
 """
 import numpy as np
 
-from lab import report
+from lab.formatting import token_text
 from lab.predicates import PREDICATES
 
 
@@ -103,7 +103,7 @@ def simulate(expl, prev, cur, labels, vocab):
 def describe(expl, enc, vocab):
     """An explanation table as rows of readable patterns, strongest first: a (previous token, token)
     pattern, a token pattern (prev None) or a context predicate (context: its name; prev and token None)."""
-    text = lambda t: report.token_text(enc, t)
+    text = lambda t: token_text(enc, t)
     rows = []
     for key, value, count in zip(expl["keys"].tolist(), expl["values"], expl["counts"]):
         if key >= context_key(0, vocab):

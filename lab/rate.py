@@ -37,8 +37,9 @@ import time
 import numpy as np
 import torch
 
-from lab import browser, browser_page, measure, report
+from lab import browser, browser_page, measure
 from lab.plumbing import UserError, arg, atomic_write_text
+from lab.summary import load_units
 from model import harvest
 
 # The rubric, modelled on the paper's (a total of 0-14, above 8 "quite interpretable"): is there one
@@ -132,7 +133,7 @@ def sources(acfg, measured, control=True):
     """{kind: (Run, Measurement, units.json)}: the main run's features and neurons, and the
     random-weights control (its SAE's features) when lab/compare.py has trained and analysed it."""
     run = measure.load_run(acfg)
-    main = (run, measured(acfg, run), report.load_units(acfg, run))
+    main = (run, measured(acfg, run), load_units(acfg, run))
     out = {"features": main, "neurons": main}
     folder = os.path.join("compare", "analysis_random")            # lab/compare.py's analysis of the control
     units = os.path.join(acfg.out, folder, "units.json")
@@ -140,7 +141,7 @@ def sources(acfg, measured, control=True):
         ccfg = dataclasses.replace(acfg, lm_dir="lm_random", sae_dir="sae_random", n_features=run.main,
                                    analysis_dir=folder, tokens=json.load(open(units))["n_tokens"])
         crun = measure.load_run(ccfg)
-        out["control"] = (crun, measured(ccfg, crun), report.load_units(ccfg, crun))
+        out["control"] = (crun, measured(ccfg, crun), load_units(ccfg, crun))
     return out
 
 

@@ -13,13 +13,10 @@ import os
 
 from lab import probing
 from lab.formatting import signed
-from lab.formatting import token_text  # noqa: F401 (analyze.py calls it as report.token_text)
 from lab.measure import FEW_TOKENS
 from lab.plumbing import atomic_write_text, fmt_eta
 from lab.report_sections import density_section, grounding_section, interp_section, losses_section, specificity_section
-from lab.report_sections import by_density  # noqa: F401 (analyze.py calls it as report.by_density)
 from lab.summary import headline
-from lab.summary import load_units, save_units  # noqa: F401 (analyze.py calls them as report.*)
 
 # The paper's numbers (docs/paper.md) that ours are printed beside.
 PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6)",

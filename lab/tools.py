@@ -8,9 +8,10 @@
 analyze.py hands over its config class and its measurement (analyze.measured), so a tool reads the
 run exactly as the analysis does.
 """
-from lab import browser, rate, ratings, report, steer
+from lab import browser, rate, ratings, steer
 from lab.measure import load_run
 from lab.plumbing import UserError, parse_configs
+from lab.summary import load_units
 
 TOOLS = {"browse": browser, "steer": steer, "rate": rate, "ratings": ratings}
 
@@ -39,4 +40,4 @@ def run(step, argv, config_class, measured):
     if tool is rate:
         return rate.main(tool_cfg, cfg, measured)
     run = load_run(cfg)
-    return tool.main(tool_cfg, run, lambda: (measured(cfg, run), report.load_units(cfg, run)))
+    return tool.main(tool_cfg, run, lambda: (measured(cfg, run), load_units(cfg, run)))
