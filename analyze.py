@@ -1,14 +1,15 @@
 """analyze.py: the paper's evidence, measured on held-out text: are features better units than neurons?
 
     python analyze.py                  # everything: out/analysis/report.md, its figures, the feature browser
-    python analyze.py interp           # one step: losses, density, interp, specificity or grounding
+    python analyze.py interp           # one step: losses, density, interp, specificity (+ probing), grounding
     python analyze.py browse|steer|rate|ratings ...   # the lab's tools (lab/tools.py; each takes --help)
 
 Reads the LM, every SAE (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out tokens, and measures, in the
 paper's order:
   1. reconstruction, and the loss recovered when the SAE's reconstruction replaces the MLP's activations;
   2. feature density: how often each feature fires, the dead ones and an ultralow-density cluster;
-  3. features versus neurons: an explain-then-simulate score, the same for both, also at matched density;
+  3. features versus neurons: an explain-then-simulate score, the same for both, also at matched density,
+     and detection; specificity per activation level and k-sparse probing (lab/specificity.py, probing.py);
   4. grounded in the model: does a unit's effect on the logits agree with what follows where it fires?
 
 A "unit" is one column of an activation matrix (tokens, units): a neuron, a feature, or a neuron
@@ -62,9 +63,11 @@ class AnalyzeConfig:
     # set by programs (the tests, lab/compare.py), not on the command line
     loss_tokens: int = arg(2**17, "held-out tokens for the losses and the reconstruction error", flag=False, at_least=1)
     context: int = arg(32, "tokens per context (must divide the LM's context length)", flag=False)
-    explain_contexts: int = arg(40, "top contexts (explain half) an explanation is read from", flag=False, at_least=1)
-    score_top: int = arg(20, "top contexts (score half) an explanation is scored on", flag=False, at_least=1)
-    score_random: int = arg(20, "random contexts (score half) it is also scored on", flag=False)
+    explain_contexts: int = arg(40, "top contexts kept per unit in the EXPLAIN half (the paper's protocol takes "
+                                "its 10 from them; top-and-random explains from all)", flag=False, at_least=1)
+    score_top: int = arg(20, "top contexts kept per unit in the SCORE half (the paper's protocol takes its 6 from "
+                         "them; top-and-random scores on all)", flag=False, at_least=1)
+    score_random: int = arg(20, "random contexts (score half) top-and-random also scores on", flag=False)
     bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals", flag=False, at_least=1)
 
     def __post_init__(self):
@@ -98,10 +101,10 @@ def analyze(cfg, step="all"):
         res["probing"] = probing.probing(run, m, neuron_kinds(m.sparse_k), cfg.seed, cfg.bootstrap)
     if step in ("all", "grounding"):
         res["grounding"] = grounded(cfg, run, m)
-    if step == "all":  # the lab's edges: the browser and the steering table read the interp step's units
-        units = load_units(cfg, run)
-        res["browser"] = browser.write_browser(browser.Config(), run, m, units)
-        res["steering"] = steer.measure_steering(steer.Config(), run, m, units)
+    if step == "all":  # the lab's edges: the browser and the steering table read the interp step's scored units
+        scored = load_units(cfg, run)
+        res["browser"] = browser.write_browser(browser.Config(), run, m, scored)
+        res["steering"] = steer.measure_steering(steer.Config(), run, m, scored)
         res["seconds"] = time.time() - t0
         print(f"report: {report.write_report(cfg, run, res)} ({fmt_eta(res['seconds'])})")
     return res
@@ -152,10 +155,10 @@ def measured(cfg, run):
     """Every held-out token reduced to per-unit statistics of the neurons, the sparsified neurons and
     each SAE's features (lab/measure.py's streaming pass; reused from analysis/measure.pt while its
     inputs are the same)."""
-    def units():   # on a cache miss only: matched_k reads a few thousand tokens
+    def kinds():   # on a cache miss only: matched_k reads a few thousand tokens
         k = matched_k(run)
         return k, {**neuron_kinds(k), **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
-    return measure.load_or_measure(cfg, run, window_halves(run.n_tokens, run.model.cfg.block_size), units)
+    return measure.load_or_measure(cfg, run, window_halves(run.n_tokens, run.model.cfg.block_size), kinds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,22 +314,22 @@ def interpretability(cfg, run, m, dens=None):
     pools = [random_contexts(cfg, run, m, half, n, draw) for half, n in ((EXPLAIN, 50), (SCORE, 200))]
     text = held_out(cfg, run, m)
     alone = measure.alone_acts(run.model, text.vocab, compared_kinds(run, m))   # every token read alone
-    units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
-    n, drawn = sample(cfg, units, rng)
+    alive_units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
+    n, drawn = sample(cfg, alive_units, rng)
     results, compare = {}, {}
     for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
-        t0, picked = time.time(), units[kind][drawn[kind]]
+        t0, picked = time.time(), alive_units[kind][drawn[kind]]
         score = lambda us, sizes: score_paper(us, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools],
                                               alone[kind], text, cfg.max_entries, sizes, cfg.seed)
-        compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(units[kind], picked), ())
-        old = score_units(picked, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top, cfg.score_random,
-                          cfg.max_entries, seed=cfg.seed)
-        for r, o in zip(compare[kind], old):
+        compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(alive_units[kind], picked), ())
+        top_random = score_units(picked, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top,
+                                 cfg.score_random, cfg.max_entries, seed=cfg.seed)
+        for r, o in zip(compare[kind], top_random):
             r["top_random"] = o["score"]
         results[kind] = sorted(compare[kind] + rest, key=lambda r: r["unit"])
         for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = explainer.describe(r["explanation"], run.enc, text.vocab)
-        print(f"interp: scored {len(units[kind])} alive {kind} in {time.time() - t0:.1f}s")
+        print(f"interp: scored {len(alive_units[kind])} alive {kind} in {time.time() - t0:.1f}s")
     n_docs = int(text.docs.max()) + 1
     d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
     summary = dict(resampling.summarize(compare, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed),
@@ -350,15 +353,15 @@ def alive(s, ultralow=None):
     return ok.nonzero().squeeze(1).numpy()
 
 
-def sample(cfg, units, rng):
-    """(n, {kind: indices into units[kind]}): the comparison's sample, n units of each kind drawn at random
-    among the alive ones (the sparsified neurons, drawn last, may have fewer alive: a neuron rarely among
-    the top k)."""
-    n = min(cfg.n_units, len(units["features"]), len(units["neurons"]))
+def sample(cfg, alive_units, rng):
+    """(n, {kind: indices into alive_units[kind]}): the comparison's sample, n units of each kind drawn at
+    random among the alive ones (the sparsified neurons, drawn last, may have fewer alive: a neuron is rarely
+    among the top k)."""
+    n = min(cfg.n_units, len(alive_units["features"]), len(alive_units["neurons"]))
     if n == 0:
         raise UserError("no alive unit fires in both halves of the held-out data: analyse more --tokens")
-    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(units["sparse_neurons"])))
-    return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in units.items()}
+    sizes = dict(features=n, neurons=n, sparse_neurons=min(cfg.n_units, len(alive_units["sparse_neurons"])))
+    return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in alive_units.items()}
 
 
 @dataclasses.dataclass
@@ -461,10 +464,12 @@ def positions(ex, text):
 
 def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, sizes=(), seed=0):
     """The paper's protocol, per unit: explained from its EXPLAIN-half examples, scored on its SCORE-half
-    ones by the Pearson correlation of simulated and true activations (and Spearman's, the paper's
-    statistic, beside) and detected (detect), both also with another unit's explanation (the control:
-    the previous unit's). unit_stats: the kind's UnitStats; intervals: [half][interval] TopContexts;
-    pools: [half] random_contexts; alone (vocab, U): every token's activations out of context."""
+    ones by the Pearson correlation of simulated and true activations and detected (detect), both also
+    with another unit's explanation (the control: the previous unit's). The paper correlates by
+    Spearman's ranks; Pearson's follows from per-context sums, so the intervals can resample documents
+    (lab/resampling.py): it is the headline, Spearman's reported beside it. unit_stats: the kind's
+    UnitStats; intervals: [half][interval] TopContexts; pools: [half] random_contexts; alone (vocab, U):
+    every token's activations out of context."""
     alone = alone.clone().numpy()
     alone[text.eot] = -np.inf                       # the end of text is no token to read alone
     order = np.argsort(-alone, axis=0, kind="stable")
@@ -539,7 +544,7 @@ def single_token(top, u, text):
 
 
 def score_units(units, unit_stats, pool, text, n_top, n_random, max_entries, sizes=(), seed=0):
-    """Top-and-random, the protocol before the paper's (kept beside it for one release): each unit
+    """Top-and-random, a simpler protocol reported beside the paper's, for comparison: each unit
     explained from its top contexts in the EXPLAIN half and scored (Pearson r) on its n_top top and
     n_random random contexts of the SCORE half, drawn from the pool (dict(ctx (Q,), acts (Q, ctx, U))),
     none among the top ones. Per unit: score, explanation, by_size {e: the score at e rows}, single_token."""

@@ -140,9 +140,9 @@ def geometric_median(x, iters=100, tol=1e-6):
 
 
 # ----------------------------------------------------------------------------------------------
-# The decoder-norm constraint (paper): unit-norm dictionary vectors. Renormalising after each step
-# alone was worse than also removing, before the step, the part of each vector's gradient that
-# would only change its length.
+# The decoder-norm constraint: unit-norm dictionary vectors. The paper found renormalising after each
+# step alone worse than also removing, before the step, the part of each vector's gradient that would
+# only change its length.
 
 @torch.no_grad()
 def remove_parallel_grad(sae):
@@ -221,7 +221,7 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
         return 0
     if sq_errors is None:
         sq_errors = torch.cat([(sae(xb)[0] - xb).mul(sae.act_scale).pow(2).sum(1) for xb in x.split(batch_size)])
-    prob = sq_errors.pow(2)
+    prob = sq_errors.pow(2)                        # the paper: the square of each input's loss (its squared error)
     prob = prob if prob.sum() > 0 else torch.ones_like(prob)  # a perfect SAE: pick uniformly
     pick = torch.multinomial(prob, len(idx), replacement=len(idx) > (prob > 0).sum().item())
     x_n = x[pick].float() * sae.act_scale

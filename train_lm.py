@@ -96,20 +96,21 @@ def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint. on_step(steps taken): the tests' crash hook."""
     # 1. set-up: the data, the model, its optimizer, what a checkpoint holds (lab/run.py: processes, --resume, checks)
     run = Run(cfg, "LM", "--lm-dir", lambda c: [os.path.join(c.out, c.lm_dir, "ckpt.pt")])
-    cfg, device = run.cfg, run.device
+    cfg, device = run.cfg, run.device   # on --resume, cfg is the checkpoint's: the run goes on as it began
     meta, train_tokens, val_tokens = data.load_shards(cfg.out)
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
     bf16, tokens_per_step = cfg.bf16 and fast_bf16(device), cfg.batch_size * mcfg.block_size
     run.refuse_unsafe_start(lm_memory(mcfg, cfg.batch_size // run.world, 2 if bf16 else 4))
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
-    opt, batches, history = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), []
+    opt, batch_rng = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed)
+    history = []   # the validation losses: run.log appends each record to it and to log.jsonl
     lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
     net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
     run.start(math.ceil(cfg.max_tokens / tokens_per_step), tokens_per_step,
               [{"model_config": dataclasses.asdict(mcfg), "model": model, "optimizer": opt, "history": history,
-                "batch_rng": batches, "rng": TORCH_RNG, "tokenizer_hash": meta["tokenizer_hash"]}],
+                "batch_rng": batch_rng, "rng": TORCH_RNG, "tokenizer_hash": meta["tokenizer_hash"]}],
               must_match=dict.fromkeys(["model_config", "tokenizer_hash"], "was trained with another model config "
                                        "or tokenizer; use the same flags and data, or a new --lm-dir"),
               timed=(next_batch, lambda m, o, batch: train_step(m, lm_loss, o, batch, cfg.lr, cfg, autocast)))
@@ -125,7 +126,7 @@ def train(cfg, on_step=None):
             if step % cfg.ckpt_every == 0 and step > run.first_step:
                 run.save("running")
             # b. one optimizer step on a fresh batch, at the schedule's learning rate
-            loss = train_step(net, lm_loss, opt, next_batch(batches), lr_at(step, cfg, run.max_steps), cfg, autocast)
+            loss = train_step(net, lm_loss, opt, next_batch(batch_rng), lr_at(step, cfg, run.max_steps), cfg, autocast)
             # c. the validation loss, every eval_every steps
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
                 run.log(dict(step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],

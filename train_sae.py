@@ -1,4 +1,5 @@
-"""train_sae.py: harvest the 512 MLP activations and fit the paper's sparse autoencoder.
+"""train_sae.py: harvest the 512 MLP activations and fit the paper's sparse autoencoder (by default with
+Anthropic's 2024 recipe; --recipe paper trains it as the paper did).
 
     python train_sae.py                                  # 4,096 features (the paper's A/1), 12M activations
     python train_sae.py --sweep 512 1024 2048 4096       # several sizes on the same activations (A/0...)
@@ -101,7 +102,7 @@ def train(cfg, on_step=None):
     # 1. set-up: the LM, one SAE and optimizer per size, the first fill (lab/run.py: processes, --resume, checks)
     run = Run(cfg, "SAE", "--sae-dir", lambda c: [os.path.join(c.out, c.sae_dir, f"F{n}", "ckpt.pt") for n in c.sizes],
               pattern=os.path.join("F*", "ckpt.pt"), unit="activations")
-    cfg, device = run.cfg, run.device
+    cfg, device = run.cfg, run.device   # on --resume, cfg is the checkpoint's: the run goes on as it began
     # the fast path, chosen here: lab/sae_fast.py's gradients and metrics, the same numbers as sae.py's, faster
     grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
@@ -157,16 +158,19 @@ def set_up(run, cfg, grads, device):
     for s in saes if cfg.recipe == "2024" else []:
         init_2024(s)
     opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
-    windows, shuffle = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
-    since_fired, histories = [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes], [[] for _ in saes]
-    fill = lambda: refill_buffer(model, train_tokens, cfg.buffer_size, windows, shuffle, device)
+    windows_rng, shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
+    since_fired = [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes]
+    histories = [[] for _ in saes]   # each SAE's held-out metrics: run.log(record, i) appends to the i-th
+    fill = lambda: refill_buffer(model, train_tokens, cfg.buffer_size, windows_rng, shuffle_rng, device)
+    # a new run's first fill; a resumed one goes on at a fill boundary (its checkpoints are taken only there),
+    # where the loop refills
     buffer = None if cfg.resume else run.timed("harvest", fill)
     for s in saes if buffer is not None else []:  # act_scale, and b_dec at the geometric median (paper)
         s.init_from_data(buffer[:2**14])
     run.start(math.ceil(cfg.max_activations / cfg.batch_size), cfg.batch_size,
               [{"sae_config": dataclasses.asdict(s.cfg), "sae": s, "optimizer": o,
-                "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": windows,
-                "shuffle_rng": shuffle, "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
+                "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": windows_rng,
+                "shuffle_rng": shuffle_rng, "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
                 "tokenizer_hash": meta["tokenizer_hash"], "history": h}
                for s, o, f, h in zip(saes, opts, since_fired, histories)],
               must_match={"lm_fingerprint": f"was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new "
@@ -180,10 +184,10 @@ def set_up(run, cfg, grads, device):
     return model, val_tokens, val_acts, saes, opts, since_fired, histories, fill, buffer
 
 
-def refill_buffer(model, tokens, n, windows, shuffle, device):
+def refill_buffer(model, tokens, n, windows_rng, shuffle_rng, device):
     """n activations of the LM on random windows of the training split, shuffled."""
-    buffer = harvest(model, tokens, n, windows, device=device)[0]
-    return buffer[torch.randperm(len(buffer), generator=shuffle).to(device)]
+    buffer = harvest(model, tokens, n, windows_rng, device=device)[0]
+    return buffer[torch.randperm(len(buffer), generator=shuffle_rng).to(device)]
 
 
 def held_out(model, tokens, n, device):
@@ -203,7 +207,7 @@ def sae_step(s, opt, x, grads, l1_coeff, sync=None):
 
 def record_metrics(run, evaluate, saes, acts, step, **extra):
     """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), with the
-    steps taken, the activations seen and extra, in its history and its log.jsonl."""
+    steps taken, the activations seen and extra, in its history and its log.jsonl (both by run.log)."""
     for i, s in enumerate(saes):
         m = run.timed("held-out metrics", evaluate, s, acts)
         run.log({"step": step, "activations": step * run.per_step, **extra,
