@@ -103,8 +103,7 @@ def train(cfg, on_step=None):
     run.refuse_unsafe_start(lm_memory(mcfg, cfg.batch_size // run.world, 2 if bf16 else 4))
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
-    opt, batch_rng = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed)
-    history = []   # the validation losses: run.log appends each record to it and to log.jsonl
+    opt, batch_rng, history = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), []
     lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
     net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
@@ -127,7 +126,7 @@ def train(cfg, on_step=None):
                 run.save("running")
             # b. one optimizer step on a fresh batch, at the schedule's learning rate
             loss = train_step(net, lm_loss, opt, next_batch(batch_rng), lr_at(step, cfg, run.max_steps), cfg, autocast)
-            # c. the validation loss, every eval_every steps
+            # c. the validation loss, every eval_every steps (run.log adds it to history and to log.jsonl)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
                 run.log(dict(step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
                              val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step))
