@@ -25,7 +25,7 @@ import torch
 
 import sae as sae_lib
 from lab import sae_fast
-from lab.plumbing import arg, check_fields, flag_errors, lm_fingerprint, parse_config, require, run_main
+from lab.plumbing import TORCH_RNG, arg, check_fields, flag_errors, lm_fingerprint, parse_config, require, run_main
 from lab.run import Run, lm_and_shards, print_sae_metrics, require_finite, sae_memory, sae_progress
 from model import harvest
 
@@ -170,7 +170,8 @@ def set_up(run, cfg, grads, device):
     run.start(math.ceil(cfg.max_activations / cfg.batch_size), cfg.batch_size,
               [{"sae_config": dataclasses.asdict(s.cfg), "sae": s, "optimizer": o,
                 "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": windows_rng,
-                "shuffle_rng": shuffle_rng, "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
+                "shuffle_rng": shuffle_rng, "rng": TORCH_RNG,   # (resample_dead draws from torch's global state)
+                "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
                 "tokenizer_hash": meta["tokenizer_hash"], "history": h}
                for s, o, f, h in zip(saes, opts, since_fired, histories)],
               must_match={"lm_fingerprint": f"was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new "

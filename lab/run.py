@@ -125,6 +125,9 @@ class Run:
             for name, problem in must_match.items():
                 if c[name] != state[name]:
                     raise UserError(f"{path} {problem}")
+            missing = [name for name in state if name not in c]
+            if missing:   # written before the trainer's state held these
+                raise UserError(f"{path} holds no {', '.join(missing)}: it cannot be resumed exactly; {fix}")
             for name, obj in state.items():
                 put_back(obj, c[name])
         self.step, self.max_steps, self.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "elapsed"))

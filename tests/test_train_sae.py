@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import analyze
 import sae as sae_lib
 import train_sae
 from lab import run as lab_run
-from lab.plumbing import UserError
+from lab.plumbing import UserError, atomic_save
 import train_lm
 from tests.conftest import tiny_lm_config
 from tests.test_train_lm import Crash, crash_at
@@ -143,6 +144,36 @@ def test_2024_kill_resume_is_exact(tiny_lm):
                 for run in ("whole", "crash"))
         assert a["seen"] == b["seen"] == int(n) and a["history"] == b["history"]
         assert all(torch.equal(v, b["sae"][k]) for k, v in a["sae"].items())
+
+
+def test_paper_kill_resume_is_exact_across_a_resampling(tiny_lm, monkeypatch):
+    """--recipe paper resamples dead features by drawing inputs from torch's global random state: a run
+    killed between two resamplings and resumed must draw what the uninterrupted run drew. 48 steps resample
+    at steps 1, 2, 4 and 5; the run dies at step 3, after its checkpoint at step 2. At steps 2 and 5, 32
+    features are made to count as dead, so both resamplings draw: the second from the state the first left."""
+    real_resample = train_sae.resample
+
+    def with_dead(s, opt, since_fired, buffer, step, run):
+        if step in (2, 5):
+            since_fired[:32] = 10**6
+        return real_resample(s, opt, since_fired, buffer, step, run)
+    monkeypatch.setattr(train_sae, "resample", with_dead)
+    kw = dict(recipe="paper", n_features=256, batch_size=512, buffer_size=2 * 512, max_activations=48 * 512,
+              eval_every=48)
+    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_whole", **kw))[0]
+    assert [h["resampled"] for h in whole["history"] if h["step"] in (2, 5) and "resampled" in h] == [32, 32]
+    with pytest.raises(Crash):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_crash", **kw), on_step=crash_at(3))
+    older = os.path.join(tiny_lm, "sae_paper_older", "F256", "ckpt.pt")  # a checkpoint without the random state
+    shutil.copytree(os.path.join(tiny_lm, "sae_paper_crash"), os.path.dirname(os.path.dirname(older)))
+    atomic_save({k: v for k, v in torch.load(older, weights_only=False).items() if k not in ("rng", "digest")}, older)
+    with pytest.raises(UserError, match=r"sae_paper_older/F256/ckpt.pt holds no rng: it cannot be resumed exactly"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_older", resume=True, **kw))
+    resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_crash", resume=True, **kw))[0]
+    assert resumed["step"] == whole["step"] == 48
+    for k, v in whole["sae"].items():
+        assert torch.equal(v, resumed["sae"][k]), k
+    assert whole["history"] == resumed["history"]
 
 
 def test_snapshots_keep_the_sae_as_it_was(tiny_lm, capsys):
