@@ -124,15 +124,15 @@ def train(cfg, on_step=None):
             x, l1_coeff = buffer[j:j + per_rank], cfg.l1_coeff
             if cfg.recipe == "2024":  # the schedules: the L1 coefficient warms up, the learning rate decays
                 l1_coeff *= schedule_2024(step, run.max_steps, opts, cfg.lr)
-            for s, o, silent in zip(saes, opts, since_fired):
-                stats = run.timed("SAE steps", sae_step, s, o, x, grads, l1_coeff, sync)
-                silent.add_(1).masked_fill_(stats["fired"] > 0, 0)  # steps each feature has been silent
+            stats = [run.timed("SAE steps", sae_step, s, o, x, grads, l1_coeff, sync) for s, o in zip(saes, opts)]
+            for silent, st in zip(since_fired, stats):  # steps each feature has been silent
+                silent.add_(1).masked_fill_(st["fired"] > 0, 0)
             # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
             if cfg.recipe == "paper" and step + 1 in sae_lib.resample_schedule(run.max_steps):
                 resample_all(run, saes, opts, since_fired, buffer, step + 1)
             # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
-                record_metrics(run, evaluate, saes, val_acts, step + 1, train_loss=stats["loss"])
+                record_metrics(run, evaluate, saes, val_acts, step + 1, [dict(train_loss=st["loss"]) for st in stats])
             run.take_snapshots(step + 1)
             run.progress(lambda: sae_progress(saes[-1], histories[-1], since_fired[-1], run.max_steps))
 
@@ -140,7 +140,7 @@ def train(cfg, on_step=None):
     if not run.end_processes():
         return None
     final_acts = held_out(model, val_tokens, 4 * cfg.eval_activations, device)
-    record_metrics(run, evaluate, saes, final_acts, run.step, final=True, held_out=len(final_acts))
+    record_metrics(run, evaluate, saes, final_acts, run.step, [dict(final=True, held_out=len(final_acts))] * len(saes))
     ckpts = run.save("final")
     run.summary(timed_phase="SAE steps")
     print_sae_metrics(saes, histories, run.step * cfg.batch_size)  # `F4096: L0 34.7 | FVU 0.040 | ...`
@@ -206,10 +206,10 @@ def sae_step(s, opt, x, grads, l1_coeff, sync=None):
     return stats
 
 
-def record_metrics(run, evaluate, saes, acts, step, **extra):
+def record_metrics(run, evaluate, saes, acts, step, extras):
     """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), with the
-    steps taken, the activations seen and extra, in its history and its log.jsonl (both by run.log)."""
-    for i, s in enumerate(saes):
+    steps taken, the activations seen and its extras[i], in its history and its log.jsonl (by run.log)."""
+    for i, (s, extra) in enumerate(zip(saes, extras)):
         m = run.timed("held-out metrics", evaluate, s, acts)
         run.log({"step": step, "activations": step * run.per_step, **extra,
                  **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}}, i)

@@ -115,6 +115,8 @@ def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     assert all(os.path.exists(os.path.join(tiny_lm, "sae_sizes", f"F{n}", "log.jsonl")) for n in (256, 512))
     final = [c["history"][-1] for c in ckpts]
     assert all(f["final"] and 0 < f["fvu"] < 1 for f in final)
+    losses = [[h["train_loss"] for h in c["history"] if "train_loss" in h] for c in ckpts]
+    assert len(losses[0]) == 1 and losses[0] != losses[1]   # each size's own training loss, not the last size's
     # where the stage's time went: every phase measured, none negative
     split = ckpts[0]["time_split"]
     assert {"SAE steps", "harvest", "held-out metrics", "setup and the rest"} <= set(split)
