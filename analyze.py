@@ -35,7 +35,6 @@ from lab import (browser, explainer, figures, grounding, measure, predicates, pr
 from lab.formatting import signed
 from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
 from lab.plumbing import UserError, arg, check_fields, fmt_eta, parse_config, run_main
-from lab.report_sections import by_density
 from lab.summary import load_units, save_units
 
 SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
@@ -333,7 +332,7 @@ def interpretability(cfg, run, m, dens=None):
     n_docs = int(text.docs.max()) + 1
     d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
     summary = dict(resampling.summarize(compare, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed),
-                   by_density=by_density(results, unit_stats, run.n_tokens),
+                   by_density=resampling.by_density(results, d),
                    matched={other: resampling.matched_difference(results["features"], results[other], d["features"],
                                                                  d[other], cfg.bootstrap, cfg.seed, n_docs=n_docs)
                             for other in ("neurons", "sparse_neurons")})

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 import data
 from lab.plumbing import UserError, arg, check_fields, load_checkpoint, require
-from lab.plumbing import lm_fingerprint  # noqa: F401 (the analysis checks an SAE's LM by it, as model.lm_fingerprint)
 
 
 @dataclasses.dataclass

@@ -33,13 +33,13 @@ import data
 import train_lm
 import train_sae
 from lab.plumbing import (MAY_CHANGE_ON_RESUME, Progress, UserError, arg, finite, flat_dict, fmt_eta,
-                          from_dict, load_checkpoint, make_folder, parse_config, pick_device, require, run_main,
-                          save_figure)
+                          from_dict, lm_fingerprint, load_checkpoint, make_folder, parse_config, pick_device,
+                          require, run_main, save_figure)
 from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margin, difference_ci, median_ci,
                               universality, universality_pass, universality_windows)
-from model import lm_fingerprint, load_lm
+from model import load_lm
 from lab.figures import millions, plot_control, plot_knob
 from lab.formatting import shown, token_text
 from lab.report import write_json, write_markdown

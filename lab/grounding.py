@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from lab import measure
-from lab.plumbing import load_checkpoint
+from lab.plumbing import lm_fingerprint, load_checkpoint
 from lab.stats import bootstrap
 from lab.steer import logit_effects, residual_scale
-from model import ModelConfig, Transformer, lm_fingerprint
+from model import ModelConfig, Transformer
 from sae import load_sae
 
 ALPHA = 10.0            # pseudo-tokens drawn from "elsewhere": a unit seen on few tokens has its lift shrunk towards 0

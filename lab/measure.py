@@ -33,9 +33,9 @@ import torch
 
 import data
 from lab import predicates
-from lab.plumbing import (Progress, UserError, atomic_save, atomic_write_text, fmt_eta, make_folder, pick_device,
-                          tensor_digest)
-from model import harvest, lm_fingerprint, load_lm
+from lab.plumbing import (Progress, UserError, atomic_save, atomic_write_text, fmt_eta, lm_fingerprint, make_folder,
+                          pick_device, tensor_digest)
+from model import harvest, load_lm
 from sae import load_sae
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
@@ -64,7 +64,7 @@ class Run:
     """The LM, every SAE trained on it, the held-out tokens and the settings every step shares."""
     model: object         # model.Transformer
     lm_ckpt: dict
-    fingerprint: str      # model.lm_fingerprint of the LM
+    fingerprint: str      # lab.plumbing.lm_fingerprint of the LM
     saes: dict            # {n_features: LoadedSAE}, smallest first
     main: int             # the dictionary analysed in detail (--n-features)
     tokens: np.ndarray    # the first n_tokens held-out tokens, int64

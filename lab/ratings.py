@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from lab import rate, report
 from lab.plumbing import UserError, arg, save_figure
+from lab import stats
 from lab.stats import bootstrap
 
 COLOURS = {"features": "tab:blue", "neurons": "tab:red", "control": "tab:gray"}
@@ -176,22 +177,9 @@ def krippendorff_alpha(R):
     return float(1 - observed / expected) if expected > 0 else None
 
 
-def ranks(x):
-    """Ranks from 1, ties sharing their mean rank."""
-    x = np.asarray(x, float)
-    r = np.empty(len(x))
-    r[np.argsort(x, kind="stable")] = np.arange(1, len(x) + 1)
-    for v in np.unique(x):
-        r[x == v] = r[x == v].mean()
-    return r
-
-
 def spearman(a, b):
-    """Spearman's rank correlation: Pearson's on the ranks; None where either side is constant."""
-    a, b = ranks(a), ranks(b)
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else None
+    """Spearman's rank correlation (lab/stats.py's); None where either side is constant: no ranking."""
+    return stats.spearman(a, b) if len(set(a)) > 1 and len(set(b)) > 1 else None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -217,21 +217,6 @@ def examples_markdown(compare):
     return lines
 
 
-def by_density(results, stats, n_tokens, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
-    """Section 3's table and figure: the median score of every scored unit per decade of density. Units
-    that fire rarely leave few examples to explain from, so density alone moves the score; comparing
-    kinds within a decade takes that out."""
-    out = []
-    for lo, hi in zip(edges, edges[1:]):
-        row = dict(lo=lo, hi=hi)
-        for kind, rs in results.items():
-            d = stats[kind].fired.double().numpy() / n_tokens
-            x = [r["score"] for r in rs if lo <= d[r["unit"]] < hi]
-            row[kind] = (len(x), float(np.median(x)) if x else None)
-        out.append(row)
-    return out
-
-
 def specificity_section(sp):
     return [
         "## 4. Activation specificity", "",

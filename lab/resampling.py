@@ -109,6 +109,20 @@ def beside_summary(compare, kinds, n, seed):
     return out
 
 
+def by_density(results, density, edges=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
+    """Section 3's table and figure: the median score of every scored unit per decade of density. Units
+    that fire rarely leave few examples to explain from, so density alone moves the score; comparing
+    kinds within a decade takes that out. density: {kind: (U,) each unit's density}."""
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        row = dict(lo=lo, hi=hi)
+        for kind, rs in results.items():
+            x = [r["score"] for r in rs if lo <= density[kind][r["unit"]] < hi]
+            row[kind] = (len(x), float(np.median(x)) if x else None)
+        out.append(row)
+    return out
+
+
 def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10, n_docs=0):
     """Features (a) minus another kind (b) at matched density, a protocol fixed before any result was
     seen: every scored unit falls in a bin of half a decade of density (a unit's score falls with its

@@ -4,7 +4,7 @@ The loops read as the algorithm; what makes a run robust happens in the few call
 each named for what it does:
 
     run = Run(cfg, "LM", "--lm-dir", paths)   # processes (DDP); --resume takes the run's own flags
-    run.refuse_unsafe_start(need)             # no finished run replaced; no run too big for memory
+    run.refuse_unsafe_start(need)             # no finished run replaced, none too big; the lock
     run.start(steps, per_step, state, timed=(batch, step))  # the length (--max-minutes timed once), or resumed
     run.announce(lines, available)            # the first lines
     with run.crash_label():                   # an exception labels the last checkpoint "crashed"
@@ -74,31 +74,30 @@ class Run:
         self.saved_step = None  # the step of the last checkpoint a --resume could go on from
 
     def refuse_unsafe_start(self, need):
-        """Before anything is written: a finished run is replaced only with --overwrite, and a run whose
-        estimated memory (need, bytes) is more than the device has free is refused."""
+        """Before anything is computed or written: a finished run is replaced only with --overwrite, a run
+        whose estimated memory (need, bytes) is more than the device has free is refused; then the
+        folder's lock is taken (one writer per run)."""
         refuse_to_replace(self.paths, self.cfg, self.dir_flag)
         require_memory(need, *WORDING[self.what]["memory"], self.device)
+        if self.rank == 0:
+            self.lock = take_lock(self.folder)
 
-    def start(self, max_steps, per_step, state, must_match=None, timed=None):
+    def start(self, max_steps, per_step, state, timed, must_match=None):
         """The run's length: max_steps of per_step inputs (tokens, activations), or with --max-minutes
         the count that fits, timed once (timed_length); or, with --resume, where the checkpoints left
         it. state: one dict per path, what its checkpoint holds by name (see saved), its "history" the
         records of log.jsonl; a resumed checkpoint's value of a name in must_match must be the run's,
-        else the error must_match[name] says. Opens the logs; returns the checkpoints resumed from, or None."""
+        else the error must_match[name] says. timed: (batch, step), what timed_length times. Opens the logs."""
         self.state, self.per_step = state, per_step
-        if self.rank == 0:
-            self.lock = take_lock(self.folder)
         self.logs = [Progress(os.path.join(os.path.dirname(p), "log.jsonl") if self.rank == 0 else None,
                               append=self.cfg.resume, quiet=True) for p in self.paths]
         self.printer = Progress(None, quiet=self.rank != 0)
-        ckpts = None
         if not self.cfg.resume:
             self.max_steps = self.timed_length(*timed) if self.cfg.max_minutes else max_steps
         else:
-            ckpts = self.restore(must_match or {})
+            self.restore(must_match or {})
         self.snapshots = sorted(n for n in {int(n) for n in getattr(self.cfg, "snapshots", [])}
                                 if not self.cfg.resume or n > self.step * per_step)
-        return ckpts
 
     def timed_length(self, batch, step):
         """--max-minutes as a count of steps, timed once (lab/plumbing.timed_steps) on the trainer's own
@@ -106,7 +105,7 @@ class Run:
         their own, batch(generator): the run itself is untouched. Every process takes rank 0's count."""
         twins = [copy.deepcopy((next(v for v in s.values() if isinstance(v, torch.nn.Module)), s["optimizer"]))
                  for s in self.state]  # copied together, each optimizer holds its own copy's parameters
-        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        g = torch.Generator().manual_seed(self.cfg.seed + 3)   # a stream no trainer's own state uses
 
         def one_step():
             x = batch(g)
@@ -135,7 +134,6 @@ class Run:
         for log, c in zip(self.logs, ckpts):  # what a crash left after the checkpoint (a record, half a line) goes
             if log.log_path:
                 atomic_write_text("".join(json.dumps(r) + "\n" for r in c["history"]), log.log_path)
-        return ckpts
 
     def announce(self, lines, available):
         """The run's first lines (rank 0): the config, the trainer's lines, the length, and a warning if

@@ -118,7 +118,7 @@ def plain(d):
 
 def save_units(run, stats, results):
     """units.json: every scored unit's density, score, single-token flag and explanation in words (for
-    the browser, the steering table and readers). stats: {kind: UnitStats}; results: score_units'."""
+    the browser, the steering table and readers). stats: {kind: UnitStats}; results: analyze.interpretability's."""
     out = {"n_tokens": run.n_tokens, "sae": run.main_name}
     for kind, rs in results.items():
         out[kind] = [dict(unit=r["unit"], density=float(stats[kind].fired[r["unit"]]) / run.n_tokens,

@@ -15,10 +15,10 @@ import data
 from lab import explainer, measure, predicates, specificity, stats
 from lab import report
 import sae as sae_lib
-from lab.plumbing import UserError, atomic_save
+from lab.plumbing import UserError, atomic_save, lm_fingerprint
 from lab.formatting import pattern, shown
 from lab.summary import specificity_summary
-from model import harvest, lm_fingerprint, load_lm
+from model import harvest, load_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import analyze
-from lab import rate, ratings
+from lab import rate, ratings, stats
 from lab.plumbing import UserError
 
 RUBRIC = [q[1] for q in rate.RUBRIC]
@@ -37,7 +37,7 @@ def test_krippendorffs_alpha_and_spearman_on_known_values():
     # pairs of a 1 and a 2 among 4 * 3) = 2/3; alpha = 1 - 1 / (2/3): worse than chance
     assert ratings.krippendorff_alpha([[1, 2], [2, 1]]) == pytest.approx(-0.5)
     assert ratings.krippendorff_alpha([[5, 5], [5, 5]]) is None     # no variation: undefined
-    assert ratings.ranks([10, 30, 20, 20]).tolist() == [1, 4, 2.5, 2.5]
+    assert stats.mean_ranks([10, 30, 20, 20]).tolist() == [1, 4, 2.5, 2.5]
     assert ratings.spearman([1, 2, 3, 4], [10, 20, 30, 400]) == pytest.approx(1.0)
     assert ratings.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # with ties, by hand: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4)
