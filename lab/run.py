@@ -121,12 +121,12 @@ class Run:
             if c.get("status") == "snapshot":  # taken between two checkpoints: no point to resume from
                 raise UserError(f"{path} is a --snapshots copy, not a run to resume: resume the run's own "
                                 f"{self.dir_flag}")
-            for name, problem in must_match.items():
-                if c[name] != state[name]:
-                    raise UserError(f"{path} {problem}")
             missing = [name for name in state if name not in c]
             if missing:   # written before the trainer's state held these
                 raise UserError(f"{path} holds no {', '.join(missing)}: it cannot be resumed exactly; {fix}")
+            for name, problem in must_match.items():
+                if c[name] != state[name]:
+                    raise UserError(f"{path} {problem}")
             for name, obj in state.items():
                 put_back(obj, c[name])
         self.step, self.max_steps, self.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "elapsed"))
