@@ -4,26 +4,22 @@
     python train_lm.py --device cuda --max-tokens 200000000  # one GPU, bf16 autocast
     torchrun --nproc_per_node 4 train_lm.py --device cuda   # several GPUs (DDP; gloo on CPU)
 
-AdamW with linear warmup and cosine decay, gradient clipping, a validation loss every few hundred
-steps, checkpoints that --resume continues exactly. The length of the run is a count of tokens, so
-every machine trains the same model; --max-minutes turns a time budget into such a count once,
-from a short timed start. The last line holds the model's validation loss beside a count-based
-bigram model's, e.g. `val loss 3.40 | bigram 4.61`: a transformer that cannot beat bigram counts
-has learned nothing worth decomposing.
+AdamW with linear warmup and cosine decay, and gradient clipping. The run's length is a count of
+tokens (--max-minutes: the count that fits, timed once), so every machine trains the same model. The
+last line holds the model's validation loss beside a count-based bigram model's, e.g. `val loss 3.40
+| bigram 4.61`: a transformer that cannot beat bigram counts has learned nothing worth decomposing.
 """
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data
 from lab.fused_ce import unembed_cross_entropy
-from lab.plumbing import TORCH_RNG, UserError, arg, check_fields, fast_bf16, parse_config, run_main
+from lab.plumbing import arg, check_fields, fast_bf16, parse_config, require, run_main
 from lab.run import Run, lm_memory, require_finite
 from model import ModelConfig, Transformer
 
@@ -34,10 +30,8 @@ class TrainConfig:  # at_least=, above=...: a bad value is one line naming the f
     lm_dir: str = arg("lm", "this run's folder under --out (e.g. lm_b for a second seed)")
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed: int = arg(0, "seed for the weights and the order of the batches")
-    max_tokens: int = arg(20_000_000, "tokens to train on (0: save the untrained model, the paper's "
-                          "random-weights control)", at_least=0, note=" (0: the untrained model)")
-    max_minutes: float = arg(0.0, "a time budget instead of --max-tokens: the count that fits, timed once at the "
-                             "start (0: use --max-tokens)", at_least=0, note=" (0: use --max-tokens)")
+    max_tokens: int = arg(20_000_000, "tokens to train on", at_least=0, note=" (0: the untrained model)")
+    max_minutes: float = arg(0.0, "a time budget instead of --max-tokens", at_least=0, note=" (0: use --max-tokens)")
     resume: bool = arg(False, "continue the run in <out>/<lm-dir>/ exactly where it stopped")
     overwrite: bool = arg(False, "replace a finished run in <out>/<lm-dir>/ (else refused)")
     batch_size: int = arg(32, "sequences per step, over all processes", at_least=1)
@@ -45,8 +39,7 @@ class TrainConfig:  # at_least=, above=...: a bad value is one line naming the f
     lr: float = arg(3e-3, "peak learning rate", above=0)
     warmup_steps: int = arg(100, "linear warmup steps", at_least=0)
     bf16: bool = arg(True, "bf16 autocast (CUDA always; on CPU where it is faster, see lab/bench.py)")
-    fused: bool = arg(True, "the loss by lab/fused_ce.py, without the (tokens, vocabulary) logits (--no-fused: "
-                      "the plain logits and F.cross_entropy, the same numbers)")
+    fused: bool = arg(True, "the loss by lab/fused_ce.py, without the logits (--no-fused: the plain reference)")
     # set by programs (the tests, lab/compare.py), not on the command line
     min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", False, at_least=0, at_most=1)
     weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", False, at_least=0)
@@ -75,9 +68,8 @@ def make_optimizer(model, cfg):
 
 
 def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
-    """One optimizer step on one batch (x, y); returns the loss. net gives the final residual stream
-    (under DDP it averages the processes' gradients in backward); lm_loss(h, W_U, y) is the mean
-    next-token cross-entropy of its logits."""
+    """One optimizer step on one batch (x, y); returns the loss. net gives the final residual stream (under
+    DDP it averages the gradients in backward); lm_loss(h, W_U, y): the mean cross-entropy of its logits."""
     for group in opt.param_groups:
         group["lr"] = lr
     x, y = batch
@@ -95,7 +87,7 @@ def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
 def train(cfg, on_step=None):
     """Train (or resume) the LM; returns the final checkpoint. on_step(steps taken): the tests' crash hook."""
     # 1. set-up: the data, the model, its optimizer, what a checkpoint holds (lab/run.py: processes, --resume, checks)
-    run = Run(cfg, "LM", "--lm-dir", lambda c: [os.path.join(c.out, c.lm_dir, "ckpt.pt")])
+    run = Run(cfg, "LM", "--lm-dir")
     cfg, device = run.cfg, run.device   # on --resume, cfg is the checkpoint's: the run goes on as it began
     meta, train_tokens, val_tokens = data.load_shards(cfg.out)
     mcfg = dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])  # the vocabulary is the data's
@@ -103,18 +95,16 @@ def train(cfg, on_step=None):
     run.refuse_unsafe_start(lm_memory(mcfg, cfg.batch_size // run.world, 2 if bf16 else 4))
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
-    opt, batch_rng, history = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), []
+    opt, batch_rng = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed)
     lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
     net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
-    run.start(math.ceil(cfg.max_tokens / tokens_per_step), tokens_per_step,
-              [{"model_config": dataclasses.asdict(mcfg), "model": model, "optimizer": opt, "history": history,
-                "batch_rng": batch_rng, "rng": TORCH_RNG, "tokenizer_hash": meta["tokenizer_hash"]}],
+    run.start(cfg.max_tokens, tokens_per_step, [dict(model_config=dataclasses.asdict(mcfg), model=model, optimizer=opt,
+              batch_rng=batch_rng, tokenizer_hash=meta["tokenizer_hash"])],
               must_match=dict.fromkeys(["model_config", "tokenizer_hash"], "was trained with another model config "
                                        "or tokenizer; use the same flags and data, or a new --lm-dir"),
               timed=(next_batch, lambda m, o, batch: train_step(m, lm_loss, o, batch, cfg.lr, cfg, autocast)))
-    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {run.world} "
-                 f"process(es) on {device}; ", len(train_tokens))
+    run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; ", len(train_tokens))
     if run.step == 0:  # the untrained model's loss starts the curve
         run.log(dict(step=0, val_loss=evaluate(model, val_tokens, device), tokens=0))
 
@@ -122,15 +112,14 @@ def train(cfg, on_step=None):
     with run.crash_label():
         for step in run.steps(on_step):
             # a. a checkpoint every ckpt_every steps (the state after them, which --resume continues)
-            if step % cfg.ckpt_every == 0 and step > run.first_step:
-                run.save("running")
+            run.checkpoint(every=cfg.ckpt_every)
             # b. one optimizer step on a fresh batch, at the schedule's learning rate
             loss = train_step(net, lm_loss, opt, next_batch(batch_rng), lr_at(step, cfg, run.max_steps), cfg, autocast)
             # c. the validation loss, every eval_every steps (run.log adds it to history and to log.jsonl)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
                 run.log(dict(step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
                              val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step))
-            val = f"{history[-1]['val_loss']:.3f}" if history[-1]["step"] > 0 else "-"
+            val = f"{run.histories[0][-1]['val_loss']:.3f}" if run.histories[0][-1]["step"] > 0 else "-"
             run.progress(lambda: f"loss {loss.item():.3f} | val {val}")
 
     # 3. the final evaluation: a longer validation loss, beside the bigram baseline
@@ -138,8 +127,7 @@ def train(cfg, on_step=None):
         return None
     val_loss = evaluate(model, val_tokens, device, max_tokens=10**6)
     bigram = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
-    ckpt = run.save("final", val_loss=val_loss, bigram_loss=bigram)[0]
-    run.summary()
+    ckpt = run.finish(val_loss=val_loss, bigram_loss=bigram)[0]
     print(f"val loss {val_loss:.3f} | bigram {bigram:.3f}")
     return ckpt
 
@@ -147,7 +135,7 @@ def train(cfg, on_step=None):
 def plain_cross_entropy(h, W_U, targets):
     """The mean next-token cross-entropy of the logits h @ W_U^T (B, T, vocab): the readable reference
     for lab/fused_ce.py's unembed_cross_entropy, which never holds those logits."""
-    return F.cross_entropy((h @ W_U.T).flatten(0, 1).float(), targets.flatten())
+    return torch.nn.functional.cross_entropy((h @ W_U.T).flatten(0, 1).float(), targets.flatten())
 
 
 @torch.no_grad()
@@ -156,8 +144,7 @@ def evaluate(model, tokens, device, max_tokens=64 * 128):
     validation split (the same windows every time, so the curve is comparable)."""
     T = model.cfg.block_size
     n = min(len(tokens) - 1, max_tokens) // T
-    if n == 0:
-        raise UserError(f"validation split of {len(tokens)} tokens is shorter than the context {T}: add data")
+    require(n > 0, f"validation split of {len(tokens)} tokens", f"is shorter than the context {T}: add data")
     was_training = model.training
     model.eval()
     total = 0.0

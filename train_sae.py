@@ -3,37 +3,28 @@ Anthropic's 2024 recipe; --recipe paper trains it as the paper did).
 
     python train_sae.py                                  # 4,096 features (the paper's A/1), 12M activations
     python train_sae.py --sweep 512 1024 2048 4096       # several sizes on the same activations (A/0...)
-    python train_sae.py --activation topk --k 32         # TopK instead of ReLU + L1 (Gao et al. 2024)
-    python train_sae.py --recipe paper                   # the paper's recipe (resampling) instead of 2024's
-    python train_sae.py --snapshots 0 1000000            # also keep the SAE as it was at 0 and 1M activations
 
 The LM runs over random windows of the training split; its MLP activations after the ReLU fill a
 shuffled buffer that the SAE trains on and that is refilled when it runs dry, so the SAE sees far
 more activations than fit in memory and never the same twice (the paper: 8 billion activations;
-repeated data makes dead features). Writes <out>/<sae-dir>/F<n>/ckpt.pt and log.jsonl, and a
-snapshot at <count> activations in <out>/<sae-dir>_at<count>/F<n>/ (analyze.py --sae-dir reads it).
-The last line holds the held-out metrics: `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`.
+repeated data makes dead features). Each size's SAE goes in <out>/<sae-dir>/F<n>/; the last line
+holds its held-out metrics: `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`.
 """
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
 import functools
-import math
-import os
 
 import torch
 
 import sae as sae_lib
 from lab import sae_fast
-from lab.plumbing import TORCH_RNG, arg, check_fields, flag_errors, lm_fingerprint, parse_config, require, run_main
+from lab.plumbing import arg, check_fields, flag_errors, parse_config, require, run_main
 from lab.run import Run, lm_and_shards, print_sae_metrics, require_finite, sae_memory, sae_progress
 from model import harvest
 
-RECIPES = {"paper": "the paper's: PyTorch's default initialisation, resampling at 2.5/5/7.5/10% of the steps, "
-                    "constant learning rate",
-           "2024": "Anthropic's April 2024 update: encoder initialised as 0.01 x the decoder's transpose, L1 "
-                   "coefficient warmed up over the first 5% of the steps, learning rate decayed to 0 over the last "
-                   "20%, no resampling"}
+RECIPES = {"paper": "the paper's: default initialisation, resampling at 2.5/5/7.5/10% of the steps, constant lr",
+           "2024": "Anthropic's April 2024 update: encoder 0.01 x decoder^T, L1 warmup, lr decay, no resampling"}
 
 
 @dataclasses.dataclass
@@ -44,39 +35,31 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed: int = arg(0, "seed for the SAE's initialisation and the activations' order")
     max_activations: int = arg(12_000_000, "activations to train on (the paper: 8 billion)", at_least=1)
-    max_minutes: float = arg(0.0, "a time budget instead of --max-activations: the count that fits, timed once at "
-                             "the start, whose steps are the slowest (a fresh SAE is dense), so it ends early",
-                             at_least=0, note=" (0: use --max-activations)")
+    max_minutes: float = arg(0.0, "a time budget instead of --max-activations", at_least=0,
+                             note=" (0: use --max-activations)")
     resume: bool = arg(False, "continue the run in <out>/<sae-dir>/ exactly where it stopped")
     overwrite: bool = arg(False, "replace a finished run in <out>/<sae-dir>/ (else refused)")
-    n_features: int = arg(sae_lib.SAEConfig.n_features, "dictionary size (the paper's A/1: 4,096 = 8x the 512 neurons)",
-                          at_least=1)
-    sweep: list = arg([], "train several dictionary sizes on the same activations, e.g. 512 1024 2048 4096",
-                      check=[(lambda v: all(str(n).isdigit() and int(n) >= 1 for n in v),
-                              "expects positive dictionary sizes, e.g. --sweep 512 1024"),
-                             (lambda v: len({int(n) for n in v}) == len(v),
-                              "names a size twice: each size trains once, into its own F<n>/")])
+    n_features: int = arg(sae_lib.SAEConfig.n_features, "dictionary size (the paper's A/1: 4,096)", at_least=1)
+    sweep: list = arg([], "several dictionary sizes on the same activations, e.g. 512 1024 2048 4096", check=[
+        (lambda v: all(str(n).isdigit() and int(n) >= 1 for n in v),
+         "expects positive dictionary sizes, e.g. --sweep 512 1024"),
+        (lambda v: len({int(n) for n in v}) == len(v),
+         "names a size twice: each size trains once, into its own F<n>/")])
     activation: str = arg(sae_lib.SAEConfig.activation, "relu (the paper: ReLU + L1 penalty) or topk (Gao et al. 2024)")
-    l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient, in the SAE's normalised units (relu)",
-                          at_least=0)
+    l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient (relu), in normalised units", at_least=0)
     k: int = arg(sae_lib.SAEConfig.k, "active features per activation (topk)")
-    recipe: str = arg("2024", "how the SAE starts and is trained: 2024 (Anthropic's April 2024 update; the default, "
-                      "it leaves no dead features on our runs) or paper (Bricken et al. 2023, the reference)",
+    recipe: str = arg("2024", "2024 (Anthropic's April 2024 update) or paper (Bricken et al. 2023)",
                       one_of=list(RECIPES))
-    lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe: annealing did not help), or its peak (2024)",
-                    above=0)
+    lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe), or its peak (2024)", above=0)
     batch_size: int = arg(4096, "activations per step (the paper: 8,192)", at_least=1)
-    snapshots: list = arg([], "activation counts at which to also keep a copy of the checkpoints, e.g. 0 1000000 "
-                          "(0: the SAE as initialised, before any step), in <out>/<sae-dir>_at<count>/F<n>/",
-                          check=(lambda v: all(str(n).isdigit() for n in v),
-                                 "expects activation counts >= 0, e.g. --snapshots 0 1000000"))
+    snapshots: list = arg([], "activation counts at which to keep a copy too, in <out>/<sae-dir>_at<count>/", check=(
+        lambda v: all(str(n).isdigit() for n in v), "expects activation counts >= 0, e.g. --snapshots 0 1000000"))
     fused: bool = arg(True, "the fused sparse step of lab/sae_fast.py (--no-fused: sae.py's autograd reference)")
     # set by programs (the tests, lab/compare.py), not on the command line
     buffer_size: int = arg(2**18, "activations per buffer fill (2^18 x 512 floats = 512 MB)", flag=False)
     eval_activations: int = arg(2**16, "held-out activations (validation split) for the metrics", False, at_least=1)
     eval_every: int = arg(200, "steps between held-out metrics", False, at_least=1)
-    ckpt_minutes: float = arg(1.0, "minutes between checkpoints (each taken at the next buffer refill)", False,
-                              at_least=0)
+    ckpt_minutes: float = arg(1.0, "minutes between checkpoints (at the next buffer refill)", False, at_least=0)
     bf16: bool = arg(True, "bf16 for the fused step's dense product where the hardware makes it fast", flag=False)
 
     def __post_init__(self):  # each field's check=, then what a check of one field cannot say
@@ -96,17 +79,16 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
                                      activation=self.activation, k=self.k)
 
 
-
 def train(cfg, on_step=None):
     """Train one SAE per dictionary size on the same activations; on_step(steps taken): the tests' crash hook."""
     # 1. set-up: the LM, one SAE and optimizer per size, the first fill (lab/run.py: processes, --resume, checks)
-    run = Run(cfg, "SAE", "--sae-dir", lambda c: [os.path.join(c.out, c.sae_dir, f"F{n}", "ckpt.pt") for n in c.sizes],
-              pattern=os.path.join("F*", "ckpt.pt"), unit="activations")
-    cfg, device = run.cfg, run.device   # on --resume, cfg is the checkpoint's: the run goes on as it began
+    run = Run(cfg, "SAE", "--sae-dir", lambda c: [f"F{n}" for n in c.sizes], pattern="F*", unit="activations")
+    cfg = run.cfg   # on --resume, cfg is the checkpoint's: the run goes on as it began
     # the fast path, chosen here: lab/sae_fast.py's gradients and metrics, the same numbers as sae.py's, faster
     grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
-    model, val_tokens, val_acts, saes, opts, since_fired, histories, fill, buffer = set_up(run, cfg, grads, device)
+    saes, opts, since_fired, fill, buffer, held_out = set_up(run, cfg, grads)
+    val_acts = held_out(cfg.eval_activations)
     steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
     sync = run.grad_sync(["fired"])  # under DDP: the processes' gradients averaged, their counts summed
 
@@ -116,84 +98,73 @@ def train(cfg, on_step=None):
             # a. refill the activation buffer when it runs dry (the set-up's fill is the first). Its only state is
             # the two generators, so a fill boundary is where we checkpoint (the buffer is never saved) and resume.
             if step % steps_per_fill == 0 and step > 0:
-                if step > run.first_step and run.minutes_since_saved() >= cfg.ckpt_minutes:
-                    run.save("running")
+                run.checkpoint(minutes=cfg.ckpt_minutes)
                 buffer = run.timed("harvest", fill)
             # b. one optimizer step per dictionary size, on this process's slice of the batch
             j = (step % steps_per_fill) * cfg.batch_size + run.rank * per_rank
             x, l1_coeff = buffer[j:j + per_rank], cfg.l1_coeff
             if cfg.recipe == "2024":  # the schedules: the L1 coefficient warms up, the learning rate decays
-                l1_coeff *= schedule_2024(step, run.max_steps, opts, cfg.lr)
+                l1_coeff *= l1_warmup(step, run.max_steps)
+                for o in opts:
+                    o.param_groups[0]["lr"] = cfg.lr * lr_decay(step, run.max_steps)
             stats = [run.timed("SAE steps", sae_step, s, o, x, grads, l1_coeff, sync) for s, o in zip(saes, opts)]
             for silent, st in zip(since_fired, stats):  # steps each feature has been silent
                 silent.add_(1).masked_fill_(st["fired"] > 0, 0)
             # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
             if cfg.recipe == "paper" and step + 1 in sae_lib.resample_schedule(run.max_steps):
-                resample_all(run, saes, opts, since_fired, buffer, step + 1)
-            # d. held-out metrics every eval_every steps, the --snapshots reached, a progress line
+                for i, (s, o) in enumerate(zip(saes, opts)):
+                    n_dead = run.timed("resampling", resample, s, o, since_fired[i], buffer, step + 1, run)
+                    run.log({"step": step + 1, "resampled": n_dead}, i)
+                    run.say(f"step {step + 1}: resampled {n_dead} dead features of F{s.cfg.n_features}")
+            # d. held-out metrics every eval_every steps, and a progress line
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
                 record_metrics(run, evaluate, saes, val_acts, step + 1, [dict(train_loss=st["loss"]) for st in stats])
-            run.take_snapshots(step + 1)
-            run.progress(lambda: sae_progress(saes[-1], histories[-1], since_fired[-1], run.max_steps))
+            run.progress(lambda: sae_progress(saes[-1], run.histories[-1], since_fired[-1], run.max_steps))
 
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
     if not run.end_processes():
         return None
-    final_acts = held_out(model, val_tokens, 4 * cfg.eval_activations, device)
+    final_acts = held_out(4 * cfg.eval_activations)
     record_metrics(run, evaluate, saes, final_acts, run.step, [dict(final=True, held_out=len(final_acts))] * len(saes))
-    ckpts = run.save("final")
-    run.summary(timed_phase="SAE steps")
-    print_sae_metrics(saes, histories, run.step * cfg.batch_size)  # `F4096: L0 34.7 | FVU 0.040 | ...`
+    ckpts = run.finish(timed_phase="SAE steps")
+    print_sae_metrics(saes, run.histories, run.step * cfg.batch_size)  # `F4096: L0 34.7 | FVU 0.040 | ...`
     return ckpts
 
 
-def set_up(run, cfg, grads, device):
-    """The LM and its shards; the memory check; the SAEs, their optimizers and the random streams of the
-    fills (--recipe 2024: its start), resumed or new, and what their checkpoints hold; a new run's first
-    fill, which sets each SAE's scale and b_dec; the held-out activations; the first lines."""
-    model, lm_ckpt, meta, train_tokens, val_tokens = lm_and_shards(cfg, device)
+def set_up(run, cfg, grads):
+    """The LM; the SAEs (--recipe 2024: its start), their optimizers and the fills' random streams, resumed or
+    new, and what their checkpoints hold; a new run's first fill, which sets each SAE's scale and b_dec."""
+    model, lm_ckpt, lm, train_tokens, val_tokens = lm_and_shards(cfg, run.device)
     run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size))
     torch.manual_seed(cfg.seed)
-    saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(device) for n in cfg.sizes]
+    saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(run.device) for n in cfg.sizes]
     for s in saes if cfg.recipe == "2024" else []:
         init_2024(s)
     opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
+    since_fired = [torch.zeros(n, dtype=torch.long, device=run.device) for n in cfg.sizes]
     windows_rng, shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
-    since_fired = [torch.zeros(n, dtype=torch.long, device=device) for n in cfg.sizes]
-    histories = [[] for _ in saes]   # each SAE's held-out metrics: run.log(record, i) appends to the i-th
-    fill = lambda: refill_buffer(model, train_tokens, cfg.buffer_size, windows_rng, shuffle_rng, device)
-    # a new run's first fill; a resumed one goes on at a fill boundary (its checkpoints are taken only there),
-    # where the loop refills
-    buffer = None if cfg.resume else run.timed("harvest", fill)
+    fill = lambda: refill_buffer(model, train_tokens, cfg.buffer_size, windows_rng, shuffle_rng, run.device)
+    buffer = None if cfg.resume else run.timed("harvest", fill)  # resumed: the loop refills (a fill boundary)
     for s in saes if buffer is not None else []:  # act_scale, and b_dec at the geometric median (paper)
         s.init_from_data(buffer[:2**14])
-    run.start(math.ceil(cfg.max_activations / cfg.batch_size), cfg.batch_size,
-              [{"sae_config": dataclasses.asdict(s.cfg), "sae": s, "optimizer": o,
-                "seen": lambda step: step * cfg.batch_size, "since_fired": f, "windows_rng": windows_rng,
-                "shuffle_rng": shuffle_rng, "rng": TORCH_RNG,   # (resample_dead draws from torch's global state)
-                "lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt),
-                "tokenizer_hash": meta["tokenizer_hash"], "history": h}
-               for s, o, f, h in zip(saes, opts, since_fired, histories)],
+    run.start(cfg.max_activations, cfg.batch_size, [dict(sae_config=dataclasses.asdict(s.cfg), sae=s, optimizer=o,
+              seen=lambda step: step * cfg.batch_size, since_fired=f, windows_rng=windows_rng, shuffle_rng=shuffle_rng,
+              **lm) for s, o, f in zip(saes, opts, since_fired)],
               must_match={"lm_fingerprint": f"was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new "
                                             "--sae-dir"},
-              timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=device)[0],
+              timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=run.device)[0],
                      lambda s, o, x: sae_step(s, o, x, grads, cfg.l1_coeff)))
-    val_acts = held_out(model, val_tokens, cfg.eval_activations, device)
     run.announce(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes "
-                 f"{cfg.sizes}; held-out set {len(val_acts):,} activations; {run.world} process(es) on {device}\n"
-                 f"recipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))
-    return model, val_tokens, val_acts, saes, opts, since_fired, histories, fill, buffer
+                 f"{cfg.sizes}; held-out set {cfg.eval_activations:,} activations\nrecipe {cfg.recipe}: "
+                 f"{RECIPES[cfg.recipe]}\n", len(train_tokens))
+    held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=run.device)[0]
+    return saes, opts, since_fired, fill, buffer, held_out
 
 
 def refill_buffer(model, tokens, n, windows_rng, shuffle_rng, device):
     """n activations of the LM on random windows of the training split, shuffled."""
     buffer = harvest(model, tokens, n, windows_rng, device=device)[0]
     return buffer[torch.randperm(len(buffer), generator=shuffle_rng).to(device)]
-
-
-def held_out(model, tokens, n, device):
-    """n activations on random windows of the validation split, the same at every evaluation."""
-    return harvest(model, tokens, n, torch.Generator().manual_seed(1234), device=device)[0]
 
 
 def sae_step(s, opt, x, grads, l1_coeff, sync=None):
@@ -207,20 +178,12 @@ def sae_step(s, opt, x, grads, l1_coeff, sync=None):
 
 
 def record_metrics(run, evaluate, saes, acts, step, extras):
-    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities), with the
-    steps taken, the activations seen and its extras[i], in its history and its log.jsonl (by run.log)."""
+    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities) and its
+    extras[i], in its history and log.jsonl (run.log)."""
     for i, (s, extra) in enumerate(zip(saes, extras)):
         m = run.timed("held-out metrics", evaluate, s, acts)
         run.log({"step": step, "activations": step * run.per_step, **extra,
                  **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}}, i)
-
-
-def resample_all(run, saes, opts, since_fired, buffer, step):
-    """--recipe paper: each SAE's dead features resampled (resample), and the count recorded."""
-    for i, (s, o) in enumerate(zip(saes, opts)):
-        n_dead = run.timed("resampling", resample, s, o, since_fired[i], buffer, step, run)
-        run.log({"step": step, "resampled": n_dead}, i)
-        run.say(f"step {step}: resampled {n_dead} dead features of F{s.cfg.n_features}")
 
 
 def resample(s, opt, since_fired, buffer, step, run):
@@ -242,15 +205,13 @@ def resample(s, opt, since_fired, buffer, step, run):
 # module as it is (pre-encoder bias, unit-norm decoder), so a recipe is how one SAE starts and is
 # trained, never what it is. The two parametrise the same SAEs with the same loss: divide a decoder
 # row by c and multiply its encoder row and bias by c, and nothing changes but the optimiser's path.
-
-INIT_SCALE_2024 = 0.01
-
+# Both schedules are functions of the step and the run's length alone, so --resume goes on exactly.
 
 @torch.no_grad()
 def init_2024(s):
     """The update's start: encoder = decoder^T and b_enc = 0, with decoder norms 0.1. In our unit
-    decoder the feature carries that 0.1 (as above), so it reads 0.1 * 0.1 u_i . x: INIT_SCALE_2024."""
-    s.W_enc.copy_(INIT_SCALE_2024 * s.W_dec)
+    decoder the feature carries that 0.1 (as above), so it reads 0.1 * 0.1 u_i . x: 0.01."""
+    s.W_enc.copy_(0.01 * s.W_dec)
     s.b_enc.zero_()
 
 
@@ -263,15 +224,6 @@ def l1_warmup(step, total):
 def lr_decay(step, total):
     """The learning rate's factor (the update): 1, then linearly to 0 over the last 20% of the steps."""
     return min(1.0, (total - step) / (0.2 * total))
-
-
-def schedule_2024(step, max_steps, opts, lr):
-    """Both schedules at this step: sets the optimizers' learning rate, returns the L1 coefficient's
-    factor. Both are functions of the step and the run's length alone, so a resumed run goes on
-    exactly where it stopped (the learning rate is also in the optimizer's checkpoint)."""
-    for o in opts:
-        o.param_groups[0]["lr"] = lr * lr_decay(step, max_steps)
-    return l1_warmup(step, max_steps)
 
 
 if __name__ == "__main__":

@@ -3,25 +3,23 @@
 The loops read as the algorithm; what makes a run robust happens in the few calls they make here,
 each named for what it does:
 
-    run = Run(cfg, "LM", "--lm-dir", paths)   # processes (DDP); --resume takes the run's own flags
+    run = Run(cfg, "LM", "--lm-dir")          # processes (DDP); --resume takes the run's own flags
     run.refuse_unsafe_start(need)             # no finished run replaced, none too big; the lock
-    run.start(steps, per_step, state, timed=(batch, step))  # the length (--max-minutes timed once), or resumed
+    run.start(count, per_step, state, timed=(batch, step))  # the length (--max-minutes timed once), or resumed
     run.announce(lines, available)            # the first lines
     with run.crash_label():                   # an exception labels the last checkpoint "crashed"
-        for step in run.steps(on_step):       # the steps taken before this one (--snapshots 0 first)
+        for step in run.steps(on_step):       # the steps taken before this one; --snapshots as they come
+            run.checkpoint(every=500)         # atomic checkpoints, with the digest of their tensors
             ...                               # the method, in the open
             run.timed("harvest", fn, ...)     # fn(...), its time counted in its phase
-            run.save("running")               # atomic checkpoints, with the digest of their tensors
             run.log(record)                   # the model's history and log.jsonl
-            run.take_snapshots(step + 1)      # --snapshots: a copy once the run has seen each count
             run.progress(text)                # a line every few seconds, with the rate and the ETA
     if run.end_processes():                   # DDP ends; rank 0 goes on to the final evaluation
-        run.save("final")
-        run.summary()                         # the length, the time and where it went, the checkpoints
+        run.finish()                          # the final checkpoints; the length, the time and where it went
 
 A checkpoint is what the trainer's state names (its weights, optimizer and random streams, by the
-keys its readers use) beside what every run records here: the flags, the step, the run's length, the
-time spent, a status.
+keys its readers use) beside what every run records here: torch's global random state, the history
+of log.jsonl, the flags, the step, the run's length, the time spent, a status.
 """
 import contextlib
 import copy
@@ -36,9 +34,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from lab.corpus import load_shards
-from lab.plumbing import (Progress, Stopwatch, UserError, alive, atomic_save, atomic_write_text, broadcast_int,
-                          flat_dict, fmt_eta, labelled_crash, load_checkpoint, make_folder, refuse_to_replace,
-                          require, require_memory, resumed_config, setup_processes, timed_steps, warn_if_repeating)
+from lab.plumbing import (TORCH_RNG, Progress, Stopwatch, UserError, alive, atomic_save, atomic_write_text,
+                          broadcast_int, flat_dict, fmt_eta, labelled_crash, lm_fingerprint, load_checkpoint,
+                          make_folder, refuse_to_replace, require, require_memory, resumed_config, setup_processes,
+                          timed_steps, warn_if_repeating)
 from model import load_lm
 from sae import dead_window
 
@@ -54,21 +53,22 @@ WORDING = {"LM": dict(memory=("training this LM", "lower --batch-size, --d-mlp o
 class Run:
     """One training run's processes, length, checkpoints, logs, progress and clocks.
 
-    paths(cfg): the run's checkpoint paths (one per model it trains); pattern: how its checkpoints
-    are found under the run's folder on --resume, before its flags (and so its paths) are known;
-    unit: what a step takes in (tokens, activations), for the progress lines."""
+    subfolders(cfg): one per model the run trains, each with its ckpt.pt (default: one, the run's folder
+    itself); pattern: how they are found on --resume, before the run's flags (and so its subfolders)
+    are known; unit: what a step takes in (tokens, activations), for the progress lines."""
 
-    def __init__(self, cfg, what, dir_flag, paths, pattern="ckpt.pt", unit="tokens"):
+    def __init__(self, cfg, what, dir_flag, subfolders=lambda cfg: [""], pattern="", unit="tokens"):
         self.t_run, self.watch = time.time(), Stopwatch()
         self.ddp, self.rank, self.world, self.device = setup_processes(cfg.device)
         self.what, self.dir_flag, self.unit = what, dir_flag, unit
         self.folder = os.path.join(cfg.out, getattr(cfg, dir_flag[2:].replace("-", "_")))
         if cfg.resume:  # the run's own flags; one changed on this command line is refused
-            found = sorted(glob.glob(os.path.join(self.folder, pattern))) or [os.path.join(self.folder, pattern)]
+            wanted = os.path.join(self.folder, pattern, "ckpt.pt")
+            found = sorted(glob.glob(wanted)) or [wanted]
             cfg = resumed_config(cfg, found[0], f"{what} checkpoint to resume", dir_flag)
         require(cfg.batch_size % self.world == 0, f"--batch-size {cfg.batch_size}",
                 f"must be divisible by the {self.world} processes")
-        self.cfg, self.paths = cfg, paths(cfg)
+        self.cfg, self.paths = cfg, [os.path.join(self.folder, sub, "ckpt.pt") for sub in subfolders(cfg)]
         self.step = self.max_steps = 0
         self.elapsed = 0.0  # seconds in the training loop, over all sessions
         self.saved_step = None  # the step of the last checkpoint a --resume could go on from
@@ -82,18 +82,21 @@ class Run:
         if self.rank == 0:
             self.lock = take_lock(self.folder)
 
-    def start(self, max_steps, per_step, state, timed, must_match=None):
-        """The run's length: max_steps of per_step inputs (tokens, activations), or with --max-minutes
-        the count that fits, timed once (timed_length); or, with --resume, where the checkpoints left
-        it. state: one dict per path, what its checkpoint holds by name (see saved), its "history" the
-        records of log.jsonl; a resumed checkpoint's value of a name in must_match must be the run's,
-        else the error must_match[name] says. timed: (batch, step), what timed_length times. Opens the logs."""
-        self.state, self.per_step = state, per_step
+    def start(self, count, per_step, state, timed, must_match=None):
+        """The run's length: the steps of per_step inputs (tokens, activations) that take in count, or
+        with --max-minutes the steps that fit, timed once (timed_length); or, with --resume, where the
+        checkpoints left it. state: one dict per path, what its checkpoint holds by name (see saved),
+        beside torch's global random state and the history of log.jsonl (self.histories); a resumed
+        checkpoint's value of a name in must_match must be the run's, else the error must_match[name]
+        says. timed: (batch, step), what timed_length times. Opens the logs."""
+        self.histories = [[] for _ in state]   # each model's records: log(record, i) appends to the i-th
+        self.state = [{**s, "rng": TORCH_RNG, "history": h} for s, h in zip(state, self.histories)]
+        self.per_step = per_step
         self.logs = [Progress(os.path.join(os.path.dirname(p), "log.jsonl") if self.rank == 0 else None,
                               append=self.cfg.resume, quiet=True) for p in self.paths]
         self.printer = Progress(None, quiet=self.rank != 0)
         if not self.cfg.resume:
-            self.max_steps = self.timed_length(*timed) if self.cfg.max_minutes else max_steps
+            self.max_steps = self.timed_length(*timed) if self.cfg.max_minutes else math.ceil(count / per_step)
         else:
             self.restore(must_match or {})
         self.snapshots = sorted(n for n in {int(n) for n in getattr(self.cfg, "snapshots", [])}
@@ -136,13 +139,14 @@ class Run:
                 atomic_write_text("".join(json.dumps(r) + "\n" for r in c["history"]), log.log_path)
 
     def announce(self, lines, available):
-        """The run's first lines (rank 0): the config, the trainer's lines, the length, and a warning if
-        the run reads its data (available inputs) more than twice over."""
+        """The run's first lines (rank 0): the config, the trainer's lines, the processes and the length,
+        and a warning if the run reads its data (available inputs) more than twice over."""
         if self.rank != 0:
             return
         per_step = self.per_step
         print(f"config: {flat_dict(self.cfg)}")
-        print(lines + (f"resuming {self.folder} at step {self.step} of " if self.cfg.resume else "")
+        print(lines + f"{self.world} process(es) on {self.device}; "
+              + (f"resuming {self.folder} at step {self.step} of " if self.cfg.resume else "")
               + f"{self.max_steps} steps of {per_step:,} {self.unit} ({self.max_steps * per_step / 1e6:.1f}M)")
         warn_if_repeating(self.max_steps * per_step, available, *WORDING[self.what]["data"])
 
@@ -159,13 +163,15 @@ class Run:
                 f"the checkpoint of step {self.saved_step:,} is intact: rerun with --resume to go on from it") from None
 
     def steps(self, on_step=None):
-        """The steps left, each as the count of steps taken before it; first, --snapshots 0 (the state as
-        initialised). on_step(steps taken) runs after each (the tests use it to simulate a crash)."""
+        """The steps left, each as the count of steps taken before it; --snapshots as the run reaches
+        them (0: the state as initialised, before the first). on_step(steps taken) runs after each step
+        (the tests use it to simulate a crash)."""
         self.t_start = self.t_last = self.t_saved = time.time()
         self.step_last = self.first_step = self.step
         self.take_snapshots(self.step)
         while self.step < self.max_steps:
             yield self.step
+            self.take_snapshots(self.step + 1)
             self.step += 1
             if on_step is not None:
                 on_step(self.step)
@@ -195,8 +201,13 @@ class Run:
         with self.watch(phase):
             return fn(*args, **kwargs)
 
-    def minutes_since_saved(self):
-        return (time.time() - self.t_saved) / 60
+    def checkpoint(self, every=None, minutes=None):
+        """Before a step: a "running" checkpoint (the state after the steps taken, which --resume goes on
+        from) when the step count is a multiple of every, or when minutes have passed since the last one;
+        never again the one the run resumed from."""
+        due = self.step % every == 0 if every else (time.time() - self.t_saved) / 60 >= minutes
+        if due and self.step > self.first_step:
+            self.save("running")
 
     def save(self, status, folder=None, step=None, **final):
         """Rank 0 writes the checkpoints, atomically: status "running" (periodic), "final", or "snapshot"
@@ -226,6 +237,13 @@ class Run:
             folder = f"{os.path.normpath(self.folder)}_at{self.snapshots.pop(0)}"
             self.save("snapshot", folder, step=done)
             self.say(f"step {done}: snapshot of {done * self.per_step:,} {self.unit} in {folder}/")
+
+    def finish(self, timed_phase=None, **final):
+        """The final checkpoints (final: the trainer's last numbers in them), then the summary; returns
+        the checkpoints."""
+        ckpts = self.save("final", **final)
+        self.summary(timed_phase)
+        return ckpts
 
     def summary(self, timed_phase=None):
         """The run's last lines, before the trainer's own: its length and time, where its checkpoints
@@ -377,7 +395,9 @@ def sae_memory(sizes, d_in, batch_size, buffer_size):
 
 def lm_and_shards(cfg, device):
     """What train_sae.py reads: the LM whose activations it decomposes (warned of when unfinished), its
-    checkpoint, and the token shards it was trained on (refused when they are other shards)."""
+    checkpoint, what each SAE checkpoint records of them (the LM's folder and fingerprint, the tokenizer's
+    hash: an SAE is never analysed against another LM), and the token shards the LM was trained on
+    (refused when they are other shards)."""
     model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
     if not lm_ckpt.get("final"):
         print(f"warning: {cfg.out}/{cfg.lm_dir} is an unfinished run ({lm_ckpt.get('status')} at step "
@@ -387,4 +407,5 @@ def lm_and_shards(cfg, device):
     if lm_ckpt["tokenizer_hash"] != meta["tokenizer_hash"]:
         raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {cfg.out}/data: "
                         "retrain the LM (python train_lm.py) after python data.py")
-    return model, lm_ckpt, meta, train_tokens, val_tokens
+    lm = {"lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt), "tokenizer_hash": meta["tokenizer_hash"]}
+    return model, lm_ckpt, lm, train_tokens, val_tokens
