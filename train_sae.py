@@ -88,7 +88,7 @@ def train(cfg, on_step=None):
     grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
     saes, opts, since_fired, fill, buffer, held_out = set_up(run, cfg, grads)
-    val_acts = held_out(cfg.eval_activations)
+    val_acts = held_out(cfg.eval_activations)   # the validation split's, the same at every evaluation
     steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
     sync = run.grad_sync(["fired"])  # under DDP: the processes' gradients averaged, their counts summed
 
@@ -133,7 +133,8 @@ def train(cfg, on_step=None):
 
 def set_up(run, cfg, grads):
     """The LM; the SAEs (--recipe 2024: its start), their optimizers and the fills' random streams, resumed or
-    new, and what their checkpoints hold; a new run's first fill, which sets each SAE's scale and b_dec."""
+    new, and what their checkpoints hold; a new run's first fill, which sets each SAE's scale and b_dec.
+    Returns them with fill() and held_out(n), n activations on fixed random windows of the validation split."""
     model, lm_ckpt, lm, train_tokens, val_tokens = lm_and_shards(cfg, run.device)
     run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size))
     torch.manual_seed(cfg.seed)
@@ -205,7 +206,7 @@ def resample(s, opt, since_fired, buffer, step, run):
 # module as it is (pre-encoder bias, unit-norm decoder), so a recipe is how one SAE starts and is
 # trained, never what it is. The two parametrise the same SAEs with the same loss: divide a decoder
 # row by c and multiply its encoder row and bias by c, and nothing changes but the optimiser's path.
-# Both schedules are functions of the step and the run's length alone, so --resume goes on exactly.
+# The schedules are functions of the step and the run's length alone: --resume goes on exactly.
 
 @torch.no_grad()
 def init_2024(s):
