@@ -48,8 +48,7 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     activation: str = arg(sae_lib.SAEConfig.activation, "relu (the paper: ReLU + L1 penalty) or topk (Gao et al. 2024)")
     l1_coeff: float = arg(sae_lib.SAEConfig.l1_coeff, "L1 penalty coefficient (relu), in normalised units", at_least=0)
     k: int = arg(sae_lib.SAEConfig.k, "active features per activation (topk)")
-    recipe: str = arg("2024", "2024 (Anthropic's April 2024 update) or paper (Bricken et al. 2023)",
-                      one_of=list(RECIPES))
+    recipe: str = arg("2024", "2024 (Anthropic's April 2024 update) or paper (Bricken et al.)", one_of=list(RECIPES))
     lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe), or its peak (2024)", above=0)
     batch_size: int = arg(4096, "activations per step (the paper: 8,192)", at_least=1)
     snapshots: list = arg([], "activation counts at which to keep a copy too, in <out>/<sae-dir>_at<count>/", check=(
@@ -66,17 +65,16 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
         check_fields(self)
         require(self.buffer_size >= self.batch_size, f"buffer_size {self.buffer_size}",
                 f"must hold at least one batch (--batch-size {self.batch_size})")
-        for n in self.sizes:  # --activation, --l1-coeff, --k: sae.py's checks, worded as flags
-            self.sae_config(sae_lib.SAEConfig.d_in, n)
+        self.sae_configs(sae_lib.SAEConfig.d_in)  # --activation, --l1-coeff, --k: sae.py's checks, worded as flags
 
     @property
     def sizes(self):
         return [int(n) for n in self.sweep] or [self.n_features]
 
-    def sae_config(self, d_in, n_features):
+    def sae_configs(self, d_in):
         with flag_errors("SAEConfig"):
-            return sae_lib.SAEConfig(d_in=d_in, n_features=n_features, l1_coeff=self.l1_coeff,
-                                     activation=self.activation, k=self.k)
+            return [sae_lib.SAEConfig(d_in=d_in, n_features=n, l1_coeff=self.l1_coeff, activation=self.activation,
+                                      k=self.k) for n in self.sizes]
 
 
 def train(cfg, on_step=None):
@@ -138,7 +136,7 @@ def set_up(run, cfg, grads):
     model, lm_ckpt, lm, train_tokens, val_tokens = lm_and_shards(cfg, run.device)
     run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size))
     torch.manual_seed(cfg.seed)
-    saes = [sae_lib.SAE(cfg.sae_config(model.cfg.d_mlp, n)).to(run.device) for n in cfg.sizes]
+    saes = [sae_lib.SAE(c).to(run.device) for c in cfg.sae_configs(model.cfg.d_mlp)]
     for s in saes if cfg.recipe == "2024" else []:
         init_2024(s)
     opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
@@ -156,8 +154,7 @@ def set_up(run, cfg, grads):
               timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=run.device)[0],
                      lambda s, o, x: sae_step(s, o, x, grads, cfg.l1_coeff)))
     run.announce(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes "
-                 f"{cfg.sizes}; held-out set {cfg.eval_activations:,} activations\nrecipe {cfg.recipe}: "
-                 f"{RECIPES[cfg.recipe]}\n", len(train_tokens))
+                 f"{cfg.sizes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=run.device)[0]
     return saes, opts, since_fired, fill, buffer, held_out
 
@@ -169,9 +166,9 @@ def refill_buffer(model, tokens, n, windows_rng, shuffle_rng, device):
 
 
 def sae_step(s, opt, x, grads, l1_coeff, sync=None):
-    """One optimizer step (sae.train_step; grads None: by autograd) with this step's L1 coefficient; its
-    statistics as numbers, "fired" as a tensor. Under DDP each process has a slice of the batch and sync
-    averages the gradients (linear, so removing their parallel part commutes with it)."""
+    """One optimizer step (sae.train_step; grads None: by autograd) at this step's L1 coefficient; its
+    statistics as numbers, "fired" as a tensor. sync: under DDP, the gradients of the processes' slices
+    averaged (linear, so removing their parallel part commutes with it)."""
     stats = sae_lib.train_step(s, opt, x, l1_coeff, grads, sync)
     stats = {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
     require_finite(stats["loss"], f"SAE F{s.cfg.n_features}: ")

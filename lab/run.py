@@ -83,12 +83,12 @@ class Run:
             self.lock = take_lock(self.folder)
 
     def start(self, count, per_step, state, timed, must_match=None):
-        """The run's length: the steps of per_step inputs (tokens, activations) that take in count, or
-        with --max-minutes the steps that fit, timed once (timed_length); or, with --resume, where the
-        checkpoints left it. state: one dict per path, what its checkpoint holds by name (see saved),
-        beside torch's global random state and the history of log.jsonl (self.histories); a resumed
-        checkpoint's value of a name in must_match must be the run's, else the error must_match[name]
-        says. timed: (batch, step), what timed_length times. Opens the logs."""
+        """The run's length: enough steps of per_step inputs (tokens, activations) for count, or with
+        --max-minutes the steps that fit, timed once (timed_length); or, with --resume, where the
+        checkpoints left it. state: one dict per path, what its checkpoint holds by name (see saved)
+        beside torch's random state and the history (self.histories); a resumed checkpoint's value of a
+        name in must_match must be the run's, else the error must_match[name] says. timed: (batch,
+        step), what timed_length times. Opens the logs."""
         self.histories = [[] for _ in state]   # each model's records: log(record, i) appends to the i-th
         self.state = [{**s, "rng": TORCH_RNG, "history": h} for s, h in zip(state, self.histories)]
         self.per_step = per_step
@@ -202,9 +202,8 @@ class Run:
             return fn(*args, **kwargs)
 
     def checkpoint(self, every=None, minutes=None):
-        """Before a step: a "running" checkpoint (the state after the steps taken, which --resume goes on
-        from) when the step count is a multiple of every, or when minutes have passed since the last one;
-        never again the one the run resumed from."""
+        """Before a step: a "running" checkpoint (which --resume goes on from) every `every` steps, or at
+        the first call `minutes` after the last one; never again the one the run resumed from."""
         due = self.step % every == 0 if every else (time.time() - self.t_saved) / 60 >= minutes
         if due and self.step > self.first_step:
             self.save("running")
@@ -239,8 +238,7 @@ class Run:
             self.say(f"step {done}: snapshot of {done * self.per_step:,} {self.unit} in {folder}/")
 
     def finish(self, timed_phase=None, **final):
-        """The final checkpoints (final: the trainer's last numbers in them), then the summary; returns
-        the checkpoints."""
+        """The final checkpoints (with the trainer's last numbers, final), then the summary; returns them."""
         ckpts = self.save("final", **final)
         self.summary(timed_phase)
         return ckpts
@@ -395,9 +393,8 @@ def sae_memory(sizes, d_in, batch_size, buffer_size):
 
 def lm_and_shards(cfg, device):
     """What train_sae.py reads: the LM whose activations it decomposes (warned of when unfinished), its
-    checkpoint, what each SAE checkpoint records of them (the LM's folder and fingerprint, the tokenizer's
-    hash: an SAE is never analysed against another LM), and the token shards the LM was trained on
-    (refused when they are other shards)."""
+    checkpoint, what each SAE's checkpoint records of it (so that an SAE is never analysed against
+    another LM), and the token shards it was trained on (refused when they are other shards)."""
     model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
     if not lm_ckpt.get("final"):
         print(f"warning: {cfg.out}/{cfg.lm_dir} is an unfinished run ({lm_ckpt.get('status')} at step "
