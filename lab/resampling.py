@@ -11,6 +11,7 @@ no unit is explained or simulated again.
     summary["median_diff"]            # dict(value, ci): features' median minus the neurons'
     summary["detection"]["features"]  # detection's balanced accuracy, median [95% CI], and its control
     resampling.matched_difference(features, neurons, density_f, density_n, n, seed, n_docs=n_docs)
+    resampling.comparison(compare, results, density, n_docs, ...)   # analyze.py's: summarize, by_density, matched
 
 matched_difference is the same difference at matched density: within bins of density, so that "features
 beat neurons" cannot merely say "sparse beats dense"; other_matchings measures it otherwise beside it.
@@ -61,6 +62,15 @@ def summarize(compare, n_docs, max_entries, sizes, n, seed):
     out["detection"] = detection_summary(compare, kinds, w, draws)
     out["beside"] = beside_summary(compare, kinds, n, seed)
     return out
+
+
+def comparison(compare, results, density, n_docs, max_entries, sizes, n, seed):
+    """summarize's dict, with by_density (results: every scored unit per kind; density: {kind: (U,)}) and
+    matched: matched_difference, features minus neurons and minus sparsified neurons, at matched density."""
+    return dict(summarize(compare, n_docs, max_entries, sizes, n, seed), by_density=by_density(results, density),
+                matched={other: matched_difference(results["features"], results[other], density["features"],
+                                                   density[other], n, seed, n_docs=n_docs)
+                         for other in ("neurons", "sparse_neurons")})
 
 
 def document_resamples(n_docs, n, seed):
