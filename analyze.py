@@ -57,9 +57,8 @@ class AnalyzeConfig:
     # set by programs (the tests, lab/compare.py), not on the command line
     loss_tokens: int = arg(2**17, "held-out tokens for the losses and the reconstruction error", flag=False, at_least=1)
     context: int = arg(32, "tokens per context (must divide the LM's context length)", flag=False)
-    explain_contexts: int = arg(40, "top contexts kept per unit, EXPLAIN half (the paper's take 10)", flag=False,
-                                at_least=1)
-    score_top: int = arg(20, "top contexts kept per unit, SCORE half (the paper's take 6)", flag=False, at_least=1)
+    explain_contexts: int = arg(40, "EXPLAIN-half top contexts kept per unit (the paper's: 10)", flag=False, at_least=1)
+    score_top: int = arg(20, "SCORE-half top contexts kept per unit (the paper's: 6)", flag=False, at_least=1)
     score_random: int = arg(20, "random contexts (SCORE half) top-and-random also scores on", flag=False)
     bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals", flag=False, at_least=1)
 
@@ -143,8 +142,7 @@ def neuron_kinds(k):
 
 def measured(cfg, run):
     """Every held-out token reduced to per-unit statistics of the neurons, the sparsified neurons and
-    each SAE's features (lab/measure.py's streaming pass; reused from analysis/measure.pt while its
-    inputs are the same)."""
+    each SAE's features (lab/measure.py's streaming pass, cached in analysis/measure.pt)."""
     def kinds():   # on a cache miss only: matched_k reads a few thousand tokens
         k = matched_k(run)
         return k, {**neuron_kinds(k), **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
@@ -170,9 +168,8 @@ def lm_losses(model, tokens, n_tokens, replacements, batch=32):
 
 
 def lm_loss(model, windows, replace):
-    """The mean next-token loss on windows (B, T + 1) with the last layer's MLP activations replaced
-    by replace(acts (B*T, d_mlp)), through the model's MLP hook: the model reads windows[:, :-1]
-    and predicts windows[:, 1:]."""
+    """The mean next-token loss on windows (B, T + 1), the model reading windows[:, :-1], with the last
+    layer's MLP activations replaced by replace(acts (B*T, d_mlp)) through the model's MLP hook."""
     last = len(model.blocks) - 1
     hook = lambda layer, h: replace(h.flatten(0, 1)).view_as(h) if layer == last else h
     return model(windows[:, :-1], windows[:, 1:], mlp_hook=hook)[1]
@@ -255,12 +252,11 @@ def density(run, m):
 
 
 def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
-    """The paper's ultralow-density cluster, if the alive features' log10 densities are bimodal: a
-    mixture of two Gaussians fitted by EM, accepted when the mixture really has two modes (between
-    the two means it dips below half the lower mode's height: a skewed single mode fits two
-    Gaussians too, but without a dip), the modes are at least min_gap decades apart (the paper's
-    cluster sits orders of magnitude below the rest) and the lower one holds at least min_share of
-    the features. Returns dict(threshold, members, dip) or None."""
+    """The paper's ultralow-density cluster, if the alive features' log10 densities are bimodal: two
+    Gaussians fitted by EM, accepted when between their means the mixture dips below half the lower
+    mode's height (a skewed single mode fits two Gaussians too, without a dip), the modes are min_gap
+    decades apart (the paper's cluster sits orders of magnitude below the rest) and the lower one holds
+    min_share of the features. Returns dict(threshold, members, dip) or None."""
     alive = density > 0
     x = np.log10(density[alive])
     if len(x) < 20:
@@ -413,12 +409,11 @@ def positions(ex, text):
 
 def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, sizes=(), seed=0):
     """The paper's protocol, per unit: explained from its EXPLAIN-half examples, scored on its SCORE-half
-    ones by the Pearson correlation of simulated and true activations and detected (lab/detection.py), both also
-    with another unit's explanation (the control: the previous unit's). The paper correlates by
-    Spearman's ranks; Pearson's follows from per-context sums, so the intervals can resample documents
-    (lab/resampling.py): it is the headline, Spearman's reported beside it. unit_stats: the kind's
-    UnitStats; intervals: [half][interval] TopContexts; pools: [half] random_contexts; alone (vocab, U):
-    every token's activations out of context."""
+    ones by the Pearson correlation of simulated and true activations (and detected, lab/detection.py),
+    also with another unit's explanation (the control: the previous unit's). The paper correlates ranks
+    (Spearman's, reported beside); Pearson's follows from per-context sums, so the intervals can resample
+    documents (lab/resampling.py). unit_stats: the kind's UnitStats; intervals: [half][interval]
+    TopContexts; pools: [half] random_contexts; alone (vocab, U): every token's activations alone."""
     alone = alone.clone().numpy()
     alone[text.eot] = -np.inf                       # the end of text is no token to read alone
     order = np.argsort(-alone, axis=0, kind="stable")
