@@ -352,7 +352,7 @@ def sample(cfg, alive_units, rng):
 def random_contexts(cfg, run, m, kinds, half, n, rng):
     """n contexts of one half drawn at random, with the activations of kinds there: dict(ctx
     (n,), and per kind (n, ctx, U)). The paper's protocol draws 50 in the EXPLAIN half and 200 in the
-    SCORE half (10 random and up to 30 silent ones per unit, lab/detection.py); top-and-random its own."""
+    SCORE half (10 random ones a unit, and the silent ones lab/detection.py needs); top-and-random its own."""
     ctx = np.flatnonzero(m.halves[::cfg.context] == half)
     ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
     return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds))

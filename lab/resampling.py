@@ -139,7 +139,7 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10,
     density, and within a whole decade density still varies tenfold); in every bin with at least
     min_units of each kind, the difference of the two medians; those averaged, each bin weighted by
     the smaller of its two counts (the units that can be matched there). a, b: analyze.score_paper's
-    (or score_units') results; density_*: (U,) each unit's density. Returns dict(value, ci (95%: the units of
+    (or lab/top_random.py's) results; density_*: (U,) each unit's density. Returns dict(value, ci (95%: the units of
     each kind resampled with replacement and, given n_docs, the held-out documents too, as in
     summarize), bins: [(lo, n_a, n_b, diff)], others: the same difference weighted by a's counts and by
     b's, and the regression's, each with its interval, units resampled: see other_matchings)."""
