@@ -32,7 +32,7 @@ import torch
 import data
 from lab import (browser, detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
                  specificity, stats, steer, summary, tools, top_random)
-from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
+from lab.measure import EXPLAIN, SCORE, load_run
 from lab.plumbing import UserError, arg, check_fields, fmt_eta, parse_config, run_main
 
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
@@ -330,9 +330,9 @@ def compared(cfg, run, unit_stats, compare, results, n_docs):
 
 
 def alive(s, ultralow=None):
-    """The units explained and scored: active on at least MIN_ACTIVE held-out tokens and in both
+    """The units explained and scored: active on at least measure.MIN_ACTIVE held-out tokens and in both
     halves; the paper leaves its ultralow-density cluster out of its analysis."""
-    ok = (s.fired >= MIN_ACTIVE) & (s.fired_half > 0).all(0)
+    ok = (s.fired >= measure.MIN_ACTIVE) & (s.fired_half > 0).all(0)
     if ultralow:
         ok &= torch.from_numpy(~ultralow["members"])
     return ok.nonzero().squeeze(1).numpy()
