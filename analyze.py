@@ -51,8 +51,7 @@ class AnalyzeConfig:
     tokens: int = arg(0, "held-out tokens to analyse (0: the whole validation split)")
     n_units: int = arg(512, "units of each kind compared on interpretability (at most the alive ones)", at_least=1)
     max_entries: int = arg(5, "rows in any unit's explanation table: about what one sentence names", at_least=1)
-    explain: str = arg("contexts", "what an explanation row may name: tokens, or contexts too (lab/predicates.py)",
-                       one_of=("tokens", "contexts"))
+    explain: str = arg("contexts", "what a table row names: tokens, or contexts too", one_of=("tokens", "contexts"))
     remeasure: bool = arg(False, "redo the streaming pass even when analysis/measure.pt matches")
     # set by programs (the tests, lab/compare.py), not on the command line
     loss_tokens: int = arg(2**17, "held-out tokens for the losses and the reconstruction error", flag=False, at_least=1)
@@ -168,8 +167,8 @@ def lm_losses(model, tokens, n_tokens, replacements, batch=32):
 
 
 def lm_loss(model, windows, replace):
-    """The mean next-token loss on windows (B, T + 1), the model reading windows[:, :-1], with the last
-    layer's MLP activations replaced by replace(acts (B*T, d_mlp)) through the model's MLP hook."""
+    """The mean next-token loss on windows (B, T + 1) (reading windows[:, :-1], predicting windows[:, 1:]),
+    the last layer's MLP activations replaced by replace(acts (B*T, d_mlp)) through the model's MLP hook."""
     last = len(model.blocks) - 1
     hook = lambda layer, h: replace(h.flatten(0, 1)).view_as(h) if layer == last else h
     return model(windows[:, :-1], windows[:, 1:], mlp_hook=hook)[1]
@@ -303,7 +302,7 @@ def interpretability(cfg, run, m, dens=None):
     alive_units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
     n, drawn = sample(cfg, alive_units, rng)
     results, compare = {}, {}
-    for kind, s in unit_stats.items():
+    for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
         t0, picked, intervals = time.time(), alive_units[kind][drawn[kind]], m.intervals[names[kind]]
         score = lambda us, sizes: score_paper(us, s, intervals, [{**p, "acts": p[kind]} for p in pools],
                                               alone[kind], text, cfg.max_entries, sizes, cfg.seed)
@@ -352,7 +351,7 @@ def sample(cfg, alive_units, rng):
 def random_contexts(cfg, run, m, kinds, half, n, rng):
     """n contexts of one half drawn at random, with the activations of kinds there: dict(ctx
     (n,), and per kind (n, ctx, U)). The paper's protocol draws 50 in the EXPLAIN half and 200 in the
-    SCORE half (10 random ones a unit, and the silent ones lab/detection.py needs); top-and-random its own."""
+    SCORE half (10 random ones per unit, and lab/detection.py's silent ones); top-and-random its own."""
     ctx = np.flatnonzero(m.halves[::cfg.context] == half)
     ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
     return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds))
