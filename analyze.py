@@ -8,8 +8,9 @@ Reads the LM, every SAE (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out tokens, 
 paper's order:
   1. reconstruction, and the loss recovered when the SAE's reconstruction replaces the MLP's activations;
   2. feature density: how often each feature fires, the dead ones and an ultralow-density cluster;
-  3. features versus neurons: an explain-then-simulate score, the same for both, also at matched density,
-     and detection; specificity per activation level and k-sparse probing (lab/specificity.py, probing.py);
+  3. features versus neurons: an explain-then-simulate score, the same for both, also at matched density;
+     beside it detection, top-and-random, specificity and k-sparse probing (lab/detection.py, top_random.py,
+     specificity.py, probing.py);
   4. grounded in the model: does a unit's effect on the logits agree with what follows where it fires?
 
 A "unit" is one column of an activation matrix (tokens, units): a neuron, a feature, or a neuron
@@ -17,27 +18,23 @@ sparsified to the features' density (sparsify). The held-out tokens are cut into
 in LM windows that alternate between two halves (window_halves): a unit is explained from the EXPLAIN
 half and scored on the SCORE half. One streaming pass (lab/measure.py, cached) reduces every held-out
 token to per-unit counts, sums and top contexts (measured); the lab adds one call each around the
-evidence: specificity, grounding's machinery, the browser, steering and the report.
+evidence: the measures beside it, grounding's machinery, the browser, steering and the report.
 """
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
 import data
-from lab import (browser, explainer, figures, grounding, measure, predicates, probing, report, resampling, specificity,
-                 stats, steer, tools)
-from lab.formatting import signed
-from lab.measure import EXPLAIN, MIN_ACTIVE, SCORE, load_run
+from lab import (browser, detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
+                 specificity, stats, steer, summary, tools, top_random)
+from lab.measure import EXPLAIN, SCORE, load_run
 from lab.plumbing import UserError, arg, check_fields, fmt_eta, parse_config, run_main
-from lab.summary import load_units, save_units
 
-SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
 STEPS = ["all", "losses", "density", "interp", "specificity", "grounding"]
 
@@ -53,20 +50,15 @@ class AnalyzeConfig:
     seed: int = arg(0, "seed for the sampled units, the random contexts and the bootstrap")
     tokens: int = arg(0, "held-out tokens to analyse (0: the whole validation split)")
     n_units: int = arg(512, "units of each kind compared on interpretability (at most the alive ones)", at_least=1)
-    max_entries: int = arg(5, "rows in an explanation table, the same for features and neurons: a "
-                           "handful of patterns, about what a one-sentence explanation names", at_least=1)
-    explain: str = arg("contexts", "what an explanation row may name: tokens (token patterns only) or contexts "
-                       "(token patterns and the context predicates of lab/predicates.py)",
-                       one_of=("tokens", "contexts"))
+    max_entries: int = arg(5, "rows in any unit's explanation table: about what one sentence names", at_least=1)
+    explain: str = arg("contexts", "what a table row names: tokens, or contexts too", one_of=("tokens", "contexts"))
     remeasure: bool = arg(False, "redo the streaming pass even when analysis/measure.pt matches")
     # set by programs (the tests, lab/compare.py), not on the command line
     loss_tokens: int = arg(2**17, "held-out tokens for the losses and the reconstruction error", flag=False, at_least=1)
     context: int = arg(32, "tokens per context (must divide the LM's context length)", flag=False)
-    explain_contexts: int = arg(40, "top contexts kept per unit in the EXPLAIN half (the paper's protocol takes "
-                                "its 10 from them; top-and-random explains from all)", flag=False, at_least=1)
-    score_top: int = arg(20, "top contexts kept per unit in the SCORE half (the paper's protocol takes its 6 from "
-                         "them; top-and-random scores on all)", flag=False, at_least=1)
-    score_random: int = arg(20, "random contexts (score half) top-and-random also scores on", flag=False)
+    explain_contexts: int = arg(40, "EXPLAIN-half top contexts kept per unit (the paper's: 10)", flag=False, at_least=1)
+    score_top: int = arg(20, "SCORE-half top contexts kept per unit (the paper's: 6)", flag=False, at_least=1)
+    score_random: int = arg(20, "random contexts (SCORE half) top-and-random also scores on", flag=False)
     bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals", flag=False, at_least=1)
 
     def __post_init__(self):
@@ -74,13 +66,10 @@ class AnalyzeConfig:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
     step, argv = tools.split_step(argv, STEPS)
     if step in tools.TOOLS:   # the lab's tools, with flags of their own beside ours
         return tools.run(step, argv, AnalyzeConfig, measured)
-    cfg = parse_config(AnalyzeConfig, argv, description=__doc__.split("\n\n")[0] + " Usage: python analyze.py "
-                       f"[{'|'.join(STEPS + list(tools.TOOLS))}] [flags]; no step: all of them and the report.")
-    analyze(cfg, step)
+    analyze(parse_config(AnalyzeConfig, argv, description=tools.usage(__doc__, STEPS)), step)
 
 
 def analyze(cfg, step="all"):
@@ -98,10 +87,10 @@ def analyze(cfg, step="all"):
     if step in ("all", "specificity"):
         res["specificity"] = specificity.specificity(run, m, neuron_kinds(m.sparse_k))
         res["probing"] = probing.probing(run, m, neuron_kinds(m.sparse_k), cfg.seed, cfg.bootstrap)
-    if step in ("all", "grounding"):
-        res["grounding"] = grounded(cfg, run, m)
+    if step in ("all", "grounding"):   # 4. does a unit's effect on the logits agree with what follows where it fires?
+        res["grounding"] = grounding.grounded(cfg, run, m, neuron_kinds(m.sparse_k))
     if step == "all":  # the lab's edges: the browser and the steering table read the interp step's scored units
-        scored = load_units(cfg, run)
+        scored = summary.load_units(cfg, run)
         res["browser"] = browser.write_browser(browser.Config(), run, m, scored)
         res["steering"] = steer.measure_steering(steer.Config(), run, m, scored)
         res["seconds"] = time.time() - t0
@@ -152,8 +141,7 @@ def neuron_kinds(k):
 
 def measured(cfg, run):
     """Every held-out token reduced to per-unit statistics of the neurons, the sparsified neurons and
-    each SAE's features (lab/measure.py's streaming pass; reused from analysis/measure.pt while its
-    inputs are the same)."""
+    each SAE's features (lab/measure.py's streaming pass, cached in analysis/measure.pt)."""
     def kinds():   # on a cache miss only: matched_k reads a few thousand tokens
         k = matched_k(run)
         return k, {**neuron_kinds(k), **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
@@ -179,9 +167,8 @@ def lm_losses(model, tokens, n_tokens, replacements, batch=32):
 
 
 def lm_loss(model, windows, replace):
-    """The mean next-token loss on windows (B, T + 1) with the last layer's MLP activations replaced
-    by replace(acts (B*T, d_mlp)), through the model's MLP hook: the model reads windows[:, :-1]
-    and predicts windows[:, 1:]."""
+    """The mean next-token loss on windows (B, T + 1) (reading windows[:, :-1], predicting windows[:, 1:]),
+    the last layer's MLP activations replaced by replace(acts (B*T, d_mlp)) through the model's MLP hook."""
     last = len(model.blocks) - 1
     hook = lambda layer, h: replace(h.flatten(0, 1)).view_as(h) if layer == last else h
     return model(windows[:, :-1], windows[:, 1:], mlp_hook=hook)[1]
@@ -264,12 +251,11 @@ def density(run, m):
 
 
 def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
-    """The paper's ultralow-density cluster, if the alive features' log10 densities are bimodal: a
-    mixture of two Gaussians fitted by EM, accepted when the mixture really has two modes (between
-    the two means it dips below half the lower mode's height: a skewed single mode fits two
-    Gaussians too, but without a dip), the modes are at least min_gap decades apart (the paper's
-    cluster sits orders of magnitude below the rest) and the lower one holds at least min_share of
-    the features. Returns dict(threshold, members, dip) or None."""
+    """The paper's ultralow-density cluster, if the alive features' log10 densities are bimodal: two
+    Gaussians fitted by EM, accepted when between their means the mixture dips below half the lower
+    mode's height (a skewed single mode fits two Gaussians too, without a dip), the modes are min_gap
+    decades apart (the paper's cluster sits orders of magnitude below the rest) and the lower one holds
+    min_share of the features. Returns dict(threshold, members, dip) or None."""
     alive = density > 0
     x = np.log10(density[alive])
     if len(x) < 20:
@@ -300,53 +286,52 @@ def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
 
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron, feature and sparsified neuron of the main SAE by the paper's protocol
-    (score_paper) and by top-and-random (score_units, kept beside it); compare a random sample of each
-    kind, of the same size; writes interp.png and units.json (every unit's explanation and scores)."""
+    (score_paper); a random sample of each kind, of the same size, also at every explanation length of
+    SIZES and by top-and-random (lab/top_random.py), is what the kinds are compared on (compared)."""
     names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
     unit_stats = {kind: m.stats[name] for kind, name in names.items()}
-    intervals = {kind: m.intervals[name] for kind, name in names.items()}
     ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
         (unit_stats["features"].fired.double() / run.n_tokens).numpy())
+    kinds = {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}   # as functions of the MLP's activations
     rng = np.random.default_rng(cfg.seed)         # top-and-random's contexts, then the sample of units
-    pool = random_contexts(cfg, run, m, SCORE, 5 * cfg.score_random, rng)
+    pool = random_contexts(cfg, run, m, kinds, SCORE, 5 * cfg.score_random, rng)
     draw = np.random.default_rng([cfg.seed, 1])   # the paper's protocol's random contexts, in each half
-    pools = [random_contexts(cfg, run, m, half, n, draw) for half, n in ((EXPLAIN, 50), (SCORE, 200))]
-    text = held_out(cfg, run, m)
-    alone = measure.alone_acts(run.model, text.vocab, compared_kinds(run, m))   # every token read alone
+    pools = [random_contexts(cfg, run, m, kinds, half, n, draw) for half, n in ((EXPLAIN, 50), (SCORE, 200))]
+    text = explainer.held_out(cfg, run, m)
+    alone = measure.alone_acts(run.model, text.vocab, kinds)   # every token read alone
     alive_units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
     n, drawn = sample(cfg, alive_units, rng)
     results, compare = {}, {}
     for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
-        t0, picked = time.time(), alive_units[kind][drawn[kind]]
-        score = lambda us, sizes: score_paper(us, s, intervals[kind], [{**p, "acts": p[kind]} for p in pools],
+        t0, picked, intervals = time.time(), alive_units[kind][drawn[kind]], m.intervals[names[kind]]
+        score = lambda us, sizes: score_paper(us, s, intervals, [{**p, "acts": p[kind]} for p in pools],
                                               alone[kind], text, cfg.max_entries, sizes, cfg.seed)
         compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(alive_units[kind], picked), ())
-        top_random = score_units(picked, s, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top,
-                                 cfg.score_random, cfg.max_entries, seed=cfg.seed)
-        for r, o in zip(compare[kind], top_random):
-            r["top_random"] = o["score"]
+        top_random.add_scores(compare[kind], s, pool, kind, text, cfg)
         results[kind] = sorted(compare[kind] + rest, key=lambda r: r["unit"])
         for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = explainer.describe(r["explanation"], run.enc, text.vocab)
         print(f"interp: scored {len(alive_units[kind])} alive {kind} in {time.time() - t0:.1f}s")
-    n_docs = int(text.docs.max()) + 1
+    return dict(compared(cfg, run, unit_stats, compare, results, int(text.docs.max()) + 1), n=n)
+
+
+def compared(cfg, run, unit_stats, compare, results, n_docs):
+    """Features against neurons and sparsified neurons: the samples' medians and differences with 95%
+    intervals, per density bin and at matched density (lab/resampling.py); writes interp.png and
+    units.json (every unit's explanation and scores)."""
     d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
-    summary = dict(resampling.summarize(compare, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed),
-                   by_density=resampling.by_density(results, d),
-                   matched={other: resampling.matched_difference(results["features"], results[other], d["features"],
-                                                                 d[other], cfg.bootstrap, cfg.seed, n_docs=n_docs)
-                            for other in ("neurons", "sparse_neurons")})
-    figures.plot_interp(compare, summary, cfg.max_entries, os.path.join(run.dir, "interp.png"))
-    save_units(run, unit_stats, results)
-    print(f"interp: median score, features minus neurons {signed(summary['median_diff'])}")
-    return dict(summary=summary, compare=compare, all=results, n=n, explain=cfg.explain,
-                single_token_share=SINGLE_TOKEN_SHARE)
+    comparison = resampling.comparison(compare, results, d, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed)
+    figures.plot_interp(compare, comparison, cfg.max_entries, os.path.join(run.dir, "interp.png"))
+    summary.save_units(run, unit_stats, results)
+    print(f"interp: median score, features minus neurons {formatting.signed(comparison['median_diff'])}")
+    return dict(summary=comparison, compare=compare, all=results, explain=cfg.explain,
+                single_token_share=explainer.SINGLE_TOKEN_SHARE)
 
 
 def alive(s, ultralow=None):
-    """The units explained and scored: active on at least MIN_ACTIVE held-out tokens and in both
+    """The units explained and scored: active on at least measure.MIN_ACTIVE held-out tokens and in both
     halves; the paper leaves its ultralow-density cluster out of its analysis."""
-    ok = (s.fired >= MIN_ACTIVE) & (s.fired_half > 0).all(0)
+    ok = (s.fired >= measure.MIN_ACTIVE) & (s.fired_half > 0).all(0)
     if ultralow:
         ok &= torch.from_numpy(~ultralow["members"])
     return ok.nonzero().squeeze(1).numpy()
@@ -363,52 +348,13 @@ def sample(cfg, alive_units, rng):
     return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in alive_units.items()}
 
 
-@dataclasses.dataclass
-class HeldOut:
-    """The held-out text as an explanation reads it, position by position."""
-    tokens: np.ndarray   # (N,) each held-out token
-    prev: np.ndarray     # (N,) the token before it (end of text before the first)
-    labels: np.ndarray   # (N, P) bool: the predicates a row may name, the same for every unit (P = 0: none)
-    vocab: int           # the vocabulary's size: the base of the explanation keys
-    ctx: int             # tokens per context: context c is positions c*ctx to (c+1)*ctx - 1
-    docs: np.ndarray = None          # (N,) each token's document, 0 to D - 1 (the intervals resample them)
-    alone_labels: np.ndarray = None  # (vocab, P) the predicates on each token read alone, as a document of its own
-    eot: int = 0                     # the end of text: the "previous token" of a token read alone
-
-    def at(self, contexts):
-        """(prev, tokens, labels) at every position of the given contexts, in order."""
-        pos = (np.asarray(contexts)[:, None] * self.ctx + np.arange(self.ctx)).ravel()
-        return self.prev[pos], self.tokens[pos], self.labels[pos]
-
-    def alone(self, tokens):
-        """(prev, tokens, labels) of tokens read out of context."""
-        return np.full(len(tokens), self.eot), np.asarray(tokens), self.alone_labels[tokens]
-
-
-def held_out(cfg, run, m):
-    """The run's held-out text, each token's document, and the predicates a row may name: all of them
-    (--explain contexts), or none (--explain tokens: token patterns only)."""
-    eot, vocab = run.meta["eot"], run.meta["vocab_size"]
-    labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]
-    alone_labels = predicates.alone_labels(run.enc, vocab, eot)[:, :labels.shape[1]]
-    docs = np.unique(np.cumsum(run.tokens == eot), return_inverse=True)[1]
-    return HeldOut(run.tokens, np.concatenate([[eot], run.tokens[:-1]]), labels, vocab, cfg.context, docs=docs,
-                   alone_labels=alone_labels, eot=eot)
-
-
-def compared_kinds(run, m):
-    """The kinds compared, as functions of the MLP activations: the neurons, plain and sparsified, and
-    the main SAE's features."""
-    return {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}
-
-
-def random_contexts(cfg, run, m, half, n, rng):
-    """n contexts of one half drawn at random, with every compared kind's activations there: dict(ctx
+def random_contexts(cfg, run, m, kinds, half, n, rng):
+    """n contexts of one half drawn at random, with the activations of kinds there: dict(ctx
     (n,), and per kind (n, ctx, U)). The paper's protocol draws 50 in the EXPLAIN half and 200 in the
-    SCORE half (10 random and up to DETECT_SILENT silent ones per unit); top-and-random its own."""
+    SCORE half (10 random ones per unit, and lab/detection.py's silent ones); top-and-random its own."""
     ctx = np.flatnonzero(m.halves[::cfg.context] == half)
     ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
-    return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, compared_kinds(run, m)))
+    return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds))
 
 
 # The paper's protocol (Bricken et al. 2023): a unit is explained from 49 examples and scored on 60,
@@ -419,7 +365,6 @@ def random_contexts(cfg, run, m, half, n, rng):
 # its other meanings. The 20 tokens scored alone are the next 20 after the 10 it was explained from.
 EXPLAIN_SET = dict(top=10, random=5, tokens=(0, 10))     # + 2 x 12 from the intervals: 49
 SCORE_SET = dict(top=6, random=10, tokens=(10, 30))      # + 2 x 12 from the intervals: 60
-DETECT_SILENT = 30   # silent contexts a unit's detection is tested on, beside its firing ones
 
 
 @dataclasses.dataclass
@@ -463,12 +408,11 @@ def positions(ex, text):
 
 def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, sizes=(), seed=0):
     """The paper's protocol, per unit: explained from its EXPLAIN-half examples, scored on its SCORE-half
-    ones by the Pearson correlation of simulated and true activations and detected (detect), both also
-    with another unit's explanation (the control: the previous unit's). The paper correlates by
-    Spearman's ranks; Pearson's follows from per-context sums, so the intervals can resample documents
-    (lab/resampling.py): it is the headline, Spearman's reported beside it. unit_stats: the kind's
-    UnitStats; intervals: [half][interval] TopContexts; pools: [half] random_contexts; alone (vocab, U):
-    every token's activations out of context."""
+    ones by the Pearson correlation of simulated and true activations (and detected, lab/detection.py),
+    also with another unit's explanation (the control: the previous unit's). The paper correlates ranks
+    (Spearman's, reported beside); Pearson's follows from per-context sums, so the intervals can resample
+    documents (lab/resampling.py). unit_stats: the kind's UnitStats; intervals: [half][interval]
+    TopContexts; pools: [half] random_contexts; alone (vocab, U): every token's activations alone."""
     alone = alone.clone().numpy()
     alone[text.eot] = -np.inf                       # the end of text is no token to read alone
     order = np.argsort(-alone, axis=0, kind="stable")
@@ -479,7 +423,7 @@ def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, s
         scored, silent = r.pop("examples")
         sums = context_sums(other["explanation"], positions(scored, text), text)
         r["control"] = stats.pearson_from_sums(sums.sum(0))
-        r["detect_control"] = detect(other["explanation"], scored, silent, text)
+        r["detect_control"] = detection.detect(other["explanation"], scored, silent, text)
         r["detection"] = stats.balanced_accuracy(r["detect"])
     return out
 
@@ -491,7 +435,7 @@ def score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_
     rng = np.random.default_rng([seed, int(u)])
     ex, sc = (paper_examples(u, n, unit_stats.top[h], intervals[h], pools[h], alone, order, rng)
               for n, h in ((EXPLAIN_SET, EXPLAIN), (SCORE_SET, SCORE)))
-    silent = silent_contexts(u, pools[SCORE], rng)
+    silent = detection.silent_contexts(u, pools[SCORE], rng)
     prev, cur, labels, acts, _ = positions(ex, text)
     longest = explainer.explain(prev, cur, labels, acts, lengths[-1], text.vocab)
     tables = {e: explainer.table(longest["order"][:e], prev, cur, labels, acts, text.vocab) for e in lengths}
@@ -502,8 +446,8 @@ def score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_
     return dict(unit=int(u), explanation=expl, score=stats.pearson_from_sums(sums["score"].sum(0)),
                 by_size={e: stats.pearson_from_sums(sums[e].sum(0)) for e in lengths},
                 spearman=stats.spearman(simulated, scored_at[3]), sums=sums,
-                docs=np.append(-1, text.docs[sc.ctx * text.ctx]), detect=detect(expl, sc, silent, text),
-                examples=(sc, silent), single_token=single_token(unit_stats.top[EXPLAIN], u, text))
+                docs=np.append(-1, text.docs[sc.ctx * text.ctx]), detect=detection.detect(expl, sc, silent, text),
+                examples=(sc, silent), single_token=explainer.single_token(unit_stats.top[EXPLAIN], u, text))
 
 
 def context_sums(expl, at, text):
@@ -514,74 +458,6 @@ def context_sums(expl, at, text):
     sim = explainer.simulate(expl, prev, cur, labels, text.vocab)
     cols = (np.ones_like(t), sim, t, sim * sim, t * t, sim * t)
     return np.stack([np.bincount(where + 1, c, minlength=int(where.max(initial=-1)) + 2) for c in cols], 1)
-
-
-def silent_contexts(u, pool, rng):
-    """Up to DETECT_SILENT contexts of the pool where unit u never fires, drawn at random."""
-    silent = np.flatnonzero(pool["acts"][:, :, u].amax(1).numpy() <= 0)
-    return pool["ctx"][rng.choice(silent, min(DETECT_SILENT, len(silent)), replace=False)]
-
-
-def detect(expl, ex, silent, text):
-    """Detection (the field's current automated interpretability, e.g. EleutherAI's delphi): from the
-    explanation alone, tell the contexts where the unit fires (ex's, drawn across its activation range)
-    from the silent ones. The table says "fires" where some token matches a row whose value exceeds its
-    "anything else" value. Returns dict(positive, predicted, docs) per context, for balanced_accuracy
-    (so a unit's base rate does not decide it)."""
-    ids = np.concatenate([ex.ctx, silent])
-    peak = explainer.simulate(expl, *text.at(ids), text.vocab).reshape(len(ids), text.ctx).max(1)
-    return dict(positive=np.append(ex.acts.max(1) > 0, np.zeros(len(silent), bool)),
-                predicted=peak > expl["default"] + 1e-9, docs=text.docs[ids * text.ctx])
-
-
-def single_token(top, u, text):
-    """One token carries SINGLE_TOKEN_SHARE of the unit's activation in its top contexts of the EXPLAIN
-    half: the paper reports those units apart, as they are trivial to simulate."""
-    keep = top.val[u] > 0
-    cur, acts = text.at(top.ctx[u][keep])[1], top.acts[u][keep].numpy().ravel()
-    return bool(acts.sum() > 0 and np.bincount(cur, weights=acts).max() / acts.sum() >= SINGLE_TOKEN_SHARE)
-
-
-def score_units(units, unit_stats, pool, text, n_top, n_random, max_entries, sizes=(), seed=0):
-    """Top-and-random, a simpler protocol reported beside the paper's, for comparison: each unit
-    explained from its top contexts in the EXPLAIN half and scored (Pearson r) on its n_top top and
-    n_random random contexts of the SCORE half, drawn from the pool (dict(ctx (Q,), acts (Q, ctx, U))),
-    none among the top ones. Per unit: score, explanation, by_size {e: the score at e rows}, single_token."""
-    top, scored, out = unit_stats.top[EXPLAIN], unit_stats.top[SCORE], []
-    for u in units:
-        keep, hit = top.val[u] > 0, scored.val[u] > 0
-        prev, cur, labels = text.at(top.ctx[u][keep])
-        acts = top.acts[u][keep].numpy().ravel()
-        longest = explainer.explain(prev, cur, labels, acts, max([max_entries, *sizes]), text.vocab)
-        cut = lambda e: explainer.table(longest["order"][:e], prev, cur, labels, acts, text.vocab)
-        ids = scored.ctx[u][hit][:n_top].numpy()
-        free = np.flatnonzero(~np.isin(pool["ctx"], ids))
-        pick = np.random.default_rng([seed, int(u)]).choice(free, min(n_random, len(free)), replace=False)
-        truth = np.concatenate([scored.acts[u][hit][:n_top].numpy().ravel(), pool["acts"][pick, :, u].numpy().ravel()])
-        seen = text.at(np.concatenate([ids, pool["ctx"][pick]]))
-        score = lambda expl: stats.pearson(explainer.simulate(expl, *seen, text.vocab), truth)
-        out.append(dict(unit=int(u), score=score(cut(max_entries)), explanation=cut(max_entries),
-                        by_size={e: score(cut(e)) for e in sizes}, single_token=single_token(top, u, text)))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. Grounded in the model: does a unit's effect on the output agree with where it fires?
-
-
-def grounded(cfg, run, m):
-    """The paper's logit-weight argument as a score (lab/grounding.py): per alive unit, the correlation
-    of its logit effects with how much more often each token follows where it fires. Medians with
-    95% intervals (units resampled) for features, neurons and sparsified neurons, of this model and
-    of the random-weights control, beside the null (each unit against another unit's effects)."""
-    g = grounding.measure_grounding(cfg.out, run, m, neuron_kinds(m.sparse_k))
-    summary = grounding.summarize(g, cfg.bootstrap, cfg.seed)
-    x = {kind: r["scores"] for kind, r in g["model"].items()}
-    summary["diff"] = {other: stats.median_difference(x["features"], x[other], cfg.bootstrap, cfg.seed)
-                       for other in ("neurons", "sparse_neurons")}
-    print(f"grounding: median correlation, features minus neurons {signed(summary['diff']['neurons'])}, "
-          f"minus sparsified neurons {signed(summary['diff']['sparse_neurons'])}")
-    return dict(summary=summary, units=g, control_from=g["control_from"], control_tokens=g["control_tokens"])
 
 
 if __name__ == "__main__":

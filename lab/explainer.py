@@ -9,11 +9,19 @@ When several rows match a token, the most specific one explains it (match).
     expl = explain(prev, cur, labels, acts, max_entries, vocab)   # read a unit's examples: the table
     simulate(expl, prev, cur, labels, vocab)                      # its predicted activations elsewhere
     describe(expl, enc, vocab)                                    # the table in words
+
+It reads the held-out text through HeldOut (held_out builds it for a run): position by position, the
+token, the one before it and the predicates a row may name. single_token flags the units trivial to
+explain, one token carrying their activation.
 """
+import dataclasses
+
 import numpy as np
 
 from lab.formatting import token_text
-from lab.predicates import PREDICATES
+from lab.predicates import PREDICATES, alone_labels
+
+SINGLE_TOKEN_SHARE = 0.8      # a unit is "single-token" when one token carries this much of its activation
 
 
 def pair_key(prev, token, vocab):
@@ -113,3 +121,44 @@ def describe(expl, enc, vocab):
             row = dict(prev=text(prev) if prev < vocab else None, token=text(token), context=None)
         rows.append(dict(row, value=round(float(value), 4), count=int(count)))
     return sorted(rows, key=lambda r: -r["value"]), round(expl["default"], 4)
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """The held-out text as an explanation reads it, position by position."""
+    tokens: np.ndarray   # (N,) each held-out token
+    prev: np.ndarray     # (N,) the token before it (end of text before the first)
+    labels: np.ndarray   # (N, P) bool: the predicates a row may name, the same for every unit (P = 0: none)
+    vocab: int           # the vocabulary's size: the base of the explanation keys
+    ctx: int             # tokens per context: context c is positions c*ctx to (c+1)*ctx - 1
+    docs: np.ndarray = None          # (N,) each token's document, 0 to D - 1 (the intervals resample them)
+    alone_labels: np.ndarray = None  # (vocab, P) the predicates on each token read alone, as a document of its own
+    eot: int = 0                     # the end of text: the "previous token" of a token read alone
+
+    def at(self, contexts):
+        """(prev, tokens, labels) at every position of the given contexts, in order."""
+        pos = (np.asarray(contexts)[:, None] * self.ctx + np.arange(self.ctx)).ravel()
+        return self.prev[pos], self.tokens[pos], self.labels[pos]
+
+    def alone(self, tokens):
+        """(prev, tokens, labels) of tokens read out of context."""
+        return np.full(len(tokens), self.eot), np.asarray(tokens), self.alone_labels[tokens]
+
+
+def held_out(cfg, run, m):
+    """The run's held-out text, each token's document, and the predicates a row may name: all of them
+    (--explain contexts), or none (--explain tokens: token patterns only). m: analyze.measured's."""
+    eot, vocab = run.meta["eot"], run.meta["vocab_size"]
+    labels = m.proxies if cfg.explain == "contexts" else m.proxies[:, :0]
+    alone = alone_labels(run.enc, vocab, eot)[:, :labels.shape[1]]
+    docs = np.unique(np.cumsum(run.tokens == eot), return_inverse=True)[1]
+    return HeldOut(run.tokens, np.concatenate([[eot], run.tokens[:-1]]), labels, vocab, cfg.context, docs=docs,
+                   alone_labels=alone, eot=eot)
+
+
+def single_token(top, u, text):
+    """One token carries SINGLE_TOKEN_SHARE of unit u's activation in its top contexts (top: TopContexts):
+    the paper reports those units apart, as they are trivial to simulate."""
+    keep = top.val[u] > 0
+    cur, acts = text.at(top.ctx[u][keep])[1], top.acts[u][keep].numpy().ravel()
+    return bool(acts.sum() > 0 and np.bincount(cur, weights=acts).max() / acts.sum() >= SINGLE_TOKEN_SHARE)

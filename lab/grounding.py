@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from lab import measure
+from lab.formatting import signed
 from lab.plumbing import lm_fingerprint, load_checkpoint
-from lab.stats import bootstrap
+from lab.stats import bootstrap, median_difference
 from lab.steer import logit_effects, residual_scale
 from model import ModelConfig, Transformer
 from sae import load_sae
@@ -79,6 +80,21 @@ def directions(run, sae=None):
     if sae is not None:
         out["features"] = sae.directions().cpu()
     return out
+
+
+def grounded(cfg, run, m, neurons):
+    """analyze.py's step 4: per alive unit, the correlation of its logit effects with how much more
+    often each token follows where it fires. Medians with 95% intervals (units resampled) for features,
+    neurons and sparsified neurons, of this model and of the random-weights control, beside the null
+    (each unit against another unit's effects). neurons: analyze.neuron_kinds."""
+    g = measure_grounding(cfg.out, run, m, neurons)
+    summary = summarize(g, cfg.bootstrap, cfg.seed)
+    x = {kind: r["scores"] for kind, r in g["model"].items()}
+    summary["diff"] = {other: median_difference(x["features"], x[other], cfg.bootstrap, cfg.seed)
+                       for other in ("neurons", "sparse_neurons")}
+    print(f"grounding: median correlation, features minus neurons {signed(summary['diff']['neurons'])}, "
+          f"minus sparsified neurons {signed(summary['diff']['sparse_neurons'])}")
+    return dict(summary=summary, units=g, control_from=g["control_from"], control_tokens=g["control_tokens"])
 
 
 @torch.no_grad()

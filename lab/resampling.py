@@ -11,6 +11,7 @@ no unit is explained or simulated again.
     summary["median_diff"]            # dict(value, ci): features' median minus the neurons'
     summary["detection"]["features"]  # detection's balanced accuracy, median [95% CI], and its control
     resampling.matched_difference(features, neurons, density_f, density_n, n, seed, n_docs=n_docs)
+    resampling.comparison(compare, results, density, n_docs, ...)   # analyze.py's: summarize, by_density, matched
 
 matched_difference is the same difference at matched density: within bins of density, so that "features
 beat neurons" cannot merely say "sparse beats dense"; other_matchings measures it otherwise beside it.
@@ -61,6 +62,15 @@ def summarize(compare, n_docs, max_entries, sizes, n, seed):
     out["detection"] = detection_summary(compare, kinds, w, draws)
     out["beside"] = beside_summary(compare, kinds, n, seed)
     return out
+
+
+def comparison(compare, results, density, n_docs, max_entries, sizes, n, seed):
+    """summarize's dict, with by_density (results: every scored unit per kind; density: {kind: (U,)}) and
+    matched: matched_difference, features minus neurons and minus sparsified neurons, at matched density."""
+    return dict(summarize(compare, n_docs, max_entries, sizes, n, seed), by_density=by_density(results, density),
+                matched={other: matched_difference(results["features"], results[other], density["features"],
+                                                   density[other], n, seed, n_docs=n_docs)
+                         for other in ("neurons", "sparse_neurons")})
 
 
 def document_resamples(n_docs, n, seed):
@@ -129,7 +139,7 @@ def matched_difference(a, b, density_a, density_b, n=1000, seed=0, min_units=10,
     density, and within a whole decade density still varies tenfold); in every bin with at least
     min_units of each kind, the difference of the two medians; those averaged, each bin weighted by
     the smaller of its two counts (the units that can be matched there). a, b: analyze.score_paper's
-    (or score_units') results; density_*: (U,) each unit's density. Returns dict(value, ci (95%: the units of
+    (or lab/top_random.py's) results; density_*: (U,) each unit's density. Returns dict(value, ci (95%: the units of
     each kind resampled with replacement and, given n_docs, the held-out documents too, as in
     summarize), bins: [(lo, n_a, n_b, diff)], others: the same difference weighted by a's counts and by
     b's, and the regression's, each with its interval, units resampled: see other_matchings)."""

@@ -117,7 +117,7 @@ def pearson_from_sums(S):
 
 
 def balanced_accuracy(d, w=None):
-    """(TPR + TNR) / 2 of outcomes d = dict(positive, predicted, docs) per example (analyze.detect's),
+    """(TPR + TNR) / 2 of outcomes d = dict(positive, predicted, docs) per example (lab/detection.py's detect),
     each weighted by its document's weight in w (B, D + 1) (None: once each); NaN without both
     positive and negative examples."""
     once = w is None

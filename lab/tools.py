@@ -8,6 +8,8 @@
 analyze.py hands over its config class and its measurement (analyze.measured), so a tool reads the
 run exactly as the analysis does.
 """
+import sys
+
 from lab import browser, rate, ratings, steer
 from lab.measure import load_run
 from lab.plumbing import UserError, parse_configs
@@ -18,14 +20,20 @@ TOOLS = {"browse": browser, "steer": steer, "rate": rate, "ratings": ratings}
 
 def split_step(argv, steps):
     """(step, the flags): the first word, or the last one after the flags (python analyze.py --out X
-    density); no step: "all". steps: analyze.py's own, beside TOOLS."""
-    every = list(steps) + list(TOOLS)
+    density); no step: "all". argv None: the command line's. steps: analyze.py's own, beside TOOLS."""
+    argv, every = list(sys.argv[1:] if argv is None else argv), list(steps) + list(TOOLS)
     if len(argv) > 1 and argv[0].startswith("-") and argv[-1] in every:
         argv = [argv[-1], *argv[:-1]]
     step = argv[0] if argv and not argv[0].startswith("-") else "all"
     if step not in every:
         raise UserError(f"unknown step {step!r}: use one of {', '.join(every)} (or none: all)")
     return step, argv[1:] if argv and argv[0] == step else argv
+
+
+def usage(doc, steps):
+    """analyze.py's --help description: its docstring's first paragraph and how to name a step."""
+    return (doc.split("\n\n")[0] + f" Usage: python analyze.py [{'|'.join(list(steps) + list(TOOLS))}] [flags]; "
+            "no step: all of them and the report.")
 
 
 def run(step, argv, config_class, measured):

@@ -12,7 +12,7 @@ import torch
 
 import analyze
 import data
-from lab import explainer, measure, predicates, specificity, stats
+from lab import explainer, measure, predicates, specificity, stats, top_random
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError, atomic_save, lm_fingerprint
@@ -75,8 +75,8 @@ def score_synthetic(acts, tokens, eot, vocab, ctx=16, labels=None, max_entries=1
     score_ctx = np.flatnonzero(halves[::ctx] == measure.SCORE)
     pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
     prev = np.concatenate([[eot], tokens[:-1]])
-    text = analyze.HeldOut(tokens, prev, labels, vocab + 1, ctx)
-    return analyze.score_units(range(acts.shape[1]), s, pool, text, n_top=20, n_random=20, max_entries=max_entries,
+    text = explainer.HeldOut(tokens, prev, labels, vocab + 1, ctx)
+    return top_random.score_units(range(acts.shape[1]), s, pool, text, n_top=20, n_random=20, max_entries=max_entries,
                                sizes=sizes)
 
 

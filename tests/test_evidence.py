@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import analyze
-from lab import grounding, measure, resampling, specificity
+from lab import explainer, grounding, measure, resampling, specificity, top_random
 
 N_UNITS = 12          # of each kind
 MIX = 8               # meanings per mixture unit: more than an explanation's 5 rows can list
@@ -73,8 +73,8 @@ def test_lexical_score_at_matched_density_ranks_monosemantic_units_first(world):
     score_ctx = np.flatnonzero(world["halves"][::ctx] == measure.SCORE)
     pool = dict(ctx=score_ctx[:100], acts=acts.view(-1, ctx, acts.shape[1])[score_ctx[:100]])
     prev = np.concatenate([[EOT], tokens[:-1]])
-    text = analyze.HeldOut(tokens, prev, np.zeros((len(tokens), 0), bool), EOT + 1, ctx)
-    res = analyze.score_units(range(2 * N_UNITS), s, pool, text, 20, 20, 5)
+    text = explainer.HeldOut(tokens, prev, np.zeros((len(tokens), 0), bool), EOT + 1, ctx)
+    res = top_random.score_units(range(2 * N_UNITS), s, pool, text, 20, 20, 5)
     mono, mixed = res[:N_UNITS], res[N_UNITS:]
     best_mixed = max(r["score"] for r in mixed)
     assert min(r["score"] for r in mono) > 0.95 and best_mixed < min(r["score"] for r in mono) - 0.05
