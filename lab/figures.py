@@ -50,7 +50,10 @@ def plot_interp(compare, summary, max_entries, path):
     for kind, color in (("features", "tab:blue"), ("neurons", "tab:red")):
         med = np.array([summary["by_size"][e][kind] for e in sizes])
         ci = np.array([summary["by_size"][e][kind + "_ci"] for e in sizes]).T
-        ax.errorbar(sizes, med, yerr=[med - ci[0], ci[1] - med], color=color, marker="o", capsize=3, label=kind)
+        # a percentile interval need not hold the median itself (few units, documents resampled): where it
+        # does not, the bar stops at the point, since matplotlib refuses negative lengths
+        err = np.clip([med - ci[0], ci[1] - med], 0, None)
+        ax.errorbar(sizes, med, yerr=err, color=color, marker="o", capsize=3, label=kind)
     ax.axvline(max_entries, color="gray", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(e) for e in sizes])

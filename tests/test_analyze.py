@@ -12,7 +12,7 @@ import torch
 
 import analyze
 import data
-from lab import explainer, measure, predicates, specificity, stats, top_random
+from lab import explainer, figures, measure, predicates, specificity, stats, top_random
 from lab import report
 import sae as sae_lib
 from lab.plumbing import UserError, atomic_save, lm_fingerprint
@@ -493,3 +493,15 @@ def test_another_pairs_analysis_never_writes_into_this_ones_folder(tiny_sae):
 def test_a_sample_too_small_to_mean_much_says_so(tiny_sae, capsys):
     analyze.analyze(small_config(tiny_sae, tokens=300, analysis_dir="analysis_300"), "density")
     assert "warning: 256 held-out tokens (--tokens 300) are too few for the loss recovered" in capsys.readouterr().out
+
+
+def test_the_interp_figure_draws_a_median_that_lies_outside_its_interval(tmp_path):
+    """A percentile interval need not hold the median (a few units, documents resampled: it happens on
+    one thread's tiny runs); the figure must still be drawn, not refused by matplotlib."""
+    units = [dict(score=s, single_token=False) for s in (0.2, 0.5, 0.7)]
+    by_size = {e: {"features": 0.5, "features_ci": [0.55, 0.8], "neurons": 0.4, "neurons_ci": [0.1, 0.35]}
+               for e in (1, 5)}
+    rows = [dict(lo=0.001, hi=0.01, features=(6, 0.5), neurons=(6, 0.4))]
+    path = tmp_path / "interp.png"
+    figures.plot_interp({"features": units, "neurons": units}, dict(by_size=by_size, by_density=rows), 5, str(path))
+    assert path.stat().st_size > 0
