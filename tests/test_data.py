@@ -59,8 +59,8 @@ def test_bpe_training_is_deterministic(small_ranks):
 
 def test_rank_file_round_trip(small_ranks, tmp_path):
     path = str(tmp_path / "t.tiktoken")
-    data.save_ranks(small_ranks, path)
-    assert data.load_ranks(path) == small_ranks
+    lab.corpus.save_ranks(small_ranks, path)
+    assert lab.corpus.load_ranks(path) == small_ranks
 
 
 def test_split_is_stable_and_about_the_fraction():
@@ -193,7 +193,7 @@ def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatc
     ranks = data.train_bpe(train, 400)
     enc = data.make_encoding(ranks)
     out = tmp_path / "o" / "data"
-    assert data.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
+    assert lab.corpus.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
     for split, texts in (("train", train), ("val", val)):
         ids = [enc.encode_ordinary(doc) for doc in texts]  # today's format: an end-of-text before every document
         expected = np.fromiter((t for doc in ids for t in [enc.eot_token, *doc]), dtype=np.uint16)
