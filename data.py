@@ -20,8 +20,6 @@ import dataclasses
 import functools
 import hashlib
 import heapq
-import os
-import sysconfig
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -84,17 +82,10 @@ def prepare(cfg):
 
 
 def corpus_files(cfg):
-    """[(path, name)] in a fixed order: the running Python's standard library in walk order, or the files
-    --data names (lab/corpus.py). A name (what the split hashes) is the path relative to the folder given,
+    """[(path, name)] in a fixed order: the running Python's standard library, or the files --data names
+    (lab/corpus.py lists both). A name (what the split hashes) is the path relative to the folder given,
     or the file's own name: moving the corpus elsewhere changes neither the split nor the shards."""
-    if cfg.data:
-        return corpus.user_files(cfg.data)
-    root, files = sysconfig.get_paths()["stdlib"], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
-        files += [(os.path.join(dirpath, f), os.path.relpath(os.path.join(dirpath, f), root))
-                  for f in sorted(filenames)]
-    return files
+    return corpus.user_files(cfg.data) if cfg.data else corpus.stdlib_files()
 
 
 def is_validation(name, fraction):
@@ -183,8 +174,8 @@ def merge(word, pair, new):
     return out
 
 
-def make_encoding(ranks, name="bpe"):
-    return tiktoken.Encoding(name, pat_str=PATTERN, mergeable_ranks=ranks,
+def make_encoding(ranks):
+    return tiktoken.Encoding("bpe", pat_str=PATTERN, mergeable_ranks=ranks,
                              special_tokens={EOT: max(ranks.values()) + 1})
 
 

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import sys
+import sysconfig
 import time
 import zlib
 from collections import Counter, deque
@@ -218,6 +219,17 @@ def user_files(patterns):
                 raise UserError(f"--data {path}: the folder is empty")
             names.update(found)
     return sorted((p, n) for p, n in names.items() if os.path.isfile(p))  # no pipes or devices
+
+
+def stdlib_files():
+    """data.py's default corpus: every file of the running Python's standard library as [(path, name)],
+    in walk order (folders and files sorted), its installed packages and caches left out."""
+    root, files = sysconfig.get_paths()["stdlib"], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        files += [(os.path.join(dirpath, f), os.path.relpath(os.path.join(dirpath, f), root))
+                  for f in sorted(filenames)]
+    return files
 
 
 def walk(root):
