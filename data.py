@@ -35,7 +35,6 @@ from lab.plumbing import UserError, arg, check_fields, parse_config, run_main
 # numbers, punctuation runs, whitespace), which keeps tokens meaningful and training cheap.
 PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
            r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
-EOT = "<|endoftext|>"
 
 
 @dataclasses.dataclass
@@ -71,10 +70,7 @@ def prepare(cfg):
         corpus.save_bpe(ranks, plan["tok_path"], cfg.vocab_size)
     # the tokenizer is made again in each encoding process
     make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, plan["tok_path"])
-    enc = make_tokenizer()
-    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
-    tokens, docs = corpus.write_shards(documents(), held_out, make_tokenizer, dtype, plan)
-    return corpus.write_meta(plan, enc, dtype, tokens, docs)
+    return corpus.write_shards(documents(), held_out, make_tokenizer, plan)  # and meta.json
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +172,7 @@ def merge(word, pair, new):
 
 def make_encoding(ranks):
     return tiktoken.Encoding("bpe", pat_str=PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: max(ranks.values()) + 1})
+                             special_tokens={"<|endoftext|>": max(ranks.values()) + 1})
 
 
 def open_tokenizer(tokenizer, path):

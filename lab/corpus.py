@@ -113,11 +113,13 @@ def bpe_sample(docs, held_out, mb):
             yield p
 
 
-def write_shards(docs, held_out, make_tokenizer, dtype, plan):
+def write_shards(docs, held_out, make_tokenizer, plan):
     """Third pass: a pool of processes (one per core) encodes chunks of text while this one reads
     the corpus and appends their tokens, in order, to <split>.bin.tmp in plan's folder. At most two
     chunks per process are in flight, so memory does not grow with the corpus. Each process makes its
-    own tokenizer by calling make_tokenizer()."""
+    own tokenizer by calling make_tokenizer(). Returns meta.json's dict, once written (write_meta)."""
+    enc = make_tokenizer()
+    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32  # token ids: uint32 only where the vocabulary needs it
     data_dir, total = plan["data_dir"], plan["scan"]["bytes"]  # total: the corpus's bytes, for the progress line
     tokens, counts = {"train": 0, "val": 0}, {"train": 0, "val": 0}
 
@@ -161,7 +163,7 @@ def write_shards(docs, held_out, make_tokenizer, dtype, plan):
     seconds = time.time() - t0
     print(f"data: encoded {sum(tokens.values()):,} tokens in {seconds:.0f} s by {workers} process(es) "
           f"({sum(tokens.values()) / seconds / 1e6:.2f}M tokens/s)")
-    return tokens, counts
+    return write_meta(plan, enc, dtype, tokens, counts)
 
 
 _enc, _dtype = None, None  # each encoding process's tokenizer, made once by init_worker
