@@ -218,7 +218,7 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
     pick = torch.multinomial(prob, len(idx), replacement=len(idx) > (prob > 0).sum().item())
     x_n = x[pick].float() * sae.act_scale
     direction = x_n / x_n.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    enc_norm = sae.W_enc[~dead].norm(dim=1).mean() if not dead.all() else torch.tensor(1.0)  # the alive features'
+    enc_norm = sae.W_enc[~dead].norm(dim=1).mean() if not dead.all() else torch.tensor(1.0)
     sae.W_dec[idx] = direction                     # the input, normalised to unit norm
     sae.W_enc[idx] = direction * 0.2 * enc_norm    # 0.2 x the alive features' mean encoder norm
     sae.b_enc[idx] = 0.0

@@ -141,7 +141,8 @@ def write_shards(docs, held_out, make_tokenizer, plan):
     itemsize = np.dtype(dtype).itemsize
     t0, last, pending = time.time(), time.time(), deque()
     paths = {s: os.path.join(data_dir, f"{s}.bin.tmp") for s in tokens}
-    with removed_on_failure(paths.values(), paths["train"]), open(paths["train"], "wb") as train, open(paths["val"], "wb") as val, \
+    with removed_on_failure(paths.values(), paths["train"]), open(paths["train"], "wb") as train, \
+            open(paths["val"], "wb") as val, \
             multiprocessing.Pool(workers, init_worker, (make_tokenizer, dtype)) as pool:
 
         def write_oldest():
