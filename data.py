@@ -9,27 +9,17 @@ text (licenses), numbers, email and HTTP samples and non-Latin scripts: enough v
 one-layer model to learn many distinct features. Writes under <out>/data/:
 
     tokenizer.tiktoken   the BPE merges in tiktoken's rank-file format (served by tiktoken)
-    train.bin, val.bin   token ids, uint16 (uint32 if the vocabulary needs it), an
-                         end-of-text token before every document (every block, when
-                         documents are split by blocks: see prepare below)
+    train.bin, val.bin   token ids, uint16 (uint32 if the vocabulary needs it), an end-of-text
+                         token before every document (or block: see prepare below)
     meta.json            tokenizer hash, vocabulary size, token counts, corpus description
 
-The tokenizer starts from the 256 byte values and repeatedly merges the most frequent adjacent
-pair of tokens into a new token, until the vocabulary is full; tiktoken.Encoding (fast, written in
-Rust) serves the merges, with one end-of-text special token put before every document.
-
-Your own corpus may be many GB: it is streamed, never held in memory, by lab/corpus.py (the
-streaming reader and the parallel encoder). Shards that a finished run may depend on are never
-rebuilt from other inputs without --overwrite.
+A corpus of many GB is streamed, never held in memory, by lab/corpus.py, which also keeps the
+books: shards a finished run may depend on are never rebuilt from other inputs without --overwrite.
 """
-import base64
 import dataclasses
 import functools
 import hashlib
 import heapq
-import os
-import sys
-import sysconfig
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -39,33 +29,26 @@ import torch
 
 from lab import corpus
 from lab.corpus import load_meta, load_shards, load_tokens  # noqa: F401 (the later stages read the shards as data.*)
-from lab.plumbing import UserError, arg, atomic_write_text, check_fields, parse_config, run_main
-
-MIN_DOCUMENTS = 20    # fewer documents than this are split by blocks, not by name
+from lab.plumbing import UserError, arg, check_fields, parse_config, run_main
 
 # GPT-4's (cl100k) pre-tokenisation: BPE merges never cross these pieces (words, 1-3 digit
 # numbers, punctuation runs, whitespace), which keeps tokens meaningful and training cheap.
 PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
            r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
-EOT = "<|endoftext|>"
 
 
 @dataclasses.dataclass
 class DataConfig:
     out: str = arg("out", "artifact root; this stage writes <out>/data/")
-    data: list = arg([], "files, folders or globs of text (any extension), .jsonl with a \"text\" field, "
-                         ".gz of these; empty = Python's standard library")
+    data: list = arg([], "files, folders or globs of text, .jsonl (its \"text\" field), .gz; empty: Python's stdlib")
     tokenizer: str = arg("bpe", "'bpe' trains our own; or a tiktoken encoding name such as gpt2")
     vocab_size: int = arg(4096, "BPE vocabulary size, the end-of-text token included", at_least=257, at_most=2**32,
                           note=" (above the 256 bytes; ids fit uint32)")
-    val_fraction: float = arg(0.1, "fraction of documents held out for validation, by path hash "
-                              "(10%: the analysis wants a million held-out tokens)",
+    val_fraction: float = arg(0.1, "fraction of documents held out for validation (the analysis reads 1M tokens)",
                               check=(lambda v: 0 < v < 0.5, "must be a small fraction such as 0.02"))
-    bpe_sample_mb: float = arg(100.0, "the BPE trains on the first this many MB of the training split "
-                               "(the standard library's 37 MB fit whole)",
+    bpe_sample_mb: float = arg(100.0, "MB of the training split the BPE trains on (the stdlib's 37 MB fit whole)",
                                check=(lambda v: v > 0, "must be > 0 (inf: the whole split)"))
-    overwrite: bool = arg(False, "rebuild <out>/data/ even if it was made from other inputs "
-                          "(what was trained on it then no longer matches)")
+    overwrite: bool = arg(False, "rebuild <out>/data/ from other inputs (what was trained on it no longer matches)")
 
     def __post_init__(self):
         check_fields(self)
@@ -75,34 +58,19 @@ def prepare(cfg):
     """Corpus -> tokenizer -> train.bin/val.bin/meta.json. lab/corpus.py keeps the books: what is up to
     date is reused, changed inputs are refused without --overwrite, meta.json records the shards' digests."""
     files, held_out = corpus_files(cfg), functools.partial(is_validation, fraction=cfg.val_fraction)
-    meta, plan = corpus.plan_rebuild(cfg, files, held_out, corpus_name(cfg), MIN_DOCUMENTS)
+    meta, plan = corpus.plan_rebuild(cfg, files, held_out)
     if meta:
         return meta
     # documents, or (a few large ones: one book as one .txt) blocks of text, split by name
     documents = lambda: corpus.documents_or_blocks(files, plan["block"])
-    tok_hash = build_tokenizer(cfg, documents(), held_out, plan["tok_path"])
+    if cfg.tokenizer == "bpe":  # our own BPE, trained on (a sample of) the training split; else tiktoken's by name
+        print(f"data: training a {cfg.vocab_size}-token BPE on up to {cfg.bpe_sample_mb:g} MB of training text ...",
+              flush=True)
+        ranks = train_bpe(corpus.bpe_sample(documents(), held_out, cfg.bpe_sample_mb), cfg.vocab_size)
+        corpus.save_bpe(ranks, plan["tok_path"], cfg.vocab_size)
     # the tokenizer is made again in each encoding process
     make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, plan["tok_path"])
-    enc = make_tokenizer()
-    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
-    tokens, docs = corpus.write_shards(documents(), held_out, make_tokenizer, dtype, plan["data_dir"],
-                                       plan["scan"]["bytes"])
-    return corpus.write_meta(plan, tok_hash, enc, dtype, tokens, docs)
-
-
-def build_tokenizer(cfg, documents, held_out, path):
-    """--tokenizer bpe: a BPE trained on (a sample of) the training documents, saved at path; else
-    tiktoken's named encoding. Returns the tokenizer's hash, which every later stage checks."""
-    if cfg.tokenizer != "bpe":
-        return hashlib.sha256(cfg.tokenizer.encode()).hexdigest()
-    print(f"data: training a {cfg.vocab_size}-token BPE on up to {cfg.bpe_sample_mb:g} MB of training text ...",
-          flush=True)
-    ranks = train_bpe(corpus.bpe_sample(documents, held_out, cfg.bpe_sample_mb), cfg.vocab_size)
-    if len(ranks) + 1 < cfg.vocab_size:  # (+1: the end-of-text token)
-        print(f"note: the BPE stopped at {len(ranks) + 1:,} tokens, fewer than --vocab-size {cfg.vocab_size:,}: "
-              "every word of its sample is one token by then (more, or more varied, text gives more)")
-    save_ranks(ranks, path)
-    return corpus.file_sha256(path)
+    return corpus.write_shards(documents(), held_out, make_tokenizer, plan)  # and meta.json
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,22 +78,10 @@ def build_tokenizer(cfg, documents, held_out, path):
 
 
 def corpus_files(cfg):
-    """[(path, name)] in a fixed order: every file of the running Python's standard library, in walk
-    order, or the files that --data names (lab/corpus.py). A document's name (what the split hashes) is
-    its path relative to the folder given, or the file's own name: moving the corpus elsewhere changes
-    neither the split nor the shards."""
-    if cfg.data:
-        return corpus.user_files(cfg.data)
-    root, files = sysconfig.get_paths()["stdlib"], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
-        files += [(os.path.join(dirpath, f), os.path.relpath(os.path.join(dirpath, f), root))
-                  for f in sorted(filenames)]
-    return files
-
-
-def corpus_name(cfg):
-    return " ".join(cfg.data) if cfg.data else f"Python {sys.version.split()[0]} standard library"
+    """[(path, name)] in a fixed order: the running Python's standard library, or the files --data names
+    (lab/corpus.py lists both). A name (what the split hashes) is the path relative to the folder given,
+    or the file's own name: moving the corpus elsewhere changes neither the split nor the shards."""
+    return corpus.user_files(cfg.data) if cfg.data else corpus.stdlib_files()
 
 
 def is_validation(name, fraction):
@@ -140,16 +96,15 @@ def is_validation(name, fraction):
 
 
 def train_bpe(texts, vocab_size):
-    """Learn merges over UTF-8 bytes. Returns tiktoken's mergeable ranks {token bytes: rank}:
-    the 256 single bytes, then each merge in the order learned.
+    """Learn merges over UTF-8 bytes: start from the 256 byte values and repeatedly merge the most
+    frequent adjacent pair of tokens into a new one, until the vocabulary is full. Returns tiktoken's
+    mergeable ranks {token bytes: rank}: the 256 single bytes, then each merge in the order learned.
 
     Each distinct pre-token is counted once (a word seen 10,000 times is one entry with a count),
     and pair counts are updated only around the words a merge touches; a heap finds the most
     frequent pair (stale heap entries are skipped when popped)."""
-    counts = Counter()
     pattern = regex.compile(PATTERN)
-    for text in texts:
-        counts.update(pattern.findall(text))
+    counts = Counter(piece for text in texts for piece in pattern.findall(text))
     words = [list(w.encode()) for w in counts]
     freq = list(counts.values())
     token_bytes = [bytes([i]) for i in range(256)]
@@ -215,27 +170,14 @@ def merge(word, pair, new):
     return out
 
 
-def make_encoding(ranks, name="bpe"):
-    return tiktoken.Encoding(name, pat_str=PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: max(ranks.values()) + 1})
+def make_encoding(ranks):
+    return tiktoken.Encoding("bpe", pat_str=PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": max(ranks.values()) + 1})
 
 
 def open_tokenizer(tokenizer, path):
     """The tiktoken Encoding of --tokenizer: ours from its rank file at path, or tiktoken's own by name."""
-    return make_encoding(load_ranks(path)) if tokenizer == "bpe" else corpus.named_encoding(tokenizer)
-
-
-# tiktoken's rank-file format: one "base64(token bytes) rank" per line. Written and read here
-# rather than by tiktoken.load, which caches files by path in a temp folder (a retrained
-# tokenizer at the same path would come back stale).
-def save_ranks(ranks, path):
-    atomic_write_text("".join(f"{base64.b64encode(b).decode()} {r}\n"
-                              for b, r in sorted(ranks.items(), key=lambda x: x[1])), path)
-
-
-def load_ranks(path):
-    lines = open(path).read().split()
-    return {base64.b64decode(t): int(r) for t, r in zip(lines[::2], lines[1::2])}
+    return make_encoding(corpus.load_ranks(path)) if tokenizer == "bpe" else corpus.named_encoding(tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,12 +185,8 @@ def load_ranks(path):
 
 
 def load_tokenizer(data_dir):
-    """The tiktoken Encoding the shards in data_dir were made with."""
-    meta = load_meta(data_dir)
-    path = os.path.join(data_dir, "tokenizer.tiktoken")
-    if meta["tokenizer"] == "bpe" and corpus.file_sha256(path) != meta["tokenizer_hash"]:
-        raise UserError(f"{path} does not match {data_dir}/meta.json: rerun python data.py")
-    return open_tokenizer(meta["tokenizer"], path)
+    """The tiktoken Encoding the shards in data_dir were made with (its file checked against meta.json)."""
+    return open_tokenizer(*corpus.tokenizer_file(data_dir))
 
 
 def get_batch(tokens, batch_size, block_size, generator, device="cpu"):

@@ -26,8 +26,7 @@ from lab.plumbing import UserError, arg, check_fields, load_checkpoint, require
 
 @dataclasses.dataclass
 class ModelConfig:
-    # the vocabulary comes with the data (data.py's meta.json), so it is not a flag
-    vocab_size: int = arg(4096, "tokens in the vocabulary", False, at_least=1)
+    vocab_size: int = arg(4096, "tokens in the vocabulary (not a flag: data.py's meta.json says)", False, at_least=1)
     block_size: int = arg(128, "context length", at_least=1)
     n_layer: int = arg(1, "transformer layers (the paper: 1)", at_least=1)
     n_head: int = arg(4, "attention heads", at_least=1)
@@ -37,11 +36,9 @@ class ModelConfig:
                           one_of=("relu", "gelu"))
 
     def __post_init__(self):
-        self.validate()
-
-    def validate(self):
         check_fields(self)
-        require(self.d_model % self.n_head == 0, f"--d-model {self.d_model}", f"must be divisible by --n-head {self.n_head}")
+        require(self.d_model % self.n_head == 0, f"--d-model {self.d_model}",
+                f"must be divisible by --n-head {self.n_head}")
 
 
 class Attention(nn.Module):
@@ -77,33 +74,27 @@ class Block(nn.Module):
     def forward(self, x, hook=None):
         x = x + self.attn(self.ln1(x))
         h = self.neurons(x)
-        if hook is not None:
-            h = hook(h)
-        return x + self.mlp_out(h)
+        return x + self.mlp_out(h if hook is None else hook(h))
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.apply(self._init)
-        # GPT-2's scaled init for the projections that write into the residual stream
+        for m in self.modules():  # GPT-2's init: weights N(0, 0.02), biases 0
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        # and its scaled init for the projections that write into the residual stream
         for block in self.blocks:
             for w in (block.attn.proj.weight, block.mlp_out.weight):
                 nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     def embed(self, idx):
         T = idx.shape[1]
@@ -112,12 +103,10 @@ class Transformer(nn.Module):
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
     def forward(self, idx, targets=None, mlp_hook=None, unembed=True):
-        """Logits (B, T, vocab), and the mean next-token cross-entropy when targets are given.
-
-        mlp_hook(layer, acts) -> acts, if given, sees each layer's MLP activations after the
-        nonlinearity and returns what the layer uses instead (the same tensor to only read).
-        unembed=False: the final residual stream (B, T, d_model) alone, after the last LayerNorm
-        (train_lm.py computes the loss from it, with or without the logits)."""
+        """Logits (B, T, vocab), and the mean next-token cross-entropy when targets are given. mlp_hook(layer,
+        acts) -> acts sees each layer's MLP activations after the nonlinearity and returns what the layer uses
+        instead (the same tensor to only read). unembed=False: the final residual stream (B, T, d_model) alone,
+        after the last LayerNorm (train_lm.py computes the loss from it, with or without the logits)."""
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if mlp_hook is None else (lambda h, i=i: mlp_hook(i, h)))
@@ -156,7 +145,8 @@ class Transformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokens -> MLP activations: what the SAE is trained on and what the analysis measures
+# What the later stages call: tokens -> MLP activations (what the SAE trains on, what the analysis
+# measures), and the trained model (train_lm.py writes its checkpoint)
 
 
 @torch.no_grad()
@@ -179,10 +169,6 @@ def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"
         ids.append(w.flatten())
     positions = torch.from_numpy(starts[:, None] + np.arange(T)[None]).flatten()
     return torch.cat(acts)[:count], torch.cat(ids)[:count], positions[:count]
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints (train_lm.py writes them)
 
 
 def load_lm(out, lm_dir="lm", device="cpu"):

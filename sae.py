@@ -1,5 +1,4 @@
-"""
-The sparse autoencoder (SAE) of "Towards Monosemanticity" (Bricken et al., 2023).
+"""sae.py: the sparse autoencoder (SAE) of "Towards Monosemanticity" (Bricken et al., 2023).
 
     x_bar = x - b_dec                  pre-encoder bias, tied to minus the post-decoder bias
     f     = ReLU(W_enc x_bar + b_enc)  feature activations, sparse
@@ -17,10 +16,9 @@ Loss, in normalised units x_n = x * act_scale:
     l1  = mean over the batch of sum_i f_i
     loss = mse + l1_coeff * l1     (relu; the paper)      loss = mse     (topk; Gao et al. 2024)
 
-This file is the paper, in order: the module, the decoder-norm constraint, the training step with
-its gradient by autograd (the readable reference), dead-feature resampling, evaluation. The same
-gradient derived by hand, touching only the active features, is lab/sae_fast.py's fused_grads:
-train_step takes either (train_sae.py --fused, the default, picks the fast one).
+This file is the paper, in order: the module, the decoder-norm constraint, the training step with its
+gradient by autograd (the readable reference; lab/sae_fast.py's fused_grads derives the same gradient by
+hand, touching only the active features: train_sae.py --fused, the default), resampling, evaluation.
 """
 import math
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lab.plumbing import UserError, load_checkpoint
+from lab.plumbing import load_checkpoint, require
 
 
 @dataclass
@@ -41,17 +39,15 @@ class SAEConfig:
     activation: str = "relu" # "relu" (the paper: ReLU + L1) or "topk" (Gao et al. 2024: k largest, no L1)
     k: int = 32              # topk only: active features per input
 
-    def __post_init__(self):
-        checks = [(self.d_in >= 1, f"d_in must be >= 1, got {self.d_in}"),
-                  (self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}"),
-                  (self.l1_coeff >= 0, f"l1_coeff must be >= 0, got {self.l1_coeff}"),
-                  (self.activation in ("relu", "topk"),
-                   f"activation must be 'relu' or 'topk', got {self.activation!r}"),
-                  (self.activation != "topk" or 1 <= self.k <= self.n_features,
-                   f"k must be in 1..n_features={self.n_features} for topk, got {self.k}")]
-        for ok, problem in checks:
-            if not ok:  # (a NaN fails its check too; UserError is a ValueError)
-                raise UserError(f"SAEConfig: {problem}")
+    def __post_init__(self):  # each a UserError (a ValueError) "SAEConfig: ..."; a NaN fails its check too
+        for ok, problem in [(self.d_in >= 1, f"d_in must be >= 1, got {self.d_in}"),
+                            (self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}"),
+                            (self.l1_coeff >= 0, f"l1_coeff must be >= 0, got {self.l1_coeff}"),
+                            (self.activation in ("relu", "topk"),
+                             f"activation must be 'relu' or 'topk', got {self.activation!r}"),
+                            (self.activation != "topk" or 1 <= self.k <= self.n_features,
+                             f"k must be in 1..n_features={self.n_features} for topk, got {self.k}")]:
+            require(ok, "SAEConfig:", problem)
 
 
 class SAE(nn.Module):
@@ -131,10 +127,8 @@ def geometric_median(x, iters=100, tol=1e-6):
     y = x.mean(0)
     for _ in range(iters):
         w = 1 / (x - y).norm(dim=1).clamp_min(1e-8)
-        y_new = (w[:, None] * x).sum(0) / w.sum()
-        done = (y_new - y).norm() <= tol * y.norm().clamp_min(1.0)
-        y = y_new
-        if done:
+        y, y_old = (w[:, None] * x).sum(0) / w.sum(), y
+        if (y - y_old).norm() <= tol * y_old.norm().clamp_min(1.0):
             break
     return y
 
@@ -163,9 +157,8 @@ def make_optimizer(sae, lr):
 
 def train_step(sae, opt, x, l1_coeff=None, grads=None, sync=None):
     """One optimizer step on the batch x (N, d_in): the gradients (grads: reference_grads below, or
-    lab/sae_fast.py's fused_grads, which gives the same numbers faster), their parallel part removed,
-    averaged over the processes under DDP (sync), then Adam, then the dictionary renormalised.
-    l1_coeff: this step's, where a schedule changes it (else cfg's). Returns the grads' dict of
+    lab/sae_fast.py's fused_grads, the same numbers faster) with their parallel part removed, averaged
+    over the processes under DDP (sync), then Adam, then the dictionary renormalised. Returns the grads'
     statistics: loss, mse, l1, l0 and fired, each feature's count of active inputs."""
     stats = (grads or reference_grads)(sae, x, l1_coeff)
     if sync is not None:
@@ -176,10 +169,9 @@ def train_step(sae, opt, x, l1_coeff=None, grads=None, sync=None):
 
 
 def reference_grads(sae, x, l1_coeff=None):
-    """The gradients by autograd: sae.loss(x, l1_coeff).backward(), then remove_parallel_grad.
-    Every .grad is overwritten, so there is nothing to zero first."""
-    for p in sae.parameters():
-        p.grad = None
+    """The gradients by autograd: sae.loss(x, l1_coeff).backward() into fresh .grads (the caller zeroes
+    nothing), then remove_parallel_grad."""
+    sae.zero_grad(set_to_none=True)
     with torch.enable_grad():
         out = sae.loss(x, l1_coeff)
         out["loss"].backward()
@@ -226,8 +218,7 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
     pick = torch.multinomial(prob, len(idx), replacement=len(idx) > (prob > 0).sum().item())
     x_n = x[pick].float() * sae.act_scale
     direction = x_n / x_n.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    alive = ~dead
-    enc_norm = sae.W_enc[alive].norm(dim=1).mean() if alive.any() else torch.tensor(1.0)
+    enc_norm = sae.W_enc[~dead].norm(dim=1).mean() if not dead.all() else torch.tensor(1.0)
     sae.W_dec[idx] = direction                     # the input, normalised to unit norm
     sae.W_enc[idx] = direction * 0.2 * enc_norm    # 0.2 x the alive features' mean encoder norm
     sae.b_enc[idx] = 0.0

@@ -9,6 +9,7 @@ processes, one per core, encodes it and the shards grow as they go (write_shards
 The split and the tokenizer are data.py's; they come in as arguments (held_out, make_tokenizer),
 so that this module imports nothing from data.py and the imports flow one way.
 """
+import base64
 import codecs
 import glob
 import gzip
@@ -18,6 +19,8 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
+import sysconfig
 import time
 import zlib
 from collections import Counter, deque
@@ -31,6 +34,7 @@ SNIFF = 8192          # bytes: a file is text if these have no NUL byte and are 
 PIECE = 1 << 20       # characters: documents are read, hashed and encoded in pieces of at most this
 CHUNK = 1 << 20       # characters of text per task sent to an encoding process
 REPORT_EVERY = 5.0    # seconds between progress lines
+MIN_DOCUMENTS = 20    # fewer documents than this are split by blocks, not by name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,12 +73,12 @@ def scan_corpus(files, held_out, patterns):
             "skipped": dict(stats), "bytes": total}
 
 
-def block_size(scan, fraction, min_documents):
+def block_size(scan, fraction):
     """0 to split by document name, when that gives a sensible split. Otherwise (a few large documents;
     the commonest is one book as one .txt) the size of the blocks every document is cut into, about a
     thousandth of the corpus (4k-64k characters, at a line break), held out by "name#block"."""
     share = scan["val_characters"] / scan["characters"]
-    if scan["documents"] >= min_documents and fraction / 4 <= share <= 0.5:
+    if scan["documents"] >= MIN_DOCUMENTS and fraction / 4 <= share <= 0.5:
         return 0
     block = min(65536, max(4096, scan["characters"] // 1000))
     print(f"data: {scan['documents']:,} document(s), {share:.0%} of the text held out by name: "
@@ -109,11 +113,14 @@ def bpe_sample(docs, held_out, mb):
             yield p
 
 
-def write_shards(docs, held_out, make_tokenizer, dtype, data_dir, total):
+def write_shards(docs, held_out, make_tokenizer, plan):
     """Third pass: a pool of processes (one per core) encodes chunks of text while this one reads
-    the corpus and appends their tokens, in order, to <split>.bin.tmp. At most two chunks per
-    process are in flight, so memory does not grow with the corpus. Each process makes its own
-    tokenizer by calling make_tokenizer(); total is the corpus size in bytes, for the progress line."""
+    the corpus and appends their tokens, in order, to <split>.bin.tmp in plan's folder. At most two
+    chunks per process are in flight, so memory does not grow with the corpus. Each process makes its
+    own tokenizer by calling make_tokenizer(). Returns meta.json's dict, once written (write_meta)."""
+    enc = make_tokenizer()
+    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32  # token ids: uint32 only where the vocabulary needs it
+    data_dir, total = plan["data_dir"], plan["scan"]["bytes"]  # total: the corpus's bytes, for the progress line
     tokens, counts = {"train": 0, "val": 0}, {"train": 0, "val": 0}
 
     def chunks():  # [(split, starts a document, text)] of about CHUNK characters, and the bytes read
@@ -134,7 +141,8 @@ def write_shards(docs, held_out, make_tokenizer, dtype, data_dir, total):
     itemsize = np.dtype(dtype).itemsize
     t0, last, pending = time.time(), time.time(), deque()
     paths = {s: os.path.join(data_dir, f"{s}.bin.tmp") for s in tokens}
-    with removed_on_failure(paths.values(), paths["train"]), open(paths["train"], "wb") as train, open(paths["val"], "wb") as val, \
+    with removed_on_failure(paths.values(), paths["train"]), open(paths["train"], "wb") as train, \
+            open(paths["val"], "wb") as val, \
             multiprocessing.Pool(workers, init_worker, (make_tokenizer, dtype)) as pool:
 
         def write_oldest():
@@ -156,7 +164,7 @@ def write_shards(docs, held_out, make_tokenizer, dtype, data_dir, total):
     seconds = time.time() - t0
     print(f"data: encoded {sum(tokens.values()):,} tokens in {seconds:.0f} s by {workers} process(es) "
           f"({sum(tokens.values()) / seconds / 1e6:.2f}M tokens/s)")
-    return tokens, counts
+    return write_meta(plan, enc, dtype, tokens, counts)
 
 
 _enc, _dtype = None, None  # each encoding process's tokenizer, made once by init_worker
@@ -214,6 +222,17 @@ def user_files(patterns):
                 raise UserError(f"--data {path}: the folder is empty")
             names.update(found)
     return sorted((p, n) for p, n in names.items() if os.path.isfile(p))  # no pipes or devices
+
+
+def stdlib_files():
+    """data.py's default corpus: every file of the running Python's standard library as [(path, name)],
+    in walk order (folders and files sorted), its installed packages and caches left out."""
+    root, files = sysconfig.get_paths()["stdlib"], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        files += [(os.path.join(dirpath, f), os.path.relpath(os.path.join(dirpath, f), root))
+                  for f in sorted(filenames)]
+    return files
 
 
 def walk(root):
@@ -333,12 +352,13 @@ def damaged(path, e):
 # data.prepare's books: what is reused, what is refused, what meta.json records
 
 
-def plan_rebuild(cfg, files, held_out, name, min_documents):
+def plan_rebuild(cfg, files, held_out):
     """(meta, None) when <out>/data/ is up to date with these inputs; else (None, plan), the folder
     emptied of its meta.json and the plan of the build: its paths, the corpus' scan, the block size
     (0: split by document name) and the inputs meta.json records. A changed flag is refused before
     the corpus is read, a changed text once the scan has hashed it (unless --overwrite); a damaged
     output is rebuilt."""
+    name = " ".join(cfg.data) if cfg.data else f"Python {sys.version.split()[0]} standard library"
     data_dir = os.path.join(cfg.out, "data")
     meta_path = os.path.join(data_dir, "meta.json")
     old = json.load(open(meta_path)) if os.path.exists(meta_path) else None
@@ -355,7 +375,7 @@ def plan_rebuild(cfg, files, held_out, name, min_documents):
     if old:  # the same inputs give the same tokenizer and shards, so what was trained on them still matches
         why = "inputs changed since it was written" if changed else damaged or "--overwrite"
         print(f"data: {meta_path}: {why}; rebuilding the tokenizer and shards")
-    block = block_size(scan, cfg.val_fraction, min_documents)
+    block = block_size(scan, cfg.val_fraction)
     make_folder(data_dir)
     # Remove the old meta first: a crash mid-way then leaves no meta.json claiming the old shards
     # go with a new tokenizer.
@@ -365,9 +385,11 @@ def plan_rebuild(cfg, files, held_out, name, min_documents):
                       scan=scan, block=block, want=want, name=name, val_fraction=cfg.val_fraction)
 
 
-def write_meta(plan, tok_hash, enc, dtype, tokens, docs):
-    """The shards moved into place with their digests, and meta.json written last; returns it."""
-    scan, block = plan["scan"], plan["block"]
+def write_meta(plan, enc, dtype, tokens, docs):
+    """The shards moved into place with their digests, and meta.json written last; returns it. The
+    tokenizer's hash, which every later stage checks: its rank file's, or a tiktoken encoding's name's."""
+    scan, block, tokenizer = plan["scan"], plan["block"], plan["want"]["tokenizer"]
+    tok_hash = file_sha256(plan["tok_path"]) if tokenizer == "bpe" else hashlib.sha256(tokenizer.encode()).hexdigest()
     digests = finish_shards(plan["data_dir"], docs, f"--data: {scan['characters']:,} characters of text are too few "
                             f"to hold out --val-fraction {plan['val_fraction']} in blocks of {block:,}; add text or "
                             "raise --val-fraction")
@@ -393,6 +415,15 @@ def report(meta):
 
 def file_sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def tokenizer_file(data_dir):
+    """(--tokenizer, the path of its rank file) of the shards in data_dir, once the file matches meta.json."""
+    meta = load_meta(data_dir)
+    path = os.path.join(data_dir, "tokenizer.tiktoken")
+    if meta["tokenizer"] == "bpe" and file_sha256(path) != meta["tokenizer_hash"]:
+        raise UserError(f"{path} does not match {data_dir}/meta.json: rerun python data.py")
+    return meta["tokenizer"], path
 
 
 def load_meta(data_dir):
@@ -496,6 +527,30 @@ def outputs_problem(data_dir, meta):
     if meta["tokenizer"] == "bpe" and not (os.path.exists(path) and file_sha256(path) == meta["tokenizer_hash"]):
         return f"{path} is missing or does not match meta.json"
     return shard_problem(data_dir, meta, "train") or shard_problem(data_dir, meta, "val")
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer's file: tiktoken's rank-file format, one "base64(token bytes) rank" per line. Written
+# and read here rather than by tiktoken.load, which caches files by path in a temp folder (a retrained
+# tokenizer at the same path would come back stale).
+
+
+def save_bpe(ranks, path, vocab_size):
+    """data.py's trained BPE saved at path, with a note when it stopped short of --vocab-size."""
+    if len(ranks) + 1 < vocab_size:  # (+1: the end-of-text token)
+        print(f"note: the BPE stopped at {len(ranks) + 1:,} tokens, fewer than --vocab-size {vocab_size:,}: "
+              "every word of its sample is one token by then (more, or more varied, text gives more)")
+    save_ranks(ranks, path)
+
+
+def save_ranks(ranks, path):
+    atomic_write_text("".join(f"{base64.b64encode(b).decode()} {r}\n"
+                              for b, r in sorted(ranks.items(), key=lambda x: x[1])), path)
+
+
+def load_ranks(path):
+    lines = open(path).read().split()
+    return {base64.b64decode(t): int(r) for t, r in zip(lines[::2], lines[1::2])}
 
 
 def named_encoding(name):

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import random
+import sysconfig
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def random_unicode(rng, n):
 
 @pytest.fixture(scope="module")
 def small_ranks():
-    texts = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
+    texts = [open(os.path.join(sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
              for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["日本語のテキスト。 Ελληνικά 😀😀 العربية"]
     return data.train_bpe(texts, 600)
 
@@ -51,7 +52,7 @@ def test_bpe_round_trips_any_unicode(small_ranks):
 
 
 def test_bpe_training_is_deterministic(small_ranks):
-    texts = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
+    texts = [open(os.path.join(sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
              for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["日本語のテキスト。 Ελληνικά 😀😀 العربية"]
     assert data.train_bpe(texts, 600) == small_ranks
     assert sorted(small_ranks.values()) == list(range(599))  # 256 bytes + merges, no gaps
@@ -59,8 +60,8 @@ def test_bpe_training_is_deterministic(small_ranks):
 
 def test_rank_file_round_trip(small_ranks, tmp_path):
     path = str(tmp_path / "t.tiktoken")
-    data.save_ranks(small_ranks, path)
-    assert data.load_ranks(path) == small_ranks
+    lab.corpus.save_ranks(small_ranks, path)
+    assert lab.corpus.load_ranks(path) == small_ranks
 
 
 def test_split_is_stable_and_about_the_fraction():
@@ -132,7 +133,7 @@ def test_pieces_encode_to_the_tokens_of_the_whole_text(small_ranks):
     enc = data.make_encoding(small_ranks)
     rng = random.Random(1)
     seps = ["\n", "\r\n", "\n\n", "\n    ", " \n", "\n\t", "\n\x1c", "\u2028", " ", "  ", ".\n", "\n\n\n  x"]
-    code = [open(os.path.join(data.sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
+    code = [open(os.path.join(sysconfig.get_paths()["stdlib"], m), encoding="utf-8").read()
             for m in ("textwrap.py", "csv.py", "LICENSE.txt")] + ["word " * 1000]  # the last has no line to cut at
     noise = ["".join(random_unicode(rng, rng.randint(0, 40)) + rng.choice(seps) for _ in range(300)) for _ in range(20)]
     for texts, size in ((code, 1000), (code, 20000), (noise, 300), (noise, 3000), (["ab" * 1000], 300)):
@@ -168,7 +169,7 @@ ORIGINAL_ENCODE_CHUNK = lab.corpus.encode_chunk
 
 
 def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatch):
-    stdlib = data.sysconfig.get_paths()["stdlib"]
+    stdlib = sysconfig.get_paths()["stdlib"]
     corpus = tmp_path / "corpus"
     (corpus / "sub").mkdir(parents=True)
     for i, m in enumerate(["textwrap.py", "csv.py", "LICENSE.txt", "heapq.py", "bisect.py", "fnmatch.py",
@@ -193,7 +194,7 @@ def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatc
     ranks = data.train_bpe(train, 400)
     enc = data.make_encoding(ranks)
     out = tmp_path / "o" / "data"
-    assert data.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
+    assert lab.corpus.load_ranks(str(out / "tokenizer.tiktoken")) == ranks
     for split, texts in (("train", train), ("val", val)):
         ids = [enc.encode_ordinary(doc) for doc in texts]  # today's format: an end-of-text before every document
         expected = np.fromiter((t for doc in ids for t in [enc.eot_token, *doc]), dtype=np.uint16)
@@ -207,7 +208,7 @@ def test_streaming_gives_the_in_memory_shards_and_tokenizer(tmp_path, monkeypatc
 
 
 def test_one_big_file_is_split_by_blocks(tmp_path, capsys):
-    stdlib = data.sysconfig.get_paths()["stdlib"]
+    stdlib = sysconfig.get_paths()["stdlib"]
     text = "".join(open(os.path.join(stdlib, m), encoding="utf-8").read()
                    for m in ("LICENSE.txt", "textwrap.py", "difflib.py", "calendar.py", "argparse.py"))[:400_000]
     (tmp_path / "book.txt").write_text(text)
