@@ -5,20 +5,12 @@
     python analyze.py browse|steer|rate|ratings ...   # the lab's tools (lab/tools.py; each takes --help)
 
 Reads the LM, every SAE (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out tokens, and measures, in the
-paper's order:
-  1. reconstruction, and the loss recovered when the SAE's reconstruction replaces the MLP's activations;
-  2. feature density: how often each feature fires, the dead ones and an ultralow-density cluster;
-  3. features versus neurons: an explain-then-simulate score, the same for both, also at matched density;
-     beside it detection, top-and-random, specificity and k-sparse probing (lab/detection.py, top_random.py,
-     specificity.py, probing.py);
-  4. grounded in the model: does a unit's effect on the logits agree with what follows where it fires?
-
-A "unit" is one column of an activation matrix (tokens, units): a neuron, a feature, or a neuron
-sparsified to the features' density (sparsify). The held-out tokens are cut into contexts of 32 tokens,
-in LM windows that alternate between two halves (window_halves): a unit is explained from the EXPLAIN
-half and scored on the SCORE half. One streaming pass (lab/measure.py, cached) reduces every held-out
-token to per-unit counts, sums and top contexts (measured); the lab adds one call each around the
-evidence: the measures beside it, grounding's machinery, the browser, steering and the report.
+paper's order (the sections below): 1. reconstruction and loss recovered; 2. feature density; 3. features
+versus neurons on an explain-then-simulate score; 4. grounding: does a unit's effect on the logits agree with
+what follows where it fires? A "unit" is one column of an activation matrix (tokens, units): a neuron, a
+feature, or a neuron sparsified to the features' density (sparsify). One streaming pass (lab/measure.py,
+cached) reduces every held-out token to per-unit statistics (measured); the lab adds the measures beside the
+evidence (detection, top-and-random, specificity, probing), grounding's machinery, the browser and the report.
 """
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
@@ -30,10 +22,10 @@ import numpy as np
 import torch
 
 import data
-from lab import (browser, detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
-                 specificity, stats, steer, summary, tools, top_random)
+from lab import (detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
+                 specificity, stats, summary, tools, top_random)
 from lab.measure import EXPLAIN, SCORE, load_run
-from lab.plumbing import UserError, arg, check_fields, fmt_eta, parse_config, run_main
+from lab.plumbing import UserError, arg, check_fields, parse_config, run_main
 
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
 STEPS = ["all", "losses", "density", "interp", "specificity", "grounding"]
@@ -89,18 +81,13 @@ def analyze(cfg, step="all"):
         res["probing"] = probing.probing(run, m, neuron_kinds(m.sparse_k), cfg.seed, cfg.bootstrap)
     if step in ("all", "grounding"):   # 4. does a unit's effect on the logits agree with what follows where it fires?
         res["grounding"] = grounding.grounded(cfg, run, m, neuron_kinds(m.sparse_k))
-    if step == "all":  # the lab's edges: the browser and the steering table read the interp step's scored units
-        scored = summary.load_units(cfg, run)
-        res["browser"] = browser.write_browser(browser.Config(), run, m, scored)
-        res["steering"] = steer.measure_steering(steer.Config(), run, m, scored)
-        res["seconds"] = time.time() - t0
-        print(f"report: {report.write_report(cfg, run, res)} ({fmt_eta(res['seconds'])})")
+    if step == "all":   # the lab's edges: the feature browser, the steering table and the report
+        report.finish(cfg, run, m, res, t0)
     return res
 
 
 # ----------------------------------------------------------------------------------------------
 # What is measured: the halves, the kinds of units, the density-matched baseline
-
 
 def window_halves(n_tokens, block_size):
     """(n_tokens,) each held-out token's half: EXPLAIN in even LM windows, SCORE in odd ones. An
@@ -110,16 +97,14 @@ def window_halves(n_tokens, block_size):
     return (np.arange(n_tokens) // block_size % 2).astype(np.int64)
 
 
-# The density-matched baseline. A feature fires on about 1% of the tokens, a neuron on about 4%, and a
-# rare unit is easier to describe with a short table: "features beat neurons" may only say "sparse beats
-# dense". So, chosen before any result was seen, the neurons made as sparse as the features: on each
-# token only the k most active, k = d_mlp x the features' mean density. Per token, not a threshold per
-# neuron: a sparse code of the same activations built like the SAE's (a TopK SAE whose dictionary is the
-# neurons), as Paulo et al. (2024) asked it; a threshold would keep each neuron's most specific part.
-
-
 def sparsify(h, k):
-    """h (n, d) with all but the k largest activations of each row set to 0."""
+    """h (n, d) with all but the k largest activations of each row set to 0: the density-matched baseline.
+    A feature fires on about 1% of the tokens, a neuron on about 4%, and a rare unit is easier to describe
+    with a short table: "features beat neurons" may only say "sparse beats dense". So, chosen before any
+    result was seen, the neurons made as sparse as the features: on each token only the k most active,
+    k = d_mlp x the features' mean density (matched_k). Per token, not a threshold per neuron: a sparse code
+    of the same activations built like the SAE's (a TopK SAE whose dictionary is the neurons), as Paulo et
+    al. (2024) asked it; a threshold would keep each neuron's most specific part."""
     top = h.topk(min(k, h.shape[1]), dim=1)
     return torch.zeros_like(h).scatter_(1, top.indices, top.values.clamp_min(0))
 
@@ -150,7 +135,6 @@ def measured(cfg, run):
 
 # ----------------------------------------------------------------------------------------------
 # 1. Reconstruction and loss recovered (the paper: 79% for A/1, against zero ablation)
-
 
 @torch.no_grad()
 def lm_losses(model, tokens, n_tokens, replacements, batch=32):
@@ -214,8 +198,7 @@ def reading(moments):
 
 
 def spliced(sae, errors, k):
-    """The SAE's reconstruction in place of the activations, its squared error (in the activations'
-    own units) summed into errors[k]."""
+    """The SAE's reconstruction in place of the activations; its squared error, in their own units, into errors[k]."""
     def fn(h):
         x_hat = sae(h)[0]
         errors[k] += ((x_hat - h) * sae.act_scale).double().square().sum().item()
@@ -231,7 +214,6 @@ def firing(s, n):
 
 # ----------------------------------------------------------------------------------------------
 # 2. Feature density (the paper's histogram of log10 densities; its ultralow-density cluster)
-
 
 def density(run, m):
     """Per SAE: densities, dead count and the ultralow cluster; writes density.png."""
@@ -273,21 +255,21 @@ def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Features versus neurons: the explain-then-simulate score (the paper's automated interpretability,
-# made offline). The paper asks Claude to explain a unit from its activating examples, to predict its
-# activations on other examples from the explanation alone, and correlates prediction and truth.
-# Offline, lab/explainer.py stands in for Claude: an explanation is the most a lookup table of at most
-# max_entries rows can say, each row a (previous token, token) pattern, a token pattern or a context
-# predicate (lab/predicates.py: "inside a comment", "base64", ...: the paper's explanations are
-# sentences about contexts) with the mean activation of the tokens it matches, plus one "anything else"
-# value. The same size for every kind of unit, so a polysemantic unit is penalised exactly as much as
-# it is hard to summarise. Here: what a unit is explained from, what it is scored on, and how.
-
+# 3. Features versus neurons: the paper's automated interpretability, made offline. The paper asks Claude to
+# explain a unit from its activating examples, to predict its activations on other examples from the
+# explanation alone, and correlates prediction and truth. lab/explainer.py stands in for Claude: an
+# explanation is the most a lookup table of at most max_entries rows can say, each row a (previous token,
+# token) pattern, a token pattern or a context predicate (lab/predicates.py: "inside a comment", "base64",
+# ...: the paper's explanations are sentences about contexts) with the mean activation of the tokens it
+# matches, plus one "anything else" value: the same size for every kind of unit, so a polysemantic unit is
+# penalised exactly as much as it is hard to summarise.
 
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron, feature and sparsified neuron of the main SAE by the paper's protocol
     (score_paper); a random sample of each kind, of the same size, also at every explanation length of
-    SIZES and by top-and-random (lab/top_random.py), is what the kinds are compared on (compared)."""
+    SIZES and by top-and-random (lab/top_random.py), is what the kinds are compared on: the samples'
+    medians and differences with 95% intervals, per density bin and at matched density (lab/resampling.py).
+    Writes interp.png and units.json (every unit's explanation and scores)."""
     names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
     unit_stats = {kind: m.stats[name] for kind, name in names.items()}
     ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
@@ -312,20 +294,14 @@ def interpretability(cfg, run, m, dens=None):
         for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = explainer.describe(r["explanation"], run.enc, text.vocab)
         print(f"interp: scored {len(alive_units[kind])} alive {kind} in {time.time() - t0:.1f}s")
-    return dict(compared(cfg, run, unit_stats, compare, results, int(text.docs.max()) + 1), n=n)
-
-
-def compared(cfg, run, unit_stats, compare, results, n_docs):
-    """Features against neurons and sparsified neurons: the samples' medians and differences with 95%
-    intervals, per density bin and at matched density (lab/resampling.py); writes interp.png and
-    units.json (every unit's explanation and scores)."""
     d = {kind: s.fired.double().numpy() / run.n_tokens for kind, s in unit_stats.items()}
-    comparison = resampling.comparison(compare, results, d, n_docs, cfg.max_entries, SIZES, cfg.bootstrap, cfg.seed)
+    comparison = resampling.comparison(compare, results, d, int(text.docs.max()) + 1, cfg.max_entries, SIZES,
+                                       cfg.bootstrap, cfg.seed)
     figures.plot_interp(compare, comparison, cfg.max_entries, os.path.join(run.dir, "interp.png"))
     summary.save_units(run, unit_stats, results)
     print(f"interp: median score, features minus neurons {formatting.signed(comparison['median_diff'])}")
     return dict(summary=comparison, compare=compare, all=results, explain=cfg.explain,
-                single_token_share=explainer.SINGLE_TOKEN_SHARE)
+                single_token_share=explainer.SINGLE_TOKEN_SHARE, n=n)
 
 
 def alive(s, ultralow=None):
@@ -338,9 +314,8 @@ def alive(s, ultralow=None):
 
 
 def sample(cfg, alive_units, rng):
-    """(n, {kind: indices into alive_units[kind]}): the comparison's sample, n units of each kind drawn at
-    random among the alive ones (the sparsified neurons, drawn last, may have fewer alive: a neuron is rarely
-    among the top k)."""
+    """(n, {kind: indices into alive_units[kind]}): n alive units of each kind drawn at random (the sparsified
+    neurons, drawn last, may have fewer alive: a neuron is rarely among the top k)."""
     n = min(cfg.n_units, len(alive_units["features"]), len(alive_units["neurons"]))
     if n == 0:
         raise UserError("no alive unit fires in both halves of the held-out data: analyse more --tokens")
@@ -349,9 +324,8 @@ def sample(cfg, alive_units, rng):
 
 
 def random_contexts(cfg, run, m, kinds, half, n, rng):
-    """n contexts of one half drawn at random, with the activations of kinds there: dict(ctx
-    (n,), and per kind (n, ctx, U)). The paper's protocol draws 50 in the EXPLAIN half and 200 in the
-    SCORE half (10 random ones per unit, and lab/detection.py's silent ones); top-and-random its own."""
+    """n contexts of one half drawn at random, with the activations of kinds there: dict(ctx (n,), and per
+    kind (n, ctx, U)): the pools the protocol's random examples (and lab/detection.py's silent ones) come from."""
     ctx = np.flatnonzero(m.halves[::cfg.context] == half)
     ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
     return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds))
@@ -377,10 +351,9 @@ class Examples:
 
 
 def paper_examples(u, n, top, intervals, pool, alone, order, rng):
-    """Unit u's examples in one half, the paper's way (n: EXPLAIN_SET or SCORE_SET). top: the half's
-    TopContexts; intervals: the contexts drawn from its 12 intervals below the top one (stack_intervals);
-    pool: random contexts of the half (random_contexts); alone (vocab, U) every token's activations out
-    of context, order (vocab, U) the tokens by them, largest first."""
+    """Unit u's examples in one half (n: EXPLAIN_SET or SCORE_SET), from the half's top contexts, its
+    intervals' samples (measure.stack_intervals), a pool of random contexts (random_contexts) and every
+    token's activations alone (alone (vocab, U); order: the tokens by them, largest first)."""
     keep = top.val[u] > 0
     ids, acts = top.ctx[u][keep][:n["top"]].numpy(), top.acts[u][keep][:n["top"]].numpy()
     drawn = (intervals.val[u] > -float("inf")).numpy() & ~np.isin(intervals.ctx[u].numpy(), ids)
@@ -391,12 +364,6 @@ def paper_examples(u, n, top, intervals, pool, alone, order, rng):
     tokens = order[n["tokens"][0]:n["tokens"][1], u]
     return Examples(np.append(ids, pool["ctx"][pick]), np.concatenate([acts, pool["acts"][pick, :, u]]),
                     tokens, alone[tokens, u])
-
-
-def stack_intervals(tops):
-    """A half's per-interval samples below the top interval (the top one is the top contexts'), as one
-    TopContexts with val, ctx (U, 12 x 2) and acts (U, 12 x 2, ctx)."""
-    return measure.TopContexts(*(torch.cat([getattr(t, f) for t in tops[:-1]], 1) for f in ("val", "ctx", "acts")))
 
 
 def positions(ex, text):
@@ -411,13 +378,12 @@ def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, s
     ones by the Pearson correlation of simulated and true activations (and detected, lab/detection.py),
     also with another unit's explanation (the control: the previous unit's). The paper correlates ranks
     (Spearman's, reported beside); Pearson's follows from per-context sums, so the intervals can resample
-    documents (lab/resampling.py). unit_stats: the kind's UnitStats; intervals: [half][interval]
-    TopContexts; pools: [half] random_contexts; alone (vocab, U): every token's activations alone."""
+    documents (lab/resampling.py). intervals, pools: per half; alone (vocab, U): every token read alone."""
     alone = alone.clone().numpy()
     alone[text.eot] = -np.inf                       # the end of text is no token to read alone
     order = np.argsort(-alone, axis=0, kind="stable")
     alone[text.eot] = 0
-    lengths, intervals = sorted({max_entries, *sizes}), [stack_intervals(half) for half in intervals]
+    lengths, intervals = sorted({max_entries, *sizes}), [measure.stack_intervals(half) for half in intervals]
     out = [score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_entries, seed) for u in units]
     for r, other in zip(out, out[-1:] + out[:-1]):
         scored, silent = r.pop("examples")
@@ -429,9 +395,8 @@ def score_paper(units, unit_stats, intervals, pools, alone, text, max_entries, s
 
 
 def score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_entries, seed):
-    """score_paper for one unit, without the control (its examples are kept for it). Per explanation
-    length, sums (C + 1, 6) per scored context and their documents (docs): lab/resampling.py reweights
-    them to resample the documents."""
+    """score_paper for one unit, without the control (its examples are kept for it); per explanation length,
+    the context_sums of the scored contexts, whose documents (docs) lab/resampling.py resamples."""
     rng = np.random.default_rng([seed, int(u)])
     ex, sc = (paper_examples(u, n, unit_stats.top[h], intervals[h], pools[h], alone, order, rng)
               for n, h in ((EXPLAIN_SET, EXPLAIN), (SCORE_SET, SCORE)))
@@ -451,9 +416,8 @@ def score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_
 
 
 def context_sums(expl, at, text):
-    """(C + 1, 6): per context of the examples (row 0: the tokens alone), the sums n, s, t, s^2, t^2, st
-    of the simulation s and the truth t: a correlation over any reweighting of the contexts follows.
-    at: the examples' positions()."""
+    """(C + 1, 6): per context of the examples (at: their positions(); row 0: the tokens alone), the sums
+    n, s, t, s^2, t^2, st of the simulation s and truth t: a correlation over any reweighting follows."""
     prev, cur, labels, t, where = at
     sim = explainer.simulate(expl, prev, cur, labels, text.vocab)
     cols = (np.ones_like(t), sim, t, sim * sim, t * t, sim * t)

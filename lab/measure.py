@@ -326,6 +326,12 @@ def sort_top(top):
     top.acts = top.acts.gather(1, order[..., None].expand_as(top.acts))
 
 
+def stack_intervals(tops):
+    """A half's per-interval samples below the top interval (the top one is the top contexts'), as one
+    TopContexts with val, ctx (U, 12 x 2) and acts (U, 12 x 2, ctx)."""
+    return TopContexts(*(torch.cat([getattr(t, f) for t in tops[:-1]], 1) for f in ("val", "ctx", "acts")))
+
+
 def sample_intervals(tops, cacts, mx, ids, g):
     """Merge a batch's contexts into a random sample per activation interval, the one sampler of the
     score (analyze.py) and of the browser's and rating cards' interval examples. tops: K TopContexts,

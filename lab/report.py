@@ -3,15 +3,17 @@
 analyze.py measures; this file writes what it measured. report.md is, in order: a one-screen summary
 (the run, then our numbers beside the paper's: here), one section per measurement in the paper's
 order, each a function returning its lines (lab/report_sections.py; k-sparse probing, the browser and
-steering write their own), the sections that later steps add (add_section), and the settings.
+steering write their own), the sections that later steps add (add_section), and the settings; finish
+runs a full analysis' last steps: the browser, the steering table, then the report.
 summary.json holds the headline numbers for programs (lab/summary.py, which writes units.json too).
 Tokens and intervals are written by lab/formatting.py, the figures drawn by lab/figures.py.
 """
 import dataclasses
 import json
 import os
+import time
 
-from lab import probing
+from lab import browser, probing, steer, summary
 from lab.formatting import signed
 from lab.measure import FEW_TOKENS
 from lab.plumbing import atomic_write_text, fmt_eta
@@ -27,6 +29,16 @@ PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6
 # Sections written after the report, by steps of their own (python analyze.py ratings): each is kept
 # as <name>.md and <name>.json in the analysis folder, so that a later report includes it again.
 KEPT = ("ratings",)
+
+
+def finish(cfg, run, m, res, t0):
+    """A full analysis' last steps, on the interp step's scored units: the feature browser, the steering
+    table, then report.md. m: analyze.measured; res: analyze.analyze's results; t0: when it started."""
+    scored = summary.load_units(cfg, run)
+    res["browser"] = browser.write_browser(browser.Config(), run, m, scored)
+    res["steering"] = steer.measure_steering(steer.Config(), run, m, scored)
+    res["seconds"] = time.time() - t0
+    print(f"report: {write_report(cfg, run, res)} ({fmt_eta(res['seconds'])})")
 
 
 def write_report(cfg, run, res):

@@ -85,7 +85,7 @@ def test_the_papers_examples_come_from_each_interval_and_the_tokens_alone():
     order = np.argsort(-alone.numpy(), axis=0, kind="stable")
     ids = np.flatnonzero(halves[::CTX] == measure.EXPLAIN)[:50]
     pool = dict(ctx=ids, acts=acts.view(-1, CTX, 1)[ids])
-    ex = analyze.paper_examples(0, analyze.EXPLAIN_SET, s.top[0], analyze.stack_intervals(intervals[0]), pool,
+    ex = analyze.paper_examples(0, analyze.EXPLAIN_SET, s.top[0], measure.stack_intervals(intervals[0]), pool,
                                 alone.numpy(), order,
                                 np.random.default_rng(0))
     drawn = sum(int(((t.val[0] > -float("inf")) & ~torch.isin(t.ctx[0], s.top[0].ctx[0][:10])).sum())
