@@ -90,10 +90,10 @@ def analyze(cfg, step="all"):
 # What is measured: the halves, the kinds of units, the density-matched baseline
 
 def window_halves(n_tokens, block_size):
-    """(n_tokens,) each held-out token's half: EXPLAIN in even LM windows, SCORE in odd ones. An
-    explanation is never scored on the tokens it was read from, yet both halves come from the same
-    documents, as the paper draws its explaining and scoring examples from one distribution
-    (splitting by document instead leaves a feature for a token that one file uses unscoreable)."""
+    """(n_tokens,) each held-out token's half: EXPLAIN in even LM windows, SCORE in odd ones. An explanation
+    is never scored on the tokens it was read from, yet both halves come from the same documents, as the paper
+    draws its explaining and scoring examples from one distribution (by document, a feature for a token that
+    one file uses would be unscoreable)."""
     return (np.arange(n_tokens) // block_size % 2).astype(np.int64)
 
 
@@ -276,9 +276,10 @@ def interpretability(cfg, run, m, dens=None):
         (unit_stats["features"].fired.double() / run.n_tokens).numpy())
     kinds = {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}   # as functions of the MLP's activations
     rng = np.random.default_rng(cfg.seed)         # top-and-random's contexts, then the sample of units
-    pool = random_contexts(cfg, run, m, kinds, SCORE, 5 * cfg.score_random, rng)
+    pool = measure.random_contexts(run, m, kinds, SCORE, 5 * cfg.score_random, rng, cfg.context)
     draw = np.random.default_rng([cfg.seed, 1])   # the paper's protocol's random contexts, in each half
-    pools = [random_contexts(cfg, run, m, kinds, half, n, draw) for half, n in ((EXPLAIN, 50), (SCORE, 200))]
+    pools = [measure.random_contexts(run, m, kinds, half, n, draw, cfg.context)
+             for half, n in ((EXPLAIN, 50), (SCORE, 200))]
     text = explainer.held_out(cfg, run, m)
     alone = measure.alone_acts(run.model, text.vocab, kinds)   # every token read alone
     alive_units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
@@ -323,14 +324,6 @@ def sample(cfg, alive_units, rng):
     return n, {kind: np.sort(rng.choice(len(u), sizes[kind], replace=False)) for kind, u in alive_units.items()}
 
 
-def random_contexts(cfg, run, m, kinds, half, n, rng):
-    """n contexts of one half drawn at random, with the activations of kinds there: dict(ctx (n,), and per
-    kind (n, ctx, U)): the pools the protocol's random examples (and lab/detection.py's silent ones) come from."""
-    ctx = np.flatnonzero(m.halves[::cfg.context] == half)
-    ids = np.sort(rng.choice(ctx, min(len(ctx), n), replace=False))
-    return dict(ctx=ids, **measure.context_acts(run.model, run.tokens, ids, cfg.context, kinds))
-
-
 # The paper's protocol (Bricken et al. 2023): a unit is explained from 49 examples and scored on 60,
 # drawn the same way in the two halves: its top contexts, 2 from each of the 12 activation intervals
 # below the top one (lab/measure.py's sample_intervals, the rating cards' sampler too), random
@@ -352,7 +345,7 @@ class Examples:
 
 def paper_examples(u, n, top, intervals, pool, alone, order, rng):
     """Unit u's examples in one half (n: EXPLAIN_SET or SCORE_SET), from the half's top contexts, its
-    intervals' samples (measure.stack_intervals), a pool of random contexts (random_contexts) and every
+    intervals' samples (measure.stack_intervals), a pool of random contexts (measure.random_contexts) and every
     token's activations alone (alone (vocab, U); order: the tokens by them, largest first)."""
     keep = top.val[u] > 0
     ids, acts = top.ctx[u][keep][:n["top"]].numpy(), top.acts[u][keep][:n["top"]].numpy()

@@ -14,7 +14,7 @@ DETECT_SILENT = 30   # silent contexts a unit's detection is tested on, beside i
 
 
 def silent_contexts(u, pool, rng):
-    """Up to DETECT_SILENT contexts of the pool (analyze.random_contexts) where unit u never fires, drawn
+    """Up to DETECT_SILENT contexts of the pool (measure.random_contexts) where unit u never fires, drawn
     at random."""
     silent = np.flatnonzero(pool["acts"][:, :, u].amax(1).numpy() <= 0)
     return pool["ctx"][rng.choice(silent, min(DETECT_SILENT, len(silent)), replace=False)]

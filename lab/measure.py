@@ -173,6 +173,14 @@ def context_acts(model, tokens, ids, ctx, sources):
     return {name: fn(h)[rows.to(h.device)].float().cpu() for name, fn in sources.items()}
 
 
+def random_contexts(run, m, sources, half, n, rng, ctx):
+    """n contexts of one half (m: a Measurement) drawn at random, with the activations of sources there:
+    dict(ctx (n,), and per source (n, ctx, U)): the pools of analyze.py's random examples."""
+    ids = np.flatnonzero(m.halves[::ctx] == half)
+    ids = np.sort(rng.choice(ids, min(len(ids), n), replace=False))
+    return dict(ctx=ids, **context_acts(run.model, run.tokens, ids, ctx, sources))
+
+
 @dataclasses.dataclass
 class TopContexts:
     """A running top-k of contexts per unit: val (U, k) each context's max activation, ctx (U, k)
@@ -228,8 +236,8 @@ def measure(batches, n_tokens, halves, proxies, ctx=32, k=(40, 20), progress=Non
     within a context); proxies: (n_tokens, P) bool; next_ids: (n_tokens,) the row of next_counts
     each token's next token is counted in, of n_next + 1 rows (next_rows), or None. Every statistic
     is a reduction over tokens (a matmul or a sum), so the (tokens, U) matrix of a batch is read a
-    few times and dropped; a batch of ~1,000 tokens keeps it in cache. The activations may come from any device; the statistics
-    are kept on the CPU."""
+    few times and dropped; a batch of ~1,000 tokens keeps it in cache. The activations may come from any
+    device; the statistics are kept on the CPU."""
     halves_t = torch.from_numpy(halves)
     proxies_t = torch.from_numpy(np.asarray(proxies, dtype=np.float32))
     P = proxies_t.shape[1]

@@ -36,7 +36,7 @@ def score_units(units, unit_stats, pool, text, n_top, n_random, max_entries, siz
 
 def add_scores(compared, unit_stats, pool, kind, text, cfg):
     """Top-and-random's score as r["top_random"] of each unit compared by the paper's protocol (compared:
-    analyze.score_paper's results for one kind); pool: analyze.random_contexts of the SCORE half."""
+    analyze.score_paper's results for one kind); pool: measure.random_contexts of the SCORE half."""
     units = [r["unit"] for r in compared]
     scores = score_units(units, unit_stats, dict(ctx=pool["ctx"], acts=pool[kind]), text, cfg.score_top,
                          cfg.score_random, cfg.max_entries, seed=cfg.seed)
