@@ -8,7 +8,8 @@ Reads the LM, every SAE (<out>/<sae-dir>/F<n>/ckpt.pt) and the held-out tokens, 
 paper's order (the sections below): 1. reconstruction and loss recovered; 2. feature density; 3. features
 versus neurons on an explain-then-simulate score; 4. grounding: does a unit's effect on the logits agree with
 what follows where it fires? A "unit" is one column of an activation matrix (tokens, units): a neuron, a
-feature, or a neuron sparsified to the features' density (sparsify). One streaming pass (lab/measure.py,
+feature, or a neuron sparsified to the features' density (sparsify). A unit is explained from the EXPLAIN
+half of the held-out tokens and scored on the SCORE half (window_halves). One streaming pass (lab/measure.py,
 cached) reduces every held-out token to per-unit statistics (measured); the lab adds the measures beside the
 evidence (detection, top-and-random, specificity, probing), grounding's machinery, the browser and the report.
 """
@@ -266,10 +267,9 @@ def ultralow_cluster(density, min_share=0.01, min_gap=1.5):
 
 def interpretability(cfg, run, m, dens=None):
     """Score every alive neuron, feature and sparsified neuron of the main SAE by the paper's protocol
-    (score_paper); a random sample of each kind, of the same size, also at every explanation length of
-    SIZES and by top-and-random (lab/top_random.py), is what the kinds are compared on: the samples'
-    medians and differences with 95% intervals, per density bin and at matched density (lab/resampling.py).
-    Writes interp.png and units.json (every unit's explanation and scores)."""
+    (score_paper). A random sample of each kind, of one size, also scored at every explanation length of SIZES
+    and by top-and-random (lab/top_random.py), is what the kinds are compared on: medians and differences with
+    95% intervals, per density bin and at matched density (lab/resampling.py). Writes interp.png, units.json."""
     names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
     unit_stats = {kind: m.stats[name] for kind, name in names.items()}
     ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
