@@ -111,10 +111,10 @@ def sparsify(h, k):
 
 
 @torch.no_grad()
-def matched_k(run, n_tokens=2**14):
+def matched_k(run):
     """k of sparsify: d_mlp x the main SAE's mean feature density (its L0 / n_features, rounded, at
-    least 1), read on the first n_tokens held-out tokens (the mean settles within a few thousand)."""
-    n = min(n_tokens, run.n_tokens)
+    least 1), read on the first 2**14 held-out tokens (the mean settles within a few thousand)."""
+    n = min(2**14, run.n_tokens)
     batches = measure.stream(run.model, run.tokens, n, {"f": run.main_sae.encode}, run.batch)
     active = sum(int((a["f"] > 0).sum()) for _, a in batches)
     return max(1, round(run.model.cfg.d_mlp * active / n / run.main))
