@@ -9,12 +9,8 @@ text (licenses), numbers, email and HTTP samples and non-Latin scripts: enough v
 one-layer model to learn many distinct features. Writes under <out>/data/:
 
     tokenizer.tiktoken   the BPE merges in tiktoken's rank-file format (served by tiktoken)
-    train.bin, val.bin   token ids, uint16 (uint32 if the vocabulary needs it), an end-of-text
-                         token before every document (or block: see prepare below)
+    train.bin, val.bin   token ids (uint16; uint32 if the vocabulary needs it), end-of-text before each document
     meta.json            tokenizer hash, vocabulary size, token counts, corpus description
-
-A corpus of many GB is streamed, never held in memory, by lab/corpus.py, which also keeps the
-books: shards a finished run may depend on are never rebuilt from other inputs without --overwrite.
 """
 import dataclasses
 import functools
@@ -55,8 +51,9 @@ class DataConfig:
 
 
 def prepare(cfg):
-    """Corpus -> tokenizer -> train.bin/val.bin/meta.json. lab/corpus.py keeps the books: what is up to
-    date is reused, changed inputs are refused without --overwrite, meta.json records the shards' digests."""
+    """Corpus -> tokenizer -> train.bin/val.bin/meta.json. lab/corpus.py streams a corpus of any size (never
+    held in memory) and keeps the books: what is up to date is reused, changed inputs are refused without
+    --overwrite (a finished run may depend on them), meta.json records the shards' digests."""
     files, held_out = corpus_files(cfg), functools.partial(is_validation, fraction=cfg.val_fraction)
     meta, plan = corpus.plan_rebuild(cfg, files, held_out)
     if meta:
@@ -68,14 +65,12 @@ def prepare(cfg):
               flush=True)
         ranks = train_bpe(corpus.bpe_sample(documents(), held_out, cfg.bpe_sample_mb), cfg.vocab_size)
         corpus.save_bpe(ranks, plan["tok_path"], cfg.vocab_size)
-    # the tokenizer is made again in each encoding process
-    make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, plan["tok_path"])
+    make_tokenizer = functools.partial(open_tokenizer, cfg.tokenizer, plan["tok_path"])  # made in each process
     return corpus.write_shards(documents(), held_out, make_tokenizer, plan)  # and meta.json
 
 
 # ----------------------------------------------------------------------------------------------
 # The corpus: (name, text) documents in a fixed order, and the split
-
 
 def corpus_files(cfg):
     """[(path, name)] in a fixed order: the running Python's standard library, or the files --data names
@@ -94,17 +89,14 @@ def is_validation(name, fraction):
 # ----------------------------------------------------------------------------------------------
 # The tokenizer: a byte-level BPE trained from scratch, served by tiktoken
 
-
 def train_bpe(texts, vocab_size):
     """Learn merges over UTF-8 bytes: start from the 256 byte values and repeatedly merge the most
     frequent adjacent pair of tokens into a new one, until the vocabulary is full. Returns tiktoken's
     mergeable ranks {token bytes: rank}: the 256 single bytes, then each merge in the order learned.
 
-    Each distinct pre-token is counted once (a word seen 10,000 times is one entry with a count),
-    and pair counts are updated only around the words a merge touches; a heap finds the most
-    frequent pair (stale heap entries are skipped when popped)."""
-    pattern = regex.compile(PATTERN)
-    counts = Counter(piece for text in texts for piece in pattern.findall(text))
+    Each distinct pre-token is counted once (a word seen 10,000 times is one entry with a count), pair
+    counts are updated only around the words a merge touches, and a heap finds the most frequent pair."""
+    counts = Counter(piece for text in texts for piece in regex.findall(PATTERN, text))
     words = [list(w.encode()) for w in counts]
     freq = list(counts.values())
     token_bytes = [bytes([i]) for i in range(256)]
@@ -124,12 +116,10 @@ def train_bpe(texts, vocab_size):
         if pair_count.get(pair, 0) != -negc or negc == 0:
             continue  # stale entry: this pair's count changed since it was pushed
         merged = token_bytes[pair[0]] + token_bytes[pair[1]]
-        if merged in ranks:  # same bytes reached by another split: reuse that token
-            new = ranks[merged]
-        else:
-            new = len(token_bytes)
+        if merged not in ranks:  # (else the same bytes were reached by another split: reuse that token)
+            ranks[merged] = len(token_bytes)
             token_bytes.append(merged)
-            ranks[merged] = new
+        new = ranks[merged]
         for p in merge_everywhere(words, freq, where, pair_count, pair, new):
             if pair_count[p] > 0:
                 heapq.heappush(heap, (-pair_count[p], p))
@@ -158,15 +148,14 @@ def merge_everywhere(words, freq, where, pair_count, pair, new):
 
 
 def merge(word, pair, new):
-    """The word (a list of token ids) with each occurrence of pair, left to right, made the token new."""
-    out, j = [], 0
-    while j < len(word):
-        if j + 1 < len(word) and word[j] == pair[0] and word[j + 1] == pair[1]:
-            out.append(new)
-            j += 2
+    """The word (a list of token ids) with each occurrence of pair, left to right, made the token new
+    (never pair[0]: its bytes are longer, so a token just made is never merged again in this pass)."""
+    out = []
+    for t in word:
+        if out and out[-1] == pair[0] and t == pair[1]:
+            out[-1] = new
         else:
-            out.append(word[j])
-            j += 1
+            out.append(t)
     return out
 
 
@@ -182,7 +171,6 @@ def open_tokenizer(tokenizer, path):
 
 # ----------------------------------------------------------------------------------------------
 # What the later stages call: the tokenizer, the shards (read by lab/corpus.py) and windows of them
-
 
 def load_tokenizer(data_dir):
     """The tiktoken Encoding the shards in data_dir were made with (its file checked against meta.json)."""

@@ -1,15 +1,12 @@
-"""model.py: the paper's one-layer transformer, with its 512 MLP neurons exposed.
+"""model.py: the paper's one-layer transformer (residual stream 128, one MLP of 512 ReLU neurons).
 
-The paper's model: one layer, residual stream of width 128, one MLP of 512 neurons
-with a ReLU. The sparse autoencoder is trained on "the MLP activation vectors after the ReLU";
-everything the project does with the model goes through that one point:
+The sparse autoencoder is trained on "the MLP activation vectors after the ReLU"; everything the
+project does with the model goes through that one point:
 
-    acts = model.mlp_activations(idx)                  # read the 512 neurons (harvesting)
-    logits, loss = model(idx, y, mlp_hook=fn)          # replace them: fn(layer, acts) -> acts
-                                                       # (splicing in an SAE, ablating, steering)
+    acts = model.mlp_activations(idx)           # read the 512 neurons (harvesting)
+    logits, loss = model(idx, y, mlp_hook=fn)   # replace them: fn(layer, acts) -> acts (an SAE, ablation, steering)
 
-What the paper does not state (heads, context, positions, norms) is ours: 4 heads of 32,
-learned positions, pre-LayerNorm, a context of 128, untied embedding and unembedding.
+Ours where the paper is silent: 4 heads of 32, learned positions, pre-LayerNorm, context 128, untied unembedding.
 """
 import dataclasses
 import math
@@ -103,10 +100,8 @@ class Transformer(nn.Module):
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
     def forward(self, idx, targets=None, mlp_hook=None, unembed=True):
-        """Logits (B, T, vocab), and the mean next-token cross-entropy when targets are given. mlp_hook(layer,
-        acts) -> acts sees each layer's MLP activations after the nonlinearity and returns what the layer uses
-        instead (the same tensor to only read). unembed=False: the final residual stream (B, T, d_model) alone,
-        after the last LayerNorm (train_lm.py computes the loss from it, with or without the logits)."""
+        """Logits (B, T, vocab) and, given targets, the mean next-token cross-entropy. mlp_hook: see the top
+        of the file (return the same tensor to only read). unembed=False: the final residual stream alone."""
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if mlp_hook is None else (lambda h, i=i: mlp_hook(i, h)))
@@ -117,13 +112,12 @@ class Transformer(nn.Module):
         loss = None if targets is None else F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
         return out, loss
 
-    def mlp_activations(self, idx, layer=-1):
-        """The chosen layer's MLP activations (B, T, d_mlp), computing nothing after them."""
-        layer = layer % len(self.blocks)
+    def mlp_activations(self, idx):
+        """The last layer's MLP activations (B, T, d_mlp), computing nothing after them."""
         x = self.embed(idx)
-        for block in self.blocks[:layer]:
+        for block in self.blocks[:-1]:
             x = block(x)
-        block = self.blocks[layer]
+        block = self.blocks[-1]
         return block.neurons(x + block.attn(block.ln1(x)))
 
     @torch.no_grad()
@@ -145,9 +139,7 @@ class Transformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# What the later stages call: tokens -> MLP activations (what the SAE trains on, what the analysis
-# measures), and the trained model (train_lm.py writes its checkpoint)
-
+# What the later stages call: tokens -> MLP activations (what the SAE trains on), and the trained model
 
 @torch.no_grad()
 def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"):

@@ -6,19 +6,17 @@
     loss  = mse(x_hat, x) + l1_coeff * |f|_1
 
 Units. Beyond the paper (Anthropic's 2024 update does the same), inputs are first multiplied by a
-fixed scalar act_scale chosen once from data so that mean ||x * act_scale||^2 == d_in. All of the
-SAE's insides (b_dec, f, the loss) live in these normalised units, so one l1_coeff means the same
-thing for every model (model A, seed B, a random-weights control). encode/decode/forward take and
-give back the original units.
+fixed scalar act_scale, chosen once from data so that mean ||x * act_scale||^2 == d_in. The SAE's
+insides (b_dec, f, the loss) live in these normalised units, so one l1_coeff means the same thing
+for every model (model A, seed B, a random-weights control); encode/decode/forward speak x's units.
 
 Loss, in normalised units x_n = x * act_scale:
     mse = mean over the batch AND the d_in dims of (x_hat_n - x_n)^2   (predicting 0 gives ~1)
     l1  = mean over the batch of sum_i f_i
     loss = mse + l1_coeff * l1     (relu; the paper)      loss = mse     (topk; Gao et al. 2024)
 
-This file is the paper, in order: the module, the decoder-norm constraint, the training step with its
-gradient by autograd (the readable reference; lab/sae_fast.py's fused_grads derives the same gradient by
-hand, touching only the active features: train_sae.py --fused, the default), resampling, evaluation.
+In the paper's order: the module, the decoder-norm constraint, the training step (its gradient by
+autograd; lab/sae_fast.py's fused_grads, train_sae.py's default, derives it by hand), resampling, evaluation.
 """
 import math
 from dataclasses import dataclass
@@ -33,8 +31,7 @@ from lab.plumbing import load_checkpoint, require
 class SAEConfig:
     d_in: int = 512          # width of the activations (the paper: 512 MLP neurons)
     n_features: int = 4096   # dictionary size (the paper's A/1: 8x the neurons)
-    # relu only, in the normalised units below: the sparsity/reconstruction trade-off (too high and
-    # the SAE collapses to the mean). train_sae.py's --l1-coeff defaults to this one.
+    # relu only, in the normalised units below: sparsity vs reconstruction (too high: the SAE collapses to the mean)
     l1_coeff: float = 3e-3
     activation: str = "relu" # "relu" (the paper: ReLU + L1) or "topk" (Gao et al. 2024: k largest, no L1)
     k: int = 32              # topk only: active features per input
@@ -134,9 +131,8 @@ def geometric_median(x, iters=100, tol=1e-6):
 
 
 # ----------------------------------------------------------------------------------------------
-# The decoder-norm constraint: unit-norm dictionary vectors. The paper found renormalising after each
-# step alone worse than also removing, before the step, the part of each vector's gradient that would
-# only change its length.
+# The decoder-norm constraint: unit-norm dictionary vectors. The paper found renormalising after each step
+# alone worse than also removing, before it, the part of each vector's gradient that only changes its length.
 
 @torch.no_grad()
 def remove_parallel_grad(sae):
@@ -150,16 +146,13 @@ def normalize_decoder(sae):
 
 
 def make_optimizer(sae, lr):
-    """Plain Adam, as in the paper (which does not state its betas: we use PyTorch's 0.9, 0.999).
-    fused=True is the same arithmetic in one kernel."""
+    """Plain Adam, as in the paper (its betas unstated: PyTorch's 0.9, 0.999); fused: the same sums, one kernel."""
     return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
 
 
 def train_step(sae, opt, x, l1_coeff=None, grads=None, sync=None):
-    """One optimizer step on the batch x (N, d_in): the gradients (grads: reference_grads below, or
-    lab/sae_fast.py's fused_grads, the same numbers faster) with their parallel part removed, averaged
-    over the processes under DDP (sync), then Adam, then the dictionary renormalised. Returns the grads'
-    statistics: loss, mse, l1, l0 and fired, each feature's count of active inputs."""
+    """One optimizer step on x (N, d_in): the gradients (grads, else reference_grads), averaged over the
+    processes under DDP (sync), Adam, the dictionary renormalised. Returns loss, mse, l1, l0 and fired."""
     stats = (grads or reference_grads)(sae, x, l1_coeff)
     if sync is not None:
         sync(sae, stats)
@@ -169,8 +162,7 @@ def train_step(sae, opt, x, l1_coeff=None, grads=None, sync=None):
 
 
 def reference_grads(sae, x, l1_coeff=None):
-    """The gradients by autograd: sae.loss(x, l1_coeff).backward() into fresh .grads (the caller zeroes
-    nothing), then remove_parallel_grad."""
+    """The gradients by autograd into fresh .grads (the caller zeroes nothing), their parallel part removed."""
     sae.zero_grad(set_to_none=True)
     with torch.enable_grad():
         out = sae.loss(x, l1_coeff)
@@ -182,8 +174,7 @@ def reference_grads(sae, x, l1_coeff=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Dead features (paper): features that stopped firing are resampled a few times early in training,
-# each one re-aimed at an input the SAE currently reconstructs badly.
+# Dead features (paper): those that stopped firing are resampled a few times early in training.
 
 def resample_schedule(total_steps):
     """The paper resamples at steps 25k, 50k, 75k and 100k of 1M: the same fractions of our run
@@ -192,21 +183,19 @@ def resample_schedule(total_steps):
 
 
 def dead_window(total_steps):
-    """How many recent steps a feature must have been silent for to count as dead. The paper: 12,500
-    of 1M steps (1.25%), ~100M activations. At our run lengths (a few thousand steps) 1.25% is a
-    few dozen steps, too few to tell a rare feature from a dead one, so use at least 250 steps (~1M
-    activations at batch 4096), but never more than the 2.5% between two resamples, so each
-    resample looks at a window no earlier resample has touched."""
+    """Steps a feature must have been silent for to count as dead. The paper: 12,500 of 1M (1.25%), ~100M
+    activations. At our few thousand steps that is a few dozen, too few to tell a rare feature from a dead
+    one: so at least 250 (~1M activations at batch 4096), but at most the 2.5% between two resamples, so
+    each resample looks at a window no earlier resample has touched."""
     return max(1, round(max(0.0125 * total_steps, min(250, 0.025 * total_steps))))
 
 
 @torch.no_grad()
 def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
-    """The paper's procedure: dead (F,) bool mask; x: a sample of inputs (the paper uses 819,200).
-    Each dead feature is re-aimed at one input, picked with probability proportional to the square
-    of its reconstruction loss; the encoder row and bias are reset so the new feature fires only
-    weakly at first. sq_errors (N,): each input's squared error, if already computed (the training
-    loop uses lab/sae_fast.py's squared_errors, faster). Returns how many features were resampled."""
+    """The paper's procedure: dead (F,) bool mask; x: a sample of inputs (the paper uses 819,200). Each
+    dead feature is re-aimed at one input, picked with probability proportional to the square of its
+    reconstruction loss; the encoder row and bias are reset so the new feature fires only weakly at first.
+    sq_errors (N,): each input's squared error, if the caller has it. Returns how many were resampled."""
     sae.check(x)
     idx = dead.nonzero().squeeze(1)
     if len(idx) == 0:
@@ -231,11 +220,9 @@ def resample_dead(sae, opt, dead, x, sq_errors=None, batch_size=8192):
 
 @torch.no_grad()
 def evaluate(sae, x, batch_size=8192):
-    """Held-out metrics (normalised units): mse, fvu (fraction of variance unexplained: squared
-    error / squared deviation from the mean), l0 (mean active features per input), density (F,)
-    (fraction of inputs each feature fires on), dead_frac (never fired here) and dense_frac
-    (fires on more than 10% of inputs)."""
-    sae.check(x)
+    """Held-out metrics (normalised units): mse, fvu (fraction of variance unexplained: squared error /
+    squared deviation from the mean), l0 (mean active features per input), density (F,) (fraction of
+    inputs each feature fires on), dead_frac (never fired here) and dense_frac (fires on over 10%)."""
     sq_err, fired, l0 = 0.0, torch.zeros(sae.cfg.n_features, device=x.device), 0.0
     for xb in x.split(batch_size):
         x_hat, f = sae(xb)
@@ -247,8 +234,7 @@ def evaluate(sae, x, batch_size=8192):
 
 
 def metrics(sae, x, sq_err, fired, l0):
-    """evaluate's dict from its sums over the inputs x: squared error (normalised units), (F,)
-    firing counts, active features in all."""
+    """evaluate's dict from its sums over x: squared error (normalised units), (F,) firings, active features."""
     x_n = x.float() * sae.act_scale
     density = fired / len(x)
     return dict(mse=sq_err / x.numel(), fvu=sq_err / (x_n - x_n.mean(0)).pow(2).sum().item(),
