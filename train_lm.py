@@ -101,8 +101,6 @@ def train(cfg, on_step=None):
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
     run.start(cfg.max_tokens, tokens_per_step, [dict(model_config=dataclasses.asdict(mcfg), model=model, optimizer=opt,
               batch_rng=batch_rng, tokenizer_hash=meta["tokenizer_hash"])],
-              must_match=dict.fromkeys(["model_config", "tokenizer_hash"], "was trained with another model config "
-                                       "or tokenizer; use the same flags and data, or a new --lm-dir"),
               timed=(next_batch, lambda m, o, batch: train_step(m, lm_loss, o, batch, cfg.lr, cfg, autocast)))
     run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; ", len(train_tokens))
     if run.step == 0:  # the untrained model's loss starts the curve
