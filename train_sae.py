@@ -113,8 +113,7 @@ def train(cfg, on_step=None):
                     run.say(f"step {step + 1}: resampled {n_dead} dead features of F{s.cfg.n_features}")
             # d. held-out metrics every eval_every steps, and a progress line
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
-                log_sae_metrics(run, evaluate, saes, val_acts, step + 1,
-                                [dict(train_loss=float(st["loss"])) for st in stats])
+                log_sae_metrics(run, evaluate, saes, val_acts, step + 1, [dict(train_loss=st["loss"]) for st in stats])
             run.progress(lambda: sae_progress(saes[-1], run.histories[-1], since_fired[-1], run.max_steps))
 
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
@@ -160,7 +159,8 @@ def sae_step(s, opt, x, grads, l1_coeff, sync=None):
     """One optimizer step (sae.train_step; grads None: by autograd) at this step's L1 coefficient. sync: under
     DDP, the gradients of the processes' slices averaged (linear, so removing their parallel part commutes)."""
     stats = sae_lib.train_step(s, opt, x, l1_coeff, grads, sync)
-    require_finite(float(stats["loss"]), f"SAE F{s.cfg.n_features}: ")
+    stats["loss"] = float(stats["loss"])  # a number, for the history; "fired" stays a tensor
+    require_finite(stats["loss"], f"SAE F{s.cfg.n_features}: ")
     return stats
 
 
