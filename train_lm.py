@@ -1,13 +1,11 @@
 """train_lm.py: train the one-layer transformer from scratch on the token shards.
 
     python train_lm.py                                     # 20M tokens: about 12 minutes on 2 CPU cores
-    python train_lm.py --device cuda --max-tokens 200000000  # one GPU, bf16 autocast
-    torchrun --nproc_per_node 4 train_lm.py --device cuda   # several GPUs (DDP; gloo on CPU)
+    torchrun --nproc_per_node 4 train_lm.py --device cuda   # several GPUs (DDP; docs/gpu.md)
 
-AdamW with linear warmup and cosine decay, and gradient clipping. The run's length is a count of
-tokens (--max-minutes: the count that fits, timed once), so every machine trains the same model. The
-last line holds the model's validation loss beside a count-based bigram model's, e.g. `val loss 3.40
-| bigram 4.61`: a transformer that cannot beat bigram counts has learned nothing worth decomposing.
+AdamW with linear warmup, cosine decay and gradient clipping, for a count of tokens (--max-minutes: the count that
+fits, timed once), so every machine trains the same model. The last line holds the validation loss beside a bigram
+model's, `val loss 3.40 | bigram 4.61`: a transformer that cannot beat bigram counts learned nothing to decompose.
 """
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
@@ -43,7 +41,7 @@ class TrainConfig:  # at_least=, above=...: a bad value is one line naming the f
     # set by programs (the tests, lab/compare.py), not on the command line
     min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", False, at_least=0, at_most=1)
     weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", False, at_least=0)
-    grad_clip: float = arg(1.0, "clip the gradient norm to this (0: off)", False, at_least=0, note=" (0: off)")
+    grad_clip: float = arg(1.0, "clip the gradient norm to this", False, above=0)
     eval_every: int = arg(250, "steps between validation losses", False, at_least=1)
     ckpt_every: int = arg(500, "steps between checkpoints", False, at_least=1)
 
@@ -60,7 +58,7 @@ def lr_at(step, cfg, max_steps):
 
 
 def make_optimizer(model, cfg):
-    """AdamW; weight decay on the matrices only (not on biases, gains and embeddings' ... vectors)."""
+    """AdamW; weight decay on the matrices only (not on the biases and the LayerNorm gains)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -76,8 +74,7 @@ def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
     with autocast:
         loss = lm_loss(net(x, unembed=False), getattr(net, "module", net).unembed.weight, y)
     loss.backward()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     require_finite(loss.item())
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -101,8 +98,6 @@ def train(cfg, on_step=None):
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
     run.start(cfg.max_tokens, tokens_per_step, [dict(model_config=dataclasses.asdict(mcfg), model=model, optimizer=opt,
               batch_rng=batch_rng, tokenizer_hash=meta["tokenizer_hash"])],
-              must_match=dict.fromkeys(["model_config", "tokenizer_hash"], "was trained with another model config "
-                                       "or tokenizer; use the same flags and data, or a new --lm-dir"),
               timed=(next_batch, lambda m, o, batch: train_step(m, lm_loss, o, batch, cfg.lr, cfg, autocast)))
     run.announce(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; ", len(train_tokens))
     if run.step == 0:  # the untrained model's loss starts the curve
@@ -133,34 +128,29 @@ def train(cfg, on_step=None):
 
 
 def plain_cross_entropy(h, W_U, targets):
-    """The mean next-token cross-entropy of the logits h @ W_U^T (B, T, vocab): the readable reference
-    for lab/fused_ce.py's unembed_cross_entropy, which never holds those logits."""
+    """The mean cross-entropy of the logits h @ W_U^T: the reference for lab/fused_ce.py's, which never holds them."""
     return torch.nn.functional.cross_entropy((h @ W_U.T).flatten(0, 1).float(), targets.flatten())
 
 
 @torch.no_grad()
 def evaluate(model, tokens, device, max_tokens=64 * 128):
-    """Mean next-token loss over consecutive, non-overlapping windows at the start of the
-    validation split (the same windows every time, so the curve is comparable)."""
+    """Mean next-token loss over consecutive, non-overlapping windows at the start of the validation split
+    (the same windows every time, so the curve is comparable). The model has no dropout: no eval mode."""
     T = model.cfg.block_size
     n = min(len(tokens) - 1, max_tokens) // T
     require(n > 0, f"validation split of {len(tokens)} tokens", f"is shorter than the context {T}: add data")
-    was_training = model.training
-    model.eval()
     total = 0.0
     for i in range(0, n, 64):
         rows = range(i, min(n, i + 64))
         w = data.windows(tokens, [r * T for r in rows], T + 1, device)
         _, loss = model(w[:, :-1], w[:, 1:])
         total += loss.item() * len(rows)
-    model.train(was_training)
     return total / n
 
 
 def bigram_loss(train_tokens, val_tokens, vocab_size):
-    """Cross-entropy of a count-based bigram model on the validation split: P(b|a) from counts of
-    (a, b) in the training split, add-alpha smoothed with the best alpha of a few (the baseline's
-    best shot). Pairs are counted sparsely, so it works for any vocabulary size."""
+    """Cross-entropy of a count-based bigram model on the validation split: P(b|a) from the training split's
+    counts of (a, b), add-alpha smoothed with the best of a few alphas (its best shot); pairs counted sparsely."""
     a, b = np.asarray(train_tokens[:-1], np.int64), np.asarray(train_tokens[1:], np.int64)
     pairs, counts = np.unique(a * vocab_size + b, return_counts=True)
     unigram = np.bincount(a, minlength=vocab_size)

@@ -4,23 +4,21 @@ Anthropic's 2024 recipe; --recipe paper trains it as the paper did).
     python train_sae.py                                  # 4,096 features (the paper's A/1), 12M activations
     python train_sae.py --sweep 512 1024 2048 4096       # several sizes on the same activations (A/0...)
 
-The LM runs over random windows of the training split; its MLP activations after the ReLU fill a
-shuffled buffer that the SAE trains on and that is refilled when it runs dry, so the SAE sees far
-more activations than fit in memory and never the same twice (the paper: 8 billion activations;
-repeated data makes dead features). Each size's SAE goes in <out>/<sae-dir>/F<n>/; the last line
-holds its held-out metrics: `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`.
+The LM runs over random windows of the training split; its MLP activations after the ReLU fill a shuffled
+buffer, refilled when it runs dry: the SAE sees far more activations than fit in memory, never the same twice
+(the paper: 8 billion activations; repeated data makes dead features). Each size's SAE goes in
+<out>/<sae-dir>/F<n>/; its held-out metrics end the run: `F4096: L0 34.7 | FVU 0.040 | dead 0.0% | 12.0M activations`.
 """
 import lab  # first, before torch loads: lab/__init__.py lets waiting OpenMP threads sleep
 
 import dataclasses
-import functools
 
 import torch
 
 import sae as sae_lib
 from lab import sae_fast
 from lab.plumbing import arg, check_fields, flag_errors, parse_config, require, run_main
-from lab.run import Run, lm_and_shards, print_sae_metrics, require_finite, sae_memory, sae_progress
+from lab.run import Run, lm_and_shards, log_sae_metrics, print_sae_metrics, require_finite, sae_memory, sae_progress
 from model import harvest
 
 RECIPES = {"paper": "the paper's: default initialisation, resampling at 2.5/5/7.5/10% of the steps, constant lr",
@@ -35,8 +33,7 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     device: str = arg("auto", "auto, cpu, cuda or cuda:N")
     seed: int = arg(0, "seed for the SAE's initialisation and the activations' order")
     max_activations: int = arg(12_000_000, "activations to train on (the paper: 8 billion)", at_least=1)
-    max_minutes: float = arg(0.0, "a time budget instead of --max-activations", at_least=0,
-                             note=" (0: use --max-activations)")
+    max_minutes: float = arg(0.0, "a time budget instead of a count", at_least=0, note=" (0: use --max-activations)")
     resume: bool = arg(False, "continue the run in <out>/<sae-dir>/ exactly where it stopped")
     overwrite: bool = arg(False, "replace a finished run in <out>/<sae-dir>/ (else refused)")
     n_features: int = arg(sae_lib.SAEConfig.n_features, "dictionary size (the paper's A/1: 4,096)", at_least=1)
@@ -83,7 +80,7 @@ def train(cfg, on_step=None):
     run = Run(cfg, "SAE", "--sae-dir", lambda c: [f"F{n}" for n in c.sizes], pattern="F*", unit="activations")
     cfg = run.cfg   # on --resume, cfg is the checkpoint's: the run goes on as it began
     # the fast path, chosen here: lab/sae_fast.py's gradients and metrics, the same numbers as sae.py's, faster
-    grads = functools.partial(sae_fast.fused_grads, bf16=None if cfg.bf16 else False) if cfg.fused else None
+    grads = (lambda s, x, l1: sae_fast.fused_grads(s, x, l1, bf16=None if cfg.bf16 else False)) if cfg.fused else None
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
     saes, opts, since_fired, fill, buffer, held_out = set_up(run, cfg, grads)
     val_acts = held_out(cfg.eval_activations)   # the validation split's, the same at every evaluation
@@ -116,24 +113,23 @@ def train(cfg, on_step=None):
                     run.say(f"step {step + 1}: resampled {n_dead} dead features of F{s.cfg.n_features}")
             # d. held-out metrics every eval_every steps, and a progress line
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
-                record_metrics(run, evaluate, saes, val_acts, step + 1, [dict(train_loss=st["loss"]) for st in stats])
+                log_sae_metrics(run, evaluate, saes, val_acts, step + 1, [dict(train_loss=st["loss"]) for st in stats])
             run.progress(lambda: sae_progress(saes[-1], run.histories[-1], since_fired[-1], run.max_steps))
 
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
     if not run.end_processes():
         return None
     final_acts = held_out(4 * cfg.eval_activations)
-    record_metrics(run, evaluate, saes, final_acts, run.step, [dict(final=True, held_out=len(final_acts))] * len(saes))
+    log_sae_metrics(run, evaluate, saes, final_acts, run.step, [dict(final=True, held_out=len(final_acts))] * len(saes))
     ckpts = run.finish(timed_phase="SAE steps")
     print_sae_metrics(saes, run.histories, run.step * cfg.batch_size)  # `F4096: L0 34.7 | FVU 0.040 | ...`
     return ckpts
 
 
 def set_up(run, cfg, grads):
-    """The LM; the SAEs (--recipe 2024: its start), their optimizers and the fills' random streams, resumed or
-    new, and what their checkpoints hold; a new run's first fill, which sets each SAE's scale and b_dec.
-    Returns them with fill() and held_out(n), n activations on fixed random windows of the validation split."""
-    model, lm_ckpt, lm, train_tokens, val_tokens = lm_and_shards(cfg, run.device)
+    """The LM; the SAEs (--recipe 2024: its start), their optimizers, a new run's first fill (each SAE's scale
+    and b_dec come from it); fill() for the next, held_out(n): n activations on fixed validation windows."""
+    model, about_lm, lm, train_tokens, val_tokens = lm_and_shards(cfg, run.device)
     run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size))
     torch.manual_seed(cfg.seed)
     saes = [sae_lib.SAE(c).to(run.device) for c in cfg.sae_configs(model.cfg.d_mlp)]
@@ -142,46 +138,30 @@ def set_up(run, cfg, grads):
     opts = [sae_lib.make_optimizer(s, cfg.lr) for s in saes]
     since_fired = [torch.zeros(n, dtype=torch.long, device=run.device) for n in cfg.sizes]
     windows_rng, shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
-    fill = lambda: refill_buffer(model, train_tokens, cfg.buffer_size, windows_rng, shuffle_rng, run.device)
+
+    def fill():  # buffer_size activations of the LM on random windows of the training split, shuffled
+        acts = harvest(model, train_tokens, cfg.buffer_size, windows_rng, device=run.device)[0]
+        return acts[torch.randperm(len(acts), generator=shuffle_rng).to(run.device)]
     buffer = None if cfg.resume else run.timed("harvest", fill)  # resumed: the loop refills (a fill boundary)
     for s in saes if buffer is not None else []:  # act_scale, and b_dec at the geometric median (paper)
         s.init_from_data(buffer[:2**14])
     run.start(cfg.max_activations, cfg.batch_size, [dict(sae_config=dataclasses.asdict(s.cfg), sae=s, optimizer=o,
               seen=lambda step: step * cfg.batch_size, since_fired=f, windows_rng=windows_rng, shuffle_rng=shuffle_rng,
               **lm) for s, o, f in zip(saes, opts, since_fired)],
-              must_match={"lm_fingerprint": f"was trained on another LM than {cfg.out}/{cfg.lm_dir}: start a new "
-                                            "--sae-dir"},
               timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=run.device)[0],
                      lambda s, o, x: sae_step(s, o, x, grads, cfg.l1_coeff)))
-    run.announce(f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons); SAE sizes "
-                 f"{cfg.sizes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))
+    run.announce(f"{about_lm}; SAE sizes {cfg.sizes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))
     held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=run.device)[0]
     return saes, opts, since_fired, fill, buffer, held_out
 
 
-def refill_buffer(model, tokens, n, windows_rng, shuffle_rng, device):
-    """n activations of the LM on random windows of the training split, shuffled."""
-    buffer = harvest(model, tokens, n, windows_rng, device=device)[0]
-    return buffer[torch.randperm(len(buffer), generator=shuffle_rng).to(device)]
-
-
 def sae_step(s, opt, x, grads, l1_coeff, sync=None):
-    """One optimizer step (sae.train_step; grads None: by autograd) at this step's L1 coefficient; its
-    statistics as numbers, "fired" as a tensor. sync: under DDP, the gradients of the processes' slices
-    averaged (linear, so removing their parallel part commutes with it)."""
+    """One optimizer step (sae.train_step; grads None: by autograd) at this step's L1 coefficient. sync: under
+    DDP, the gradients of the processes' slices averaged (linear, so removing their parallel part commutes)."""
     stats = sae_lib.train_step(s, opt, x, l1_coeff, grads, sync)
-    stats = {k: (v.item() if torch.is_tensor(v) and v.dim() == 0 else v) for k, v in stats.items()}
+    stats["loss"] = float(stats["loss"])  # a number, for the history; "fired" stays a tensor
     require_finite(stats["loss"], f"SAE F{s.cfg.n_features}: ")
     return stats
-
-
-def record_metrics(run, evaluate, saes, acts, step, extras):
-    """Each SAE's held-out metrics on acts (sae.evaluate's, without the per-feature densities) and its
-    extras[i], in its history and log.jsonl (run.log)."""
-    for i, (s, extra) in enumerate(zip(saes, extras)):
-        m = run.timed("held-out metrics", evaluate, s, acts)
-        run.log({"step": step, "activations": step * run.per_step, **extra,
-                 **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}}, i)
 
 
 def resample(s, opt, since_fired, buffer, step, run):
@@ -198,12 +178,11 @@ def resample(s, opt, since_fired, buffer, step, run):
 
 
 # ----------------------------------------------------------------------------------------------
-# --recipe 2024: Anthropic's April 2024 update of their SAE training. It drops the pre-encoder bias
-# and lets the decoder norms float, weighting each feature's L1 term by its norm; we keep sae.py's
-# module as it is (pre-encoder bias, unit-norm decoder), so a recipe is how one SAE starts and is
-# trained, never what it is. The two parametrise the same SAEs with the same loss: divide a decoder
-# row by c and multiply its encoder row and bias by c, and nothing changes but the optimiser's path.
-# The schedules are functions of the step and the run's length alone: --resume goes on exactly.
+# --recipe 2024: Anthropic's April 2024 update of their SAE training. It drops the pre-encoder bias and lets the
+# decoder norms float, weighting each feature's L1 term by its norm; we keep sae.py's module as it is (pre-encoder
+# bias, unit-norm decoder), so a recipe is how one SAE starts and is trained, never what it is. The two parametrise
+# the same SAEs with the same loss: divide a decoder row by c and multiply its encoder row and bias by c, and
+# nothing changes but the optimiser's path. The schedules are functions of the step and the run's length alone.
 
 @torch.no_grad()
 def init_2024(s):
@@ -214,13 +193,12 @@ def init_2024(s):
 
 
 def l1_warmup(step, total):
-    """The L1 coefficient's factor at a step (0-based, the step about to be taken) of a run of total
-    steps (the update): from 0 linearly to 1 over the first 5%, then 1."""
+    """The L1 coefficient's factor before step (0-based) of total (the update): 0 to 1 linearly over the first 5%."""
     return min(1.0, step / (0.05 * total))
 
 
 def lr_decay(step, total):
-    """The learning rate's factor (the update): 1, then linearly to 0 over the last 20% of the steps."""
+    """The learning rate's factor before step of total (the update): 1, then to 0 linearly over the last 20%."""
     return min(1.0, (total - step) / (0.2 * total))
 
 

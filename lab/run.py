@@ -41,13 +41,18 @@ from lab.plumbing import (TORCH_RNG, Progress, Stopwatch, UserError, alive, atom
 from model import load_lm
 from sae import dead_window
 
-# Each trainer's words in the refusals and warnings below: what it builds and reads, and the flags that fix it.
+# Each trainer's words in the refusals and warnings below: what it builds and reads, and the flags that fix it;
+# resume: what a resumed checkpoint must hold as the run does (else the problem, formatted with the flags).
 WORDING = {"LM": dict(memory=("training this LM", "lower --batch-size, --d-mlp or --block-size"),
                       data=("tokens", "overfitting; the validation loss will stop improving",
-                            "give data.py more --data, or lower --max-tokens")),
+                            "give data.py more --data, or lower --max-tokens"),
+                      resume=(["model_config", "tokenizer_hash"], "was trained with another model config or "
+                              "tokenizer; use the same flags and data, or a new --lm-dir")),
            "SAE": dict(memory=("training these SAEs", "lower --n-features (or --sweep's sizes) or --batch-size"),
                        data=("tokens' activations", "the paper: repeating data makes dead features",
-                             "give data.py more --data, or lower --max-activations"))}
+                             "give data.py more --data, or lower --max-activations"),
+                       resume=(["lm_fingerprint"], "was trained on another LM than {out}/{lm_dir}: start a new "
+                               "--sae-dir"))}
 
 
 class Run:
@@ -82,13 +87,13 @@ class Run:
         if self.rank == 0:
             self.lock = take_lock(self.folder)
 
-    def start(self, count, per_step, state, timed, must_match=None):
+    def start(self, count, per_step, state, timed):
         """The run's length: enough steps of per_step inputs (tokens, activations) for count, or with
         --max-minutes the steps that fit, timed once (timed_length); or, with --resume, where the
         checkpoints left it. state: one dict per path, what its checkpoint holds by name (see saved)
-        beside torch's random state and the history (self.histories); a resumed checkpoint's value of a
-        name in must_match must be the run's, else the error must_match[name] says. timed: (batch,
-        step), what timed_length times. Opens the logs."""
+        beside torch's random state and the history (self.histories); a resumed checkpoint's values of
+        the names in WORDING's resume must be the run's. timed: (batch, step), what timed_length times.
+        Opens the logs."""
         self.histories = [[] for _ in state]   # each model's records: log(record, i) appends to the i-th
         self.state = [{**s, "rng": TORCH_RNG, "history": h} for s, h in zip(state, self.histories)]
         self.per_step = per_step
@@ -98,7 +103,7 @@ class Run:
         if not self.cfg.resume:
             self.max_steps = self.timed_length(*timed) if self.cfg.max_minutes else math.ceil(count / per_step)
         else:
-            self.restore(must_match or {})
+            self.restore()
         self.snapshots = sorted(n for n in {int(n) for n in getattr(self.cfg, "snapshots", [])}
                                 if not self.cfg.resume or n > self.step * per_step)
 
@@ -116,9 +121,10 @@ class Run:
                 step(twin, opt, x)
         return broadcast_int(timed_steps(self.cfg.max_minutes, one_step), self.device)
 
-    def restore(self, must_match):
+    def restore(self):
         """--resume: every object of the state put back from its checkpoint, and the run's record."""
         fix = f"start without --resume, or point --out/{self.dir_flag} at the run"
+        must_match, problem = WORDING[self.what]["resume"]
         ckpts = [load_checkpoint(p, f"{self.what} checkpoint to resume", fix) for p in self.paths]
         for c, path, state in zip(ckpts, self.paths, self.state):
             if c.get("status") == "snapshot":  # taken between two checkpoints: no point to resume from
@@ -127,9 +133,9 @@ class Run:
             missing = [name for name in state if name not in c]
             if missing:   # written before the trainer's state held these
                 raise UserError(f"{path} holds no {', '.join(missing)}: it cannot be resumed exactly; {fix}")
-            for name, problem in must_match.items():
+            for name in must_match:
                 if c[name] != state[name]:
-                    raise UserError(f"{path} {problem}")
+                    raise UserError(f"{path} {problem.format_map(vars(self.cfg))}")
             for name, obj in state.items():
                 put_back(obj, c[name])
         self.step, self.max_steps, self.elapsed = (ckpts[0][k] for k in ("step", "max_steps", "elapsed"))
@@ -328,6 +334,15 @@ def require_finite(loss, who=""):
                         "with --resume")
 
 
+def log_sae_metrics(run, evaluate, saes, acts, step, extras):
+    """train_sae.py's held-out metrics: each SAE's on acts by evaluate (sae.py's, or lab/sae_fast.py's, the same
+    numbers), without the per-feature densities, with its extras[i], in its history and log.jsonl (run.log)."""
+    for i, (s, extra) in enumerate(zip(saes, extras)):
+        m = run.timed("held-out metrics", evaluate, s, acts)
+        run.log({"step": step, "activations": step * run.per_step, **extra,
+                 **{k: m[k] for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac")}}, i)
+
+
 def sae_progress(sae, history, since_fired, max_steps):
     """train_sae.py's part of a progress line, `F4096: held-out MSE 0.0123 L0 18.2 | dead 2.1%`, for
     its largest size (once it has held-out metrics)."""
@@ -392,8 +407,8 @@ def sae_memory(sizes, d_in, batch_size, buffer_size):
 
 
 def lm_and_shards(cfg, device):
-    """What train_sae.py reads: the LM whose activations it decomposes (warned of when unfinished), its
-    checkpoint, what each SAE's checkpoint records of it (so that an SAE is never analysed against
+    """What train_sae.py reads: the LM whose activations it decomposes (warned of when unfinished), a line
+    that names it, what each SAE's checkpoint records of it (so that an SAE is never analysed against
     another LM), and the token shards it was trained on (refused when they are other shards)."""
     model, lm_ckpt = load_lm(cfg.out, cfg.lm_dir, device)
     if not lm_ckpt.get("final"):
@@ -405,4 +420,5 @@ def lm_and_shards(cfg, device):
         raise UserError(f"{cfg.out}/{cfg.lm_dir} was trained on other token shards than {cfg.out}/data: "
                         "retrain the LM (python train_lm.py) after python data.py")
     lm = {"lm_dir": cfg.lm_dir, "lm_fingerprint": lm_fingerprint(lm_ckpt), "tokenizer_hash": meta["tokenizer_hash"]}
-    return model, lm_ckpt, lm, train_tokens, val_tokens
+    about = f"LM {cfg.out}/{cfg.lm_dir} (step {lm_ckpt['step']}, {model.cfg.d_mlp} neurons)"
+    return model, about, lm, train_tokens, val_tokens
