@@ -199,7 +199,8 @@ def reading(moments):
 
 
 def spliced(sae, errors, k):
-    """The SAE's reconstruction in place of the activations; its squared error, in their own units, into errors[k]."""
+    """The SAE's reconstruction in place of the activations; its squared error, in the SAE's normalised
+    units (as sae.py's metrics), into errors[k]."""
     def fn(h):
         x_hat = sae(h)[0]
         errors[k] += ((x_hat - h) * sae.act_scale).double().square().sum().item()

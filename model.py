@@ -10,7 +10,6 @@ Ours where the paper is silent: 4 heads of 32, learned positions, pre-LayerNorm,
 """
 import dataclasses
 import math
-import os
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from lab.plumbing import UserError, arg, check_fields, load_checkpoint, require
+from lab.plumbing import UserError, arg, check_fields, require
 
 
 @dataclasses.dataclass
@@ -139,7 +138,7 @@ class Transformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# What the later stages call: tokens -> MLP activations (what the SAE trains on), and the trained model
+# Tokens -> MLP activations: what the SAE trains on and what the analysis measures
 
 @torch.no_grad()
 def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"):
@@ -161,12 +160,3 @@ def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"
         ids.append(w.flatten())
     positions = torch.from_numpy(starts[:, None] + np.arange(T)[None]).flatten()
     return torch.cat(acts)[:count], torch.cat(ids)[:count], positions[:count]
-
-
-def load_lm(out, lm_dir="lm", device="cpu"):
-    """The trained model and its checkpoint, for the later stages."""
-    path = os.path.join(out, lm_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path, "LM checkpoint", f"run python train_lm.py --out {out} first")
-    model = Transformer(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt

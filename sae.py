@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lab.plumbing import load_checkpoint, require
+from lab.plumbing import require
 
 
 @dataclass
@@ -240,11 +240,3 @@ def metrics(sae, x, sq_err, fired, l0):
     return dict(mse=sq_err / x.numel(), fvu=sq_err / (x_n - x_n.mean(0)).pow(2).sum().item(),
                 l0=l0 / len(x), dead_frac=(density == 0).float().mean().item(),
                 dense_frac=(density > 0.1).float().mean().item(), density=density)
-
-
-def load_sae(path, device="cpu"):
-    """A trained SAE and its checkpoint (train_sae.py writes them), for the later stages."""
-    ckpt = load_checkpoint(path, "SAE checkpoint", "run python train_sae.py first")
-    s = SAE(SAEConfig(**ckpt["sae_config"]))
-    s.load_state_dict(ckpt["sae"])
-    return s.to(device).eval(), ckpt

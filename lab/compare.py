@@ -39,11 +39,10 @@ from lab.measure import MIN_ACTIVE, stream
 from lab.matching import Acts, Correlator, Coverage, best_matches, decoder_cosines, nearest_parent, split_families
 from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margin, difference_ci, median_ci,
                               universality, universality_pass, universality_windows)
-from model import load_lm
 from lab.figures import millions, plot_control, plot_knob
 from lab.formatting import shown, token_text
 from lab.report import write_json, write_markdown
-from sae import load_sae
+from lab.trained import load_lm, load_sae
 
 
 @dataclasses.dataclass

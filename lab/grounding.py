@@ -38,8 +38,8 @@ from lab.formatting import signed
 from lab.plumbing import lm_fingerprint, load_checkpoint
 from lab.stats import bootstrap, median_difference
 from lab.steer import logit_effects, residual_scale
+from lab.trained import load_sae
 from model import ModelConfig, Transformer
-from sae import load_sae
 
 ALPHA = 10.0            # pseudo-tokens drawn from "elsewhere": a unit seen on few tokens has its lift shrunk towards 0
 CONTROL_TOKENS = 2**18  # held-out tokens the random-weights control is measured on (its neurons fire on half of them)

@@ -35,8 +35,8 @@ import data
 from lab import predicates
 from lab.plumbing import (Progress, UserError, atomic_save, atomic_write_text, fmt_eta, lm_fingerprint, make_folder,
                           pick_device, tensor_digest)
-from model import harvest, load_lm
-from sae import load_sae
+from lab.trained import load_lm, load_sae
+from model import harvest
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
 FEW_TOKENS = 2**16        # fewer held-out tokens than this: every number of the analysis is said to rest on too few

@@ -38,7 +38,7 @@ from lab.plumbing import (TORCH_RNG, Progress, Stopwatch, UserError, alive, atom
                           broadcast_int, flat_dict, fmt_eta, labelled_crash, lm_fingerprint, load_checkpoint,
                           make_folder, refuse_to_replace, require, require_memory, resumed_config, setup_processes,
                           timed_steps, warn_if_repeating)
-from model import load_lm
+from lab.trained import load_lm
 from sae import dead_window
 
 # Each trainer's words in the refusals and warnings below: what it builds and reads, and the flags that fix it;

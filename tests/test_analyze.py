@@ -18,7 +18,8 @@ import sae as sae_lib
 from lab.plumbing import UserError, atomic_save, lm_fingerprint
 from lab.formatting import pattern, shown
 from lab.summary import specificity_summary
-from model import harvest, load_lm
+from lab.trained import load_lm
+from model import harvest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

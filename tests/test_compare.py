@@ -14,8 +14,8 @@ import sae as sae_lib
 import train_lm
 from lab.plumbing import UserError, atomic_save
 from lab.stats import document_weights
-from model import ModelConfig, Transformer, load_lm
-from sae import load_sae
+from lab.trained import load_lm, load_sae
+from model import ModelConfig, Transformer
 
 
 def sparse_acts(n_tokens, n_units, density=0.05, seed=0):

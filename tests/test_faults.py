@@ -10,7 +10,7 @@ import torch
 import analyze
 import data
 import sae as sae_lib
-from lab import plumbing
+from lab import plumbing, trained
 from lab.plumbing import UserError, atomic_save, load_checkpoint
 
 
@@ -22,13 +22,13 @@ def sae_copy(tiny_sae, tmp_path):
 
 
 def test_a_damaged_checkpoint_is_refused_by_name(sae_copy):
-    sae_lib.load_sae(sae_copy)   # intact: loads
+    trained.load_sae(sae_copy)   # intact: loads
     size = os.path.getsize(sae_copy)
     with open(sae_copy, "r+b") as f:  # random bytes over the middle of the file (the weights' data)
         f.seek(size // 2)
         f.write(os.urandom(4096))
     with pytest.raises(UserError, match=f"^SAE checkpoint {sae_copy} is damaged .*: restore a copy, or run python train_sae"):
-        sae_lib.load_sae(sae_copy)
+        trained.load_sae(sae_copy)
 
 
 def test_non_finite_weights_are_refused_on_load(sae_copy):
@@ -36,7 +36,7 @@ def test_non_finite_weights_are_refused_on_load(sae_copy):
     ckpt["sae"]["W_dec"][3, :5] = float("nan")
     atomic_save(ckpt, sae_copy)   # a valid digest: the NaNs were saved as they are
     with pytest.raises(UserError, match=f"^SAE checkpoint {sae_copy} holds 5 non-finite weights"):
-        sae_lib.load_sae(sae_copy)
+        trained.load_sae(sae_copy)
 
 
 def full_disk(*args, **kwargs):

@@ -13,7 +13,8 @@ from lab.plumbing import UserError, atomic_save
 import train_lm
 from tests.conftest import tiny_lm_config
 from tests.test_train_lm import Crash, crash_at
-from model import harvest, load_lm
+from lab.trained import load_lm, load_sae
+from model import harvest
 
 
 def sae_config(out, **kw):
@@ -190,7 +191,7 @@ def test_snapshots_keep_the_sae_as_it_was(tiny_lm, capsys):
     assert "no snapshot at 1,000,000 activations: the run ended at 24,576" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(tiny_lm, "sae_snap_at1000000"))
     for n in (256, 512):
-        snap = {c: sae_lib.load_sae(os.path.join(tiny_lm, f"sae_snap_at{c}", f"F{n}", "ckpt.pt"))
+        snap = {c: load_sae(os.path.join(tiny_lm, f"sae_snap_at{c}", f"F{n}", "ckpt.pt"))
                 for c in (0, 5000, 8192)}
         assert [(s[1]["seen"], s[1]["step"], s[1]["status"], s[1]["final"]) for s in snap.values()] == [
             (0, 0, "snapshot", False), (5120, 5, "snapshot", False), (8192, 8, "snapshot", False)]
@@ -256,7 +257,7 @@ def test_lm_and_sae_train_on_cuda(tiny_data):
     ckpt = train_sae.train(sae_config(tiny_data, device="cuda", lm_dir="lm_cuda", sae_dir="sae_cuda"))[0]
     final = ckpt["history"][-1]
     assert final["final"] and 0 < final["fvu"] < 0.9 and final["l0"] > 0
-    sae, _ = sae_lib.load_sae(os.path.join(tiny_data, "sae_cuda", "F1024", "ckpt.pt"))
+    sae, _ = load_sae(os.path.join(tiny_data, "sae_cuda", "F1024", "ckpt.pt"))
     model, _ = load_lm(tiny_data, "lm_cuda")
     acts = harvest(model, data.load_tokens(os.path.join(tiny_data, "data"), "val"), 256)[0]
     assert sae(acts)[0].device.type == "cpu" and torch.isfinite(sae(acts)[0]).all()
