@@ -170,12 +170,7 @@ def open_tokenizer(tokenizer, path):
 
 
 # ----------------------------------------------------------------------------------------------
-# What the later stages call: the tokenizer, the shards (read by lab/corpus.py) and windows of them
-
-def load_tokenizer(data_dir):
-    """The tiktoken Encoding the shards in data_dir were made with (its file checked against meta.json)."""
-    return open_tokenizer(*corpus.tokenizer_file(data_dir))
-
+# Windows of the shards: every later stage cuts its LM inputs out of them here
 
 def get_batch(tokens, batch_size, block_size, generator, device="cpu"):
     """Random windows of block_size+1 tokens: inputs x and next-token targets y, both (B, T)."""

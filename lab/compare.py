@@ -42,7 +42,7 @@ from lab.universality import (CLEAR_MARGIN, DENSITY_BINS, MIN_UNITS, clear_margi
 from lab.figures import millions, plot_control, plot_knob
 from lab.formatting import shown, token_text
 from lab.report import write_json, write_markdown
-from lab.trained import load_lm, load_sae
+from lab.trained import load_lm, load_sae, load_tokenizer
 
 
 @dataclasses.dataclass
@@ -207,7 +207,7 @@ def measure(cfg, dirs):
                                meta["vocab_size"])
     u, u_seconds = universality(u_pass, cfg.seed), time.time() - t0
     matches = knob_pass(lm_a, {s: v[0] for s, v in sweep.items()}, tokens, n, meta["vocab_size"])
-    res = dict(n_tokens=n, enc=data.load_tokenizer(data_dir), universality=u, mass=u_pass["mass"],
+    res = dict(n_tokens=n, enc=load_tokenizer(data_dir), universality=u, mass=u_pass["mass"],
                u_tokens=u_pass["n_tokens"], u_seconds=u_seconds, match=matches,
                decoders={s: sae.W_dec.detach().float().cpu() for s, (sae, _) in sweep.items()},
                knob=knob(lm_a, tokens, n, sweep, matches), control=control(cfg, dirs))

@@ -35,7 +35,7 @@ import data
 from lab import predicates
 from lab.plumbing import (Progress, UserError, atomic_save, atomic_write_text, fmt_eta, lm_fingerprint, make_folder,
                           pick_device, tensor_digest)
-from lab.trained import load_lm, load_sae
+from lab.trained import load_lm, load_sae, load_tokenizer
 from model import harvest
 
 EXPLAIN, SCORE = 0, 1     # the two halves of the held-out windows
@@ -125,7 +125,7 @@ def load_run(cfg):
               f"whole validation split)", flush=True)
     return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
                tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
-               enc=data.load_tokenizer(data_dir), device=device,
+               enc=load_tokenizer(data_dir), device=device,
                batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
                dir=os.path.join(cfg.out, cfg.analysis_dir), context=cfg.context, seed=cfg.seed)
 

@@ -1,6 +1,7 @@
-"""lab/trained.py: the trained LM and SAEs, rebuilt from the checkpoints that train_lm.py and
-train_sae.py write, for the later stages (the analysis, the comparison, the SAE's own trainer).
+"""lab/trained.py: what the earlier stages made, opened for the later ones: the tokenizer of the shards,
+the trained LM and SAEs rebuilt from the checkpoints that train_lm.py and train_sae.py write.
 
+    enc = load_tokenizer("out/data")               # the tiktoken Encoding the shards were made with
     model, ckpt = load_lm(out, "lm")               # <out>/lm/ckpt.pt: the Transformer, in eval mode
     sae, ckpt = load_sae("out/sae/F4096/ckpt.pt")  # the SAE, in eval mode
 
@@ -9,9 +10,16 @@ A missing or damaged checkpoint is one line naming the file and the command that
 """
 import os
 
+import data
+from lab.corpus import tokenizer_file
 from lab.plumbing import load_checkpoint
 from model import ModelConfig, Transformer
 from sae import SAE, SAEConfig
+
+
+def load_tokenizer(data_dir):
+    """The tiktoken Encoding the shards in data_dir were made with (its file checked against meta.json)."""
+    return data.open_tokenizer(*tokenizer_file(data_dir))
 
 
 def load_lm(out, lm_dir="lm", device="cpu"):

@@ -18,7 +18,7 @@ import sae as sae_lib
 from lab.plumbing import UserError, atomic_save, lm_fingerprint
 from lab.formatting import pattern, shown
 from lab.summary import specificity_summary
-from lab.trained import load_lm
+from lab.trained import load_lm, load_tokenizer
 from model import harvest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,7 +152,7 @@ def test_pair_rows_override_token_rows_override_predicate_rows():
 
 def test_context_labels_read_python_and_skip_other_text(tiny_data):
     """With the real BPE: a token is labelled when any character it covers is inside the span."""
-    enc = data.load_tokenizer(os.path.join(tiny_data, "data"))
+    enc = load_tokenizer(os.path.join(tiny_data, "data"))
     code = 'def f(x):\n    """Doc."""\n    return "s" + 0x1F  # note\n'
     ids = [enc.eot_token] + enc.encode_ordinary(code) + [enc.eot_token] + enc.encode_ordinary("it's 42 (")
     labels = predicates.context_labels(np.array(ids), len(ids), enc, enc.eot_token)

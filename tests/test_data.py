@@ -14,6 +14,7 @@ import tiktoken.load
 
 import data
 import lab.corpus
+from lab import trained
 from lab.plumbing import UserError
 
 
@@ -75,7 +76,7 @@ def test_split_is_stable_and_about_the_fraction():
 
 def test_prepare_shards_and_reuse(tiny_data, capsys):
     meta = json.load(open(os.path.join(tiny_data, "data", "meta.json")))
-    enc = data.load_tokenizer(os.path.join(tiny_data, "data"))
+    enc = trained.load_tokenizer(os.path.join(tiny_data, "data"))
     train = data.load_tokens(os.path.join(tiny_data, "data"), "train")
     assert meta["vocab_size"] == 512 and train.dtype == np.uint16
     assert len(train) == meta["tokens"]["train"] > 10000
@@ -214,7 +215,7 @@ def test_one_big_file_is_split_by_blocks(tmp_path, capsys):
     (tmp_path / "book.txt").write_text(text)
     meta = data.prepare(data.DataConfig(out=str(tmp_path / "o"), data=[str(tmp_path / "book.txt")], vocab_size=300))
     assert "splitting them into blocks" in capsys.readouterr().out and meta["split"].startswith("by blocks")
-    enc = data.load_tokenizer(str(tmp_path / "o" / "data"))
+    enc = trained.load_tokenizer(str(tmp_path / "o" / "data"))
     blocks = {}
     for split in ("train", "val"):
         ids = np.asarray(data.load_tokens(str(tmp_path / "o" / "data"), split))
@@ -276,7 +277,7 @@ def test_changed_inputs_are_refused_unless_overwrite(tiny_data, tmp_path):
     assert (tmp_path / "o" / "data" / "train.bin").read_bytes() == shards
     m2 = data.prepare(data.DataConfig(out=out, data=[corpus], vocab_size=450, val_fraction=0.2, overwrite=True))
     assert m2["tokenizer_hash"] != m1["tokenizer_hash"] and m2["vocab_size"] == 450
-    assert data.load_tokenizer(os.path.join(out, "data")).n_vocab == 450
+    assert trained.load_tokenizer(os.path.join(out, "data")).n_vocab == 450
 
 
 def test_named_tiktoken_encoding_offline_is_a_clear_error(monkeypatch, tmp_path):
