@@ -350,6 +350,7 @@ def paper_examples(u, n, top, intervals, pool, alone, order, rng):
     token's activations alone (alone (vocab, U); order: the tokens by them, largest first)."""
     keep = top.val[u] > 0
     ids, acts = top.ctx[u][keep][:n["top"]].numpy(), top.acts[u][keep][:n["top"]].numpy()
+    # an interval's slot holds a draw where its priority (val) is finite; an empty interval leaves it at -inf
     drawn = (intervals.val[u] > -float("inf")).numpy() & ~np.isin(intervals.ctx[u].numpy(), ids)
     ids = np.append(ids, intervals.ctx[u].numpy()[drawn])
     acts = np.concatenate([acts, intervals.acts[u].numpy()[drawn]])

@@ -182,7 +182,9 @@ def resample(s, opt, since_fired, buffer, step, run):
 # decoder norms float, weighting each feature's L1 term by its norm; we keep sae.py's module as it is (pre-encoder
 # bias, unit-norm decoder), so a recipe is how one SAE starts and is trained, never what it is. The two parametrise
 # the same SAEs with the same loss: divide a decoder row by c and multiply its encoder row and bias by c, and
-# nothing changes but the optimiser's path. The schedules are functions of the step and the run's length alone.
+# nothing changes but the optimiser's path. The rest is sae.py's as in the paper: b_dec at the geometric median,
+# the parallel gradient removed, the dictionary renormalised. The schedules are functions of the step and the run's
+# length alone.
 
 @torch.no_grad()
 def init_2024(s):
