@@ -287,7 +287,8 @@ def interpretability(cfg, run, m, dens=None):
     n, drawn = sample(cfg, alive_units, rng)
     results, compare = {}, {}
     for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
-        t0, picked, intervals = time.time(), alive_units[kind][drawn[kind]], m.intervals[names[kind]]
+        t0, picked = time.time(), alive_units[kind][drawn[kind]]
+        intervals = m.intervals[names[kind]]
         score = lambda us, sizes: score_paper(us, s, intervals, [{**p, "acts": p[kind]} for p in pools],
                                               alone[kind], text, cfg.max_entries, sizes, cfg.seed)
         compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(alive_units[kind], picked), ())

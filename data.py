@@ -10,6 +10,7 @@ one-layer model to learn many distinct features. Writes under <out>/data/:
 
     tokenizer.tiktoken   the BPE merges in tiktoken's rank-file format (served by tiktoken)
     train.bin, val.bin   token ids (uint16; uint32 if the vocabulary needs it), end-of-text before each document
+                         (each block, where documents are split by blocks: see prepare)
     meta.json            tokenizer hash, vocabulary size, token counts, corpus description
 """
 import dataclasses

@@ -223,6 +223,7 @@ def evaluate(sae, x, batch_size=8192):
     """Held-out metrics (normalised units): mse, fvu (fraction of variance unexplained: squared error /
     squared deviation from the mean), l0 (mean active features per input), density (F,) (fraction of
     inputs each feature fires on), dead_frac (never fired here) and dense_frac (fires on over 10%)."""
+    sae.check(x)
     sq_err, fired, l0 = 0.0, torch.zeros(sae.cfg.n_features, device=x.device), 0.0
     for xb in x.split(batch_size):
         x_hat, f = sae(xb)

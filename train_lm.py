@@ -41,7 +41,7 @@ class TrainConfig:  # at_least=, above=...: a bad value is one line naming the f
     # set by programs (the tests, lab/compare.py), not on the command line
     min_lr_frac: float = arg(0.1, "final learning rate as a fraction of the peak", False, at_least=0, at_most=1)
     weight_decay: float = arg(0.1, "AdamW weight decay (matrices only)", False, at_least=0)
-    grad_clip: float = arg(1.0, "clip the gradient norm to this", False, above=0)
+    grad_clip: float = arg(1.0, "clip the gradient norm to this", False, at_least=0, note=" (0: off)")
     eval_every: int = arg(250, "steps between validation losses", False, at_least=1)
     ckpt_every: int = arg(500, "steps between checkpoints", False, at_least=1)
 
@@ -74,7 +74,8 @@ def train_step(net, lm_loss, opt, batch, lr, cfg, autocast):
     with autocast:
         loss = lm_loss(net(x, unembed=False), getattr(net, "module", net).unembed.weight, y)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     require_finite(loss.item())
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -114,7 +115,8 @@ def train(cfg, on_step=None):
             if (step + 1) % cfg.eval_every == 0 or step + 1 == run.max_steps:
                 run.log(dict(step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
                              val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step))
-            val = f"{run.histories[0][-1]['val_loss']:.3f}" if run.histories[0][-1]["step"] > 0 else "-"
+            last = run.histories[0][-1]   # the untrained model's record, until the first evaluation
+            val = f"{last['val_loss']:.3f}" if last["step"] > 0 else "-"
             run.progress(lambda: f"loss {loss.item():.3f} | val {val}")
 
     # 3. the final evaluation: a longer validation loss, beside the bigram baseline

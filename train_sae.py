@@ -48,7 +48,8 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     recipe: str = arg("2024", "2024 (Anthropic's April 2024 update) or paper (Bricken et al.)", one_of=list(RECIPES))
     lr: float = arg(1e-3, "Adam learning rate: constant (paper recipe), or its peak (2024)", above=0)
     batch_size: int = arg(4096, "activations per step (the paper: 8,192)", at_least=1)
-    snapshots: list = arg([], "activation counts at which to keep a copy too, in <out>/<sae-dir>_at<count>/", check=(
+    snapshots: list = arg([], "activation counts at which to keep a copy too (0: the SAE as initialised), in "
+                          "<out>/<sae-dir>_at<count>/", check=(
         lambda v: all(str(n).isdigit() for n in v), "expects activation counts >= 0, e.g. --snapshots 0 1000000"))
     fused: bool = arg(True, "the fused sparse step of lab/sae_fast.py (--no-fused: sae.py's autograd reference)")
     # set by programs (the tests, lab/compare.py), not on the command line
@@ -145,9 +146,10 @@ def set_up(run, cfg, grads):
     buffer = None if cfg.resume else run.timed("harvest", fill)  # resumed: the loop refills (a fill boundary)
     for s in saes if buffer is not None else []:  # act_scale, and b_dec at the geometric median (paper)
         s.init_from_data(buffer[:2**14])
-    run.start(cfg.max_activations, cfg.batch_size, [dict(sae_config=dataclasses.asdict(s.cfg), sae=s, optimizer=o,
-              seen=lambda step: step * cfg.batch_size, since_fired=f, windows_rng=windows_rng, shuffle_rng=shuffle_rng,
-              **lm) for s, o, f in zip(saes, opts, since_fired)],
+    state = [dict(sae_config=dataclasses.asdict(s.cfg), sae=s, optimizer=o, seen=lambda step: step * cfg.batch_size,
+                  since_fired=f, windows_rng=windows_rng, shuffle_rng=shuffle_rng, **lm)   # what a checkpoint holds
+             for s, o, f in zip(saes, opts, since_fired)]
+    run.start(cfg.max_activations, cfg.batch_size, state,
               timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=run.device)[0],
                      lambda s, o, x: sae_step(s, o, x, grads, cfg.l1_coeff)))
     run.announce(f"{about_lm}; SAE sizes {cfg.sizes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))

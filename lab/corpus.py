@@ -6,8 +6,10 @@ cross. data.py reads the corpus three times: a first pass hashes it and counts d
 (scan_corpus); the BPE trains on a bounded sample of the training split (bpe_sample); a pool of
 processes, one per core, encodes it and the shards grow as they go (write_shards).
 
-The split and the tokenizer are data.py's; they come in as arguments (held_out, make_tokenizer),
-so that this module imports nothing from data.py and the imports flow one way.
+The split and the BPE are data.py's; they come in as arguments (held_out, make_tokenizer), so that
+this module imports nothing from data.py and the imports flow one way. The files are this module's:
+the standard library's listing (stdlib_files), the tokenizer's rank file (save_bpe, load_ranks,
+tokenizer_file), the shards and meta.json with its digests (write_shards, write_meta).
 """
 import base64
 import codecs

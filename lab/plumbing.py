@@ -32,8 +32,8 @@ def arg(default, help, flag=True, at_least=None, at_most=None, above=None, one_o
     flag=False: a field set by the program, not on the command line (e.g. the vocabulary size).
     The value's bounds (a finite number >= at_least, <= at_most, > above; one of one_of; or check, a
     pair (ok(value), problem), or a list of such pairs) are checked by check_fields; note is said after
-    the problem."""
-    meta = {"help": help, "flag": flag, "check": check or bounds(at_least, at_most, above, one_of, note)}
+    the problem, and in --help."""
+    meta = {"help": help + note, "flag": flag, "check": check or bounds(at_least, at_most, above, one_of, note)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     if dataclasses.is_dataclass(default):  # a nested config: its fields become flags of their own

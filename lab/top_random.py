@@ -1,6 +1,6 @@
 """lab/top_random.py: top-and-random, a simpler protocol reported beside the paper's, for comparison.
 
-A unit is explained from all its kept top contexts in the EXPLAIN half (--explain-contexts of them) and
+A unit is explained from all its kept top contexts in the EXPLAIN half (AnalyzeConfig.explain_contexts of them) and
 scored (Pearson r) on its top contexts of the SCORE half and as many random ones. Scoring on top and
 random contexts alone rewards a sparse unit mechanically (its random contexts are silent, so easy to
 predict) and never looks at the middle of a unit's range: the paper's protocol (analyze.score_paper)
