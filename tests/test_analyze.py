@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import analyze
-import data
 from lab import explainer, figures, measure, predicates, specificity, stats, top_random
 from lab import report
 import sae as sae_lib
@@ -78,7 +77,7 @@ def score_synthetic(acts, tokens, eot, vocab, ctx=16, labels=None, max_entries=1
     prev = np.concatenate([[eot], tokens[:-1]])
     text = explainer.HeldOut(tokens, prev, labels, vocab + 1, ctx)
     return top_random.score_units(range(acts.shape[1]), s, pool, text, n_top=20, n_random=20, max_entries=max_entries,
-                               sizes=sizes)
+                                  sizes=sizes)
 
 
 def test_simulation_scores_a_token_detector_near_one_and_noise_near_zero():

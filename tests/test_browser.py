@@ -13,7 +13,6 @@ import torch
 
 import analyze
 from lab import browser, browser_page
-from lab import measure
 from lab import formatting, summary
 import sae as sae_lib
 from lab.plumbing import UserError

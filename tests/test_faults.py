@@ -9,7 +9,6 @@ import torch
 
 import analyze
 import data
-import sae as sae_lib
 from lab import plumbing, trained
 from lab.plumbing import UserError, atomic_save, load_checkpoint
 

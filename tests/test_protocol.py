@@ -31,7 +31,7 @@ def paper_scores(acts, tokens, alone, max_entries=5, seed=0):
         ids = np.sort(rng.choice(np.flatnonzero(halves[::CTX] == half), q, replace=False))
         pools.append(dict(ctx=ids, acts=acts.view(-1, CTX, acts.shape[1])[ids]))
     text = explainer.HeldOut(tokens, np.concatenate([[EOT], tokens[:-1]]), np.zeros((N, 0), bool), VOCAB + 1, CTX,
-                           docs=np.cumsum(tokens == EOT), alone_labels=np.zeros((VOCAB + 1, 0), bool), eot=EOT)
+                             docs=np.cumsum(tokens == EOT), alone_labels=np.zeros((VOCAB + 1, 0), bool), eot=EOT)
     units = range(acts.shape[1])
     paper = analyze.score_paper(units, s, intervals, pools, alone, text, max_entries, seed=seed)
     old = top_random.score_units(units, s, pools[measure.SCORE], text, 20, 20, max_entries, seed=seed)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import analyze
-from lab import measure, summary
+from lab import summary
 import sae as sae_lib
 from lab import steer
 from lab.plumbing import UserError

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import train_lm
 import train_sae
 from lab import plumbing
 from lab import run as lab_run
-from lab.plumbing import UserError, parse_config, run_main
+from lab.plumbing import UserError, atomic_save, parse_config, run_main
 from tests.conftest import tiny_lm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +50,12 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_data, tmp_path, capsys):
     crashed = torch.load(path, weights_only=False)
     assert crashed["step"] == 10 and crashed["status"] == "crashed" and "Crash" in crashed["error"]
     assert not crashed["final"] and all(torch.equal(v, saved[k]) for k, v in crashed["model"].items())
+    other = os.path.join(tiny_data, "lm_other", "ckpt.pt")   # the same run, as if made from other shards
+    shutil.copytree(os.path.dirname(path), os.path.dirname(other))
+    atomic_save({**torch.load(other, weights_only=False), "tokenizer_hash": "0" * 64}, other)
+    with pytest.raises(UserError, match=r"lm_other/ckpt.pt was trained with another model config or tokenizer; "
+                                        r"use the same flags and data, or a new --lm-dir$"):
+        train_lm.train(tiny_lm_config(tiny_data, lm_dir="lm_other", resume=True, **kw))
     with pytest.raises(UserError, match=r"^--lr 0.1: .* was trained with --lr 0.003; a resumed run keeps its flags"):
         train_lm.train(tiny_lm_config(tiny_data, lm_dir="lm_crash", resume=True, **kw, lr=0.1))
     # --resume alone (every other flag at its default) goes on with the run's own settings

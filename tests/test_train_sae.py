@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 
 import pytest
@@ -6,7 +7,6 @@ import torch
 
 import data
 import analyze
-import sae as sae_lib
 import train_sae
 from lab import run as lab_run
 from lab.plumbing import UserError, atomic_save
@@ -172,6 +172,12 @@ def test_paper_kill_resume_is_exact_across_a_resampling(tiny_lm, monkeypatch):
     atomic_save({k: v for k, v in torch.load(older, weights_only=False).items() if k not in ("rng", "digest")}, older)
     with pytest.raises(UserError, match=r"sae_paper_older/F256/ckpt.pt holds no rng: it cannot be resumed exactly"):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_older", resume=True, **kw))
+    other = os.path.join(tiny_lm, "sae_paper_other", "F256", "ckpt.pt")  # as if trained on another LM
+    shutil.copytree(os.path.join(tiny_lm, "sae_paper_crash"), os.path.dirname(os.path.dirname(other)))
+    atomic_save({**torch.load(other, weights_only=False), "lm_fingerprint": "0" * 16}, other)
+    with pytest.raises(UserError, match=rf"sae_paper_other/F256/ckpt.pt was trained on another LM than "
+                                        rf"{re.escape(tiny_lm)}/lm: start a new --sae-dir$"):
+        train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_other", resume=True, **kw))
     resumed = train_sae.train(sae_config(tiny_lm, sae_dir="sae_paper_crash", resume=True, **kw))[0]
     assert resumed["step"] == whole["step"] == 48
     for k, v in whole["sae"].items():
