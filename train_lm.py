@@ -116,8 +116,8 @@ def train(cfg, on_step=None):
                 run.log(dict(step=step + 1, train_loss=loss.item(), lr=opt.param_groups[0]["lr"],
                              val_loss=evaluate(model, val_tokens, device), tokens=(step + 1) * tokens_per_step))
             last = run.histories[0][-1]   # the untrained model's record, until the first evaluation
-            val = f"{last['val_loss']:.3f}" if last["step"] > 0 else "-"
-            run.progress(lambda: f"loss {loss.item():.3f} | val {val}")
+            run.progress(lambda: f"loss {loss.item():.3f} | val "   # (formatted only when a line is printed)
+                         + (format(last["val_loss"], ".3f") if last["step"] else "-"))
 
     # 3. the final evaluation: a longer validation loss, beside the bigram baseline
     if not run.end_processes():
