@@ -26,13 +26,13 @@ import data
 from lab import (detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
                  specificity, stats, summary, tools, top_random)
 from lab.measure import EXPLAIN, SCORE, load_run
-from lab.plumbing import UserError, arg, check_fields, parse_config, run_main
+from lab.plumbing import UserError, arg, flags, parse_config, run_main
 
 SIZES = (1, 2, 3, 5, 10, 20)  # explanation lengths (table rows) the interpretability curve is drawn at
 STEPS = ["all", "losses", "density", "interp", "specificity", "grounding"]
 
 
-@dataclasses.dataclass
+@flags
 class AnalyzeConfig:
     out: str = arg("out", "artifact root: reads data/, <lm-dir>/, <sae-dir>/F*/; writes <analysis-dir>/")
     lm_dir: str = arg("lm", "the LM whose neurons the SAEs decomposed")
@@ -53,9 +53,6 @@ class AnalyzeConfig:
     score_top: int = arg(20, "SCORE-half top contexts kept per unit (the paper's: 6)", flag=False, at_least=1)
     score_random: int = arg(20, "random contexts (SCORE half) top-and-random also scores on", flag=False)
     bootstrap: int = arg(1000, "bootstrap resamples for the 95 percent intervals", flag=False, at_least=1)
-
-    def __post_init__(self):
-        check_fields(self)
 
 
 def main(argv=None):
@@ -126,8 +123,15 @@ def neuron_kinds(k):
 
 
 def measured(cfg, run):
-    """Every held-out token reduced to per-unit statistics of the neurons, the sparsified neurons and
-    each SAE's features (lab/measure.py's streaming pass, cached in analysis/measure.pt)."""
+    """Every held-out token reduced, by one streaming pass (lab/measure.py, cached in analysis/measure.pt), to
+    what the steps below read, per source of units ("neurons", "sparse_neurons", "F<n>") and per unit:
+        m.stats[source].fired (U,), .fired_half (2, U)  tokens on which the unit is > 0 (in each half)
+        m.stats[source].sum (U,)    the sum of its activations
+        m.stats[source].top[half]   its top contexts in that half: val (U, k) each context's largest activation,
+                                    ctx (U, k) the context's id, acts (U, k, context) its activations there
+        m.intervals[source][half]   [i]: contexts drawn at random from activation interval i (the same fields,
+                                    val a draw's priority); for the neurons, sparse neurons and main SAE only
+        m.sparse_k                  the k of the sparsified neurons (matched_k)"""
     def kinds():   # on a cache miss only: matched_k reads a few thousand tokens
         k = matched_k(run)
         return k, {**neuron_kinds(k), **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}

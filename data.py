@@ -6,12 +6,8 @@
 The paper trained on the Pile; a laptop with no network has a different corpus at hand: the
 text files that ship with Python itself. It mixes code, English prose (docstrings, docs), legal
 text (licenses), numbers, email and HTTP samples and non-Latin scripts: enough variety for a
-one-layer model to learn many distinct features. Writes under <out>/data/:
-
-    tokenizer.tiktoken   the BPE merges in tiktoken's rank-file format (served by tiktoken)
-    train.bin, val.bin   token ids (uint16; uint32 if the vocabulary needs it), end-of-text before each document
-                         (each block, where documents are split by blocks: see prepare)
-    meta.json            tokenizer hash, vocabulary size, token counts, corpus description
+one-layer model to learn many distinct features. Writes <out>/data/: tokenizer.tiktoken (the BPE's merges),
+train.bin and val.bin (token ids, end-of-text before each document) and meta.json (what they hold).
 """
 import dataclasses
 import functools
@@ -26,7 +22,7 @@ import torch
 
 from lab import corpus
 from lab.corpus import load_meta, load_shards, load_tokens  # noqa: F401 (the later stages read the shards as data.*)
-from lab.plumbing import UserError, arg, check_fields, parse_config, run_main
+from lab.plumbing import UserError, arg, flags, parse_config, run_main
 
 # GPT-4's (cl100k) pre-tokenisation: BPE merges never cross these pieces (words, 1-3 digit
 # numbers, punctuation runs, whitespace), which keeps tokens meaningful and training cheap.
@@ -34,7 +30,7 @@ PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s
            r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 
 
-@dataclasses.dataclass
+@flags
 class DataConfig:
     out: str = arg("out", "artifact root; this stage writes <out>/data/")
     data: list = arg([], "files, folders or globs of text, .jsonl (its \"text\" field), .gz; empty: Python's stdlib")
@@ -46,9 +42,6 @@ class DataConfig:
     bpe_sample_mb: float = arg(100.0, "MB of the training split the BPE trains on (the stdlib's 37 MB fit whole)",
                                check=(lambda v: v > 0, "must be > 0 (inf: the whole split)"))
     overwrite: bool = arg(False, "rebuild <out>/data/ from other inputs (what was trained on it no longer matches)")
-
-    def __post_init__(self):
-        check_fields(self)
 
 
 def prepare(cfg):

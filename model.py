@@ -8,7 +8,6 @@ project does with the model goes through that one point:
 
 Ours where the paper is silent: 4 heads of 32, learned positions, pre-LayerNorm, context 128, untied unembedding.
 """
-import dataclasses
 import math
 
 import numpy as np
@@ -17,10 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from lab.plumbing import UserError, arg, check_fields, require
+from lab.plumbing import UserError, arg, flags, require
 
 
-@dataclasses.dataclass
+@flags
 class ModelConfig:
     vocab_size: int = arg(4096, "tokens in the vocabulary (not a flag: data.py's meta.json says)", False, at_least=1)
     block_size: int = arg(128, "context length", at_least=1)
@@ -31,8 +30,7 @@ class ModelConfig:
     activation: str = arg("relu", "MLP nonlinearity: relu (the paper) or gelu (other replications)",
                           one_of=("relu", "gelu"))
 
-    def __post_init__(self):
-        check_fields(self)
+    def __post_init__(self):  # after each field's own check (@flags)
         require(self.d_model % self.n_head == 0, f"--d-model {self.d_model}",
                 f"must be divisible by --n-head {self.n_head}")
 

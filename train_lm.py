@@ -17,12 +17,12 @@ import torch
 
 import data
 from lab.fused_ce import unembed_cross_entropy
-from lab.plumbing import arg, check_fields, fast_bf16, parse_config, require, run_main
+from lab.plumbing import arg, fast_bf16, flags, parse_config, require, run_main
 from lab.run import Run, lm_memory, require_finite
 from model import ModelConfig, Transformer
 
 
-@dataclasses.dataclass
+@flags
 class TrainConfig:  # at_least=, above=...: a bad value is one line naming the flag (lab/plumbing.py)
     out: str = arg("out", "artifact root: reads <out>/data/, writes <out>/<lm-dir>/")
     lm_dir: str = arg("lm", "this run's folder under --out (e.g. lm_b for a second seed)")
@@ -44,9 +44,6 @@ class TrainConfig:  # at_least=, above=...: a bad value is one line naming the f
     grad_clip: float = arg(1.0, "clip the gradient norm to this", False, at_least=0, note=" (0: off)")
     eval_every: int = arg(250, "steps between validation losses", False, at_least=1)
     ckpt_every: int = arg(500, "steps between checkpoints", False, at_least=1)
-
-    def __post_init__(self):
-        check_fields(self)
 
 
 def lr_at(step, cfg, max_steps):

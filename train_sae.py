@@ -17,7 +17,7 @@ import torch
 
 import sae as sae_lib
 from lab import sae_fast
-from lab.plumbing import arg, check_fields, flag_errors, parse_config, require, run_main
+from lab.plumbing import arg, flag_errors, flags, parse_config, require, run_main
 from lab.run import Run, lm_and_shards, log_sae_metrics, print_sae_metrics, require_finite, sae_memory, sae_progress
 from model import harvest
 
@@ -25,7 +25,7 @@ RECIPES = {"paper": "the paper's: default initialisation, resampling at 2.5/5/7.
            "2024": "Anthropic's April 2024 update: encoder 0.01 x decoder^T, L1 warmup, lr decay, no resampling"}
 
 
-@dataclasses.dataclass
+@flags
 class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one home for each
     out: str = arg("out", "artifact root: reads <out>/data/ and <out>/<lm-dir>/, writes <out>/<sae-dir>/")
     lm_dir: str = arg("lm", "the LM run whose MLP activations to decompose")
@@ -59,8 +59,7 @@ class SAETrainConfig:  # the SAE's own fields default to sae.py's SAEConfig: one
     ckpt_minutes: float = arg(1.0, "minutes between checkpoints (at the next buffer refill)", False, at_least=0)
     bf16: bool = arg(True, "bf16 for the fused step's dense product where the hardware makes it fast", flag=False)
 
-    def __post_init__(self):  # each field's check=, then what a check of one field cannot say
-        check_fields(self)
+    def __post_init__(self):  # after each field's own check (@flags): what a check of one field cannot say
         require(self.buffer_size >= self.batch_size, f"buffer_size {self.buffer_size}",
                 f"must hold at least one batch (--batch-size {self.batch_size})")
         self.sae_configs(sae_lib.SAEConfig.d_in)  # --activation, --l1-coeff, --k: sae.py's checks, worded as flags

@@ -41,6 +41,19 @@ def arg(default, help, flag=True, at_least=None, at_most=None, above=None, one_o
     return dataclasses.field(default=default, metadata=meta)
 
 
+def flags(cls):
+    """@flags: a dataclass whose fields are arg()s, each checked by check_fields when an instance is made
+    (parsed, built by a program or loaded from a checkpoint), before the class's own __post_init__."""
+    own = getattr(cls, "__post_init__", None)
+
+    def post_init(self):
+        check_fields(self)
+        if own is not None:
+            own(self)
+    cls.__post_init__ = post_init
+    return dataclasses.dataclass(cls)
+
+
 def require(ok, flag, problem):
     """One flag check: `require(cfg.lr > 0, "--lr", "must be positive")` -> UserError naming the flag."""
     if not ok:
