@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import data
-from lab import (detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
-                 specificity, stats, summary, tools, top_random)
+from lab import (browser, detection, explainer, figures, formatting, grounding, measure, probing, report, resampling,
+                 specificity, stats, steer, summary, tools, top_random)
 from lab.measure import EXPLAIN, SCORE, load_run
 from lab.plumbing import UserError, arg, flags, parse_config, run_main
 
@@ -79,8 +79,11 @@ def analyze(cfg, step="all"):
         res["probing"] = probing.probing(run, m, neuron_kinds(m.sparse_k), cfg.seed, cfg.bootstrap)
     if step in ("all", "grounding"):   # 4. does a unit's effect on the logits agree with what follows where it fires?
         res["grounding"] = grounding.grounded(cfg, run, m, neuron_kinds(m.sparse_k))
-    if step == "all":   # the lab's edges: the feature browser, the steering table and the report
-        report.finish(cfg, run, m, res, t0)
+    if step == "all":   # the lab's edges, one call each, on the scored units: the browser, steering, the report
+        scored = summary.load_units(cfg, run)
+        res["browser"] = browser.write_browser(browser.Config(), run, m, scored)
+        res["steering"] = steer.measure_steering(steer.Config(), run, m, scored)
+        report.finish(cfg, run, res, t0)
     return res
 
 
@@ -114,7 +117,7 @@ def matched_k(run):
     n = min(2**14, run.n_tokens)
     batches = measure.stream(run.model, run.tokens, n, {"f": run.main_sae.encode}, run.batch)
     active = sum(int((a["f"] > 0).sum()) for _, a in batches)
-    return max(1, round(run.model.cfg.d_mlp * active / n / run.main))
+    return max(1, round(run.model.cfg.d_mlp * active / n / run.n_features))
 
 
 def neuron_kinds(k):
@@ -277,14 +280,14 @@ def interpretability(cfg, run, m, dens=None):
     95% intervals, per density bin and at matched density (lab/resampling.py). Writes interp.png, units.json."""
     names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
     unit_stats = {kind: m.stats[name] for kind, name in names.items()}
-    ultralow = (dens or {}).get(run.main, {}).get("cluster") or ultralow_cluster(
+    ultralow = (dens or {}).get(run.n_features, {}).get("cluster") or ultralow_cluster(
         (unit_stats["features"].fired.double() / run.n_tokens).numpy())
     kinds = {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}   # as functions of the MLP's activations
     rng = np.random.default_rng(cfg.seed)         # top-and-random's contexts, then the sample of units
-    pool = measure.random_contexts(run, m, kinds, SCORE, 5 * cfg.score_random, rng, cfg.context)
-    draw = np.random.default_rng([cfg.seed, 1])   # the paper's protocol's random contexts, in each half
-    pools = [measure.random_contexts(run, m, kinds, half, n, draw, cfg.context)
-             for half, n in ((EXPLAIN, 50), (SCORE, 200))]
+    top_random_pool = measure.random_contexts(run, m, kinds, SCORE, 5 * cfg.score_random, rng, cfg.context)
+    protocol_rng = np.random.default_rng([cfg.seed, 1])   # the paper's protocol's random contexts, in each half
+    random_pools = [measure.random_contexts(run, m, kinds, half, n, protocol_rng, cfg.context)
+                    for half, n in ((EXPLAIN, 50), (SCORE, 200))]
     text = explainer.held_out(cfg, run, m)
     alone = measure.alone_acts(run.model, text.vocab, kinds)   # every token read alone
     alive_units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
@@ -293,10 +296,10 @@ def interpretability(cfg, run, m, dens=None):
     for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
         t0, picked = time.time(), alive_units[kind][drawn[kind]]
         intervals = m.intervals[names[kind]]
-        score = lambda us, sizes: score_paper(us, s, intervals, [{**p, "acts": p[kind]} for p in pools],
+        score = lambda us, sizes: score_paper(us, s, intervals, [{**p, "acts": p[kind]} for p in random_pools],
                                               alone[kind], text, cfg.max_entries, sizes, cfg.seed)
         compare[kind], rest = score(picked, SIZES), score(np.setdiff1d(alive_units[kind], picked), ())
-        top_random.add_scores(compare[kind], s, pool, kind, text, cfg)
+        top_random.add_scores(compare[kind], s, top_random_pool, kind, text, cfg)
         results[kind] = sorted(compare[kind] + rest, key=lambda r: r["unit"])
         for r in results[kind]:  # the table in words, for the report, the browser and units.json
             r["rows"], r["otherwise"] = explainer.describe(r["explanation"], run.enc, text.vocab)

@@ -94,7 +94,7 @@ def html_page(cfg, run, pages, rows, scale, pool_tokens, guide="", absent=None):
     dead ones, the dead features' nearest misses, and how many tokens the model never trained on."""
     data = script_data({"vocab": vocab_labels(run), "units": pages, "n_tokens": run.n_tokens, **(absent or {})})
     notes = NOTES.format(n_tokens=run.n_tokens, pool=pool_tokens, scale=scale, ctx=run.context,
-                         intervals=cfg.intervals, sae=f"F{run.main}",
+                         intervals=cfg.intervals, sae=f"F{run.n_features}",
                          before=cfg.before, after=cfg.after)
     out = os.path.dirname(os.path.normpath(run.dir))  # the run: <out>/<analysis-dir>
     return (HEAD.replace("TITLE", html.escape(f"Feature browser: {out}")) + guide + notes + CONTROLS

@@ -163,11 +163,11 @@ def control_model(out, run):
         ckpt = load_checkpoint(path, "random-weights LM", "delete it and rerun python -m lab.compare")
         model = Transformer(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-        sae_path, sae = os.path.join(out, "sae_random", f"F{run.main}", "ckpt.pt"), None
+        sae_path, sae = os.path.join(out, "sae_random", f"F{run.n_features}", "ckpt.pt"), None
         if os.path.exists(sae_path):
             sae, sae_ckpt = load_sae(sae_path, run.device)
             sae = sae if sae_ckpt["lm_fingerprint"] == lm_fingerprint(ckpt) else None
-        return model.to(run.device).eval(), sae, "lm_random" + (f" and sae_random/F{run.main}" if sae else "")
+        return model.to(run.device).eval(), sae, "lm_random" + (f" and sae_random/F{run.n_features}" if sae else "")
     with torch.random.fork_rng():   # (the global generator is left as it was)
         torch.manual_seed(run.lm_ckpt["config"]["seed"])
         model = Transformer(ModelConfig(**run.lm_ckpt["model_config"]))

@@ -66,7 +66,7 @@ class Run:
     lm_ckpt: dict
     fingerprint: str      # lab.plumbing.lm_fingerprint of the LM
     saes: dict            # {n_features: LoadedSAE}, smallest first
-    main: int             # the dictionary analysed in detail (--n-features)
+    n_features: int       # the main SAE's dictionary size: the one analysed in detail (--n-features)
     tokens: np.ndarray    # the first n_tokens held-out tokens, int64
     n_tokens: int         # whole LM windows
     meta: dict            # data.py's meta.json
@@ -79,12 +79,12 @@ class Run:
 
     @property
     def main_sae(self):
-        return self.saes[self.main].sae
+        return self.saes[self.n_features].sae
 
     @property
     def main_name(self):
         """The main SAE's name in the measurement and in units.json, e.g. F4096."""
-        return f"F{self.main}"
+        return f"F{self.n_features}"
 
 
 def load_run(cfg):
@@ -123,8 +123,8 @@ def load_run(cfg):
         print(f"warning: {n_tokens:,} held-out tokens (--tokens {cfg.tokens}) are too few for the loss recovered, the "
               f"densities and the scores to mean much: the report says so beside them (the default analyses the "
               f"whole validation split)", flush=True)
-    return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())), main=main_n,
-               tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
+    return Run(model=model, lm_ckpt=lm_ckpt, fingerprint=fingerprint, saes=dict(sorted(saes.items())),
+               n_features=main_n, tokens=np.asarray(tokens[:n_tokens]).astype(np.int64), n_tokens=n_tokens, meta=meta,
                enc=load_tokenizer(data_dir), device=device,
                batch=max(1, 1024 // T) * T,  # whole windows, ~1,000 tokens: a (tokens, features) batch stays in cache
                dir=os.path.join(cfg.out, cfg.analysis_dir), context=cfg.context, seed=cfg.seed)

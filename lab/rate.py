@@ -138,7 +138,7 @@ def sources(acfg, measured, control=True):
     folder = os.path.join("compare", "analysis_random")            # lab/compare.py's analysis of the control
     units = os.path.join(acfg.out, folder, "units.json")
     if control and os.path.exists(units):   # on the tokens compare measured it on (its own --tokens)
-        ccfg = dataclasses.replace(acfg, lm_dir="lm_random", sae_dir="sae_random", n_features=run.main,
+        ccfg = dataclasses.replace(acfg, lm_dir="lm_random", sae_dir="sae_random", n_features=run.n_features,
                                    analysis_dir=folder, tokens=json.load(open(units))["n_tokens"])
         crun = measure.load_run(ccfg)
         out["control"] = (crun, measured(ccfg, crun), load_units(ccfg, crun))

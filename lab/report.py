@@ -13,7 +13,7 @@ import json
 import os
 import time
 
-from lab import browser, probing, steer, summary
+from lab import probing
 from lab.formatting import signed
 from lab.measure import FEW_TOKENS
 from lab.plumbing import atomic_write_text, fmt_eta
@@ -31,12 +31,9 @@ PAPER = {"dead": "168 / 4,096 (4.1%)", "ultralow": "292 of 4,096 (density < 1e-6
 KEPT = ("ratings",)
 
 
-def finish(cfg, run, m, res, t0):
-    """A full analysis' last steps, on the interp step's scored units: the feature browser, the steering
-    table, then report.md. m: analyze.measured; res: analyze.analyze's results; t0: when it started."""
-    scored = summary.load_units(cfg, run)
-    res["browser"] = browser.write_browser(browser.Config(), run, m, scored)
-    res["steering"] = steer.measure_steering(steer.Config(), run, m, scored)
+def finish(cfg, run, res, t0):
+    """A full analysis' last step, once the browser and the steering table are in res: report.md and
+    summary.json, and the line that says where they are. res: analyze.analyze's results; t0: its start."""
     res["seconds"] = time.time() - t0
     print(f"report: {write_report(cfg, run, res)} ({fmt_eta(res['seconds'])})")
 
@@ -113,7 +110,7 @@ def summary_section(cfg, run, res):
 
 def run_lines(cfg, run, res):
     """What was analysed: the LM, the SAE and the held-out tokens, with how long each took."""
-    n, main = run.n_tokens, run.main
+    n, main = run.n_tokens, run.n_features
     lm, sae_ckpt = run.lm_ckpt, run.saes[main].ckpt
     lm_tokens = lm["step"] * lm["config"]["batch_size"] * lm["config"]["block_size"]
     took = fmt_eta(res["measure"].seconds)
@@ -135,7 +132,7 @@ def run_lines(cfg, run, res):
 
 def summary_table(cfg, run, res):
     """Ours beside the paper's: the SAE, the controlled comparisons, then features against neurons."""
-    n, main = run.n_tokens, run.main
+    n, main = run.n_tokens, run.n_features
     row = next(r for r in res["losses"]["rows"] if r["name"] == f"F{main}")
     dens, top_random = res["density"][main], res["interp"]["summary"]["beside"]["top_random"]
     cluster = dens["cluster"]

@@ -63,7 +63,7 @@ def density_section(res):
 
 
 def interp_section(cfg, run, res):
-    it, cluster = res["interp"]["summary"], res["density"][run.main]["cluster"]
+    it, cluster = res["interp"]["summary"], res["density"][run.n_features]["cluster"]
     lines = ["## 3. Features versus neurons: interpretability", "",
              f"The paper's automated interpretability asks a language model to explain a unit from its activating "
              f"examples, then to predict its activations on other examples from the explanation alone. Offline, our "
