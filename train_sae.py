@@ -79,9 +79,10 @@ def train(cfg, on_step=None):
     # 1. set-up: the LM, one SAE and optimizer per size, the first fill (lab/run.py: processes, --resume, checks)
     run = Run(cfg, "SAE", "--sae-dir", lambda c: [f"F{n}" for n in c.sizes], pattern="F*", unit="activations")
     cfg = run.cfg   # on --resume, cfg is the checkpoint's: the run goes on as it began
-    # the fast path, chosen here: lab/sae_fast.py's gradients and metrics, the same numbers as sae.py's, faster
+    # the fast paths, chosen here: lab/sae_fast.py's gradients, metrics and errors, sae.py's numbers, faster
     grads = (lambda s, x, l1: sae_fast.fused_grads(s, x, l1, bf16=None if cfg.bf16 else False)) if cfg.fused else None
     evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
+    sq_errors = sae_fast.squared_errors if cfg.fused else None
     saes, opts, since_fired, fill, buffer, held_out = set_up(run, cfg, grads)
     val_acts = held_out(cfg.eval_activations)   # the validation split's, the same at every evaluation
     steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
@@ -108,7 +109,7 @@ def train(cfg, on_step=None):
             # c. --recipe paper: resample dead features at 2.5/5/7.5/10% of the run (25k..100k of its 1M steps)
             if cfg.recipe == "paper" and step + 1 in sae_lib.resample_schedule(run.max_steps):
                 for i, (s, o) in enumerate(zip(saes, opts)):
-                    n_dead = run.timed("resampling", resample, s, o, since_fired[i], buffer, step + 1, run)
+                    n_dead = run.timed("resampling", resample, s, o, since_fired[i], buffer, step + 1, run, sq_errors)
                     run.log({"step": step + 1, "resampled": n_dead}, i)
                     run.say(f"step {step + 1}: resampled {n_dead} dead features of F{s.cfg.n_features}")
             # d. held-out metrics every eval_every steps, and a progress line
@@ -165,14 +166,15 @@ def sae_step(s, opt, x, grads, l1_coeff, sync=None):
     return stats
 
 
-def resample(s, opt, since_fired, buffer, step, run):
-    """Resample one SAE's dead features (silent for the paper's window, or since the start if
-    shorter) from a sample of the buffer; returns how many. Resets their counters in place."""
+def resample(s, opt, since_fired, buffer, step, run, sq_errors=None):
+    """Resample one SAE's dead features (silent for the paper's window, or since the start if shorter) from
+    a sample of the buffer; returns how many. Resets their counters in place. sq_errors(s, x): each input's
+    squared error (None: sae.resample_dead computes them)."""
     dead = since_fired >= min(sae_lib.dead_window(run.max_steps), step)
     n_dead = 0
     if dead.any():  # the errors of ~400k inputs cost as much as 100 steps: only when there is work
         sample = buffer[:min(len(buffer), 100 * run.per_step)]
-        n_dead = sae_lib.resample_dead(s, opt, dead, sample, sae_fast.squared_errors(s, sample))
+        n_dead = sae_lib.resample_dead(s, opt, dead, sample, sq_errors(s, sample) if sq_errors else None)
     run.agree([s.W_enc.data, s.W_dec.data, s.b_enc.data])  # every rank resampled on its own inputs: rank 0's wins
     since_fired[dead] = 0
     return n_dead

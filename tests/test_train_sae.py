@@ -156,10 +156,10 @@ def test_paper_kill_resume_is_exact_across_a_resampling(tiny_lm, monkeypatch):
     features are made to count as dead, so both resamplings draw: the second from the state the first left."""
     real_resample = train_sae.resample
 
-    def with_dead(s, opt, since_fired, buffer, step, run):
+    def with_dead(s, opt, since_fired, buffer, step, *rest):
         if step in (2, 5):
             since_fired[:32] = 10**6
-        return real_resample(s, opt, since_fired, buffer, step, run)
+        return real_resample(s, opt, since_fired, buffer, step, *rest)
     monkeypatch.setattr(train_sae, "resample", with_dead)
     kw = dict(recipe="paper", n_features=256, batch_size=512, buffer_size=2 * 512, max_activations=48 * 512,
               eval_every=48)
@@ -267,3 +267,22 @@ def test_lm_and_sae_train_on_cuda(tiny_data):
     model, _ = load_lm(tiny_data, "lm_cuda")
     acts = harvest(model, data.load_tokens(os.path.join(tiny_data, "data"), "val"), 256)[0]
     assert sae(acts)[0].device.type == "cpu" and torch.isfinite(sae(acts)[0]).all()
+
+
+def test_no_fused_is_sae_pys_reference_alone(tiny_lm, monkeypatch):
+    """--no-fused trains by sae.py alone: its gradients, its held-out metrics and its resampling (64 features
+    forced dead, so the paper's recipe resamples them); no function of lab/sae_fast.py runs."""
+    from lab import sae_fast
+    for name in ("fused_grads", "evaluate", "squared_errors", "sparse_forward"):
+        monkeypatch.setattr(sae_fast, name, lambda *a, name=name, **k: pytest.fail(f"--no-fused ran sae_fast.{name}"))
+    real_step = train_sae.sae_step
+
+    def dead_at_start(s, o, x, grads, l1_coeff, sync=None):
+        if s.b_enc[0] > -1e4:
+            with torch.no_grad():
+                s.b_enc[:64] = -1e4
+        return real_step(s, o, x, grads, l1_coeff, sync)
+    monkeypatch.setattr(train_sae, "sae_step", dead_at_start)
+    ckpt = train_sae.train(sae_config(tiny_lm, sae_dir="sae_reference", recipe="paper", fused=False,
+                                      max_activations=40 * 1024))[0]
+    assert sum(h.get("resampled", 0) for h in ckpt["history"]) >= 64
