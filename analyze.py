@@ -134,7 +134,8 @@ def measured(cfg, run):
                                     ctx (U, k) the context's id, acts (U, k, context) its activations there
         m.intervals[source][half]   [i]: contexts drawn at random from activation interval i (the same fields,
                                     val a draw's priority); for the neurons, sparse neurons and main SAE only
-        m.sparse_k                  the k of the sparsified neurons (matched_k)"""
+        m.sparse_k                  the k of the sparsified neurons (matched_k)
+        m.proxies (n_tokens, P)     which context predicates (lab/predicates.py) hold on each token"""
     def kinds():   # on a cache miss only: matched_k reads a few thousand tokens
         k = matched_k(run)
         return k, {**neuron_kinds(k), **{f"F{n}": s.sae.encode for n, s in run.saes.items()}}
@@ -280,21 +281,21 @@ def interpretability(cfg, run, m, dens=None):
     95% intervals, per density bin and at matched density (lab/resampling.py). Writes interp.png, units.json."""
     names = {"neurons": "neurons", "features": run.main_name, "sparse_neurons": "sparse_neurons"}
     unit_stats = {kind: m.stats[name] for kind, name in names.items()}
-    ultralow = (dens or {}).get(run.n_features, {}).get("cluster") or ultralow_cluster(
-        (unit_stats["features"].fired.double() / run.n_tokens).numpy())
+    ultralow = dens[run.n_features]["cluster"] if dens else ultralow_cluster(
+        (unit_stats["features"].fired.double() / run.n_tokens).numpy())   # the density step's, when it ran
     kinds = {**neuron_kinds(m.sparse_k), "features": run.main_sae.encode}   # as functions of the MLP's activations
     rng = np.random.default_rng(cfg.seed)         # top-and-random's contexts, then the sample of units
     top_random_pool = measure.random_contexts(run, m, kinds, SCORE, 5 * cfg.score_random, rng, cfg.context)
     protocol_rng = np.random.default_rng([cfg.seed, 1])   # the paper's protocol's random contexts, in each half
     random_pools = [measure.random_contexts(run, m, kinds, half, n, protocol_rng, cfg.context)
-                    for half, n in ((EXPLAIN, 50), (SCORE, 200))]
+                    for half, n in ((EXPLAIN, 50), (SCORE, 200))]   # each: dict(ctx (C,), kind: acts (C, ctx, U))
     text = explainer.held_out(cfg, run, m)
     alone = measure.alone_acts(run.model, text.vocab, kinds)   # every token read alone
     alive_units = {kind: alive(s, ultralow if kind == "features" else None) for kind, s in unit_stats.items()}
-    n, drawn = sample(cfg, alive_units, rng)
+    n, sampled = sample(cfg, alive_units, rng)
     results, compare = {}, {}
     for kind, s in unit_stats.items():   # the sample at every explanation length of SIZES, the others at max_entries
-        t0, picked = time.time(), alive_units[kind][drawn[kind]]
+        t0, picked = time.time(), alive_units[kind][sampled[kind]]
         intervals = m.intervals[names[kind]]
         score = lambda us, sizes: score_paper(us, s, intervals, [{**p, "acts": p[kind]} for p in random_pools],
                                               alone[kind], text, cfg.max_entries, sizes, cfg.seed)
@@ -352,19 +353,19 @@ class Examples:
     alone_acts: np.ndarray   # (A,)
 
 
-def paper_examples(u, n, top, intervals, pool, alone, order, rng):
-    """Unit u's examples in one half (n: EXPLAIN_SET or SCORE_SET), from the half's top contexts, its
+def paper_examples(u, counts, top, intervals, pool, alone, order, rng):
+    """Unit u's examples in one half (counts: EXPLAIN_SET or SCORE_SET), from the half's top contexts, its
     intervals' samples (measure.stack_intervals), a pool of random contexts (measure.random_contexts) and every
     token's activations alone (alone (vocab, U); order: the tokens by them, largest first)."""
     keep = top.val[u] > 0
-    ids, acts = top.ctx[u][keep][:n["top"]].numpy(), top.acts[u][keep][:n["top"]].numpy()
+    ids, acts = top.ctx[u][keep][:counts["top"]].numpy(), top.acts[u][keep][:counts["top"]].numpy()
     # an interval's slot holds a draw where its priority (val) is finite; an empty interval leaves it at -inf
-    drawn = (intervals.val[u] > -float("inf")).numpy() & ~np.isin(intervals.ctx[u].numpy(), ids)
-    ids = np.append(ids, intervals.ctx[u].numpy()[drawn])
-    acts = np.concatenate([acts, intervals.acts[u].numpy()[drawn]])
+    filled = (intervals.val[u] > -float("inf")).numpy() & ~np.isin(intervals.ctx[u].numpy(), ids)
+    ids = np.append(ids, intervals.ctx[u].numpy()[filled])
+    acts = np.concatenate([acts, intervals.acts[u].numpy()[filled]])
     free = np.flatnonzero(~np.isin(pool["ctx"], ids))
-    pick = rng.choice(free, min(n["random"], len(free)), replace=False)
-    tokens = order[n["tokens"][0]:n["tokens"][1], u]
+    pick = rng.choice(free, min(counts["random"], len(free)), replace=False)
+    tokens = order[counts["tokens"][0]:counts["tokens"][1], u]
     return Examples(np.append(ids, pool["ctx"][pick]), np.concatenate([acts, pool["acts"][pick, :, u]]),
                     tokens, alone[tokens, u])
 
@@ -401,8 +402,8 @@ def score_one(u, unit_stats, intervals, pools, alone, order, text, lengths, max_
     """score_paper for one unit, without the control (its examples are kept for it); per explanation length,
     the context_sums of the scored contexts, whose documents (docs) lab/resampling.py resamples."""
     rng = np.random.default_rng([seed, int(u)])
-    ex, sc = (paper_examples(u, n, unit_stats.top[h], intervals[h], pools[h], alone, order, rng)
-              for n, h in ((EXPLAIN_SET, EXPLAIN), (SCORE_SET, SCORE)))
+    ex, sc = (paper_examples(u, counts, unit_stats.top[h], intervals[h], pools[h], alone, order, rng)
+              for counts, h in ((EXPLAIN_SET, EXPLAIN), (SCORE_SET, SCORE)))
     silent = detection.silent_contexts(u, pools[SCORE], rng)
     prev, cur, labels, acts, _ = positions(ex, text)
     longest = explainer.explain(prev, cur, labels, acts, lengths[-1], text.vocab)

@@ -142,7 +142,8 @@ class Transformer(nn.Module):
 def harvest(model, tokens, count, generator=None, batch_windows=64, device="cpu"):
     """MLP activations (after the ReLU) at `count` token positions, with their token ids and their
     positions in `tokens`. generator given: random windows (training); None: consecutive windows
-    from the start of `tokens` (analysis, reproducible). Every position of a window is used."""
+    from the start of `tokens` (analysis, reproducible). Every position of a window is used (the paper samples
+    250 of each context; a shuffled buffer, train_sae.py's, mixes the windows all the same)."""
     T = model.cfg.block_size
     n_windows = math.ceil(count / T)
     if generator is not None:

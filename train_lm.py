@@ -94,6 +94,7 @@ def train(cfg, on_step=None):
     lm_loss = unembed_cross_entropy if cfg.fused else plain_cross_entropy   # the fast path, chosen here
     net, autocast = run.distributed(model), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     next_batch = lambda g: run.share(data.get_batch(train_tokens, cfg.batch_size, mcfg.block_size, g, device))
+    # the run's length (--max-minutes: the steps that fit, timed on the batch and step given) and its checkpoints
     run.start(cfg.max_tokens, tokens_per_step, [dict(model_config=dataclasses.asdict(mcfg), model=model, optimizer=opt,
               batch_rng=batch_rng, tokenizer_hash=meta["tokenizer_hash"])],
               timed=(next_batch, lambda m, o, batch: train_step(m, lm_loss, o, batch, cfg.lr, cfg, autocast)))

@@ -79,12 +79,11 @@ def train(cfg, on_step=None):
     # 1. set-up: the LM, one SAE and optimizer per size, the first fill (lab/run.py: processes, --resume, checks)
     run = Run(cfg, "SAE", "--sae-dir", lambda c: [f"F{n}" for n in c.sizes], pattern="F*", unit="activations")
     cfg = run.cfg   # on --resume, cfg is the checkpoint's: the run goes on as it began
-    # the fast paths, chosen here: lab/sae_fast.py's gradients, metrics and errors, sae.py's numbers, faster
+    # the fast paths, chosen here: lab/sae_fast.py's gradients (bf16=None: where it is fast), metrics and errors
     grads = (lambda s, x, l1: sae_fast.fused_grads(s, x, l1, bf16=None if cfg.bf16 else False)) if cfg.fused else None
-    evaluate = sae_fast.evaluate if cfg.fused else sae_lib.evaluate
-    sq_errors = sae_fast.squared_errors if cfg.fused else None
-    saes, opts, since_fired, fill, buffer, held_out = set_up(run, cfg, grads)
-    val_acts = held_out(cfg.eval_activations)   # the validation split's, the same at every evaluation
+    evaluate, sq_errors = (sae_fast.evaluate, sae_fast.squared_errors) if cfg.fused else (sae_lib.evaluate, None)
+    saes, opts, since_fired, fill, buffer, validation_acts = set_up(run, cfg, grads)
+    val_acts = validation_acts(cfg.eval_activations)   # the validation split's, the same at every evaluation
     steps_per_fill, per_rank = cfg.buffer_size // cfg.batch_size, cfg.batch_size // run.world
     sync = run.grad_sync(["fired"])  # under DDP: the processes' gradients averaged, their counts summed
 
@@ -120,7 +119,7 @@ def train(cfg, on_step=None):
     # 3. the final evaluation, on a larger held-out set: "dead" needs many examples to mean anything
     if not run.end_processes():
         return None
-    final_acts = held_out(4 * cfg.eval_activations)
+    final_acts = validation_acts(4 * cfg.eval_activations)
     log_sae_metrics(run, evaluate, saes, final_acts, run.step, [dict(final=True, held_out=len(final_acts))] * len(saes))
     ckpts = run.finish(timed_phase="SAE steps")
     print_sae_metrics(saes, run.histories, run.step * cfg.batch_size)  # `F4096: L0 34.7 | FVU 0.040 | ...`
@@ -129,7 +128,7 @@ def train(cfg, on_step=None):
 
 def set_up(run, cfg, grads):
     """The LM; the SAEs (--recipe 2024: its start), their optimizers, a new run's first fill (each SAE's scale
-    and b_dec come from it); fill() for the next, held_out(n): n activations on fixed validation windows."""
+    and b_dec come from it); fill() for the next, validation_acts(n): n activations on fixed validation windows."""
     model, about_lm, lm, train_tokens, val_tokens = lm_and_shards(cfg, run.device)
     run.refuse_unsafe_start(sae_memory(cfg.sizes, model.cfg.d_mlp, cfg.batch_size // run.world, cfg.buffer_size))
     torch.manual_seed(cfg.seed)
@@ -149,12 +148,13 @@ def set_up(run, cfg, grads):
     state = [dict(sae_config=dataclasses.asdict(s.cfg), sae=s, optimizer=o, seen=lambda step: step * cfg.batch_size,
                   since_fired=f, windows_rng=windows_rng, shuffle_rng=shuffle_rng, **lm)   # what a checkpoint holds
              for s, o, f in zip(saes, opts, since_fired)]
+    # the run's length (--max-minutes: the steps that fit, timed on the batch and step given) and its checkpoints
     run.start(cfg.max_activations, cfg.batch_size, state,
               timed=(lambda g: harvest(model, train_tokens, cfg.batch_size, g, device=run.device)[0],
                      lambda s, o, x: sae_step(s, o, x, grads, cfg.l1_coeff)))
     run.announce(f"{about_lm}; SAE sizes {cfg.sizes}\nrecipe {cfg.recipe}: {RECIPES[cfg.recipe]}\n", len(train_tokens))
-    held_out = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=run.device)[0]
-    return saes, opts, since_fired, fill, buffer, held_out
+    validation_acts = lambda n: harvest(model, val_tokens, n, torch.Generator().manual_seed(1234), device=run.device)[0]
+    return saes, opts, since_fired, fill, buffer, validation_acts
 
 
 def sae_step(s, opt, x, grads, l1_coeff, sync=None):
@@ -172,7 +172,8 @@ def resample(s, opt, since_fired, buffer, step, run, sq_errors=None):
     squared error (None: sae.resample_dead computes them)."""
     dead = since_fired >= min(sae_lib.dead_window(run.max_steps), step)
     n_dead = 0
-    if dead.any():  # the errors of ~400k inputs cost as much as 100 steps: only when there is work
+    if dead.any():  # 100 steps' inputs, at most the buffer (262k at the defaults; the paper: 819,200). Their
+        # errors cost as much as 100 steps: only when there is work
         sample = buffer[:min(len(buffer), 100 * run.per_step)]
         n_dead = sae_lib.resample_dead(s, opt, dead, sample, sq_errors(s, sample) if sq_errors else None)
     run.agree([s.W_enc.data, s.W_dec.data, s.b_enc.data])  # every rank resampled on its own inputs: rank 0's wins
