@@ -192,8 +192,9 @@ def resample(s, opt, since_fired, buffer, step, run, sq_errors=None):
 
 @torch.no_grad()
 def init_2024(s):
-    """The update's start: encoder = decoder^T and b_enc = 0, with decoder norms 0.1. In our unit
-    decoder the feature carries that 0.1 (as above), so it reads 0.1 * 0.1 u_i . x: 0.01."""
+    """The update's start: encoder = decoder^T, b_enc = 0, decoder rows of norm 0.1: feature i reads
+    f_i = 0.1 u_i . x (u_i its unit direction) and adds 0.1 f_i u_i. Our decoder row is u_i itself, so the
+    same SAE's feature is 0.1 f_i = 0.01 u_i . x: an encoder row of 0.01 W_dec[i]."""
     s.W_enc.copy_(0.01 * s.W_dec)
     s.b_enc.zero_()
 
