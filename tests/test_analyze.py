@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(out, **kw):
-    base = dict(out=out, device="cpu", tokens=16384, loss_tokens=4096, n_units=64, bootstrap=100)
+    base = dict(out=out, device="cpu", tokens=8192, loss_tokens=4096, n_units=64, bootstrap=100)
     base.update(kw)
     return analyze.AnalyzeConfig(**base)
 
