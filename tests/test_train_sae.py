@@ -41,8 +41,20 @@ def test_harvested_activations_are_the_models_own(tiny_lm):
     assert torch.equal(ids_r, torch.from_numpy(tokens[pos_r.numpy()].astype("int64")))
 
 
-def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
-    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_whole"))[0]
+SNAPSHOTS = ["10240", "20480"]  # steps 10 (before the crash at 13, taken again after it) and 20
+
+
+@pytest.fixture(scope="module")
+def whole_2024(tiny_lm):
+    """The uninterrupted run both kill-and-resume tests below compare against: sae_config's run (--recipe 2024,
+    the default; 24 steps), with --snapshots at steps 10 and 20, which copy checkpoints aside and change
+    nothing in the run (its weights, history and counters are those of the same run without them).
+    Nothing writes into its folders after it finishes."""
+    return train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024", snapshots=SNAPSHOTS))[0]
+
+
+def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm, whole_2024):
+    whole = whole_2024   # the crashed run below has no snapshots: compared with the flags it was started with
     evals = [h for h in whole["history"] if "mse" in h and not h.get("final")]
     assert evals[-1]["mse"] < 0.7 * evals[0]["mse"], (evals[0], evals[-1])
     with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
@@ -53,7 +65,8 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash", resume=True, n_features=512))
     # --resume alone (every other flag at its default) goes on with the run's own flags
     resumed = train_sae.train(train_sae.SAETrainConfig(out=tiny_lm, sae_dir="sae_crash", device="cpu", resume=True))[0]
-    assert {**resumed["config"], "sae_dir": "sae_whole", "resume": False, "ckpt_minutes": 0.0} == whole["config"]
+    assert {**resumed["config"], "sae_dir": "sae_2024_whole", "resume": False, "ckpt_minutes": 0.0} == {
+        **whole["config"], "snapshots": []}
     assert resumed["step"] == whole["step"] == 24
     for k, v in whole["sae"].items():
         assert torch.equal(v, resumed["sae"][k]), k
@@ -124,11 +137,10 @@ def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     assert all(s >= 0 for s in split.values()) and split["SAE steps"] > 0
 
 
-def test_2024_kill_resume_is_exact(tiny_lm):
+def test_2024_kill_resume_is_exact(tiny_lm, whole_2024):
     """The existing kill-and-resume test under --recipe 2024: its schedules are functions of the step
     and the run's length, so a resumed run continues them exactly."""
-    snapshots = ["10240", "20480"]  # steps 10 (before the crash, taken again after it) and 20
-    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024", snapshots=snapshots))[0]
+    snapshots, whole = SNAPSHOTS, whole_2024
     with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots),
                         on_step=crash_at(13))
