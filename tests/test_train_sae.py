@@ -101,10 +101,10 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
     monkeypatch.setattr(train_sae, "sae_step", watch)
     monkeypatch.setattr(train_sae, "resample", lambda *a: resampled.append(a[4]) or real_resample(*a))
     ckpt = train_sae.train(sae_config(tiny_lm, sae_dir=f"sae_{recipe}_{activation}", recipe=recipe,
-                                      activation=activation, max_activations=40 * 1024))[0]
+                                      activation=activation, max_activations=40 * 1024, n_features=256))[0]
     assert ckpt["config"]["recipe"] == recipe and len(seen) == 40
     l1s, lrs = zip(*seen)
-    torch.testing.assert_close(first["W_dec"].norm(dim=1), torch.ones(1024))
+    torch.testing.assert_close(first["W_dec"].norm(dim=1), torch.ones(256))
     assert (first["b_dec"] != 0).any()  # b_dec at the geometric median before the first step, both recipes
     b_enc = ckpt["sae"]["b_enc"][:64]
     if recipe == "paper":
