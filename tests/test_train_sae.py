@@ -252,8 +252,9 @@ def test_a_timed_start_leaves_the_sae_run_as_a_count_would(tiny_lm, monkeypatch)
     timed = []
     monkeypatch.setattr(lab_run, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and
                         timed.append(1) or 16)
-    budget = train_sae.train(sae_config(tiny_lm, sae_dir="sae_minutes", max_minutes=5.0, recipe="2024"))[0]
-    count = train_sae.train(sae_config(tiny_lm, sae_dir="sae_count", max_activations=16 * 1024, recipe="2024"))[0]
+    kw = dict(recipe="2024", n_features=256)   # (the size plays no part in how the run is timed)
+    budget = train_sae.train(sae_config(tiny_lm, sae_dir="sae_minutes", max_minutes=5.0, **kw))[0]
+    count = train_sae.train(sae_config(tiny_lm, sae_dir="sae_count", max_activations=16 * 1024, **kw))[0]
     assert timed and budget["max_steps"] == count["max_steps"] == 16
     for k, v in count["sae"].items():
         assert torch.equal(v, budget["sae"][k]), k
