@@ -127,9 +127,10 @@ def test_a_students_functions_swapped_in_train_the_references_sae(tiny_lm, monke
     """The solutions, swapped in where the reference's functions are, train an SAE (through the autograd
     path, so through the student's loss) to the reference's held-out metrics and loss recovered."""
     def run(sae_dir):
-        # 16 steps, not sae_config's 24: the paper recipe's resampling schedule is the same (steps 1 and 2)
+        # 16 steps of a 256-feature SAE, not sae_config's 24 of 1,024: the paper recipe's resampling schedule
+        # is the same (steps 1 and 2), and every swapped-in function is used as often per step
         ckpt = train_sae.train(sae_config(tiny_lm, sae_dir=sae_dir, fused=False, recipe="paper",
-                                          max_activations=16 * 1024))[0]
+                                          max_activations=16 * 1024, n_features=256))[0]
         cfg = analyze.AnalyzeConfig(out=tiny_lm, sae_dir=sae_dir, device="cpu", tokens=4096, bootstrap=10,
                                     analysis_dir=f"analysis_{sae_dir}")
         return ckpt, analyze.analyze(cfg, "losses")["losses"]["rows"][1]
