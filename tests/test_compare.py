@@ -244,10 +244,14 @@ def test_stage_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     assert [c.resume for c in calls] == [False, True]
 
 
-def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
+def test_the_whole_experiment_on_the_tiny_run(tiny_sae, tmp_path, capsys):
     """Model B is model A's copy here, so every alive unit must find itself (r = 1); the control is
     model A's exact initialisation; the sweep trains; a second run redoes nothing."""
-    out = tiny_sae
+    # on a copy of the main run: the new runs stay out of the session's folder, where an analysis made
+    # after this test would take lm_random for its grounding control
+    out = str(tmp_path / "out")
+    for folder in ("data", "lm", "sae"):
+        shutil.copytree(os.path.join(tiny_sae, folder), os.path.join(out, folder))
     shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_b"))
     shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_b"))
     # 2,048 held-out tokens for the knob and the control's two analyses: the control scores every alive
