@@ -88,3 +88,24 @@ def tiny_sae(tiny_lm):
                                              buffer_size=8 * 1024, eval_activations=4096, eval_every=8,
                                              n_features=1024))
     return tiny_lm
+
+
+def browse_config(out, **kw):
+    """The analysis the browser, steering and rating tests read (8,192 held-out tokens, 32 units of each
+    kind compared, 10 bootstrap resamples), in its own folder."""
+    import analyze
+    base = dict(out=out, device="cpu", tokens=8192, loss_tokens=4096, analysis_dir="analysis_browse", n_units=32,
+                bootstrap=10)
+    base.update(kw)
+    return analyze.AnalyzeConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def analysed_all(tiny_sae):
+    """(config, results) of analyze.py's whole analysis of the tiny run (every step, report.md, the browser),
+    run once per session: test_analyze.py's end-to-end test checks its results; test_browser.py,
+    test_steer.py and test_rate.py read its measurement and units.json. Made before any of them runs,
+    whichever runs first, so each finds the folder in the same state."""
+    import analyze
+    cfg = browse_config(tiny_sae)
+    return cfg, analyze.analyze(cfg)

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(out, **kw):
-    base = dict(out=out, device="cpu", tokens=16384, loss_tokens=4096, n_units=64, bootstrap=100)
+    base = dict(out=out, device="cpu", tokens=8192, loss_tokens=4096, n_units=64, bootstrap=100)
     base.update(kw)
     return analyze.AnalyzeConfig(**base)
 
@@ -291,10 +291,11 @@ def test_identity_sae_recovers_all_of_the_loss(tiny_lm):
     assert (identity["l0"], identity["dead"], identity["dense"]) == (neurons["l0"], neurons["dead"], neurons["dense"])
 
 
-def test_report_builds_end_to_end(tiny_sae):
-    cfg = small_config(tiny_sae)
-    res = analyze.analyze(cfg)
-    folder = os.path.join(tiny_sae, "analysis")
+def test_report_builds_end_to_end(analysed_all):
+    """analyze.py's every step, as `python analyze.py` runs them (conftest.py's analysed_all: 8,192 held-out
+    tokens; its folder is the one the browser, steering and rating tests read)."""
+    cfg, res = analysed_all
+    folder = os.path.join(cfg.out, cfg.analysis_dir)
     report = open(os.path.join(folder, "report.md")).read()
     for needle in ("## Summary", "79%", "168", "## 4. Activation specificity", "(density.png)", "(interp.png)"):
         assert needle in report

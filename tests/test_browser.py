@@ -79,13 +79,10 @@ def test_logit_effects_match_the_models_own_average_derivative():
 
 
 @pytest.fixture(scope="module")
-def analysed(tiny_sae):
-    """analysis/measure.pt and units.json of the tiny run (analyze.py's interp step), in their own folder."""
-    cfg = analyze.AnalyzeConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse",
-                                n_units=32, bootstrap=10)
-    if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):   # (test_steer.py's too)
-        analyze.analyze(cfg, "interp")
-    return cfg
+def analysed(analysed_all):
+    """analysis_browse/ of the tiny run: its measure.pt and units.json (conftest.py's analysed_all, the whole
+    analysis, shared with test_analyze.py's end-to-end test and with test_steer.py and test_rate.py)."""
+    return analysed_all[0]
 
 
 def browse(**kw):

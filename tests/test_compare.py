@@ -244,14 +244,20 @@ def test_stage_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     assert [c.resume for c in calls] == [False, True]
 
 
-def test_the_whole_experiment_on_the_tiny_run(tiny_sae, capsys):
+def test_the_whole_experiment_on_the_tiny_run(tiny_sae, tmp_path, capsys):
     """Model B is model A's copy here, so every alive unit must find itself (r = 1); the control is
     model A's exact initialisation; the sweep trains; a second run redoes nothing."""
-    out = tiny_sae
+    # on a copy of the main run: the new runs stay out of the session's folder, where an analysis made
+    # after this test would take lm_random for its grounding control
+    out = str(tmp_path / "out")
+    for folder in ("data", "lm", "sae"):
+        shutil.copytree(os.path.join(tiny_sae, folder), os.path.join(out, folder))
     shutil.copytree(os.path.join(out, "lm"), os.path.join(out, "lm_b"))
     shutil.copytree(os.path.join(out, "sae"), os.path.join(out, "sae_b"))
+    # 2,048 held-out tokens for the knob and the control's two analyses: the control scores every alive
+    # unit of both models whatever the number of tokens, so more tokens only make it slower
     cfg = compare.CompareConfig(out=out, device="cpu", sizes=[64, 128, 256], sweep_activations=64 * 1024,
-                                tokens=8192, universality_tokens=8192, groups=4, pairs=3, families=2, n_units=64)
+                                tokens=2048, universality_tokens=8192, groups=4, pairs=3, families=2, n_units=64)
     res = compare.main(cfg)
     u = res["universality"]
     assert len(u["features"]["best"]) > 100 and np.allclose(u["features"]["best"], 1, atol=1e-4)

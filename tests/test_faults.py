@@ -148,25 +148,54 @@ def test_an_eta_no_one_should_wait_for_reads_in_days_or_years():
     assert plumbing.fmt_eta(3 * 86400) == "3 days" and plumbing.fmt_eta(515e6 * 60) == "980 years"
 
 
-@pytest.mark.parametrize("module", ["train_lm", "train_sae", "analyze", "lab.compare", "lab.course"])
-def test_every_entry_point_lets_waiting_threads_sleep_before_torch_loads(module):
-    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: importing each entry point (as running it
-    does) must have set it by the time torch is first imported (lab/bench_busy.py measures why)."""
+ENTRY_POINTS = ["train_lm", "train_sae", "analyze", "lab.compare", "lab.course"]
+
+
+@pytest.fixture(scope="module")
+def entry_point_probes():
+    """probe(module) -> (returncode, stdout, stderr) of a python of its own importing the module, as running it
+    does, which records OMP_WAIT_POLICY when torch is first looked for. Asked for one module, it starts the
+    next one's too, so on a machine of two cores one probe imports while the test waits for the other
+    (never more than two at once)."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    probe = ("import os, sys\n"
-             "class Probe:  # records the variable when torch is first looked for\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name == 'torch':\n"
-             "            print('at torch:', os.environ.get('OMP_WAIT_POLICY'), flush=True)\n"
-             "            sys.meta_path.remove(self)\n"
-             "sys.meta_path.insert(0, Probe())\n"
-             f"import {module}\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0] == "at torch: PASSIVE", out.stdout
+    started = {}
+
+    def start(module):
+        probe = ("import os, sys\n"
+                 "class Probe:  # records the variable when torch is first looked for\n"
+                 "    def find_spec(self, name, path=None, target=None):\n"
+                 "        if name == 'torch':\n"
+                 "            print('at torch:', os.environ.get('OMP_WAIT_POLICY'), flush=True)\n"
+                 "            sys.meta_path.remove(self)\n"
+                 "sys.meta_path.insert(0, Probe())\n"
+                 f"import {module}\n")
+        return subprocess.Popen([sys.executable, "-c", probe], cwd=root, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def probe(module):
+        i = ENTRY_POINTS.index(module)
+        for m in ENTRY_POINTS[i:i + 2]:
+            if m not in started:
+                started[m] = start(m)
+        stdout, stderr = started[module].communicate()
+        return started[module].returncode, stdout, stderr
+    yield probe
+    for p in started.values():   # (a next one that a -k selection left unread)
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_entry_point_lets_waiting_threads_sleep_before_torch_loads(module, entry_point_probes):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: importing each entry point (as running it
+    does) must have set it by the time torch is first imported (lab/bench_busy.py measures why)."""
+    returncode, stdout, stderr = entry_point_probes(module)
+    assert returncode == 0, stderr
+    assert stdout.splitlines()[0] == "at torch: PASSIVE", stdout
 
 
 # A run is continued or refused, never silently replaced; one writer per run folder; the log says

@@ -168,13 +168,10 @@ def test_bad_ratings_files_are_one_line_errors_naming_the_file_and_the_fix(tmp_p
 
 
 @pytest.fixture(scope="module")
-def analysed(tiny_sae):
-    """The tiny run's interp step, in the folder test_browser.py uses (whichever runs first makes it)."""
-    cfg = analyze.AnalyzeConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse",
-                                n_units=32, bootstrap=10)
-    if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):
-        analyze.analyze(cfg, "interp")
-    return cfg
+def analysed(analysed_all):
+    """analysis_browse/ of the tiny run: its measure.pt and units.json (conftest.py's analysed_all, the whole
+    analysis, shared with test_analyze.py's end-to-end test and with test_browser.py and test_steer.py)."""
+    return analysed_all[0]
 
 
 def deck(analysed, tmp_path, **kw):

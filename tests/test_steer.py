@@ -14,13 +14,10 @@ from model import ModelConfig, Transformer
 
 
 @pytest.fixture(scope="module")
-def analysed(tiny_sae):
-    """analysis/measure.pt and units.json of the tiny run, shared with test_browser.py."""
-    cfg = analyze.AnalyzeConfig(out=tiny_sae, device="cpu", tokens=8192, analysis_dir="analysis_browse", n_units=32,
-                                bootstrap=10)
-    if not os.path.exists(os.path.join(tiny_sae, cfg.analysis_dir, "units.json")):
-        analyze.analyze(cfg, "interp")
-    return cfg
+def analysed(analysed_all):
+    """analysis_browse/ of the tiny run: its measure.pt and units.json (conftest.py's analysed_all, the whole
+    analysis, shared with test_analyze.py's end-to-end test and with test_browser.py and test_rate.py)."""
+    return analysed_all[0]
 
 
 def test_value_zero_reproduces_the_unsteered_generation_exactly():

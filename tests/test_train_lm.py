@@ -86,11 +86,18 @@ def test_ddp_two_processes_match_one(tiny_data, tmp_path):
     args = ["--out", tiny_data, "--device", "cpu", "--max-tokens", str(3 * 8 * 32), "--batch-size", "8",
             "--block-size", "32", "--warmup-steps", "2", "--no-bf16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread each: the same reduction order per process
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    "29517", "train_lm.py", *args, "--lm-dir", "lm_ddp"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    subprocess.run([sys.executable, "train_lm.py", *args, "--lm-dir", "lm_single"], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    # the two runs side by side (their own folders; one thread each, so neither's result depends on the
+    # other's timing): on a 2-core machine the single process starts while torchrun's are starting
+    ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                            "29517", "train_lm.py", *args, "--lm-dir", "lm_ddp"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        subprocess.run([sys.executable, "train_lm.py", *args, "--lm-dir", "lm_single"], cwd=ROOT, env=env,
+                       check=True, capture_output=True)
+    finally:
+        out, err = ddp.communicate()
+    if ddp.returncode:
+        raise subprocess.CalledProcessError(ddp.returncode, ddp.args, out, err)
     a = torch.load(os.path.join(tiny_data, "lm_ddp", "ckpt.pt"), weights_only=False)
     b = torch.load(os.path.join(tiny_data, "lm_single", "ckpt.pt"), weights_only=False)
     d = a["model_config"]["d_model"]

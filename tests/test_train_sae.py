@@ -41,8 +41,20 @@ def test_harvested_activations_are_the_models_own(tiny_lm):
     assert torch.equal(ids_r, torch.from_numpy(tokens[pos_r.numpy()].astype("int64")))
 
 
-def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
-    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_whole"))[0]
+SNAPSHOTS = ["10240", "20480"]  # steps 10 (before the crash at 13, taken again after it) and 20
+
+
+@pytest.fixture(scope="module")
+def whole_2024(tiny_lm):
+    """The uninterrupted run both kill-and-resume tests below compare against: sae_config's run (--recipe 2024,
+    the default; 24 steps), with --snapshots at steps 10 and 20, which copy checkpoints aside and change
+    nothing in the run (its weights, history and counters are those of the same run without them).
+    Nothing writes into its folders after it finishes."""
+    return train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024", snapshots=SNAPSHOTS))[0]
+
+
+def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm, whole_2024):
+    whole = whole_2024   # the crashed run below has no snapshots: compared with the flags it was started with
     evals = [h for h in whole["history"] if "mse" in h and not h.get("final")]
     assert evals[-1]["mse"] < 0.7 * evals[0]["mse"], (evals[0], evals[-1])
     with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
@@ -53,7 +65,8 @@ def test_sae_training_learns_and_kill_resume_is_exact(tiny_lm):
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_crash", resume=True, n_features=512))
     # --resume alone (every other flag at its default) goes on with the run's own flags
     resumed = train_sae.train(train_sae.SAETrainConfig(out=tiny_lm, sae_dir="sae_crash", device="cpu", resume=True))[0]
-    assert {**resumed["config"], "sae_dir": "sae_whole", "resume": False, "ckpt_minutes": 0.0} == whole["config"]
+    assert {**resumed["config"], "sae_dir": "sae_2024_whole", "resume": False, "ckpt_minutes": 0.0} == {
+        **whole["config"], "snapshots": []}
     assert resumed["step"] == whole["step"] == 24
     for k, v in whole["sae"].items():
         assert torch.equal(v, resumed["sae"][k]), k
@@ -88,10 +101,10 @@ def test_recipes_start_schedule_and_resample_as_described(tiny_lm, monkeypatch, 
     monkeypatch.setattr(train_sae, "sae_step", watch)
     monkeypatch.setattr(train_sae, "resample", lambda *a: resampled.append(a[4]) or real_resample(*a))
     ckpt = train_sae.train(sae_config(tiny_lm, sae_dir=f"sae_{recipe}_{activation}", recipe=recipe,
-                                      activation=activation, max_activations=40 * 1024))[0]
+                                      activation=activation, max_activations=40 * 1024, n_features=256))[0]
     assert ckpt["config"]["recipe"] == recipe and len(seen) == 40
     l1s, lrs = zip(*seen)
-    torch.testing.assert_close(first["W_dec"].norm(dim=1), torch.ones(1024))
+    torch.testing.assert_close(first["W_dec"].norm(dim=1), torch.ones(256))
     assert (first["b_dec"] != 0).any()  # b_dec at the geometric median before the first step, both recipes
     b_enc = ckpt["sae"]["b_enc"][:64]
     if recipe == "paper":
@@ -124,11 +137,10 @@ def test_sweep_trains_every_size_on_the_same_activations(tiny_lm):
     assert all(s >= 0 for s in split.values()) and split["SAE steps"] > 0
 
 
-def test_2024_kill_resume_is_exact(tiny_lm):
+def test_2024_kill_resume_is_exact(tiny_lm, whole_2024):
     """The existing kill-and-resume test under --recipe 2024: its schedules are functions of the step
     and the run's length, so a resumed run continues them exactly."""
-    snapshots = ["10240", "20480"]  # steps 10 (before the crash, taken again after it) and 20
-    whole = train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_whole", recipe="2024", snapshots=snapshots))[0]
+    snapshots, whole = SNAPSHOTS, whole_2024
     with pytest.raises(Crash):  # dies at step 13: the checkpoint at the fill boundary (step 8) survives
         train_sae.train(sae_config(tiny_lm, sae_dir="sae_2024_crash", recipe="2024", snapshots=snapshots),
                         on_step=crash_at(13))
@@ -240,8 +252,9 @@ def test_a_timed_start_leaves_the_sae_run_as_a_count_would(tiny_lm, monkeypatch)
     timed = []
     monkeypatch.setattr(lab_run, "timed_steps", lambda minutes, step: [step() for _ in range(3)] and
                         timed.append(1) or 16)
-    budget = train_sae.train(sae_config(tiny_lm, sae_dir="sae_minutes", max_minutes=5.0, recipe="2024"))[0]
-    count = train_sae.train(sae_config(tiny_lm, sae_dir="sae_count", max_activations=16 * 1024, recipe="2024"))[0]
+    kw = dict(recipe="2024", n_features=256)   # (the size plays no part in how the run is timed)
+    budget = train_sae.train(sae_config(tiny_lm, sae_dir="sae_minutes", max_minutes=5.0, **kw))[0]
+    count = train_sae.train(sae_config(tiny_lm, sae_dir="sae_count", max_activations=16 * 1024, **kw))[0]
     assert timed and budget["max_steps"] == count["max_steps"] == 16
     for k, v in count["sae"].items():
         assert torch.equal(v, budget["sae"][k]), k
