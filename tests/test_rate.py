@@ -297,7 +297,9 @@ class Chromium:
         self.wait_loaded()
 
     def wait_loaded(self):
-        self.wait("document.readyState === 'complete'")
+        """Until the page has loaded and painted: Chromium drops key events that come before a page's first
+        paint, which on a slow or busy machine lags its load (keys typed at once went missing)."""
+        self.wait("document.readyState === 'complete' && performance.getEntriesByType('paint').length > 0")
 
     def wait(self, expression, seconds=10):
         """Until a script expression holds (a page's load or a keystroke's effect may lag the protocol's reply)."""
@@ -358,7 +360,8 @@ def test_a_rater_rates_the_deck_by_keyboard_resumes_after_a_reload_and_the_ratin
             if i == n // 2:   # half-way: reload, and the page comes back where it was
                 before = state()
                 browser.send("Page.reload")
-                browser.wait("document.readyState === 'complete' && !document.getElementById('rate').hidden")
+                browser.wait_loaded()
+                browser.wait("!document.getElementById('rate').hidden")
                 assert state()["scores"] == before["scores"] and state()["pos"] == i
                 progress = browser.js("document.getElementById('progress').textContent")
                 assert progress == f"Card {i + 1} of {n} · {i} rated"
